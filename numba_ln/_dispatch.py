@@ -1,0 +1,50 @@
+"""One dispatch: where the data lives and ``device=`` choose the backend.
+
+The CPU backend takes NumPy arrays; the CUDA backend takes CUDA arrays (and
+NumPy arrays with ``device="cuda"``, which it copies in and back out). Nothing
+moves between host and device silently: mixing them is an error.
+"""
+
+import numpy as np
+
+from . import _cpu_backend, _cuda_backend
+
+DEVICES = (None, "cpu", "cuda")
+
+
+class CUDAUnavailableError(RuntimeError):
+    """``device="cuda"`` (or a CUDA array) was given, but no GPU can run here."""
+
+
+def _as_host(obj):
+    return obj if obj is None or isinstance(obj, np.ndarray) else np.asarray(obj)
+
+
+def select(device, x, *others):
+    """Return ``(backend module, x, others)`` for a call; host array-likes become NumPy.
+
+    ``others`` are the remaining array arguments (None where absent); all must
+    live where ``x`` lives.
+    """
+    if device not in DEVICES:
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    on_gpu = _cuda_backend.is_device_array(x)
+    for name, other in others:
+        if other is not None and _cuda_backend.is_device_array(other) != on_gpu:
+            where, there = ("a CUDA array", "a host array") if on_gpu else (
+                "a host array", "a CUDA array")
+            raise ValueError(
+                f"x is {where} but {name} is {there}; move both to the same device "
+                f"(numba-ln never copies between host and device behind your back)")
+    if on_gpu and device == "cpu":
+        raise ValueError("device='cpu' was given but x is a CUDA array; copy it to the "
+                         "host first (e.g. x.copy_to_host()) or use device=None")
+    if not on_gpu:
+        x = _as_host(x)
+        others = [(name, _as_host(other)) for name, other in others]
+    if on_gpu or device == "cuda":
+        reason = _cuda_backend.unavailable_reason()
+        if reason is not None:
+            raise CUDAUnavailableError(f"CUDA support is not available: {reason}")
+        return _cuda_backend, x, [other for _, other in others]
+    return _cpu_backend, x, [other for _, other in others]

@@ -1,0 +1,177 @@
+"""Validation at the door: every check, every error message, in one place.
+
+The functions here see shapes, strides and dtypes only -- never data -- so the
+CPU and CUDA backends share them. ``forward_spec`` and ``backward_spec`` turn a
+call's arguments into a :class:`Spec`: any rank and ``axis`` become
+``(rows, cols)``, and every later layer works on that 2-D view.
+"""
+
+import math
+import operator
+from typing import NamedTuple
+
+import numpy as np
+
+SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_SUPPORTED_NAMES = "float16, float32, float64"
+
+
+class Spec(NamedTuple):
+    """A validated problem: what every backend needs to know besides the data."""
+
+    shape: tuple            #: shape of ``x``
+    axis: int               #: first normalized axis, non-negative
+    rows: int               #: product of ``shape[:axis]`` (independent rows)
+    cols: int               #: product of ``shape[axis:]`` (normalized elements per row)
+    dtype: np.dtype         #: dtype of ``x`` (and of ``y``, ``dy``, ``dx``)
+    compute_dtype: np.dtype  #: accumulation and statistics dtype
+    param_dtype: np.dtype   #: dtype of ``dweight``/``dbias`` (backward only)
+
+    @property
+    def normalized_shape(self):
+        """Shape of ``weight``, ``bias``, ``dweight`` and ``dbias``."""
+        return self.shape[self.axis:]
+
+    @property
+    def stats_shape(self):
+        """Shape of ``mean`` and ``rstd``: ONNX's keep-dims layout."""
+        return self.shape[:self.axis] + (1,) * (len(self.shape) - self.axis)
+
+
+def compute_dtype(dtype):
+    """float16 accumulates in float32; float32 and float64 in themselves."""
+    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+
+
+def check_float_dtype(dtype, name):
+    """Raise ``TypeError`` unless ``dtype`` is one the kernels support."""
+    dtype = np.dtype(dtype)
+    if dtype not in SUPPORTED_DTYPES:
+        raise TypeError(
+            f"{name} has dtype {dtype}; supported dtypes are {_SUPPORTED_NAMES}")
+    return dtype
+
+
+def normalize_axis(axis, ndim):
+    """ONNX axis: normalize over ``shape[axis:]``; negative counts from the end."""
+    try:
+        axis = operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    if not -ndim <= axis < ndim:
+        raise ValueError(
+            f"axis {axis} is out of range for an array of rank {ndim}; "
+            f"expected {-ndim} <= axis <= {ndim - 1}")
+    return axis % ndim
+
+
+def check_eps(eps):
+    """``eps`` must be a finite, non-negative real number."""
+    try:
+        value = float(eps)
+    except (TypeError, ValueError):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
+    return value
+
+
+def _spec(shape, dtype, axis, param_dtype=None):
+    shape = tuple(int(s) for s in shape)
+    if not shape:
+        raise ValueError("x must have rank >= 1, got a 0-d array")
+    dtype = check_float_dtype(dtype, "x")
+    axis = normalize_axis(axis, len(shape))
+    cols = math.prod(shape[axis:])
+    if cols == 0:
+        raise ValueError(
+            f"the normalized shape {shape[axis:]} (x.shape[{axis}:] of {shape}) "
+            f"has zero elements; expected at least one element per row")
+    compute = compute_dtype(dtype)
+    return Spec(shape, axis, math.prod(shape[:axis]), cols, dtype, compute,
+                compute if param_dtype is None else np.dtype(param_dtype))
+
+
+def check_param(param, spec, name):
+    """``weight``/``bias``: None, or the normalized shape and a supported dtype."""
+    if param is None:
+        return
+    check_float_dtype(param.dtype, name)
+    if tuple(param.shape) != spec.normalized_shape:
+        raise ValueError(
+            f"{name} has shape {tuple(param.shape)}; expected the normalized shape "
+            f"{spec.normalized_shape} (x.shape[{spec.axis}:])")
+
+
+def check_out(out, spec):
+    """``out=``: same shape and dtype as ``x``, writeable (before any write)."""
+    if tuple(out.shape) != spec.shape:
+        raise ValueError(f"out has shape {tuple(out.shape)}; expected {spec.shape}")
+    if np.dtype(out.dtype) != spec.dtype:
+        raise TypeError(f"out has dtype {np.dtype(out.dtype)}; expected {spec.dtype}")
+    flags = getattr(out, "flags", None)
+    if flags is not None and hasattr(flags, "writeable") and not flags.writeable:
+        raise ValueError("out is read-only; expected a writeable array")
+
+
+def forward_spec(x, weight, bias, axis, eps, out):
+    """Check a ``layer_norm`` call; return its :class:`Spec` and ``eps`` as float."""
+    spec = _spec(x.shape, x.dtype, axis)
+    check_param(weight, spec, "weight")
+    check_param(bias, spec, "bias")
+    eps = check_eps(eps)
+    if out is not None:
+        check_out(out, spec)
+    return spec, eps
+
+
+def backward_spec(dy, x, mean, rstd, weight, axis):
+    """Check a ``layer_norm_backward`` call; return its :class:`Spec`."""
+    param_dtype = None if weight is None else check_float_dtype(weight.dtype, "weight")
+    spec = _spec(x.shape, x.dtype, axis, param_dtype)
+    if tuple(dy.shape) != spec.shape:
+        raise ValueError(f"dy has shape {tuple(dy.shape)}; expected x's shape {spec.shape}")
+    if np.dtype(dy.dtype) != spec.dtype:
+        raise TypeError(f"dy has dtype {np.dtype(dy.dtype)}; expected x's dtype {spec.dtype}")
+    for name, stat in (("mean", mean), ("rstd", rstd)):
+        check_float_dtype(stat.dtype, name)
+        size = math.prod(stat.shape)
+        if size != spec.rows:
+            raise ValueError(
+                f"{name} has {size} elements (shape {tuple(stat.shape)}); expected one "
+                f"per row: {spec.rows} (shape {spec.stats_shape})")
+    check_param(weight, spec, "weight")
+    return spec
+
+
+def row_stride(shape, strides, itemsize, axis):
+    """Row stride in elements if the array is a stack of contiguous rows, else None.
+
+    An array qualifies when ``shape[axis:]`` is C-contiguous (so each row is
+    ``cols`` adjacent elements) and the rows are evenly spaced, non-overlapping
+    and in increasing memory order: the ``(rows, cols)`` matrix with leading
+    dimension ``ld >= cols`` that the kernels and the C ABI take. ``strides``
+    is in bytes; ``None`` means C-contiguous.
+    """
+    cols = math.prod(shape[axis:])
+    if strides is None:
+        return cols
+    expected = itemsize
+    for size, stride in zip(reversed(shape[axis:]), reversed(strides[axis:])):
+        if size != 1 and stride != expected:
+            return None
+        expected *= size
+    ld = None
+    for size, stride in zip(reversed(shape[:axis]), reversed(strides[:axis])):
+        if size == 1:
+            continue
+        if ld is None:
+            if stride % itemsize or stride < cols * itemsize:
+                return None
+            ld = stride // itemsize
+            expected = stride * size
+        elif stride != expected:
+            return None
+        else:
+            expected *= size
+    return cols if ld is None else ld

@@ -1,0 +1,185 @@
+"""The public NumPy-style API."""
+
+from typing import NamedTuple
+
+from . import _cuda_backend, _dispatch, _validate
+
+
+def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
+               return_stats=False, device=None, stream=None):
+    """Layer normalization (Ba, Kiros & Hinton, 2016).
+
+    Each row -- the elements of ``x.shape[axis:]`` for one index of
+    ``x.shape[:axis]`` -- is centered on its mean, divided by
+    ``sqrt(var + eps)`` (biased variance), then scaled by ``weight`` and
+    shifted by ``bias``::
+
+        y = (x - mean) / sqrt(var + eps) * weight + bias
+
+    Parameters
+    ----------
+    x : array_like or CUDA array
+        Input of any rank >= 1, dtype float16, float32 or float64. NumPy
+        arrays (and array-likes) run on the CPU; arrays exposing
+        ``__cuda_array_interface__`` (numba, CuPy, PyTorch CUDA tensors) run
+        on their GPU. Any strides are accepted: rows that are contiguous
+        (any row stride) are read in place, other layouts are copied once.
+    weight, bias : array, optional
+        Gain and bias of shape ``x.shape[axis:]``, any supported float dtype
+        (it may differ from ``x``'s). ``None`` means 1 and 0.
+    axis : int, default -1
+        First normalized axis, as in ONNX LayerNormalization: the statistics
+        are taken over ``x.shape[axis:]``. Negative values count from the end.
+    eps : float, default 1e-5
+        Added to the variance; finite and >= 0.
+    out : array, optional
+        Receives ``y`` and is returned: same shape and dtype as ``x``,
+        writeable, on the same device. ``out=x`` normalizes in place.
+    return_stats : bool, default False
+        Also return the per-row ``mean`` and ``rstd = 1 / sqrt(var + eps)``,
+        of shape ``x.shape[:axis] + (1,) * (x.ndim - axis)``.
+    device : {None, "cpu", "cuda"}, optional
+        ``None`` follows the data. ``"cuda"`` with NumPy inputs copies them
+        to the GPU, computes there and returns NumPy arrays.
+    stream : numba stream or object with a raw CUDA stream handle, optional
+        CUDA stream for GPU work; the default stream otherwise.
+
+    Returns
+    -------
+    y : array
+        Same shape and dtype as ``x``.
+    mean, rstd : array
+        Only with ``return_stats=True``. float32 for float16 and float32
+        inputs, float64 for float64.
+
+    Raises
+    ------
+    TypeError
+        ``x``, ``weight``, ``bias`` or ``out`` of an unsupported dtype, or
+        ``out`` of a dtype other than ``x``'s.
+    ValueError
+        ``axis`` out of range, ``weight``/``bias``/``out`` of the wrong shape,
+        read-only ``out``, ``eps`` negative, NaN or infinite, an empty
+        normalized shape, or arrays on different devices.
+    CUDAUnavailableError
+        ``device="cuda"`` or a CUDA array, with no usable GPU here.
+
+    Notes
+    -----
+    float16 inputs are accumulated in float32. A NaN or Inf in a row makes
+    that row's output NaN and leaves every other row untouched. Rows of zero
+    length are an error; zero rows give empty results.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_ln
+    >>> x = np.array([[1.0, 2.0, 3.0], [10.0, 10.0, 40.0]], dtype=np.float32)
+    >>> numba_ln.layer_norm(x, eps=0.0).round(4)
+    array([[-1.2247,  0.    ,  1.2247],
+           [-0.7071, -0.7071,  1.4142]], dtype=float32)
+    >>> y, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    >>> mean.ravel()
+    array([ 2., 20.], dtype=float32)
+    """
+    backend, x, (weight, bias, out) = _dispatch.select(
+        device, x, ("weight", weight), ("bias", bias), ("out", out))
+    spec, eps = _validate.forward_spec(x, weight, bias, axis, eps, out)
+    y, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream)
+    return (y, mean, rstd) if return_stats else y
+
+
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
+                        stream=None):
+    """Gradients of :func:`layer_norm` with respect to ``x``, ``weight`` and ``bias``.
+
+    With ``xhat = (x - mean) * rstd`` and ``g = weight * dy``, per row::
+
+        dx      = rstd * (g - mean(g) - xhat * mean(g * xhat))
+        dweight = sum over rows of dy * xhat
+        dbias   = sum over rows of dy
+
+    Parameters
+    ----------
+    dy : array
+        Gradient of the loss with respect to ``y``; ``x``'s shape and dtype.
+    x : array
+        The forward pass's input.
+    mean, rstd : array
+        The statistics returned by ``layer_norm(..., return_stats=True)``, in
+        that shape or any shape with one element per row.
+    weight : array, optional
+        The forward pass's gain; ``None`` means 1 (``dweight`` is still
+        returned).
+    axis : int, default -1
+        The forward pass's ``axis``.
+    device, stream
+        As for :func:`layer_norm`.
+
+    Returns
+    -------
+    dx : array
+        ``x``'s shape and dtype.
+    dweight, dbias : array
+        Shape ``x.shape[axis:]``, ``weight``'s dtype (without ``weight``: the
+        compute dtype, float32 for float16 inputs). Bit-identical across calls
+        and thread counts: rows are summed in fixed blocks, in a fixed order.
+
+    Raises
+    ------
+    TypeError, ValueError, CUDAUnavailableError
+        As for :func:`layer_norm`; also ``dy`` not matching ``x``, or ``mean``
+        / ``rstd`` without one element per row.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_ln
+    >>> x = np.array([[1.0, 2.0, 3.0]])
+    >>> y, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    >>> dx, dweight, dbias = numba_ln.layer_norm_backward(np.ones_like(x), x, mean, rstd)
+    >>> np.abs(dx).max() < 1e-12, dbias
+    (True, array([1., 1., 1.]))
+    """
+    backend, x, (dy, mean, rstd, weight) = _dispatch.select(
+        device, x, ("dy", dy), ("mean", mean), ("rstd", rstd), ("weight", weight))
+    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis)
+    return backend.backward(spec, dy, x, mean, rstd, weight, stream)
+
+
+class Backend(NamedTuple):
+    """Whether a backend can run here, and why not when it cannot."""
+
+    name: str
+    available: bool
+    detail: str
+
+
+def backends():
+    """The backends and whether each can run on this machine.
+
+    Returns
+    -------
+    dict of str to Backend
+        ``{"cpu": Backend(...), "cuda": Backend(...)}``. ``detail`` says what
+        runs (threads, threading layer, simulator) or why a backend is off
+        and what to install.
+
+    Examples
+    --------
+    >>> import numba_ln
+    >>> numba_ln.backends()["cpu"].available
+    True
+    """
+    import numba
+
+    cpu_detail = (f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
+                  f"threading layer {numba.config.THREADING_LAYER!r}")
+    reason = _cuda_backend.unavailable_reason()
+    if reason is None:
+        cuda_detail = ("numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"
+                       if _cuda_backend.simulator_enabled() else _cuda_backend.device_name())
+    else:
+        cuda_detail = reason
+    return {"cpu": Backend("cpu", True, cpu_detail),
+            "cuda": Backend("cuda", reason is None, cuda_detail)}

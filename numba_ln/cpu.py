@@ -1,0 +1,191 @@
+"""CPU kernels: how rows map onto threads.
+
+Every kernel sees a problem in one shape: 1-D contiguous buffers and a row
+stride (``ldx``: row ``r`` starts at ``x[r * ldx]``, ``ldx >= cols``), the
+same layout the C ABI receives. Storage may be float32, float64, or float16
+viewed as uint16 (see ``_storage``); ``weight``, ``bias``, ``mean``, ``rstd``,
+``dweight`` and ``dbias`` are in the compute type (float32 for float16).
+
+Schedules:
+
+1. ``ln_fwd_serial`` / ``ln_fwd_parallel`` -- forward, one row at a time,
+   rows split into contiguous chunks across threads (``prange``'s static
+   schedule). Each row is read three times while it sits in L1/L2: the
+   shifted sum, the sum of squared deviations, then the output.
+2. ``ln_bwd_serial`` / ``ln_bwd_parallel`` -- backward, rows grouped into
+   fixed blocks (``backward_block_rows``); each block writes its own partial
+   ``dweight``/``dbias`` row, and ``_reduce_partials`` sums the blocks in
+   block order. The partition depends on the shape alone, so the gradients
+   are bit-identical for any thread count.
+
+``ln_fwd`` and ``ln_bwd`` pick serial or parallel by size; the Python dispatch
+and the C ABI both enter through them.
+"""
+
+import numpy as np
+from numba import njit, prange
+
+from . import _math
+from ._config import BACKWARD_BLOCK_ELEMENTS, CACHE, FASTMATH, SERIAL_MAX_ELEMENTS
+from ._storage import load, store, to_compute
+
+_kernel = njit(fastmath=FASTMATH, cache=CACHE)
+_parallel_kernel = njit(fastmath=FASTMATH, cache=CACHE, parallel=True)
+_row = njit(fastmath=FASTMATH, inline="always")
+
+
+@_row
+def _ln_fwd_row(x, xo, y, yo, weight, bias, has_weight, has_bias, cols, eps):
+    """Normalize one row; return its (mean, rstd)."""
+    n = to_compute(x, cols)
+    shift = load(x, xo)
+    total = to_compute(x, 0)
+    for j in range(cols):
+        total += _math.shifted(load(x, xo + j), shift)
+    offset = _math.mean_offset(total, n)
+    sumsq = to_compute(x, 0)
+    for j in range(cols):
+        d = _math.centered(load(x, xo + j), shift, offset)
+        sumsq += d * d
+    rstd = _math.reciprocal_std(sumsq, n, eps)
+    one = to_compute(x, 1)
+    zero = to_compute(x, 0)
+    for j in range(cols):
+        w = weight[j] if has_weight else one
+        b = bias[j] if has_bias else zero
+        d = _math.centered(load(x, xo + j), shift, offset)
+        store(y, yo + j, _math.normalize_affine(d, rstd, w, b))
+    return _math.row_mean(shift, offset), rstd
+
+
+@_kernel
+def ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                  rows, cols, eps):
+    """Forward pass, all rows on the calling thread."""
+    for r in range(rows):
+        mean[r], rstd[r] = _ln_fwd_row(x, r * ldx, y, r * ldy, weight, bias,
+                                       has_weight, has_bias, cols, eps)
+
+
+@_parallel_kernel
+def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                    rows, cols, eps):
+    """Forward pass, contiguous chunks of rows on each thread."""
+    for r in prange(rows):
+        mean[r], rstd[r] = _ln_fwd_row(x, r * ldx, y, r * ldy, weight, bias,
+                                       has_weight, has_bias, cols, eps)
+
+
+@_kernel
+def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+           rows, cols, eps):
+    """Forward pass: serial for small problems, parallel otherwise."""
+    if rows < 2 or rows * cols <= SERIAL_MAX_ELEMENTS:
+        ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                      rows, cols, eps)
+    else:
+        ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
+                        rstd, rows, cols, eps)
+
+
+@_row
+def _ln_bwd_row(dy, dyo, x, xo, mean, rstd, weight, has_weight, dx, dxo,
+                dweight_acc, dbias_acc, cols):
+    """Input gradient of one row; add its ``dy * xhat`` and ``dy`` to the block's partials."""
+    n = to_compute(x, cols)
+    one = to_compute(x, 1)
+    sum_g = to_compute(x, 0)
+    sum_gxhat = to_compute(x, 0)
+    for j in range(cols):
+        w = weight[j] if has_weight else one
+        g = w * load(dy, dyo + j)
+        sum_g += g
+        sum_gxhat += g * _math.normalized(load(x, xo + j), mean, rstd)
+    mean_g = _math.mean_offset(sum_g, n)
+    mean_gxhat = _math.mean_offset(sum_gxhat, n)
+    for j in range(cols):
+        w = weight[j] if has_weight else one
+        grad = load(dy, dyo + j)
+        xhat = _math.normalized(load(x, xo + j), mean, rstd)
+        store(dx, dxo + j, _math.grad_input(w * grad, xhat, rstd, mean_g, mean_gxhat))
+        dweight_acc[j] += grad * xhat
+        dbias_acc[j] += grad
+
+
+@_row
+def _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight, has_weight,
+                  dx, lddx, dweight_part, dbias_part, rows, cols):
+    """One fixed block of rows: its input gradients and its partial sums."""
+    dweight_acc = dweight_part[block]
+    dbias_acc = dbias_part[block]
+    dweight_acc[:] = 0
+    dbias_acc[:] = 0
+    stop = min(rows, (block + 1) * block_rows)
+    for r in range(block * block_rows, stop):
+        _ln_bwd_row(dy, r * lddy, x, r * ldx, mean[r], rstd[r], weight, has_weight,
+                    dx, r * lddx, dweight_acc, dbias_acc, cols)
+
+
+@_row
+def _reduce_partials(part, out, first_col, stop_col):
+    """``out[j] = sum over blocks of part[block, j]``, blocks in order."""
+    for j in range(first_col, stop_col):
+        out[j] = 0
+    for block in range(part.shape[0]):
+        for j in range(first_col, stop_col):
+            out[j] += part[block, j]
+
+
+@njit(cache=CACHE)
+def backward_block_rows(cols):
+    """Rows per block of the backward reduction: a function of the shape alone."""
+    return max(1, BACKWARD_BLOCK_ELEMENTS // cols)
+
+
+_REDUCE_COLS = 512
+
+
+@_kernel
+def ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                  dweight, dbias, rows, cols):
+    """Backward pass on the calling thread (same blocks as the parallel one)."""
+    block_rows = backward_block_rows(cols)
+    blocks = (rows + block_rows - 1) // block_rows
+    dweight_part = np.empty((blocks, cols), dweight.dtype)
+    dbias_part = np.empty((blocks, cols), dbias.dtype)
+    for block in range(blocks):
+        _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
+                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+    _reduce_partials(dweight_part, dweight, 0, cols)
+    _reduce_partials(dbias_part, dbias, 0, cols)
+
+
+@_parallel_kernel
+def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                    dweight, dbias, rows, cols):
+    """Backward pass, blocks of rows across threads, then a column-parallel reduction."""
+    block_rows = backward_block_rows(cols)
+    blocks = (rows + block_rows - 1) // block_rows
+    dweight_part = np.empty((blocks, cols), dweight.dtype)
+    dbias_part = np.empty((blocks, cols), dbias.dtype)
+    for block in prange(blocks):
+        _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
+                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+    chunks = (cols + _REDUCE_COLS - 1) // _REDUCE_COLS
+    for chunk in prange(chunks):
+        first = chunk * _REDUCE_COLS
+        stop = min(cols, first + _REDUCE_COLS)
+        _reduce_partials(dweight_part, dweight, first, stop)
+        _reduce_partials(dbias_part, dbias, first, stop)
+
+
+@_kernel
+def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+           dweight, dbias, rows, cols):
+    """Backward pass: serial for small problems, parallel otherwise."""
+    if rows < 2 or rows * cols <= SERIAL_MAX_ELEMENTS:
+        ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                      dweight, dbias, rows, cols)
+    else:
+        ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                        dweight, dbias, rows, cols)
