@@ -138,7 +138,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
     >>> x = np.array([[1.0, 2.0, 3.0]])
     >>> y, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
     >>> dx, dweight, dbias = numba_ln.layer_norm_backward(np.ones_like(x), x, mean, rstd)
-    >>> np.abs(dx).max() < 1e-12, dbias
+    >>> bool(np.abs(dx).max() < 1e-12), dbias
     (True, array([1., 1., 1.]))
     """
     backend, x, (dy, mean, rstd, weight) = _dispatch.select(

@@ -1,0 +1,97 @@
+"""Backward pass: against the reference formulas and against finite differences."""
+
+import numpy as np
+import pytest
+
+import numba_ln
+from conftest import DTYPES, param_dtype
+from reference import TOLERANCE, layer_norm as ref_layer_norm
+from reference import layer_norm_backward as ref_backward, rel_l2
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape,axis", [((7,), 0), ((5, 33), -1), ((3, 4, 17), 1),
+                                        ((2, 3, 2, 5), -2), ((700, 96), 1),
+                                        ((3, 70000), -1)], ids=str)
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_matches_reference(rng, dtype, shape, axis, with_weight):
+    x = (rng.standard_normal(shape) * 2 - 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    normalized = shape[axis:]
+    weight = rng.standard_normal(normalized).astype(param_dtype(dtype)) if with_weight else None
+    _, mean, rstd = numba_ln.layer_norm(x, weight, axis=axis, return_stats=True)
+    dx, dweight, dbias = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight, axis=axis)
+    dx_ref, dweight_ref, dbias_ref = ref_backward(dy, x, weight, axis=axis)
+    assert dx.shape == shape and dx.dtype == dtype
+    assert dweight.shape == dbias.shape == normalized
+    expected_param = np.dtype(param_dtype(dtype)) if with_weight else mean.dtype
+    assert dweight.dtype == dbias.dtype == expected_param
+    tol = TOLERANCE[np.dtype(dtype)]
+    assert rel_l2(dx, dx_ref) <= tol
+    # Parameter gradients sum over rows: allow the float32 accumulation error.
+    param_tol = 1e-12 if dtype == np.float64 else 1e-5
+    assert rel_l2(dweight, dweight_ref) <= param_tol
+    assert rel_l2(dbias, dbias_ref) <= param_tol
+
+
+def test_finite_differences():
+    rng = np.random.default_rng(3)
+    shape, eps = (3, 2, 5), 1e-5
+    x = rng.standard_normal(shape)
+    weight = rng.standard_normal((2, 5))
+    bias = rng.standard_normal((2, 5))
+    probe = rng.standard_normal(shape)  # loss = sum(probe * y)
+
+    def loss(x_, weight_, bias_):
+        return float((probe * numba_ln.layer_norm(x_, weight_, bias_, axis=1, eps=eps)).sum())
+
+    _, mean, rstd = numba_ln.layer_norm(x, weight, bias, axis=1, eps=eps, return_stats=True)
+    dx, dweight, dbias = numba_ln.layer_norm_backward(probe, x, mean, rstd, weight, axis=1)
+    h = 1e-6
+    for analytic, which in ((dx, 0), (dweight, 1), (dbias, 2)):
+        args = [x, weight, bias]
+        numeric = np.zeros_like(args[which])
+        for index in np.ndindex(numeric.shape):
+            plus = [a.copy() for a in args]
+            minus = [a.copy() for a in args]
+            plus[which][index] += h
+            minus[which][index] -= h
+            numeric[index] = (loss(*plus) - loss(*minus)) / (2 * h)
+        np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-8)
+
+
+def test_stats_in_any_shape_with_one_element_per_row(rng):
+    x = rng.standard_normal((4, 6, 10))
+    dy = rng.standard_normal((4, 6, 10))
+    _, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    expected = numba_ln.layer_norm_backward(dy, x, mean, rstd)
+    flat = numba_ln.layer_norm_backward(dy, x, mean.ravel(), rstd.reshape(24, 1))
+    for a, b in zip(expected, flat):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_stats_of_another_float_dtype_are_converted(rng):
+    x = rng.standard_normal((8, 16)).astype(np.float32)
+    dy = rng.standard_normal((8, 16)).astype(np.float32)
+    _, mean, rstd = ref_layer_norm(x)  # float64 statistics
+    dx, _, _ = numba_ln.layer_norm_backward(dy, x, mean, rstd)
+    assert rel_l2(dx, ref_backward(dy, x)[0]) <= 1e-6
+
+
+def test_zero_rows():
+    x = np.empty((0, 5), np.float32)
+    dx, dweight, dbias = numba_ln.layer_norm_backward(x, x, np.empty(0), np.empty(0))
+    assert dx.shape == (0, 5)
+    np.testing.assert_array_equal(dweight, np.zeros(5))
+    np.testing.assert_array_equal(dbias, np.zeros(5))
+
+
+def test_strided_inputs(rng):
+    x = rng.standard_normal((50, 40)).astype(np.float32)
+    dy = rng.standard_normal((50, 40)).astype(np.float32)
+    _, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    expected = numba_ln.layer_norm_backward(dy, x, mean, rstd)
+    got = numba_ln.layer_norm_backward(np.asfortranarray(dy),
+                                       np.pad(x, ((0, 0), (0, 5)))[:, :40], mean, rstd)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)

@@ -1,0 +1,160 @@
+"""Forward pass against the float64 reference: every dtype, rank, axis, layout."""
+
+import numpy as np
+import pytest
+
+import numba_ln
+from conftest import DTYPES, param_dtype
+from reference import TOLERANCE, layer_norm as ref_layer_norm, rel_l2
+
+SHAPES = [(7,), (5, 33), (3, 4, 17), (2, 3, 2, 5), (300, 129)]
+PARAMS = ["none", "weight", "bias", "both"]
+
+
+def _params(rng, shape, which, dtype):
+    weight = rng.standard_normal(shape).astype(dtype) if which in ("weight", "both") else None
+    bias = rng.standard_normal(shape).astype(dtype) if which in ("bias", "both") else None
+    return weight, bias
+
+
+def _layout(x, layout):
+    """The same values as ``x`` in another memory layout."""
+    if layout == "contiguous":
+        return x
+    if layout == "padded-rows":  # rows contiguous, row stride > row length: no copy
+        padded = np.zeros(x.shape[:-1] + (x.shape[-1] + 3,), x.dtype)
+        padded[..., :x.shape[-1]] = x
+        return padded[..., :x.shape[-1]]
+    if layout == "fortran":
+        return np.asfortranarray(x)
+    if layout == "reversed":  # negative strides
+        flipped = np.ascontiguousarray(x[::-1, ...])
+        return flipped[::-1, ...]
+    raise AssertionError(layout)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("params", PARAMS)
+def test_matches_reference_every_axis(rng, dtype, shape, params):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    for axis in range(-len(shape), len(shape)):
+        normalized = shape[axis:]
+        weight, bias = _params(rng, normalized, params, param_dtype(dtype))
+        y, mean, rstd = numba_ln.layer_norm(x, weight, bias, axis=axis, return_stats=True)
+        y_ref, mean_ref, rstd_ref = ref_layer_norm(x, weight, bias, axis=axis)
+        assert y.dtype == dtype and y.shape == shape
+        assert mean.shape == mean_ref.shape == rstd.shape
+        assert mean.dtype == (np.float64 if dtype == np.float64 else np.float32)
+        tol = TOLERANCE[np.dtype(dtype)]
+        assert rel_l2(y, y_ref) <= tol, axis
+        assert rel_l2(mean, mean_ref) <= max(tol, 1e-6), axis
+        assert rel_l2(rstd, rstd_ref) <= max(tol, 1e-6), axis
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("layout", ["padded-rows", "fortran", "reversed"])
+@pytest.mark.parametrize("shape", [(6, 40), (4, 5, 24), (257, 300)], ids=str)
+def test_any_strides_give_the_same_numbers(rng, dtype, layout, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    weight, bias = _params(rng, shape[-1:], "both", param_dtype(dtype))
+    expected = numba_ln.layer_norm(x, weight, bias)
+    strided = _layout(x, layout)
+    assert not strided.flags.c_contiguous
+    np.testing.assert_array_equal(numba_ln.layer_norm(strided, weight, bias), expected)
+
+
+def test_padded_rows_are_read_in_place_not_copied(rng, monkeypatch):
+    from numba_ln import _cpu_backend
+
+    x = rng.standard_normal((64, 100)).astype(np.float32)[:, :60]
+    copies = []
+    original = np.ascontiguousarray
+    monkeypatch.setattr(_cpu_backend.np, "ascontiguousarray",
+                        lambda a, *args, **kw: copies.append(a.shape) or original(a, *args, **kw))
+    numba_ln.layer_norm(x)
+    assert copies == []
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_strided_parameters_and_mixed_param_dtypes(rng, dtype):
+    x = rng.standard_normal((9, 16)).astype(dtype)
+    weight = rng.standard_normal(32)[::2].astype(np.float64)
+    bias = rng.standard_normal(16).astype(np.float16)
+    y = numba_ln.layer_norm(x, weight, bias)
+    y_ref, _, _ = ref_layer_norm(x, weight, bias)
+    assert rel_l2(y, y_ref) <= TOLERANCE[np.dtype(dtype)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_out_receives_the_result_and_is_returned(rng, dtype):
+    x = rng.standard_normal((20, 48)).astype(dtype)
+    out = np.full_like(x, 7)
+    result = numba_ln.layer_norm(x, out=out)
+    assert result is out
+    np.testing.assert_array_equal(out, numba_ln.layer_norm(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 50), (600, 128)], ids=str)
+def test_in_place(rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    expected = numba_ln.layer_norm(x)
+    assert numba_ln.layer_norm(x, out=x) is x
+    np.testing.assert_array_equal(x, expected)
+
+
+def test_out_with_another_layout_or_overlapping_x(rng):
+    x = rng.standard_normal((12, 30)).astype(np.float32)
+    expected = numba_ln.layer_norm(x)
+    out_f = np.zeros((12, 30), np.float32, order="F")
+    numba_ln.layer_norm(x, out=out_f)
+    np.testing.assert_array_equal(out_f, expected)
+    # out overlaps x shifted by one row: the result must still be layer_norm(x).
+    buffer = np.zeros((13, 30), np.float32)
+    buffer[:12] = x
+    out = numba_ln.layer_norm(buffer[:12], out=buffer[1:])
+    np.testing.assert_array_equal(out, expected)
+
+
+def test_zero_rows_give_empty_results():
+    x = np.empty((0, 4, 8), np.float32)
+    y, mean, rstd = numba_ln.layer_norm(x, axis=1, return_stats=True)
+    assert y.shape == (0, 4, 8) and mean.shape == (0, 1, 1) and rstd.shape == (0, 1, 1)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_inf_stay_in_their_row(rng, dtype):
+    x = rng.standard_normal((600, 96)).astype(dtype)  # big enough for the parallel kernel
+    clean = numba_ln.layer_norm(x)
+    dirty = x.copy()
+    dirty[3, 5] = np.nan
+    dirty[10, 0] = np.inf
+    dirty[11, 95] = -np.inf
+    dirty[12, 7] = np.inf
+    dirty[12, 8] = -np.inf
+    y = numba_ln.layer_norm(dirty)
+    bad = [3, 10, 11, 12]
+    assert np.isnan(y[bad]).all()
+    good = np.setdiff1d(np.arange(600), bad)
+    np.testing.assert_array_equal(y[good], clean[good])
+
+
+def test_large_mean_small_spread_float32_is_stable(rng):
+    # Rows with mean 1e4 and std 1e-2: E[x^2] - E[x]^2 would lose every digit.
+    x = (1e4 + 1e-2 * rng.standard_normal((64, 1024))).astype(np.float32)
+    y, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    y_ref, mean_ref, rstd_ref = ref_layer_norm(x)
+    assert rel_l2(y, y_ref) <= 1e-6
+    assert rel_l2(rstd, rstd_ref) <= 1e-6
+    assert rel_l2(mean, mean_ref) <= 1e-7
+
+
+def test_list_input_and_eps_zero():
+    y = numba_ln.layer_norm([[1.0, 2.0, 3.0]], eps=0.0)
+    np.testing.assert_allclose(y, [[-np.sqrt(1.5), 0.0, np.sqrt(1.5)]], rtol=1e-12)
+
+
+def test_device_cpu_is_accepted(rng):
+    x = rng.standard_normal((4, 8))
+    np.testing.assert_array_equal(numba_ln.layer_norm(x, device="cpu"), numba_ln.layer_norm(x))
