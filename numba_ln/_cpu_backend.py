@@ -19,20 +19,26 @@ _NO_PARAM = {dt: np.ones(1, dt) for dt in (np.dtype(np.float32), np.dtype(np.flo
 
 def _row_buffer(a, spec):
     """``a`` as (1-D kernel buffer, row stride in elements), copying only if needed."""
-    ld = row_stride(a.shape, a.strides, a.itemsize, spec.axis)
-    if ld is None:
-        a = np.ascontiguousarray(a)
-        ld = spec.cols
-    size = (spec.rows - 1) * ld + spec.cols if spec.rows else 0
-    buffer = as_strided(a, shape=(size,), strides=(a.itemsize,))
-    return buffer.view(_STORAGE.get(a.dtype, a.dtype)), ld
+    if a.flags.c_contiguous:  # the common case, and the cheapest view to make
+        buffer, ld = a.reshape(-1), spec.cols
+    else:
+        ld = row_stride(a.shape, a.strides, a.itemsize, spec.axis)
+        if ld is None:
+            a = np.ascontiguousarray(a)
+            ld = spec.cols
+        size = (spec.rows - 1) * ld + spec.cols if spec.rows else 0
+        buffer = as_strided(a, shape=(size,), strides=(a.itemsize,))
+    storage = _STORAGE.get(a.dtype)
+    return (buffer if storage is None else buffer.view(storage)), ld
 
 
 def _param(param, dtype):
     """A weight/bias as a contiguous 1-D array of the compute dtype, or a placeholder."""
     if param is None:
         return _NO_PARAM[dtype], False
-    return np.ascontiguousarray(param, dtype=dtype).reshape(-1), True
+    if param.dtype != dtype or not param.flags.c_contiguous:
+        param = np.ascontiguousarray(param, dtype=dtype)
+    return param.reshape(-1), True
 
 
 def _writes_directly(out, x, spec):
@@ -55,15 +61,15 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
     direct = out is not None and _writes_directly(out, x, spec)
     y = out if direct else np.empty(spec.shape, spec.dtype)
     y_buf, ldy = _row_buffer(y, spec)
-    mean = np.empty(spec.rows, compute)
-    rstd = np.empty(spec.rows, compute)
+    mean = np.empty(spec.stats_shape, compute)
+    rstd = np.empty(spec.stats_shape, compute)
     if spec.rows:
-        cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
-                   spec.rows, spec.cols, compute.type(eps))
+        cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean.reshape(-1),
+                   rstd.reshape(-1), spec.rows, spec.cols, eps)
     if out is not None and not direct:
         out[...] = y
         y = out
-    return y, mean.reshape(spec.stats_shape), rstd.reshape(spec.stats_shape)
+    return y, mean, rstd
 
 
 def backward(spec, dy, x, mean, rstd, weight, stream=None):

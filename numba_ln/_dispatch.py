@@ -26,6 +26,10 @@ def select(device, x, *others):
     ``others`` are the remaining array arguments (None where absent); all must
     live where ``x`` lives.
     """
+    if device != "cuda" and type(x) is np.ndarray and all(
+            other is None or type(other) is np.ndarray for _, other in others):
+        if device is None or device == "cpu":  # the common case, decided cheaply
+            return _cpu_backend, x, [other for _, other in others]
     if device not in DEVICES:
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
     on_gpu = _cuda_backend.is_device_array(x)

@@ -6,6 +6,7 @@ call's arguments into a :class:`Spec`: any rank and ``axis`` become
 ``(rows, cols)``, and every later layer works on that 2-D view.
 """
 
+import functools
 import math
 import operator
 from typing import NamedTuple
@@ -26,30 +27,27 @@ class Spec(NamedTuple):
     dtype: np.dtype         #: dtype of ``x`` (and of ``y``, ``dy``, ``dx``)
     compute_dtype: np.dtype  #: accumulation and statistics dtype
     param_dtype: np.dtype   #: dtype of ``dweight``/``dbias`` (backward only)
-
-    @property
-    def normalized_shape(self):
-        """Shape of ``weight``, ``bias``, ``dweight`` and ``dbias``."""
-        return self.shape[self.axis:]
-
-    @property
-    def stats_shape(self):
-        """Shape of ``mean`` and ``rstd``: ONNX's keep-dims layout."""
-        return self.shape[:self.axis] + (1,) * (len(self.shape) - self.axis)
+    normalized_shape: tuple  #: shape of ``weight``, ``bias``, ``dweight``, ``dbias``
+    stats_shape: tuple      #: shape of ``mean`` and ``rstd`` (ONNX keep-dims layout)
 
 
 def compute_dtype(dtype):
     """float16 accumulates in float32; float32 and float64 in themselves."""
-    return np.dtype(np.float64) if dtype == np.float64 else np.dtype(np.float32)
+    return _COMPUTE[dtype]
+
+
+_COMPUTE = {np.dtype(np.float16): np.dtype(np.float32),
+            np.dtype(np.float32): np.dtype(np.float32),
+            np.dtype(np.float64): np.dtype(np.float64)}
 
 
 def check_float_dtype(dtype, name):
     """Raise ``TypeError`` unless ``dtype`` is one the kernels support."""
-    dtype = np.dtype(dtype)
     if dtype not in SUPPORTED_DTYPES:
+        dtype = np.dtype(dtype)
         raise TypeError(
             f"{name} has dtype {dtype}; supported dtypes are {_SUPPORTED_NAMES}")
-    return dtype
+    return np.dtype(dtype)
 
 
 def normalize_axis(axis, ndim):
@@ -77,11 +75,15 @@ def check_eps(eps):
 
 
 def _spec(shape, dtype, axis, param_dtype=None):
-    shape = tuple(int(s) for s in shape)
     if not shape:
         raise ValueError("x must have rank >= 1, got a 0-d array")
-    dtype = check_float_dtype(dtype, "x")
-    axis = normalize_axis(axis, len(shape))
+    return _cached_spec(shape, check_float_dtype(dtype, "x"),
+                        normalize_axis(axis, len(shape)), param_dtype)
+
+
+@functools.lru_cache(maxsize=256)
+def _cached_spec(shape, dtype, axis, param_dtype):
+    """The :class:`Spec` of a call; cached, as a program calls with few shapes."""
     cols = math.prod(shape[axis:])
     if cols == 0:
         raise ValueError(
@@ -89,7 +91,8 @@ def _spec(shape, dtype, axis, param_dtype=None):
             f"has zero elements; expected at least one element per row")
     compute = compute_dtype(dtype)
     return Spec(shape, axis, math.prod(shape[:axis]), cols, dtype, compute,
-                compute if param_dtype is None else np.dtype(param_dtype))
+                compute if param_dtype is None else np.dtype(param_dtype),
+                shape[axis:], shape[:axis] + (1,) * (len(shape) - axis))
 
 
 def check_param(param, spec, name):
@@ -116,7 +119,7 @@ def check_out(out, spec):
 
 def forward_spec(x, weight, bias, axis, eps, out):
     """Check a ``layer_norm`` call; return its :class:`Spec` and ``eps`` as float."""
-    spec = _spec(x.shape, x.dtype, axis)
+    spec = _spec(tuple(x.shape), x.dtype, axis)
     check_param(weight, spec, "weight")
     check_param(bias, spec, "bias")
     eps = check_eps(eps)
@@ -128,7 +131,7 @@ def forward_spec(x, weight, bias, axis, eps, out):
 def backward_spec(dy, x, mean, rstd, weight, axis):
     """Check a ``layer_norm_backward`` call; return its :class:`Spec`."""
     param_dtype = None if weight is None else check_float_dtype(weight.dtype, "weight")
-    spec = _spec(x.shape, x.dtype, axis, param_dtype)
+    spec = _spec(tuple(x.shape), x.dtype, axis, param_dtype)
     if tuple(dy.shape) != spec.shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}; expected x's shape {spec.shape}")
     if np.dtype(dy.dtype) != spec.dtype:

@@ -35,17 +35,18 @@ _row = njit(fastmath=FASTMATH, inline="always")
 
 
 @_row
-def _ln_fwd_row(x, xo, y, yo, weight, bias, has_weight, has_bias, cols, eps):
-    """Normalize one row; return its (mean, rstd)."""
+def _ln_fwd_row(x, y, weight, bias, has_weight, has_bias, eps):
+    """Normalize one row ``x`` into ``y`` (1-D views); return its (mean, rstd)."""
+    cols = x.shape[0]
     n = to_compute(x, cols)
-    shift = load(x, xo)
+    shift = load(x, 0)
     total = to_compute(x, 0)
     for j in range(cols):
-        total += _math.shifted(load(x, xo + j), shift)
+        total += _math.shifted(load(x, j), shift)
     offset = _math.mean_offset(total, n)
     sumsq = to_compute(x, 0)
     for j in range(cols):
-        d = _math.centered(load(x, xo + j), shift, offset)
+        d = _math.centered(load(x, j), shift, offset)
         sumsq += d * d
     rstd = _math.reciprocal_std(sumsq, n, eps)
     one = to_compute(x, 1)
@@ -53,8 +54,8 @@ def _ln_fwd_row(x, xo, y, yo, weight, bias, has_weight, has_bias, cols, eps):
     for j in range(cols):
         w = weight[j] if has_weight else one
         b = bias[j] if has_bias else zero
-        d = _math.centered(load(x, xo + j), shift, offset)
-        store(y, yo + j, _math.normalize_affine(d, rstd, w, b))
+        d = _math.centered(load(x, j), shift, offset)
+        store(y, j, _math.normalize_affine(d, rstd, w, b))
     return _math.row_mean(shift, offset), rstd
 
 
@@ -62,18 +63,20 @@ def _ln_fwd_row(x, xo, y, yo, weight, bias, has_weight, has_bias, cols, eps):
 def ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                   rows, cols, eps):
     """Forward pass, all rows on the calling thread."""
+    eps = to_compute(x, eps)
     for r in range(rows):
-        mean[r], rstd[r] = _ln_fwd_row(x, r * ldx, y, r * ldy, weight, bias,
-                                       has_weight, has_bias, cols, eps)
+        mean[r], rstd[r] = _ln_fwd_row(x[r * ldx:r * ldx + cols], y[r * ldy:r * ldy + cols],
+                                       weight, bias, has_weight, has_bias, eps)
 
 
 @_parallel_kernel
 def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                     rows, cols, eps):
     """Forward pass, contiguous chunks of rows on each thread."""
+    eps = to_compute(x, eps)
     for r in prange(rows):
-        mean[r], rstd[r] = _ln_fwd_row(x, r * ldx, y, r * ldy, weight, bias,
-                                       has_weight, has_bias, cols, eps)
+        mean[r], rstd[r] = _ln_fwd_row(x[r * ldx:r * ldx + cols], y[r * ldy:r * ldy + cols],
+                                       weight, bias, has_weight, has_bias, eps)
 
 
 @_kernel
@@ -89,25 +92,25 @@ def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
 
 
 @_row
-def _ln_bwd_row(dy, dyo, x, xo, mean, rstd, weight, has_weight, dx, dxo,
-                dweight_acc, dbias_acc, cols):
-    """Input gradient of one row; add its ``dy * xhat`` and ``dy`` to the block's partials."""
+def _ln_bwd_row(dy, x, mean, rstd, weight, has_weight, dx, dweight_acc, dbias_acc):
+    """Input gradient of one row (1-D views); add its ``dy * xhat`` and ``dy`` to the partials."""
+    cols = x.shape[0]
     n = to_compute(x, cols)
     one = to_compute(x, 1)
     sum_g = to_compute(x, 0)
     sum_gxhat = to_compute(x, 0)
     for j in range(cols):
         w = weight[j] if has_weight else one
-        g = w * load(dy, dyo + j)
+        g = w * load(dy, j)
         sum_g += g
-        sum_gxhat += g * _math.normalized(load(x, xo + j), mean, rstd)
+        sum_gxhat += g * _math.normalized(load(x, j), mean, rstd)
     mean_g = _math.mean_offset(sum_g, n)
     mean_gxhat = _math.mean_offset(sum_gxhat, n)
     for j in range(cols):
         w = weight[j] if has_weight else one
-        grad = load(dy, dyo + j)
-        xhat = _math.normalized(load(x, xo + j), mean, rstd)
-        store(dx, dxo + j, _math.grad_input(w * grad, xhat, rstd, mean_g, mean_gxhat))
+        grad = load(dy, j)
+        xhat = _math.normalized(load(x, j), mean, rstd)
+        store(dx, j, _math.grad_input(w * grad, xhat, rstd, mean_g, mean_gxhat))
         dweight_acc[j] += grad * xhat
         dbias_acc[j] += grad
 
@@ -122,8 +125,9 @@ def _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight, has_w
     dbias_acc[:] = 0
     stop = min(rows, (block + 1) * block_rows)
     for r in range(block * block_rows, stop):
-        _ln_bwd_row(dy, r * lddy, x, r * ldx, mean[r], rstd[r], weight, has_weight,
-                    dx, r * lddx, dweight_acc, dbias_acc, cols)
+        _ln_bwd_row(dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r],
+                    rstd[r], weight, has_weight, dx[r * lddx:r * lddx + cols],
+                    dweight_acc, dbias_acc)
 
 
 @_row
