@@ -13,13 +13,17 @@ Schedules:
    schedule). Each row is read three times while it sits in L1/L2: the
    shifted sum, the sum of squared deviations, then the output.
 2. ``ln_bwd_serial`` / ``ln_bwd_parallel`` -- backward, rows grouped into
-   fixed blocks (``backward_block_rows``); each block writes its own partial
-   ``dweight``/``dbias`` row, and ``_reduce_partials`` sums the blocks in
+   fixed blocks (``backward_block_rows``) spread across threads. A block's
+   first pass streams its ``x`` and ``dy`` in from memory for the two row
+   means the input gradient needs; its second pass finds them in L2, writes
+   ``dx`` and adds ``dy * xhat`` and ``dy`` into the block's own partial
+   ``dweight``/``dbias`` row. ``_reduce_partials`` then sums the blocks in
    block order. The partition depends on the shape alone, so the gradients
    are bit-identical for any thread count.
 
-``ln_fwd`` and ``ln_bwd`` pick serial or parallel by size; the Python dispatch
-and the C ABI both enter through them.
+``ln_fwd`` and ``ln_bwd`` pick serial or parallel by size (``runs_parallel``);
+the Python backend and the C ABI both enter through them. ``eps`` may come in
+any float type; the forward kernels cast it to the compute type once.
 """
 
 import numpy as np
@@ -79,21 +83,27 @@ def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rs
                                        weight, bias, has_weight, has_bias, eps)
 
 
+@njit(cache=CACHE)
+def runs_parallel(rows, cols):
+    """The serial/parallel decision for every CPU entry point, Python's and C's."""
+    return rows > 1 and rows * cols > SERIAL_MAX_ELEMENTS
+
+
 @_kernel
 def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
            rows, cols, eps):
     """Forward pass: serial for small problems, parallel otherwise."""
-    if rows < 2 or rows * cols <= SERIAL_MAX_ELEMENTS:
-        ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                      rows, cols, eps)
-    else:
+    if runs_parallel(rows, cols):
         ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
                         rstd, rows, cols, eps)
+    else:
+        ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                      rows, cols, eps)
 
 
 @_row
-def _ln_bwd_row(dy, x, mean, rstd, weight, has_weight, dx, dweight_acc, dbias_acc):
-    """Input gradient of one row (1-D views); add its ``dy * xhat`` and ``dy`` to the partials."""
+def _ln_bwd_row_sums(dy, x, mean, rstd, weight, has_weight):
+    """Pass one of a row (1-D views): ``mean(g)`` and ``mean(g * xhat)``, ``g = w * dy``."""
     cols = x.shape[0]
     n = to_compute(x, cols)
     one = to_compute(x, 1)
@@ -104,9 +114,15 @@ def _ln_bwd_row(dy, x, mean, rstd, weight, has_weight, dx, dweight_acc, dbias_ac
         g = w * load(dy, j)
         sum_g += g
         sum_gxhat += g * _math.normalized(load(x, j), mean, rstd)
-    mean_g = _math.mean_offset(sum_g, n)
-    mean_gxhat = _math.mean_offset(sum_gxhat, n)
-    for j in range(cols):
+    return _math.mean_offset(sum_g, n), _math.mean_offset(sum_gxhat, n)
+
+
+@_row
+def _ln_bwd_row_grads(dy, x, mean, rstd, weight, has_weight, mean_g, mean_gxhat, dx,
+                      dweight_acc, dbias_acc):
+    """Pass two of a row: ``dx``, and its ``dy * xhat`` and ``dy`` into the partials."""
+    one = to_compute(x, 1)
+    for j in range(x.shape[0]):
         w = weight[j] if has_weight else one
         grad = load(dy, j)
         xhat = _math.normalized(load(x, j), mean, rstd)
@@ -117,17 +133,28 @@ def _ln_bwd_row(dy, x, mean, rstd, weight, has_weight, dx, dweight_acc, dbias_ac
 
 @_row
 def _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight, has_weight,
-                  dx, lddx, dweight_part, dbias_part, rows, cols):
-    """One fixed block of rows: its input gradients and its partial sums."""
+                  dx, lddx, dweight_part, dbias_part, coefs, rows, cols):
+    """One fixed block of rows: its input gradients and its partial sums.
+
+    Pass one runs over the whole block before pass two, so the block's ``x``
+    and ``dy`` stream in from memory as pure reads, and pass two finds them
+    in L2 (a block is sized to about 512 KB of float32 inputs).
+    """
     dweight_acc = dweight_part[block]
     dbias_acc = dbias_part[block]
     dweight_acc[:] = 0
     dbias_acc[:] = 0
-    stop = min(rows, (block + 1) * block_rows)
-    for r in range(block * block_rows, stop):
-        _ln_bwd_row(dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r],
-                    rstd[r], weight, has_weight, dx[r * lddx:r * lddx + cols],
-                    dweight_acc, dbias_acc)
+    start = block * block_rows
+    stop = min(rows, start + block_rows)
+    for r in range(start, stop):
+        coefs[r, 0], coefs[r, 1] = _ln_bwd_row_sums(
+            dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r], rstd[r],
+            weight, has_weight)
+    for r in range(start, stop):
+        _ln_bwd_row_grads(dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r],
+                          rstd[r], weight, has_weight, coefs[r, 0],
+                          coefs[r, 1], dx[r * lddx:r * lddx + cols],
+                          dweight_acc, dbias_acc)
 
 
 @_row
@@ -157,9 +184,10 @@ def ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     blocks = (rows + block_rows - 1) // block_rows
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
+    coefs = np.empty((rows, 2), dbias.dtype)
     for block in range(blocks):
         _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+                      has_weight, dx, lddx, dweight_part, dbias_part, coefs, rows, cols)
     _reduce_partials(dweight_part, dweight, 0, cols)
     _reduce_partials(dbias_part, dbias, 0, cols)
 
@@ -172,9 +200,10 @@ def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     blocks = (rows + block_rows - 1) // block_rows
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
+    coefs = np.empty((rows, 2), dbias.dtype)
     for block in prange(blocks):
         _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+                      has_weight, dx, lddx, dweight_part, dbias_part, coefs, rows, cols)
     chunks = (cols + _REDUCE_COLS - 1) // _REDUCE_COLS
     for chunk in prange(chunks):
         first = chunk * _REDUCE_COLS
@@ -187,9 +216,9 @@ def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
 def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
            dweight, dbias, rows, cols):
     """Backward pass: serial for small problems, parallel otherwise."""
-    if rows < 2 or rows * cols <= SERIAL_MAX_ELEMENTS:
-        ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                      dweight, dbias, rows, cols)
-    else:
+    if runs_parallel(rows, cols):
         ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                         dweight, dbias, rows, cols)
+    else:
+        ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                      dweight, dbias, rows, cols)
