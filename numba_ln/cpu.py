@@ -29,7 +29,7 @@ any float type; the forward kernels cast it to the compute type once.
 import numpy as np
 from numba import njit, prange
 
-from . import _math
+from . import _cache, _math
 from ._config import BACKWARD_BLOCK_ELEMENTS, CACHE, FASTMATH, SERIAL_MAX_ELEMENTS
 from ._storage import load, store, to_compute
 
@@ -222,3 +222,6 @@ def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     else:
         ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                       dweight, dbias, rows, cols)
+
+
+_cache.discard_if_stale(ln_fwd)

@@ -1,0 +1,47 @@
+"""The on-disk kernel cache is emptied when a shared kernel source changes."""
+
+import types
+
+from numba_ln import _cache
+
+
+def _dispatcher(path):
+    return types.SimpleNamespace(_cache=types.SimpleNamespace(_cache_path=str(path)))
+
+
+def _populate(directory):
+    names = ["cpu.ln_fwd-92.py311.nbi", "cpu.ln_fwd-92.py311.1.nbc",
+             "_cabi.entry-10.py311.nbi", "someone_else.f-1.py311.nbi"]
+    for name in names:
+        (directory / name).write_bytes(b"x")
+    return names
+
+
+def test_stale_entries_are_removed_and_the_stamp_written(tmp_path):
+    _populate(tmp_path)
+    (tmp_path / "numba_ln.sources").write_text("an older digest")
+    _cache.discard_if_stale(_dispatcher(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.nb?")) == ["someone_else.f-1.py311.nbi"]
+    assert (tmp_path / "numba_ln.sources").read_text() == _cache.source_digest()
+
+
+def test_entries_built_from_the_current_sources_are_kept(tmp_path):
+    names = _populate(tmp_path)
+    (tmp_path / "numba_ln.sources").write_text(_cache.source_digest())
+    _cache.discard_if_stale(_dispatcher(tmp_path))
+    assert sorted(p.name for p in tmp_path.glob("*.nb?")) == sorted(names)
+
+
+def test_a_first_run_without_stamp_starts_clean(tmp_path):
+    _populate(tmp_path)
+    _cache.discard_if_stale(_dispatcher(tmp_path))
+    assert len(list(tmp_path.glob("cpu.*"))) == 0
+
+
+def test_disabled_cache_is_left_alone():
+    _cache.discard_if_stale(types.SimpleNamespace(_cache=None))
+
+
+def test_digest_follows_the_shared_sources():
+    assert len(_cache.source_digest()) == 64
+    assert "_math.py" in _cache._SHARED_SOURCES and "cpu.py" in _cache._SHARED_SOURCES
