@@ -32,6 +32,13 @@ def _row_buffer(a, spec):
     return (buffer if storage is None else buffer.view(storage)), ld
 
 
+def _new_rows(spec):
+    """A fresh C-ordered result of ``x``'s shape and dtype, and its kernel buffer."""
+    buffer = np.empty(spec.rows * spec.cols, _STORAGE.get(spec.dtype, spec.dtype))
+    array = buffer if buffer.dtype == spec.dtype else buffer.view(spec.dtype)
+    return array.reshape(spec.shape), buffer
+
+
 def _param(param, dtype):
     """A weight/bias as a contiguous 1-D array of the compute dtype, or a placeholder."""
     if param is None:
@@ -58,15 +65,17 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
     x_buf, ldx = _row_buffer(x, spec)
     w, has_w = _param(weight, compute)
     b, has_b = _param(bias, compute)
-    direct = out is not None and _writes_directly(out, x, spec)
-    y = out if direct else np.empty(spec.shape, spec.dtype)
-    y_buf, ldy = _row_buffer(y, spec)
+    if out is not None and _writes_directly(out, x, spec):
+        y = out
+        y_buf, ldy = _row_buffer(out, spec)
+    else:
+        (y, y_buf), ldy = _new_rows(spec), spec.cols
     mean = np.empty(spec.stats_shape, compute)
     rstd = np.empty(spec.stats_shape, compute)
     if spec.rows:
         cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean.reshape(-1),
                    rstd.reshape(-1), spec.rows, spec.cols, eps)
-    if out is not None and not direct:
+    if out is not None and y is not out:
         out[...] = y
         y = out
     return y, mean, rstd
@@ -80,12 +89,11 @@ def backward(spec, dy, x, mean, rstd, weight, stream=None):
     mean = np.ascontiguousarray(mean, dtype=compute).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=compute).reshape(-1)
     w, has_w = _param(weight, compute)
-    dx = np.empty(spec.shape, spec.dtype)
-    dx_buf, lddx = _row_buffer(dx, spec)
+    dx, dx_buf = _new_rows(spec)
     dweight = np.zeros(spec.cols, compute)
     dbias = np.zeros(spec.cols, compute)
     if spec.rows:
-        cpu.ln_bwd(dy_buf, lddy, x_buf, ldx, mean, rstd, w, has_w, dx_buf, lddx,
+        cpu.ln_bwd(dy_buf, lddy, x_buf, ldx, mean, rstd, w, has_w, dx_buf, spec.cols,
                    dweight, dbias, spec.rows, spec.cols)
     shape = spec.normalized_shape
     return (dx, dweight.astype(spec.param_dtype, copy=False).reshape(shape),

@@ -20,20 +20,22 @@ def _as_host(obj):
     return obj if obj is None or isinstance(obj, np.ndarray) else np.asarray(obj)
 
 
-def select(device, x, *others):
+def select(device, x, others, names):
     """Return ``(backend module, x, others)`` for a call; host array-likes become NumPy.
 
-    ``others`` are the remaining array arguments (None where absent); all must
-    live where ``x`` lives.
+    ``others`` are the remaining array arguments (None where absent), named by
+    ``names`` for error messages; all must live where ``x`` lives.
     """
-    if device != "cuda" and type(x) is np.ndarray and all(
-            other is None or type(other) is np.ndarray for _, other in others):
-        if device is None or device == "cpu":  # the common case, decided cheaply
-            return _cpu_backend, x, [other for _, other in others]
+    if (device is None or device == "cpu") and type(x) is np.ndarray:
+        for other in others:  # the common case, decided cheaply
+            if other is not None and type(other) is not np.ndarray:
+                break
+        else:
+            return _cpu_backend, x, others
     if device not in DEVICES:
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
     on_gpu = _cuda_backend.is_device_array(x)
-    for name, other in others:
+    for name, other in zip(names, others):
         if other is not None and _cuda_backend.is_device_array(other) != on_gpu:
             where, there = ("a CUDA array", "a host array") if on_gpu else (
                 "a host array", "a CUDA array")
@@ -45,10 +47,10 @@ def select(device, x, *others):
                          "host first (e.g. x.copy_to_host()) or use device=None")
     if not on_gpu:
         x = _as_host(x)
-        others = [(name, _as_host(other)) for name, other in others]
+        others = tuple(_as_host(other) for other in others)
     if on_gpu or device == "cuda":
         reason = _cuda_backend.unavailable_reason()
         if reason is not None:
             raise CUDAUnavailableError(f"CUDA support is not available: {reason}")
-        return _cuda_backend, x, [other for _, other in others]
-    return _cpu_backend, x, [other for _, other in others]
+        return _cuda_backend, x, others
+    return _cpu_backend, x, others

@@ -4,6 +4,9 @@ from typing import NamedTuple
 
 from . import _cuda_backend, _dispatch, _validate
 
+_FORWARD_ARRAYS = ("weight", "bias", "out")
+_BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight")
+
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
                return_stats=False, device=None, stream=None):
@@ -83,7 +86,7 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     array([ 2., 20.], dtype=float32)
     """
     backend, x, (weight, bias, out) = _dispatch.select(
-        device, x, ("weight", weight), ("bias", bias), ("out", out))
+        device, x, (weight, bias, out), _FORWARD_ARRAYS)
     spec, eps = _validate.forward_spec(x, weight, bias, axis, eps, out)
     y, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream)
     return (y, mean, rstd) if return_stats else y
@@ -142,7 +145,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
     (True, array([1., 1., 1.]))
     """
     backend, x, (dy, mean, rstd, weight) = _dispatch.select(
-        device, x, ("dy", dy), ("mean", mean), ("rstd", rstd), ("weight", weight))
+        device, x, (dy, mean, rstd, weight), _BACKWARD_ARRAYS)
     spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis)
     return backend.backward(spec, dy, x, mean, rstd, weight, stream)
 
