@@ -25,7 +25,7 @@ from numba import njit
 # ``numba.cuda.compile_ptx`` compile a kernel that calls them on a machine
 # with no GPU: a call to a separately compiled device function asks the
 # driver for the current device's compute capability.
-_jit = njit(inline="always")
+_jit = njit(inline="always", error_model="numpy")
 
 
 @_jit
@@ -54,11 +54,11 @@ def centered(value, shift, offset):
 def reciprocal_std(centered_sumsq, n, eps):
     """``1 / sqrt(var + eps)`` from the sum of squared deviations.
 
-    Written ``sqrt(...) ** -1`` because a literal ``1.0 /`` is a float64 in
-    numba and would promote float32 statistics to float64; the integer power
-    is an exact reciprocal in the argument's own type.
+    The one is spelled ``n / n`` (exactly 1, in the compute type): a literal
+    ``1.0`` is a float64 in numba and would promote float32 statistics to
+    float64. A zero variance with ``eps = 0`` gives ``inf``.
     """
-    return math.sqrt(centered_sumsq / n + eps) ** -1
+    return (n / n) / math.sqrt(centered_sumsq / n + eps)
 
 
 @_jit

@@ -33,9 +33,11 @@ from . import _cache, _math
 from ._config import BACKWARD_BLOCK_ELEMENTS, CACHE, FASTMATH, SERIAL_MAX_ELEMENTS
 from ._storage import load, store, to_compute
 
-_kernel = njit(fastmath=FASTMATH, cache=CACHE)
-_parallel_kernel = njit(fastmath=FASTMATH, cache=CACHE, parallel=True)
-_row = njit(fastmath=FASTMATH, inline="always")
+# error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
+# row NaN, like any other non-finite row) instead of raising ZeroDivisionError.
+_kernel = njit(fastmath=FASTMATH, cache=CACHE, error_model="numpy")
+_parallel_kernel = njit(fastmath=FASTMATH, cache=CACHE, error_model="numpy", parallel=True)
+_row = njit(fastmath=FASTMATH, inline="always", error_model="numpy")
 
 
 @_row

@@ -69,3 +69,12 @@ def rel_l2(actual, expected):
 #: Largest relative L2 error accepted, per input dtype.
 TOLERANCE = {np.dtype(np.float16): 1e-3, np.dtype(np.float32): 1e-6,
              np.dtype(np.float64): 1e-12}
+
+
+#: The dtypes every test covers.
+DTYPES = [np.float16, np.float32, np.float64]
+
+
+def param_dtype(dtype):
+    """A gain/bias dtype that differs from x's where that is the realistic case."""
+    return np.float32 if dtype == np.float16 else dtype

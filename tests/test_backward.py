@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import numba_ln
-from conftest import DTYPES, param_dtype
-from reference import TOLERANCE, layer_norm as ref_layer_norm
+from reference import DTYPES, TOLERANCE, layer_norm as ref_layer_norm, param_dtype
 from reference import layer_norm_backward as ref_backward, rel_l2
 
 

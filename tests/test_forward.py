@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 
 import numba_ln
-from conftest import DTYPES, param_dtype
-from reference import TOLERANCE, layer_norm as ref_layer_norm, rel_l2
+from reference import DTYPES, TOLERANCE, layer_norm as ref_layer_norm, param_dtype, rel_l2
 
 SHAPES = [(7,), (5, 33), (3, 4, 17), (2, 3, 2, 5), (300, 129)]
 PARAMS = ["none", "weight", "bias", "both"]
@@ -148,6 +147,14 @@ def test_large_mean_small_spread_float32_is_stable(rng):
     assert rel_l2(y, y_ref) <= 1e-6
     assert rel_l2(rstd, rstd_ref) <= 1e-6
     assert rel_l2(mean, mean_ref) <= 1e-7
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_constant_row_with_eps_zero_is_nan_not_an_error(dtype):
+    x = np.array([[2.0, 2.0, 2.0], [1.0, 2.0, 3.0]], dtype)
+    y, _, rstd = numba_ln.layer_norm(x, eps=0.0, return_stats=True)
+    assert np.isinf(rstd[0, 0]) and np.isnan(y[0]).all()
+    np.testing.assert_allclose(y[1], [-np.sqrt(1.5), 0, np.sqrt(1.5)], rtol=1e-3)
 
 
 def test_list_input_and_eps_zero():
