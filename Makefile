@@ -16,8 +16,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
+# The second run executes the GPU kernels under numba's CUDA simulator (the
+# first skips them unless a real GPU is present; it compiles them to PTX).
 test: $(STAMP)
 	$(PY) -m pytest
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/gpu
 
 bench: $(STAMP)
 	$(PY) -m numba_ln bench

@@ -27,3 +27,46 @@ BACKWARD_BLOCK_ELEMENTS = 1 << 16
 #: (useful while editing kernels: numba does not notice edits to the helper
 #: functions a cached kernel calls).
 CACHE = os.environ.get("NUMBA_LN_NO_CACHE", "") in ("", "0")
+
+# ---------------------------------------------------------------------------
+# CUDA (numba_ln/cuda.py). ``cuda.plan`` reads these at every call, so a test
+# may monkeypatch them small and the simulator runs every kernel variant fast.
+# The block sizes must be powers of two: the reductions are shared-memory
+# trees.
+# ---------------------------------------------------------------------------
+
+#: Row elements each thread of a warp-per-row kernel holds in registers. A
+#: row of up to ``32 * CUDA_WARP_ITEMS_PER_THREAD`` elements (256) is served by
+#: a warp, or by a power-of-two part of one for rows shorter than 32; longer
+#: rows get a block each. This is the warp-vs-block and register-vs-shared
+#: switch. 8 keeps the warp kernels near 56 (forward) and 92 (backward)
+#: registers in float32; 16 would nearly double both.
+CUDA_WARP_ITEMS_PER_THREAD = 8
+
+#: Threads per block of the warp-per-row kernels (several rows per block).
+CUDA_WARP_BLOCK_THREADS = 128
+
+#: Most threads per block of the block-per-row kernels. A row gets the
+#: smallest power of two >= 32 that gives each thread at most
+#: ``CUDA_WARP_ITEMS_PER_THREAD`` elements, up to this.
+CUDA_ROW_BLOCK_THREADS = 256
+
+#: Dynamic shared memory a block-per-row kernel may use to cache a row (the
+#: forward pass caches ``cols`` values of the compute type, the backward pass
+#: ``4 * cols``: xhat, w * dy and the two column accumulators). Rows that do
+#: not fit are streamed from global memory (L2) instead. 32 KiB plus the
+#: reduction buffers stays under the 48 KiB a block gets without opting in.
+CUDA_SHARED_CACHE_BYTES = 32 * 1024
+
+#: Most blocks of a backward pass, hence most partial ``dweight``/``dbias``
+#: rows that the second kernel sums. The count is a function of the shape
+#: alone (never of the GPU), so the gradients are bit-identical on any device.
+CUDA_BACKWARD_MAX_BLOCKS = 512
+
+#: Threads per block of the partial-sum reduction (one thread per column).
+CUDA_REDUCE_THREADS = 256
+
+#: numba-cuda ``fastmath``: off, so division and ``sqrt`` are IEEE-rounded and
+#: denormals are kept; the kernels are memory-bound, the approximations would
+#: buy nothing.
+CUDA_FASTMATH = False

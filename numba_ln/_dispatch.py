@@ -52,5 +52,9 @@ def select(device, x, others, names):
         reason = _cuda_backend.unavailable_reason()
         if reason is not None:
             raise CUDAUnavailableError(f"CUDA support is not available: {reason}")
+        if on_gpu:  # zero-copy numba views, whose dtypes NumPy understands (unlike torch's)
+            x = _cuda_backend.as_numba_array(x)
+            others = tuple(None if other is None else _cuda_backend.as_numba_array(other)
+                           for other in others)
         return _cuda_backend, x, others
     return _cpu_backend, x, others

@@ -1,0 +1,64 @@
+"""GPU tests: the CUDA backend under numba's simulator, or on a real GPU.
+
+They run when ``NUMBA_ENABLE_CUDASIM=1`` (the simulator executes the very
+kernels that ship, one Python thread per CUDA thread) or when a usable GPU is
+present; otherwise they are skipped, except those marked
+``runs_without_gpu``.
+
+Under the simulator the launch sizes are patched small (``small_launch``), so
+shapes of a few dozen columns reach every kernel variant and every switch.
+On a GPU the same small configuration runs the real kernels, and the tests
+marked ``real_gpu`` add the default configuration at realistic sizes.
+"""
+
+import os
+
+import pytest
+
+from numba_ln import _config, _cuda_backend
+
+from .gpu_launch import SHARED_MAX_COLS, SMALL
+
+SIMULATOR = _cuda_backend.simulator_enabled()
+
+
+def _gpu_reason():
+    """None when a real GPU can run the tests, else why not."""
+    if SIMULATOR:
+        return None
+    return _cuda_backend.unavailable_reason()
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "runs_without_gpu: runs in every test session")
+    config.addinivalue_line("markers", "real_gpu: needs a real GPU (not the simulator)")
+
+
+def pytest_collection_modifyitems(config, items):
+    reason = _gpu_reason()
+    here = os.path.dirname(__file__)
+    for item in items:
+        if not str(item.fspath).startswith(here):
+            continue
+        if item.get_closest_marker("runs_without_gpu"):
+            continue
+        if reason is not None:
+            item.add_marker(pytest.mark.skip(
+                reason=f"no GPU ({reason}); run with NUMBA_ENABLE_CUDASIM=1"))
+        elif SIMULATOR and item.get_closest_marker("real_gpu"):
+            item.add_marker(pytest.mark.skip(reason="needs a real GPU, not the simulator"))
+
+
+@pytest.fixture
+def small_launch(monkeypatch):
+    """Patch the CUDA tunables small; ``set_shared_limit`` moves the shared/streaming switch."""
+    for name, value in SMALL.items():
+        monkeypatch.setattr(_config, name, value)
+
+    def set_shared_limit(direction, dtype, cols=SHARED_MAX_COLS):
+        """Rows of up to ``cols`` elements fit the shared-memory cache, for this pass and dtype."""
+        per_element = 1 if direction == "forward" else 4
+        itemsize = 8 if str(dtype) == "float64" else 4
+        monkeypatch.setattr(_config, "CUDA_SHARED_CACHE_BYTES", cols * per_element * itemsize)
+
+    return set_shared_limit

@@ -1,0 +1,339 @@
+"""The public API on CUDA arrays: layouts, ``out=``, dtypes, streams, errors.
+
+Shapes stay small (the simulator runs one Python thread per CUDA thread);
+``small_launch`` makes them reach the block-per-row kernels too.
+"""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numba import cuda
+
+import numba_ln
+from numba_ln import _cuda_backend
+
+from .gpu_reference import TOLERANCE, layer_norm, layer_norm_backward, rel_error
+
+TOL32 = TOLERANCE["float32"]
+
+
+def _data(shape, dtype=np.float32, seed=0, offset=2.0):
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(shape) + offset).astype(dtype)
+
+
+def _host(a):
+    return a.copy_to_host() if hasattr(a, "copy_to_host") else a
+
+
+@pytest.fixture
+def no_copies(monkeypatch):
+    """Fail the test if the backend makes a device-side copy of an input."""
+    def refuse(array, dtype, stream):
+        raise AssertionError(f"unexpected device copy of a {array.shape} array")
+    monkeypatch.setattr(_cuda_backend, "_copy", refuse)
+
+
+@pytest.fixture
+def count_copies(monkeypatch):
+    """Record the shapes of the device-side copies the backend makes."""
+    copies = []
+    real = _cuda_backend._copy
+
+    def spy(array, dtype, stream):
+        copies.append(tuple(array.shape))
+        return real(array, dtype, stream)
+    monkeypatch.setattr(_cuda_backend, "_copy", spy)
+    return copies
+
+
+@pytest.mark.parametrize("cols", [20, 70])
+def test_row_strided_input_and_output_are_not_copied(small_launch, no_copies, cols):
+    """x[:, :cols] of a wider array, and out= likewise: read and written in place."""
+    small_launch("forward", "float32")
+    wide = _data((4, cols + 9))
+    weight = _data(cols, seed=1)
+    d_wide = cuda.to_device(wide)
+    d_out = cuda.to_device(np.full((4, cols + 5), -7.0, np.float32))
+    result = numba_ln.layer_norm(d_wide[:, :cols], cuda.to_device(weight),
+                                 out=d_out[:, :cols], return_stats=True)
+    host_out = d_out.copy_to_host()
+    assert rel_error(host_out[:, :cols], layer_norm(wide[:, :cols], weight)[0]) <= TOL32
+    np.testing.assert_array_equal(host_out[:, cols:], -7.0)  # untouched padding
+    mean, rstd = _host(result[1]), _host(result[2])
+    small_launch("backward", "float32")
+    dy = _data((4, cols + 3), seed=2)
+    grads = numba_ln.layer_norm_backward(cuda.to_device(dy)[:, :cols], d_wide[:, :cols],
+                                         cuda.to_device(mean), cuda.to_device(rstd),
+                                         cuda.to_device(weight))
+    expected = layer_norm_backward(dy[:, :cols], wide[:, :cols], mean, rstd, weight)
+    for got, want in zip(grads, expected):
+        assert rel_error(_host(got), want) <= TOL32
+
+
+@pytest.mark.parametrize("cols", [20, 70])
+def test_transposed_input_is_copied_on_the_device(small_launch, count_copies, cols):
+    small_launch("forward", "float32")
+    x = _data((cols, 5))  # rows are the columns of this array
+    y = numba_ln.layer_norm(cuda.to_device(x).T)
+    assert count_copies == [(5, cols)]
+    assert rel_error(_host(y), layer_norm(x.T)[0]) <= TOL32
+
+
+def test_in_place(small_launch):
+    small_launch("forward", "float32")
+    x = _data((5, 40))
+    d_x = cuda.to_device(x)
+    y = numba_ln.layer_norm(d_x, out=d_x)
+    assert y is d_x
+    assert rel_error(d_x.copy_to_host(), layer_norm(x)[0]) <= TOL32
+
+
+def test_out_overlapping_x_gets_the_right_values(small_launch):
+    """out and x are shifted views of one buffer: computed aside, then copied in."""
+    small_launch("forward", "float32")
+    buffer = _data((6, 40))
+    d_buffer = cuda.to_device(buffer)
+    numba_ln.layer_norm(d_buffer[1:], out=d_buffer[:-1])
+    assert rel_error(d_buffer.copy_to_host()[:-1], layer_norm(buffer[1:])[0]) <= TOL32
+
+
+def test_out_with_another_layout(small_launch):
+    """A transposed out= (not row-contiguous) receives y through a device copy."""
+    small_launch("forward", "float64")
+    x = _data((5, 30), np.float64)
+    d_out = cuda.device_array((30, 5), np.float64)
+    y = numba_ln.layer_norm(cuda.to_device(x), out=d_out.T)
+    np.testing.assert_allclose(_host(y), layer_norm(x)[0], rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(d_out.copy_to_host().T, layer_norm(x)[0], rtol=1e-12,
+                               atol=1e-12)
+
+
+def test_parameters_of_other_dtypes_and_layouts(small_launch):
+    """float64 weight (strided) with float32 x: dweight/dbias come back float64."""
+    small_launch("forward", "float32")
+    x = _data((4, 24))
+    weight_wide = _data(48, np.float64, seed=3)
+    bias = _data(24, np.float16, seed=4)
+    weight = weight_wide[::2]
+    d_weight = cuda.to_device(weight_wide)[::2]
+    y, mean, rstd = numba_ln.layer_norm(cuda.to_device(x), d_weight, cuda.to_device(bias),
+                                        return_stats=True)
+    assert rel_error(_host(y), layer_norm(x, weight, bias)[0]) <= TOL32
+    mean, rstd = _host(mean), _host(rstd)
+    dy = _data(x.shape, seed=5)
+    dx, dweight, dbias = numba_ln.layer_norm_backward(
+        cuda.to_device(dy), cuda.to_device(x), cuda.to_device(mean.astype(np.float64)),
+        cuda.to_device(rstd.ravel()), d_weight)
+    assert _host(dweight).dtype == _host(dbias).dtype == np.float64
+    for got, want in zip((dx, dweight, dbias),
+                         layer_norm_backward(dy, x, mean, rstd, weight)):
+        assert rel_error(_host(got), want) <= TOL32
+
+
+@pytest.mark.parametrize("cols", [16, 80])
+def test_nan_and_inf_stay_in_their_row(small_launch, cols):
+    small_launch("forward", "float32")
+    x = _data((4, cols))
+    x[1, 3] = np.nan
+    x[2, 0] = np.inf
+    y, mean, rstd = (_host(a) for a in numba_ln.layer_norm(cuda.to_device(x),
+                                                           return_stats=True))
+    assert np.isnan(y[1]).all() and np.isnan(y[2]).all()
+    clean = [0, 3]
+    assert rel_error(y[clean], layer_norm(x[clean])[0]) <= TOL32
+    small_launch("backward", "float32")
+    dy = _data(x.shape, seed=6)
+    dx = _host(numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x),
+                                            cuda.to_device(mean), cuda.to_device(rstd))[0])
+    assert np.isnan(dx[1]).all() and np.isnan(dx[2]).all()
+    ref = layer_norm_backward(dy[clean], x[clean], mean[clean], rstd[clean])[0]
+    assert rel_error(dx[clean], ref) <= TOL32
+
+
+@pytest.mark.parametrize("cols", [5, 50, 150])
+def test_gradients_are_bit_identical_across_calls(small_launch, cols):
+    small_launch("backward", "float32")
+    x = cuda.to_device(_data((9, cols)))
+    dy = cuda.to_device(_data((9, cols), seed=1))
+    _, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    first = [_host(a) for a in numba_ln.layer_norm_backward(dy, x, mean, rstd)]
+    second = [_host(a) for a in numba_ln.layer_norm_backward(dy, x, mean, rstd)]
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_device_cuda_with_numpy_inputs(small_launch):
+    """Copied in, computed on the GPU, copied back: NumPy in, NumPy out (and out=)."""
+    small_launch("forward", "float16")
+    x = _data((3, 70), np.float16)
+    weight = _data(70, np.float16, seed=1)
+    out = np.empty_like(x)
+    y, mean, rstd = numba_ln.layer_norm(x, weight, device="cuda", out=out, return_stats=True)
+    assert y is out and isinstance(mean, np.ndarray) and mean.shape == (3, 1)
+    assert rel_error(y, layer_norm(x, weight)[0]) <= TOLERANCE["float16"]
+    small_launch("backward", "float16")
+    dy = _data(x.shape, np.float16, seed=2)
+    grads = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight, device="cuda")
+    assert all(isinstance(g, np.ndarray) for g in grads)
+    assert grads[1].dtype == np.float16
+    for got, want in zip(grads, layer_norm_backward(dy, x, mean, rstd, weight)):
+        assert rel_error(got, want) <= TOLERANCE["float16"]
+
+
+def test_numba_stream_is_used(small_launch):
+    small_launch("forward", "float32")
+    stream = cuda.stream()
+    x = _data((3, 40))
+    d_x = cuda.to_device(x, stream=stream)
+    y, mean, rstd = numba_ln.layer_norm(d_x, stream=stream, return_stats=True)
+    dx, dweight, dbias = numba_ln.layer_norm_backward(d_x, d_x, mean, rstd, stream=stream)
+    stream.synchronize()
+    assert rel_error(y.copy_to_host(), layer_norm(x)[0]) <= TOL32
+    assert dweight.copy_to_host().shape == (40,)
+
+
+def test_bad_stream_is_a_type_error():
+    with pytest.raises(TypeError, match="raw CUDA stream handle"):
+        numba_ln.layer_norm(cuda.to_device(_data((2, 8))), stream="default")
+
+
+def test_mixing_host_and_device_arrays_is_an_error():
+    d_x = cuda.to_device(_data((2, 8)))
+    with pytest.raises(ValueError, match="x is a CUDA array but weight is a host array"):
+        numba_ln.layer_norm(d_x, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="x is a host array but out is a CUDA array"):
+        numba_ln.layer_norm(_data((2, 8)), out=d_x)
+    with pytest.raises(ValueError, match="device='cpu' was given but x is a CUDA array"):
+        numba_ln.layer_norm(d_x, device="cpu")
+
+
+def test_validation_errors_are_the_cpu_ones():
+    d_x = cuda.to_device(_data((2, 8)))
+    with pytest.raises(ValueError, match=r"weight has shape \(7,\)"):
+        numba_ln.layer_norm(d_x, cuda.to_device(np.ones(7, np.float32)))
+    with pytest.raises(TypeError, match="out has dtype float64; expected float32"):
+        numba_ln.layer_norm(d_x, out=cuda.device_array((2, 8), np.float64))
+    with pytest.raises(ValueError, match="axis 2 is out of range"):
+        numba_ln.layer_norm(d_x, axis=2)
+    with pytest.raises(ValueError, match="expected one per row"):
+        numba_ln.layer_norm_backward(d_x, d_x, cuda.to_device(np.zeros(3, np.float32)),
+                                     cuda.to_device(np.ones(2, np.float32)))
+
+
+def test_device_arrays_are_recognised_and_cuda_is_available():
+    assert _cuda_backend.is_device_array(cuda.to_device(np.ones(3)))
+    assert not _cuda_backend.is_device_array(np.ones(3))
+    info = numba_ln.backends()["cuda"]
+    assert info.available, info.detail
+
+
+def test_default_configuration():
+    """The shipped tunables: a 300-wide row gets a 64-thread block and a shared cache."""
+    from numba_ln import cuda as kernels
+    assert kernels.plan("forward", 2, 300, np.float32)[:4] == ("block_per_row_shared", 2,
+                                                              64, 64)
+    x = _data((2, 300))
+    y, mean, rstd = numba_ln.layer_norm(cuda.to_device(x), return_stats=True)
+    assert rel_error(_host(y), layer_norm(x)[0]) <= TOL32
+    dy = _data(x.shape, seed=1)
+    grads = numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x), mean, rstd)
+    for got, want in zip(grads, layer_norm_backward(dy, x, _host(mean), _host(rstd))):
+        assert rel_error(_host(got), want) <= TOL32
+
+
+@pytest.mark.runs_without_gpu
+def test_stream_handles():
+    class CudaStreamProtocol:
+        def __cuda_stream__(self):
+            return (0, 1234)
+
+    class TorchLike:
+        cuda_stream = 99
+
+    class CupyLike:
+        ptr = 77
+
+    assert _cuda_backend.stream_handle(CudaStreamProtocol()) == 1234
+    assert _cuda_backend.stream_handle(TorchLike()) == 99
+    assert _cuda_backend.stream_handle(CupyLike()) == 77
+    assert _cuda_backend.stream_handle(np.int64(5)) == 5
+    with pytest.raises(TypeError, match="got bool"):
+        _cuda_backend.stream_handle(True)
+
+
+@pytest.mark.runs_without_gpu
+def test_import_does_not_import_numba_cuda():
+    code = "import sys, numba_ln; sys.exit('numba.cuda' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 0
+
+
+@pytest.mark.runs_without_gpu
+def test_without_a_gpu_device_cuda_says_why():
+    reason = _cuda_backend.unavailable_reason()
+    if reason is None:
+        pytest.skip("a GPU (or the simulator) is available here")
+    with pytest.raises(numba_ln.CUDAUnavailableError, match="CUDA support is not available"):
+        numba_ln.layer_norm(np.ones((2, 4), np.float32), device="cuda")
+    info = numba_ln.backends()["cuda"]
+    assert not info.available and info.detail == reason
+
+
+class _FakeDeviceArray:
+    """Shape, strides, dtype and address of a NumPy view, dressed as a CUDA array."""
+
+    def __init__(self, view):
+        self._ary = view
+        self.shape, self.strides, self.dtype = view.shape, view.strides, view.dtype
+        self.__cuda_array_interface__ = {"data": (view.__array_interface__["data"][0], False)}
+
+
+@pytest.mark.runs_without_gpu
+def test_out_is_written_directly_only_when_safe():
+    """Direct writes for in-place and disjoint out=; anything that may overlap goes aside."""
+    from numba_ln._validate import forward_spec
+    buffer = np.zeros((8, 10), np.float32)
+    spec, _ = forward_spec(buffer[:4], None, None, -1, 1e-5, None)
+
+    def direct(out, x):
+        return _cuda_backend._writes_directly(_FakeDeviceArray(out), _FakeDeviceArray(x), spec)
+
+    assert direct(buffer[:4], buffer[:4])             # in place
+    assert direct(buffer[4:], buffer[:4])             # disjoint
+    assert not direct(buffer[1:5], buffer[:4])        # shifted by a row
+    assert not direct(buffer[::2], buffer[1::2])      # interleaved: extents overlap
+    assert not direct(buffer[:4, ::-1], buffer[4:])   # out's rows not contiguous
+    assert not direct(buffer[4:], buffer[7:3:-1])     # reversed rows reach below their address
+
+
+@pytest.mark.parametrize("cols", [3, 70, 100])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, cols, dtype):
+    """Every launch passes exactly the types tests/test_ptx.py compiles and checks."""
+    from numba import typeof
+
+    from numba_ln import cuda as kernels
+    launched = []
+    real = _cuda_backend._launch
+
+    def spy(kernel, grid, block, stream, shared_bytes, args):
+        launched.append((kernel, tuple(typeof(a) for a in args)))
+        return real(kernel, grid, block, stream, shared_bytes, args)
+
+    monkeypatch.setattr(_cuda_backend, "_launch", spy)
+    small_launch("forward", dtype)
+    x = cuda.to_device(_data((2, cols), dtype))
+    weight = cuda.to_device(_data(cols, dtype, seed=1))
+    _, mean, rstd = numba_ln.layer_norm(x, weight, weight, return_stats=True)
+    numba_ln.layer_norm_backward(x, x, mean, rstd, weight)
+    compute = np.float64 if dtype == "float64" else np.float32
+    forward, backward = (kernels.plan(direction, 2, cols, compute)
+                         for direction in ("forward", "backward"))
+    expected = kernels.signatures(dtype)
+    names = {id(getattr(forward.kernels, name)): name for name in kernels.Kernels._fields}
+    assert [names[id(kernel)] for kernel, _ in launched] == [
+        "fwd_" + forward.variant, "bwd_" + backward.variant, "bwd_reduce_partials"]
+    for kernel, types in launched:
+        assert types == expected[names[id(kernel)]]

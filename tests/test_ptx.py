@@ -1,0 +1,121 @@
+"""Every CUDA kernel compiles, for every dtype, to PTX and SASS without spilling.
+
+No GPU is needed: ``numba.cuda.compile_ptx`` targets a compute capability
+without asking a driver, and ``ptxas`` (from the ``nvidia-cuda-nvcc-cu12``
+wheel, found through the installed package, never PATH) assembles the PTX
+and reports registers, stack frame and spill bytes per kernel. The kernels
+compiled are the ones the backend launches -- the shipped tunables and the
+exact argument types of ``numba_ln.cuda.signatures``.
+
+``python tests/test_ptx.py`` prints the register table of docs/gpu.md.
+"""
+
+import importlib.util
+import pathlib
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+DTYPES = ("float16", "float32", "float64")
+ARCHES = ((8, 0), (9, 0))
+KERNELS = ("fwd_warp_per_row", "fwd_block_per_row_shared", "fwd_block_per_row_streaming",
+           "bwd_warp_per_row", "bwd_block_per_row_shared", "bwd_block_per_row_streaming",
+           "bwd_reduce_partials")
+
+_USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
+                    r"(\d+) bytes spill loads")
+_REGISTERS = re.compile(r"Used (\d+) registers")
+
+
+def find_ptxas():
+    """``ptxas`` from the nvidia-cuda-nvcc wheel, or None when it is not installed."""
+    try:
+        spec = importlib.util.find_spec("nvidia.cuda_nvcc")
+    except ModuleNotFoundError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for root in spec.submodule_search_locations:
+        path = pathlib.Path(root, "bin", "ptxas")
+        if path.is_file():
+            return path
+    return None
+
+
+def assemble(dtype, kernel, cc, ptxas, workdir):
+    """Compile one kernel to PTX for ``cc``, assemble it; return ptxas's numbers."""
+    from numba import cuda
+
+    from numba_ln import _config
+    from numba_ln import cuda as kernels
+    compute = np.dtype(np.float64 if dtype == "float64" else np.float32)
+    kernel_set = kernels.kernels(compute, _config.CUDA_WARP_ITEMS_PER_THREAD,
+                                 _config.CUDA_WARP_BLOCK_THREADS,
+                                 _config.CUDA_ROW_BLOCK_THREADS)
+    signature = kernels.signatures(dtype)[kernel]
+    ptx, _ = cuda.compile_ptx(getattr(kernel_set, kernel).py_func, signature, cc=cc)
+    arch = f"sm_{cc[0]}{cc[1]}"
+    source = pathlib.Path(workdir, f"{kernel}_{dtype}_{arch}.ptx")
+    source.write_text(ptx)
+    run = subprocess.run([str(ptxas), "-v", f"-arch={arch}", str(source), "-o", "/dev/null"],
+                         capture_output=True, text=True, check=True)
+    usage = _USAGE.findall(run.stderr)
+    registers = _REGISTERS.findall(run.stderr)
+    assert len(usage) == len(registers) == 1, run.stderr  # one entry, helpers inlined
+    stack, spill_stores, spill_loads = map(int, usage[0])
+    return {"registers": int(registers[0]), "stack": stack,
+            "spill_stores": spill_stores, "spill_loads": spill_loads}
+
+
+@pytest.fixture(scope="module")
+def ptxas():
+    path = find_ptxas()
+    if path is None:
+        pytest.skip("ptxas not found: install the GPU extras, pip install 'numba-ln[cuda]'")
+    return path
+
+
+@pytest.mark.parametrize("cc", ARCHES, ids=lambda cc: f"sm_{cc[0]}{cc[1]}")
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_kernel_compiles_without_spills(kernel, dtype, cc, ptxas, tmp_path):
+    numbers = assemble(dtype, kernel, cc, ptxas, tmp_path)
+    assert numbers["spill_stores"] == numbers["spill_loads"] == 0, numbers
+    # No local-memory frame either: the warp kernels' register caches really
+    # are registers (fully unrolled), not a stack array.
+    assert numbers["stack"] == 0, numbers
+    assert numbers["registers"] <= 255
+
+
+def test_signatures_cover_every_kernel():
+    from numba_ln import cuda as kernels
+    for dtype in DTYPES:
+        assert set(kernels.signatures(dtype)) == set(KERNELS) == set(kernels.Kernels._fields)
+
+
+def main():
+    """Print the registers table (markdown) for docs/gpu.md."""
+    import tempfile
+    ptxas = find_ptxas()
+    if ptxas is None:
+        sys.exit("ptxas not found")
+    header = "| kernel | dtype | " + " | ".join(
+        f"sm_{a}{b} registers | sm_{a}{b} spill bytes" for a, b in ARCHES) + " |"
+    print(header)
+    print("|" + "---|" * (2 + 2 * len(ARCHES)))
+    with tempfile.TemporaryDirectory() as workdir:
+        for kernel in KERNELS:
+            for dtype in DTYPES:
+                cells = []
+                for cc in ARCHES:
+                    numbers = assemble(dtype, kernel, cc, ptxas, workdir)
+                    cells += [str(numbers["registers"]),
+                              str(numbers["spill_stores"] + numbers["spill_loads"])]
+                print(f"| `_ln_{kernel}` | {dtype} | " + " | ".join(cells) + " |")
+
+
+if __name__ == "__main__":
+    main()
