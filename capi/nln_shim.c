@@ -1,0 +1,532 @@
+/*
+ * nln_shim.c -- the C half of libnumba_ln.so: the functions of numba_ln.h.
+ *
+ * capi/build.py compiles this file with cffi's embedding mode, after cffi's
+ * own support code (which includes Python.h) and after a line that defines
+ * NLN_BUILD_PYTHON, the python executable of the environment the library
+ * was built in.
+ *
+ * Start-up (once per process, under pthread_once):
+ *   1. Start CPython ourselves with a PyConfig whose program_name is that
+ *      executable (or $NUMBA_LN_PYTHON). CPython then finds its standard
+ *      library and the virtual environment's site-packages exactly as when
+ *      that python runs, with no environment variables. Py_InitializeFromConfig
+ *      reports failure as a PyStatus instead of aborting the process.
+ *   2. cffi_start_python() sets this library up as a Python module and runs
+ *      embedded_init.py, which binds the Python side of nln_shim.h.
+ *   3. nln__py_init() imports numba_ln._cabi (loading the compiled @cfunc
+ *      entry points from numba's cache, or compiling them) and returns
+ *      their addresses. They are kept as C function pointers.
+ * Any failure is recorded once; every later call returns NLN_ERR_INIT with
+ * the recorded message. A call cffi could not deliver to Python returns 0,
+ * so success is recognised only by runtime.ready == NLN_RUNTIME_READY.
+ *
+ * Steady state: a CPU call checks its arguments here, then calls the entry
+ * point through its pointer: compiled code only, no Python executed and, for
+ * the serial kernels, no GIL. (numba's launcher for the parallel kernels takes
+ * the GIL for a moment around the parallel region.)
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "numba_ln.h"
+#include "nln_shim.h"
+
+#ifndef NLN_BUILD_PYTHON
+#error "NLN_BUILD_PYTHON (the python executable to embed) must be defined by capi/build.py"
+#endif
+
+#define NLN_MESSAGE_CAP 1024
+
+/* ------------------------------------------------------------------ errors */
+
+static _Thread_local char nln__error[NLN_MESSAGE_CAP];
+
+void nln__set_error(const char *message)
+{
+    snprintf(nln__error, sizeof nln__error, "%s", message ? message : "");
+}
+
+/* Set this thread's message to "fn: <formatted>" and return `status`. */
+static nln_status nln__fail(nln_status status, const char *fn, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+static nln_status nln__fail(nln_status status, const char *fn, const char *format, ...)
+{
+    char detail[NLN_MESSAGE_CAP];
+    va_list args;
+    va_start(args, format);
+    vsnprintf(detail, sizeof detail, format, args);
+    va_end(args);
+    snprintf(nln__error, sizeof nln__error, "%s: %.*s", fn,
+             (int)(sizeof nln__error - strlen(fn) - 3), detail);
+    return status;
+}
+
+/* After the Python side failed: prefix its message with the function name. */
+static nln_status nln__fail_from_python(nln_status status, const char *fn)
+{
+    char detail[NLN_MESSAGE_CAP];
+    snprintf(detail, sizeof detail, "%s",
+             nln__error[0] ? nln__error : "the Python side failed without a message");
+    return nln__fail(status, fn, "%s", detail);
+}
+
+/* ------------------------------------------------------------------ start-up */
+
+typedef int32_t (*nln__forward_f32_fn)(const float *x, int64_t ldx,
+                                       const float *weight, const float *bias,
+                                       int32_t has_weight, int32_t has_bias,
+                                       float *y, int64_t ldy, float *mean, float *rstd,
+                                       int32_t has_mean, int32_t has_rstd,
+                                       int64_t rows, int64_t cols, float eps);
+typedef int32_t (*nln__forward_f64_fn)(const double *x, int64_t ldx,
+                                       const double *weight, const double *bias,
+                                       int32_t has_weight, int32_t has_bias,
+                                       double *y, int64_t ldy, double *mean, double *rstd,
+                                       int32_t has_mean, int32_t has_rstd,
+                                       int64_t rows, int64_t cols, double eps);
+typedef int32_t (*nln__backward_f32_fn)(const float *dy, int64_t lddy,
+                                        const float *x, int64_t ldx,
+                                        const float *mean, const float *rstd,
+                                        const float *weight, int32_t has_weight,
+                                        float *dx, int64_t lddx,
+                                        float *dweight, float *dbias,
+                                        int32_t has_dweight, int32_t has_dbias,
+                                        int64_t rows, int64_t cols);
+typedef int32_t (*nln__backward_f64_fn)(const double *dy, int64_t lddy,
+                                        const double *x, int64_t ldx,
+                                        const double *mean, const double *rstd,
+                                        const double *weight, int32_t has_weight,
+                                        double *dx, int64_t lddx,
+                                        double *dweight, double *dbias,
+                                        int32_t has_dweight, int32_t has_dbias,
+                                        int64_t rows, int64_t cols);
+
+static pthread_once_t nln__once = PTHREAD_ONCE_INIT;
+static nln_status nln__init_status = NLN_ERR_INIT;
+static char nln__init_message[NLN_MESSAGE_CAP];
+static nln__forward_f32_fn nln__forward_f32;
+static nln__forward_f64_fn nln__forward_f64;
+static nln__backward_f32_fn nln__backward_f32;
+static nln__backward_f64_fn nln__backward_f64;
+static char nln__python[NLN_MESSAGE_CAP] = "the host program's Python";
+
+static void nln__init_failed(const char *format, ...) __attribute__((format(printf, 1, 2)));
+
+static void nln__init_failed(const char *format, ...)
+{
+    va_list args;
+    va_start(args, format);
+    vsnprintf(nln__init_message, sizeof nln__init_message, format, args);
+    va_end(args);
+    nln__init_status = NLN_ERR_INIT;
+}
+
+/* Step 1: start CPython as the recorded python would start. 0 on success. */
+static int nln__start_interpreter(void)
+{
+    const char *python = getenv("NUMBA_LN_PYTHON");
+    const char *origin = "NUMBA_LN_PYTHON";
+    PyPreConfig preconfig;
+    PyConfig config;
+    PyStatus status;
+
+    if (Py_IsInitialized())
+        return 0; /* the host program runs Python already: use it */
+    if (python == NULL || python[0] == '\0') {
+        python = NLN_BUILD_PYTHON;
+        origin = "recorded at build time";
+    }
+    snprintf(nln__python, sizeof nln__python, "%s", python);
+    if (access(python, X_OK) != 0) {
+        nln__init_failed("cannot start Python: the interpreter %s (%s) is not an "
+                         "executable file: %s", python, origin, strerror(errno));
+        return -1;
+    }
+
+    /* Leave the host's locale alone; decode paths as UTF-8. */
+    PyPreConfig_InitPythonConfig(&preconfig);
+    preconfig.utf8_mode = 1;
+    preconfig.configure_locale = 0;
+    preconfig.coerce_c_locale = 0;
+    preconfig.coerce_c_locale_warn = 0;
+    status = Py_PreInitialize(&preconfig);
+    if (PyStatus_Exception(status))
+        goto failed;
+
+    PyConfig_InitPythonConfig(&config);
+    config.install_signal_handlers = 0; /* the host owns SIGINT and friends */
+    config.parse_argv = 0;
+    status = PyConfig_SetBytesString(&config, &config.program_name, python);
+    if (!PyStatus_Exception(status))
+        status = Py_InitializeFromConfig(&config);
+    PyConfig_Clear(&config);
+    if (PyStatus_Exception(status))
+        goto failed;
+    PyEval_SaveThread(); /* release the GIL: Python runs only inside our calls */
+    return 0;
+
+failed:
+    nln__init_failed("cannot start Python from %s (%s): %s%s%s", python, origin,
+                     status.func ? status.func : "", status.func ? ": " : "",
+                     status.err_msg ? status.err_msg : "exit requested");
+    return -1;
+}
+
+/* The pthread_once routine: steps 1 to 3. */
+static void nln__start(void)
+{
+    struct nln_runtime runtime;
+    int32_t rc;
+
+    if (nln__start_interpreter() != 0)
+        return;
+    if (cffi_start_python() != 0) {
+        nln__init_failed("the embedded Python could not load the numba_ln C ABI module "
+                         "(its traceback is on stderr); is cffi installed in the "
+                         "environment of %s?", nln__python);
+        return;
+    }
+    memset(&runtime, 0, sizeof runtime);
+    nln__error[0] = '\0';
+    rc = nln__py_init(&runtime);
+    if (rc != 0 || runtime.ready != NLN_RUNTIME_READY || !runtime.forward_f32 ||
+        !runtime.forward_f64 || !runtime.backward_f32 || !runtime.backward_f64) {
+        nln__init_failed("%s", nln__error[0] ? nln__error
+                                             : "the Python side failed to start "
+                                               "(its traceback is on stderr)");
+        nln__error[0] = '\0';
+        return;
+    }
+    nln__forward_f32 = (nln__forward_f32_fn)runtime.forward_f32;
+    nln__forward_f64 = (nln__forward_f64_fn)runtime.forward_f64;
+    nln__backward_f32 = (nln__backward_f32_fn)runtime.backward_f32;
+    nln__backward_f64 = (nln__backward_f64_fn)runtime.backward_f64;
+    nln__init_status = NLN_OK;
+}
+
+/* Start once; afterwards only pthread_once's fast path. */
+static nln_status nln__ready(const char *fn)
+{
+    pthread_once(&nln__once, nln__start);
+    if (nln__init_status != NLN_OK)
+        return nln__fail(NLN_ERR_INIT, fn, "%s", nln__init_message);
+    return NLN_OK;
+}
+
+/* ------------------------------------------------------------------ checks */
+
+static nln_status nln__check_shape(const char *fn, int64_t rows, int64_t cols)
+{
+    if (rows < 0)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "rows (%lld) must be >= 0",
+                         (long long)rows);
+    if (cols <= 0)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "cols (%lld) must be > 0",
+                         (long long)cols);
+    return NLN_OK;
+}
+
+/* A required matrix: non-NULL, ld >= cols, and its extent fits in int64. */
+static nln_status nln__check_matrix(const char *fn, const char *name, const void *data,
+                                    const char *ld_name, int64_t ld,
+                                    int64_t rows, int64_t cols)
+{
+    if (data == NULL)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s is NULL", name);
+    if (ld < cols)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s (%lld) must be >= cols (%lld)",
+                         ld_name, (long long)ld, (long long)cols);
+    if (rows > 1 && rows - 1 > (INT64_MAX - cols) / ld)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                         "%s is too large: (rows - 1) * %s + cols overflows int64",
+                         name, ld_name);
+    return NLN_OK;
+}
+
+static nln_status nln__check_required(const char *fn, const char *name, const void *data)
+{
+    if (data == NULL)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s is NULL", name);
+    return NLN_OK;
+}
+
+static nln_status nln__check_eps(const char *fn, double eps)
+{
+    if (isnan(eps))
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "eps is NaN; it must be finite and >= 0");
+    if (isinf(eps))
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                         "eps is infinite; it must be finite and >= 0");
+    if (eps < 0)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "eps (%g) must be >= 0", eps);
+    return NLN_OK;
+}
+
+static nln_status nln__check_forward(const char *fn, const void *x, int64_t ldx,
+                                     const void *y, int64_t ldy,
+                                     int64_t rows, int64_t cols, double eps)
+{
+    nln_status status;
+    if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "y", y, "ldy", ldy, rows, cols)) != NLN_OK)
+        return status;
+    return nln__check_eps(fn, eps);
+}
+
+static nln_status nln__check_backward(const char *fn, const void *dy, int64_t lddy,
+                                      const void *x, int64_t ldx,
+                                      const void *mean, const void *rstd,
+                                      const void *dx, int64_t lddx,
+                                      int64_t rows, int64_t cols)
+{
+    nln_status status;
+    if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "dy", dy, "lddy", lddy, rows, cols)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols)) != NLN_OK ||
+        (status = nln__check_required(fn, "mean", mean)) != NLN_OK ||
+        (status = nln__check_required(fn, "rstd", rstd)) != NLN_OK)
+        return status;
+    return nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols);
+}
+
+/* ------------------------------------------------------------------ public API */
+
+/* dweight/dbias of zero rows: all zeros (IEEE +0.0 is all bits zero). */
+static void nln__zero(void *data, int64_t count, size_t itemsize)
+{
+    if (data != NULL)
+        memset(data, 0, (size_t)count * itemsize);
+}
+
+/* Stand-ins for a NULL weight or bias (the kernels then ignore them). */
+static const float nln__one_f32 = 1.0f;
+static const double nln__one_f64 = 1.0;
+
+NLN_API const char *nln_version(void)
+{
+    return NLN_VERSION_STRING;
+}
+
+NLN_API const char *nln_status_string(nln_status status)
+{
+    switch (status) {
+    case NLN_OK: return "NLN_OK: success";
+    case NLN_ERR_INVALID_ARGUMENT: return "NLN_ERR_INVALID_ARGUMENT: invalid argument";
+    case NLN_ERR_UNSUPPORTED: return "NLN_ERR_UNSUPPORTED: not supported";
+    case NLN_ERR_NO_DEVICE: return "NLN_ERR_NO_DEVICE: no usable GPU";
+    case NLN_ERR_INIT: return "NLN_ERR_INIT: the library failed to initialize";
+    case NLN_ERR_INTERNAL: return "NLN_ERR_INTERNAL: internal error";
+    }
+    return "unknown nln_status";
+}
+
+NLN_API const char *nln_last_error(void)
+{
+    return nln__error;
+}
+
+NLN_API nln_status nln_init(void)
+{
+    return nln__ready("nln_init");
+}
+
+#define NLN_KERNEL_FAILED \
+    "the CPU kernel raised an exception (numba printed it on stderr); outputs may be " \
+    "partly written"
+
+NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
+                                      const float *weight, const float *bias,
+                                      float *y, int64_t ldy,
+                                      float *mean, float *rstd,
+                                      int64_t rows, int64_t cols, float eps)
+{
+    static const char fn[] = "nln_layer_norm_f32";
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
+        rows == 0)
+        return status;
+    if (nln__forward_f32(x, ldx, weight ? weight : &nln__one_f32,
+                         bias ? bias : &nln__one_f32, weight != NULL, bias != NULL,
+                         y, ldy, mean, rstd, mean != NULL, rstd != NULL,
+                         rows, cols, eps) != NLN_ENTRY_OK)
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
+    return NLN_OK;
+}
+
+NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
+                                      const double *weight, const double *bias,
+                                      double *y, int64_t ldy,
+                                      double *mean, double *rstd,
+                                      int64_t rows, int64_t cols, double eps)
+{
+    static const char fn[] = "nln_layer_norm_f64";
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
+        rows == 0)
+        return status;
+    if (nln__forward_f64(x, ldx, weight ? weight : &nln__one_f64,
+                         bias ? bias : &nln__one_f64, weight != NULL, bias != NULL,
+                         y, ldy, mean, rstd, mean != NULL, rstd != NULL,
+                         rows, cols, eps) != NLN_ENTRY_OK)
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
+    return NLN_OK;
+}
+
+NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
+                                               const float *x, int64_t ldx,
+                                               const float *mean, const float *rstd,
+                                               const float *weight,
+                                               float *dx, int64_t lddx,
+                                               float *dweight, float *dbias,
+                                               int64_t rows, int64_t cols)
+{
+    static const char fn[] = "nln_layer_norm_backward_f32";
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
+                                      rows, cols)) != NLN_OK)
+        return status;
+    if (rows == 0) { /* sums over no rows */
+        nln__zero(dweight, cols, sizeof(float));
+        nln__zero(dbias, cols, sizeof(float));
+        return NLN_OK;
+    }
+    if (nln__backward_f32(dy, lddy, x, ldx, mean, rstd, weight ? weight : &nln__one_f32,
+                          weight != NULL, dx, lddx, dweight, dbias, dweight != NULL,
+                          dbias != NULL, rows, cols) != NLN_ENTRY_OK)
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
+    return NLN_OK;
+}
+
+NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
+                                               const double *x, int64_t ldx,
+                                               const double *mean, const double *rstd,
+                                               const double *weight,
+                                               double *dx, int64_t lddx,
+                                               double *dweight, double *dbias,
+                                               int64_t rows, int64_t cols)
+{
+    static const char fn[] = "nln_layer_norm_backward_f64";
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
+                                      rows, cols)) != NLN_OK)
+        return status;
+    if (rows == 0) { /* sums over no rows */
+        nln__zero(dweight, cols, sizeof(double));
+        nln__zero(dbias, cols, sizeof(double));
+        return NLN_OK;
+    }
+    if (nln__backward_f64(dy, lddy, x, ldx, mean, rstd, weight ? weight : &nln__one_f64,
+                          weight != NULL, dx, lddx, dweight, dbias, dweight != NULL,
+                          dbias != NULL, rows, cols) != NLN_ENTRY_OK)
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
+    return NLN_OK;
+}
+
+/* ------------------------------------------------------------------ GPU */
+
+NLN_API int nln_cuda_available(void)
+{
+    if (nln__ready("nln_cuda_available") != NLN_OK)
+        return 0;
+    return nln__py_cuda_available() == 1;
+}
+
+/* Forward on the GPU: checks here, then the Python side (with the GIL). */
+static nln_status nln__cuda_forward(const char *fn, int32_t bits, const void *x,
+                                    int64_t ldx, const void *weight, const void *bias,
+                                    void *y, int64_t ldy, void *mean, void *rstd,
+                                    int64_t rows, int64_t cols, double eps, void *stream)
+{
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK)
+        return status;
+    nln__error[0] = '\0';
+    status = (nln_status)nln__py_cuda_forward(
+        bits, (uintptr_t)x, ldx, (uintptr_t)weight, (uintptr_t)bias, (uintptr_t)y, ldy,
+        (uintptr_t)mean, (uintptr_t)rstd, rows, cols, eps, (uintptr_t)stream);
+    return status == NLN_OK ? NLN_OK : nln__fail_from_python(status, fn);
+}
+
+static nln_status nln__cuda_backward(const char *fn, int32_t bits, const void *dy,
+                                     int64_t lddy, const void *x, int64_t ldx,
+                                     const void *mean, const void *rstd,
+                                     const void *weight, void *dx, int64_t lddx,
+                                     void *dweight, void *dbias,
+                                     int64_t rows, int64_t cols, void *stream)
+{
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
+                                      rows, cols)) != NLN_OK)
+        return status;
+    nln__error[0] = '\0';
+    status = (nln_status)nln__py_cuda_backward(
+        bits, (uintptr_t)dy, lddy, (uintptr_t)x, ldx, (uintptr_t)mean, (uintptr_t)rstd,
+        (uintptr_t)weight, (uintptr_t)dx, lddx, (uintptr_t)dweight, (uintptr_t)dbias,
+        rows, cols, (uintptr_t)stream);
+    return status == NLN_OK ? NLN_OK : nln__fail_from_python(status, fn);
+}
+
+NLN_API nln_status nln_cuda_layer_norm_f32(const float *x, int64_t ldx,
+                                           const float *weight, const float *bias,
+                                           float *y, int64_t ldy,
+                                           float *mean, float *rstd,
+                                           int64_t rows, int64_t cols, float eps,
+                                           void *stream)
+{
+    return nln__cuda_forward("nln_cuda_layer_norm_f32", 32, x, ldx, weight, bias, y, ldy,
+                             mean, rstd, rows, cols, eps, stream);
+}
+
+NLN_API nln_status nln_cuda_layer_norm_f64(const double *x, int64_t ldx,
+                                           const double *weight, const double *bias,
+                                           double *y, int64_t ldy,
+                                           double *mean, double *rstd,
+                                           int64_t rows, int64_t cols, double eps,
+                                           void *stream)
+{
+    return nln__cuda_forward("nln_cuda_layer_norm_f64", 64, x, ldx, weight, bias, y, ldy,
+                             mean, rstd, rows, cols, eps, stream);
+}
+
+NLN_API nln_status nln_cuda_layer_norm_backward_f32(const float *dy, int64_t lddy,
+                                                    const float *x, int64_t ldx,
+                                                    const float *mean, const float *rstd,
+                                                    const float *weight,
+                                                    float *dx, int64_t lddx,
+                                                    float *dweight, float *dbias,
+                                                    int64_t rows, int64_t cols,
+                                                    void *stream)
+{
+    return nln__cuda_backward("nln_cuda_layer_norm_backward_f32", 32, dy, lddy, x, ldx,
+                              mean, rstd, weight, dx, lddx, dweight, dbias, rows, cols,
+                              stream);
+}
+
+NLN_API nln_status nln_cuda_layer_norm_backward_f64(const double *dy, int64_t lddy,
+                                                    const double *x, int64_t ldx,
+                                                    const double *mean, const double *rstd,
+                                                    const double *weight,
+                                                    double *dx, int64_t lddx,
+                                                    double *dweight, double *dbias,
+                                                    int64_t rows, int64_t cols,
+                                                    void *stream)
+{
+    return nln__cuda_backward("nln_cuda_layer_norm_backward_f64", 64, dy, lddy, x, ldx,
+                              mean, rstd, weight, dx, lddx, dweight, dbias, rows, cols,
+                              stream);
+}

@@ -1,0 +1,230 @@
+/*
+ * numba_ln.h -- the C interface of numba-ln: layer normalization, forward and
+ * backward, on the CPU and on NVIDIA GPUs.
+ *
+ * Link with libnumba_ln.so (see numba_ln.pc). The library embeds the Python
+ * interpreter and the environment it was built from; a C program needs no
+ * Python and no environment variables. The first call (or nln_init()) starts
+ * that interpreter and loads the compiled kernels; after that, CPU calls run
+ * compiled code only and never execute Python. Calls of up to 32768 elements
+ * (rows * cols; the serial kernels) never touch the interpreter's lock (GIL);
+ * larger calls run numba's parallel kernels, whose launcher takes the GIL for
+ * a moment before and after the parallel region, never while computing.
+ *
+ * Conventions
+ * -----------
+ * - A matrix has `rows` rows of `cols` elements; row r starts at element
+ *   r * ld of its buffer (`ld*` = row stride in elements, >= cols). Elements
+ *   between cols and ld of a row (padding) are never read or written.
+ *   A buffer must hold at least (rows - 1) * ld + cols elements.
+ * - Inputs come first, then outputs. Inputs are const.
+ * - For each row: y = (x - mean) * rstd * weight + bias, with
+ *   mean = sum(x) / cols, var = sum((x - mean)^2) / cols (biased) and
+ *   rstd = 1 / sqrt(var + eps).
+ * - Every function returns an nln_status; on failure nln_last_error() says
+ *   what was wrong. After NLN_ERR_INVALID_ARGUMENT, NLN_ERR_NO_DEVICE or
+ *   NLN_ERR_INIT no output has been written; after NLN_ERR_INTERNAL (a kernel
+ *   failed midway) outputs may be partly written.
+ * - All functions may be called from any number of threads at once.
+ *   Results do not depend on the thread count or on concurrent callers.
+ * - GPU functions take device pointers (cudaMalloc / cuMemAlloc) and a
+ *   cudaStream_t (or CUstream) passed as void * (NULL: the default stream).
+ *   They enqueue work on that stream and may return before it finishes.
+ *
+ * Environment (all optional)
+ * --------------------------
+ *   NUMBA_LN_PYTHON   the python executable whose environment (venv) holds
+ *                     numba_ln; overrides the one recorded at build time.
+ *   NUMBA_CACHE_DIR   where numba keeps compiled kernels (numba's own variable).
+ */
+#ifndef NUMBA_LN_H
+#define NUMBA_LN_H
+
+#include <stdint.h>
+
+#define NLN_VERSION_MAJOR 0
+#define NLN_VERSION_MINOR 1
+#define NLN_VERSION_PATCH 0
+#define NLN_VERSION_STRING "0.1.0"
+/* One integer that grows with each release: 10000 * major + 100 * minor + patch. */
+#define NLN_VERSION_NUMBER \
+    (NLN_VERSION_MAJOR * 10000 + NLN_VERSION_MINOR * 100 + NLN_VERSION_PATCH)
+
+#if defined(_WIN32)
+#  if defined(NLN_BUILDING_LIBRARY)
+#    define NLN_API __declspec(dllexport)
+#  else
+#    define NLN_API __declspec(dllimport)
+#  endif
+#elif defined(__GNUC__)
+#  define NLN_API __attribute__((visibility("default")))
+#else
+#  define NLN_API
+#endif
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What a call did. The values are part of the ABI and never change. */
+typedef enum nln_status {
+    NLN_OK = 0,                   /* success */
+    NLN_ERR_INVALID_ARGUMENT = 1, /* a NULL required pointer, a bad size, stride or eps */
+    NLN_ERR_UNSUPPORTED = 2,      /* valid, but not supported by this build or backend */
+    NLN_ERR_NO_DEVICE = 3,        /* a GPU function, and no usable GPU here */
+    NLN_ERR_INIT = 4,             /* the embedded Python or the kernels failed to load */
+    NLN_ERR_INTERNAL = 5          /* anything else; a bug worth reporting */
+} nln_status;
+
+/* The library's version, "MAJOR.MINOR.PATCH"; equals NLN_VERSION_STRING of
+ * the header it was built with. Never NULL; needs no initialization. */
+NLN_API const char *nln_version(void);
+
+/* A static English name for `status`, e.g. "NLN_ERR_INVALID_ARGUMENT: invalid
+ * argument". Unknown values give "unknown nln_status". Never NULL. */
+NLN_API const char *nln_status_string(nln_status status);
+
+/* The message of the calling thread's most recent failed call, e.g.
+ * "nln_layer_norm_f32: ldx (3) must be >= cols (4)"; "" if no call on this
+ * thread has failed. Successful calls leave it unchanged. The string belongs
+ * to the library and stays valid until this thread's next failing call. */
+NLN_API const char *nln_last_error(void);
+
+/* Optional: start the embedded interpreter and load (or, with an empty numba
+ * cache, compile) every CPU kernel now, instead of on the first call.
+ * Idempotent and thread-safe; the outcome is decided once per process: if it
+ * fails, this and every later call return NLN_ERR_INIT. */
+NLN_API nln_status nln_init(void);
+
+/* Layer normalization forward, float32.
+ *
+ *   x       [in]  rows x cols matrix, row stride ldx. Required.
+ *   ldx     [in]  row stride of x in elements, >= cols.
+ *   weight  [in]  cols gains; NULL means all ones.
+ *   bias    [in]  cols biases; NULL means all zeros.
+ *   y       [out] rows x cols result, row stride ldy. Required. May be x
+ *                 itself (with ldy == ldx) to normalize in place; any other
+ *                 overlap with an input is undefined.
+ *   ldy     [in]  row stride of y in elements, >= cols.
+ *   mean    [out] rows row means; NULL if not wanted.
+ *   rstd    [out] rows reciprocal standard deviations 1/sqrt(var + eps);
+ *                 NULL if not wanted.
+ *   rows    [in]  number of rows, >= 0 (0: nothing to do, NLN_OK).
+ *   cols    [in]  elements per row, > 0.
+ *   eps     [in]  added to the variance; finite and >= 0.
+ *
+ * Returns NLN_OK, NLN_ERR_INVALID_ARGUMENT, NLN_ERR_INIT, or NLN_ERR_INTERNAL
+ * if the kernel raised. A NaN or Inf in a row makes that row's outputs NaN and
+ * no other row's. */
+NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
+                                      const float *weight, const float *bias,
+                                      float *y, int64_t ldy,
+                                      float *mean, float *rstd,
+                                      int64_t rows, int64_t cols, float eps);
+
+/* As nln_layer_norm_f32, in double precision. */
+NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
+                                      const double *weight, const double *bias,
+                                      double *y, int64_t ldy,
+                                      double *mean, double *rstd,
+                                      int64_t rows, int64_t cols, double eps);
+
+/* Layer normalization backward, float32: the gradients with respect to x,
+ * weight and bias, given dy (the gradient with respect to y).
+ *
+ *   dy      [in]  rows x cols, row stride lddy. Required.
+ *   lddy    [in]  row stride of dy, >= cols.
+ *   x       [in]  the forward pass's input, row stride ldx. Required.
+ *   ldx     [in]  row stride of x, >= cols.
+ *   mean    [in]  rows means from the forward pass. Required.
+ *   rstd    [in]  rows rstd values from the forward pass. Required.
+ *   weight  [in]  the forward pass's cols gains; NULL means all ones.
+ *   dx      [out] rows x cols input gradient, row stride lddx. Required.
+ *                 May be dy itself (with lddx == lddy); any other overlap
+ *                 with an input is undefined.
+ *   lddx    [in]  row stride of dx, >= cols.
+ *   dweight [out] cols values, sum over rows of dy * (x - mean) * rstd;
+ *                 overwritten, not accumulated. NULL if not wanted.
+ *   dbias   [out] cols values, sum over rows of dy; overwritten, not
+ *                 accumulated. NULL if not wanted.
+ *   rows    [in]  number of rows, >= 0 (0: NLN_OK; dweight and dbias, sums
+ *                 over no rows, are set to zero).
+ *   cols    [in]  elements per row, > 0.
+ *
+ * Returns NLN_OK, NLN_ERR_INVALID_ARGUMENT, NLN_ERR_INIT, or NLN_ERR_INTERNAL
+ * if the kernel raised. dweight and dbias
+ * are summed over fixed blocks of rows in a fixed order: bit-identical across
+ * calls, thread counts and concurrent callers. */
+NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
+                                               const float *x, int64_t ldx,
+                                               const float *mean, const float *rstd,
+                                               const float *weight,
+                                               float *dx, int64_t lddx,
+                                               float *dweight, float *dbias,
+                                               int64_t rows, int64_t cols);
+
+/* As nln_layer_norm_backward_f32, in double precision. */
+NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
+                                               const double *x, int64_t ldx,
+                                               const double *mean, const double *rstd,
+                                               const double *weight,
+                                               double *dx, int64_t lddx,
+                                               double *dweight, double *dbias,
+                                               int64_t rows, int64_t cols);
+
+/* 1 if the nln_cuda_* functions can run here (a CUDA driver, a GPU, and the
+ * numba-cuda package in the embedded environment), else 0. Starts the
+ * library like nln_init(); 0 if that fails. */
+NLN_API int nln_cuda_available(void);
+
+/* GPU forward, float32. Arguments as nln_layer_norm_f32, but x, weight, bias,
+ * y, mean and rstd are device pointers; then
+ *
+ *   stream  [in]  the cudaStream_t / CUstream to run on, as void *; NULL for
+ *                 the default stream.
+ *
+ * Returns NLN_ERR_NO_DEVICE (and why, in nln_last_error()) without a usable
+ * GPU; otherwise as nln_layer_norm_f32, or NLN_ERR_INTERNAL if the CUDA
+ * backend fails. Unlike the CPU functions, this one takes the embedded
+ * interpreter's lock while it launches work. */
+NLN_API nln_status nln_cuda_layer_norm_f32(const float *x, int64_t ldx,
+                                           const float *weight, const float *bias,
+                                           float *y, int64_t ldy,
+                                           float *mean, float *rstd,
+                                           int64_t rows, int64_t cols, float eps,
+                                           void *stream);
+
+/* As nln_cuda_layer_norm_f32, in double precision. */
+NLN_API nln_status nln_cuda_layer_norm_f64(const double *x, int64_t ldx,
+                                           const double *weight, const double *bias,
+                                           double *y, int64_t ldy,
+                                           double *mean, double *rstd,
+                                           int64_t rows, int64_t cols, double eps,
+                                           void *stream);
+
+/* GPU backward, float32. Arguments as nln_layer_norm_backward_f32, with
+ * device pointers, then `stream` as for nln_cuda_layer_norm_f32. */
+NLN_API nln_status nln_cuda_layer_norm_backward_f32(const float *dy, int64_t lddy,
+                                                    const float *x, int64_t ldx,
+                                                    const float *mean, const float *rstd,
+                                                    const float *weight,
+                                                    float *dx, int64_t lddx,
+                                                    float *dweight, float *dbias,
+                                                    int64_t rows, int64_t cols,
+                                                    void *stream);
+
+/* As nln_cuda_layer_norm_backward_f32, in double precision. */
+NLN_API nln_status nln_cuda_layer_norm_backward_f64(const double *dy, int64_t lddy,
+                                                    const double *x, int64_t ldx,
+                                                    const double *mean, const double *rstd,
+                                                    const double *weight,
+                                                    double *dx, int64_t lddx,
+                                                    double *dweight, double *dbias,
+                                                    int64_t rows, int64_t cols,
+                                                    void *stream);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* NUMBA_LN_H */

@@ -1,0 +1,592 @@
+"""The C ABI: build libnumba_ln.so, compile C programs against it, run them.
+
+Every C program is compiled with ``gcc -Wall -Werror`` and the flags
+``pkg-config`` reads from the built ``numba_ln.pc``, and runs in a clean
+environment (no variables at all, as ``env -i``): the library must find its
+Python and numba_ln by itself. Results are compared with the Python API, bit
+for bit -- both run the same kernels.
+"""
+
+import ctypes
+import pathlib
+import re
+import shlex
+import shutil
+import struct
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from numpy.lib.stride_tricks import as_strided
+
+import numba_ln
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+C_TESTS = ROOT / "tests" / "c"
+SENTINEL = 1234.5
+
+pytestmark = pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc")
+
+
+# --------------------------------------------------------------------------- set-up
+
+def _pkg_config():
+    """The pkg-config program: the PyPI ``pkgconf`` of this environment, else the system's."""
+    local = pathlib.Path(sys.executable).parent / "pkgconf"
+    if local.exists():
+        return str(local)
+    found = shutil.which("pkg-config") or shutil.which("pkgconf")
+    if found is None:
+        pytest.skip("no pkg-config (install the test extras: pkgconf)")
+    return found
+
+
+@pytest.fixture(scope="session")
+def libdir(tmp_path_factory):
+    """``python capi/build.py --outdir DIR``, once per session."""
+    outdir = tmp_path_factory.mktemp("capi")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "capi" / "build.py"), "--outdir", str(outdir)],
+        capture_output=True, text=True)
+    assert result.returncode == 0, f"capi/build.py failed:\n{result.stdout}\n{result.stderr}"
+    return outdir
+
+
+@pytest.fixture(scope="session")
+def cflags(libdir):
+    """The compile and link flags pkg-config gives for numba_ln.pc."""
+    out = subprocess.run([_pkg_config(), "--cflags", "--libs", str(libdir / "numba_ln.pc")],
+                         check=True, capture_output=True, text=True).stdout
+    return shlex.split(out)
+
+
+@pytest.fixture(scope="session")
+def compile_c(libdir, cflags):
+    """``compile_c(source) -> executable``: gcc -Wall -Werror with the pkg-config flags."""
+    built = {}
+
+    def compile_one(source, flags=None):
+        source = pathlib.Path(source)
+        key = (source, tuple(flags or cflags))
+        if key not in built:
+            exe = libdir / f"{source.stem}-{len(built)}"
+            result = subprocess.run(
+                ["gcc", "-O2", "-Wall", "-Werror", "-pthread", str(source),
+                 "-o", str(exe), *(flags or cflags)], capture_output=True, text=True)
+            assert result.returncode == 0, result.stderr
+            built[key] = exe
+        return built[key]
+
+    return compile_one
+
+
+def run_clean(exe, *args, stdin=b"", env=None, timeout=600):
+    """Run ``exe`` with no environment variables but ``env``; return the CompletedProcess."""
+    return subprocess.run([str(exe), *map(str, args)], input=stdin, capture_output=True,
+                          env=dict(env or {}), timeout=timeout)
+
+
+# --------------------------------------------------------------------------- the build
+
+def test_build_writes_library_header_and_pkg_config(libdir, cflags):
+    assert (libdir / "libnumba_ln.so").is_file()
+    assert (libdir / "numba_ln.h").read_text() == (ROOT / "capi" / "numba_ln.h").read_text()
+    pc = (libdir / "numba_ln.pc").read_text()
+    assert f"Version: {numba_ln.__version__}" in pc
+    assert f"-I{libdir}" in cflags and "-lnumba_ln" in cflags
+    assert f"-Wl,-rpath,{libdir}" in cflags
+
+
+def test_library_exports_exactly_the_header_functions(libdir):
+    header = (ROOT / "capi" / "numba_ln.h").read_text()
+    declared = set(re.findall(r"NLN_API\s+[^;(]*?\b(nln_\w+)\s*\(", header))
+    assert {"nln_version", "nln_layer_norm_f32", "nln_cuda_layer_norm_backward_f32",
+            "nln_cuda_layer_norm_f64"} <= declared
+    nm = shutil.which("nm")
+    if nm is None:
+        pytest.skip("needs nm (binutils)")
+    symbols = subprocess.run([nm, "-D", "--defined-only", str(libdir / "libnumba_ln.so")],
+                             check=True, capture_output=True, text=True).stdout
+    exported = {line.split()[-1] for line in symbols.splitlines() if " T " in line}
+    assert {name for name in exported if name.startswith("nln")} == declared
+    assert exported - declared == {"PyInit__numba_ln_capi"}
+
+
+@pytest.mark.parametrize("std", ["c99", "c++11"])
+def test_header_stands_alone_in_c_and_cxx(tmp_path, std):
+    compiler = "gcc" if std == "c99" else "g++"
+    if shutil.which(compiler) is None:
+        pytest.skip(f"needs {compiler}")
+    source = tmp_path / ("check.c" if std == "c99" else "check.cpp")
+    source.write_text('#include "numba_ln.h"\n'
+                      'int main(void) { nln_status s = NLN_OK; '
+                      'return (int)s + NLN_VERSION_NUMBER - NLN_VERSION_NUMBER; }\n')
+    result = subprocess.run(
+        [compiler, f"-std={std}", "-Wall", "-Wextra", "-pedantic", "-Werror", "-fsyntax-only",
+         f"-I{ROOT / 'capi'}", str(source)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+# --------------------------------------------------------------------------- the example
+
+def test_example_normalizes_stdin(compile_c, libdir):
+    rng = np.random.default_rng(4)
+    x = rng.standard_normal((5, 17)) * 3 + 1
+    text = f"{x.shape[0]} {x.shape[1]}\n" + "\n".join(" ".join(repr(float(v)) for v in row) for row in x)
+    expected, mean, rstd = numba_ln.layer_norm(x, eps=1e-3, return_stats=True)
+    # Both ways the README shows: pkg-config, and plain -I/-L/-rpath flags.
+    for flags in (None, [f"-I{libdir}", f"-L{libdir}", "-lnumba_ln", f"-Wl,-rpath,{libdir}"]):
+        exe = compile_c(ROOT / "capi" / "examples" / "normalize.c", flags)
+        result = run_clean(exe, "1e-3", stdin=text.encode())
+        assert result.returncode == 0, result.stderr.decode()
+        body, stats = result.stdout.decode().split("# mean rstd\n")
+        np.testing.assert_array_equal(np.loadtxt(body.splitlines(), ndmin=2), expected)
+        np.testing.assert_array_equal(np.loadtxt(stats.splitlines(), ndmin=2),
+                                      np.hstack([mean, rstd]))
+
+
+def test_example_reports_bad_input(compile_c):
+    exe = compile_c(ROOT / "capi" / "examples" / "normalize.c")
+    result = run_clean(exe, stdin=b"2 0\n")
+    assert result.returncode == 2 and b"ROWS COLS" in result.stderr
+
+
+# --------------------------------------------------------------------------- forward and backward
+
+HAS_WEIGHT, HAS_BIAS, HAS_MEAN, HAS_RSTD, HAS_DWEIGHT, HAS_DBIAS = 1, 2, 4, 8, 16, 32
+DTYPES = {32: np.float32, 64: np.float64}
+
+# (rows, cols, ld_in, ld_out): contiguous, padded, one column, one row, and
+# large enough for the parallel kernels (more than SERIAL_MAX_ELEMENTS).
+SHAPES = [(5, 7, 7, 7), (9, 33, 40, 35), (4, 1, 3, 1), (1, 64, 64, 70),
+          (300, 200, 256, 210), (0, 8, 8, 8)]
+# eps = 0 only where rows have a spread (cols > 1): a constant row has var = 0.
+FORWARD_CASES = [(bits, shape, flags, eps)
+                 for bits in (32, 64) for shape in SHAPES
+                 for flags, eps in ((HAS_WEIGHT | HAS_BIAS | HAS_MEAN | HAS_RSTD, 1e-5),
+                                    (0, 0.1), (HAS_BIAS | HAS_MEAN, 0.0 if shape[1] > 1 else 1e-3),
+                                    (HAS_WEIGHT | HAS_RSTD, 1e-5))]
+BACKWARD_CASES = [(bits, shape, flags)
+                  for bits in (32, 64) for shape in SHAPES
+                  for flags in (HAS_WEIGHT | HAS_DWEIGHT | HAS_DBIAS, 0, HAS_WEIGHT,
+                                HAS_DBIAS)]
+
+
+def _extent(rows, cols, ld):
+    return (rows - 1) * ld + cols if rows else 0
+
+
+def _rows_view(buffer, rows, cols, ld):
+    return as_strided(buffer, (rows, cols), (ld * buffer.itemsize, buffer.itemsize))
+
+
+def _padded(values, ld, dtype, fill=np.nan):
+    """``values`` (rows x cols) in a buffer with row stride ``ld``, padding = ``fill``."""
+    rows, cols = values.shape
+    buffer = np.full(_extent(rows, cols, ld), fill, dtype)
+    _rows_view(buffer, rows, cols, ld)[...] = values
+    return buffer
+
+
+class _Case:
+    """One call for capi_driver: what to send and the reference to compare with."""
+
+    def __init__(self, rng, op, bits, shape, flags, eps):
+        self.op, self.bits, self.flags, self.eps = op, bits, flags, eps
+        self.dtype = DTYPES[bits]
+        rows, cols, ld_in, ld_out = self.rows, self.cols, self.ld_in, self.ld_out = shape
+        dt = self.dtype
+        x = (rng.standard_normal((rows, cols)) * 2 + 0.5).astype(dt)
+        weight = (1 + 0.1 * rng.standard_normal(cols)).astype(dt)
+        bias = (0.1 * rng.standard_normal(cols)).astype(dt)
+        self.x = _padded(x, ld_in, dt)
+        self.sent = [self.x]
+        if op == 0:
+            self.weight = weight if flags & HAS_WEIGHT else None
+            self.bias = bias if flags & HAS_BIAS else None
+            self.sent += [p for p in (self.weight, self.bias) if p is not None]
+            self.out = [np.full(_extent(rows, cols, ld_out), SENTINEL, dt)]
+            self.out += [np.full(rows, SENTINEL, dt) for flag in (HAS_MEAN, HAS_RSTD)
+                         if flags & flag]
+            self.lds = (ld_in, ld_out, 0)
+        else:
+            dy = rng.standard_normal((rows, cols)).astype(dt)
+            self.dy = _padded(dy, ld_out + 1, dt)
+            _, mean, rstd = numba_ln.layer_norm(x, weight, bias, return_stats=True)
+            self.mean, self.rstd = mean.ravel(), rstd.ravel()
+            self.weight = weight if flags & HAS_WEIGHT else None
+            self.sent = [self.dy, self.x, self.mean, self.rstd]
+            self.sent += [self.weight] if self.weight is not None else []
+            self.out = [np.full(_extent(rows, cols, ld_out), SENTINEL, dt)]
+            self.out += [np.full(cols, SENTINEL, dt) for flag in (HAS_DWEIGHT, HAS_DBIAS)
+                         if flags & flag]
+            self.lds = (ld_out + 1, ld_in, ld_out)
+
+    def request(self):
+        head = struct.pack("=8qd", self.op, self.bits, self.rows, self.cols, *self.lds,
+                           self.flags, self.eps)
+        return head + b"".join(a.tobytes() for a in self.sent + self.out)
+
+    def read_reply(self, reply, offset):
+        (self.status,) = struct.unpack_from("=q", reply, offset)
+        offset += 8
+        self.got = []
+        for template in self.out:
+            nbytes = template.nbytes
+            self.got.append(np.frombuffer(reply[offset:offset + nbytes], self.dtype))
+            offset += nbytes
+        return offset
+
+    def check(self):
+        assert self.status == 0
+        rows, cols, ld_out = self.rows, self.cols, self.ld_out
+        y = self.got[0]
+        x2d = _rows_view(self.x, rows, cols, self.ld_in)
+        if self.op == 0:
+            ref_y, ref_mean, ref_rstd = numba_ln.layer_norm(
+                x2d, self.weight, self.bias, eps=self.eps, return_stats=True)
+            wanted = [ref_mean.ravel() if self.flags & HAS_MEAN else None,
+                      ref_rstd.ravel() if self.flags & HAS_RSTD else None]
+        else:
+            dy2d = _rows_view(self.dy, rows, cols, self.lds[0])
+            ref_y, ref_dweight, ref_dbias = numba_ln.layer_norm_backward(
+                dy2d, x2d, self.mean, self.rstd, self.weight)
+            wanted = [ref_dweight if self.flags & HAS_DWEIGHT else None,
+                      ref_dbias if self.flags & HAS_DBIAS else None]
+        np.testing.assert_array_equal(_rows_view(y, rows, cols, ld_out), ref_y)
+        padding = np.ones(y.shape, bool)
+        _rows_view(padding, rows, cols, ld_out)[...] = False
+        assert (y[padding] == self.dtype(SENTINEL)).all(), "padding was written"
+        for got, ref in zip(self.got[1:], [w for w in wanted if w is not None]):
+            np.testing.assert_array_equal(got, ref)
+
+
+@pytest.fixture(scope="module")
+def driver_results(compile_c):
+    """All forward and backward cases, run by one capi_driver process."""
+    rng = np.random.default_rng(20261122)
+    cases = {}
+    for bits, shape, flags, eps in FORWARD_CASES:
+        cases[("forward", bits, shape, flags, eps)] = _Case(rng, 0, bits, shape, flags, eps)
+    for bits, shape, flags in BACKWARD_CASES:
+        cases[("backward", bits, shape, flags)] = _Case(rng, 1, bits, shape, flags, 0.0)
+    exe = compile_c(C_TESTS / "capi_driver.c")
+    result = run_clean(exe, stdin=b"".join(case.request() for case in cases.values()))
+    assert result.returncode == 0, result.stderr.decode()
+    offset = 0
+    for case in cases.values():
+        offset = case.read_reply(result.stdout, offset)
+    assert offset == len(result.stdout)
+    return cases
+
+
+@pytest.mark.parametrize("bits, shape, flags, eps", FORWARD_CASES)
+def test_forward_matches_python(driver_results, bits, shape, flags, eps):
+    driver_results[("forward", bits, shape, flags, eps)].check()
+
+
+@pytest.mark.parametrize("bits, shape, flags", BACKWARD_CASES)
+def test_backward_matches_python(driver_results, bits, shape, flags):
+    driver_results[("backward", bits, shape, flags)].check()
+
+
+# --------------------------------------------------------------------------- errors
+
+INVALID, NO_DEVICE, INIT = 1, 3, 4
+ERROR_CASES = {
+    "fwd_x_null": "nln_layer_norm_f32: x is NULL",
+    "fwd_y_null": "y is NULL",
+    "fwd_rows_negative": "rows (-1) must be >= 0",
+    "fwd_cols_zero": "cols (0) must be > 0",
+    "fwd_cols_negative": "cols (-3) must be > 0",
+    "fwd_ldx_small": "ldx (3) must be >= cols (4)",
+    "fwd_ldy_small": "ldy (3) must be >= cols (4)",
+    "fwd_ldx_negative": "ldx (-6) must be >= cols (4)",
+    "fwd_eps_negative": "eps (-1) must be >= 0",
+    "fwd_eps_nan": "eps is NaN",
+    "fwd_eps_inf": "eps is infinite",
+    "fwd_eps_minus_inf": "eps is infinite",
+    "fwd_extent_overflow": "(rows - 1) * ldx + cols overflows int64",
+    "fwd64_x_null": "nln_layer_norm_f64: x is NULL",
+    "fwd64_ldy_small": "ldy (2) must be >= cols (4)",
+    "fwd64_eps_nan": "nln_layer_norm_f64: eps is NaN",
+    "fwd64_eps_negative": "eps (-1e-300) must be >= 0",
+    "bwd_dy_null": "nln_layer_norm_backward_f32: dy is NULL",
+    "bwd_x_null": "x is NULL",
+    "bwd_mean_null": "mean is NULL",
+    "bwd_rstd_null": "rstd is NULL",
+    "bwd_dx_null": "dx is NULL",
+    "bwd_lddy_small": "lddy (1) must be >= cols (4)",
+    "bwd_ldx_small": "ldx (1) must be >= cols (4)",
+    "bwd_lddx_small": "lddx (1) must be >= cols (4)",
+    "bwd_rows_negative": "rows (-5) must be >= 0",
+    "bwd_cols_zero": "cols (0) must be > 0",
+    "bwd_extent_overflow": "(rows - 1) * lddx + cols overflows int64",
+    "bwd64_mean_null": "nln_layer_norm_backward_f64: mean is NULL",
+    "bwd64_cols_negative": "cols (-1) must be > 0",
+    "cuda_fwd_x_null": "nln_cuda_layer_norm_f32: x is NULL",
+    "cuda_fwd64_eps_nan": "nln_cuda_layer_norm_f64: eps is NaN",
+    "cuda_bwd_ldx_small": "nln_cuda_layer_norm_backward_f32: ldx (2) must be >= cols (4)",
+    "cuda_bwd64_rstd_null": "nln_cuda_layer_norm_backward_f64: rstd is NULL",
+}
+NO_DEVICE_CASES = ["cuda_fwd_no_device", "cuda_fwd64_no_device", "cuda_bwd_no_device",
+                   "cuda_bwd64_no_device", "cuda_fwd_rows_zero_no_device"]
+ROWS_ZERO_CASES = ["fwd_rows_zero", "fwd64_rows_zero", "bwd_rows_zero", "bwd64_rows_zero"]
+
+
+@pytest.fixture(scope="module")
+def error_report(compile_c):
+    """capi_errors' output: {"CASE": {name: (status, untouched, message)}, other keys: text}."""
+    result = run_clean(compile_c(C_TESTS / "capi_errors.c"))
+    assert result.returncode == 0, result.stderr.decode()
+    report = {"CASE": {}, "STATUS": {}}
+    for line in result.stdout.decode().splitlines():
+        key, _, rest = line.partition(" ")
+        if key == "CASE":
+            name, status, untouched, message = (rest.split(" ", 3) + [""])[:4]
+            report["CASE"][name] = (int(status), untouched == "1", message)
+        elif key == "STATUS":
+            code, _, text = rest.partition(" ")
+            report["STATUS"][int(code)] = text
+        else:
+            report[key] = rest
+    return report
+
+
+@pytest.mark.parametrize("name", sorted(ERROR_CASES))
+def test_invalid_argument(error_report, name):
+    status, untouched, message = error_report["CASE"][name]
+    assert status == INVALID
+    assert ERROR_CASES[name] in message
+    assert untouched, "an output was written by a failing call"
+
+
+@pytest.mark.parametrize("name", ROWS_ZERO_CASES)
+def test_zero_rows_is_ok_and_writes_nothing(error_report, name):
+    status, untouched, _ = error_report["CASE"][name]
+    assert status == 0 and untouched
+
+
+def test_gpu_functions_without_a_gpu_say_why(error_report):
+    if error_report["CUDA_AVAILABLE"] != "0":
+        pytest.skip("a GPU is available here")
+    from numba_ln import _cuda_backend
+
+    reason = _cuda_backend.unavailable_reason()
+    for name in NO_DEVICE_CASES:
+        status, untouched, message = error_report["CASE"][name]
+        assert status == NO_DEVICE and untouched, name
+        assert "no usable GPU" in message, message
+        if reason is not None:
+            assert reason in message
+
+
+def test_version_and_status_strings(error_report):
+    assert error_report["VERSION"] == numba_ln.__version__
+    strings = error_report["STATUS"]
+    for code, name in enumerate(["NLN_OK", "NLN_ERR_INVALID_ARGUMENT", "NLN_ERR_UNSUPPORTED",
+                                 "NLN_ERR_NO_DEVICE", "NLN_ERR_INIT", "NLN_ERR_INTERNAL"]):
+        assert strings[code].startswith(name + ":")
+    assert strings[42] == "unknown nln_status"
+    assert error_report["INIT"] == "0"
+
+
+def test_last_error_is_per_thread_and_survives_success(error_report):
+    assert error_report["FIRST_ERROR"] == ""
+    assert error_report["AFTER_SUCCESS"] == "0 nln_layer_norm_f32: x is NULL"
+    assert error_report["THREAD_ERROR"] == "nln_layer_norm_f32: cols (0) must be > 0"
+    assert error_report["OTHER_THREAD"] == "0 nln_layer_norm_f32: x is NULL"
+
+
+# --------------------------------------------------------------------------- threads
+
+def test_eight_threads_match_serial_calls_bit_for_bit(compile_c):
+    result = run_clean(compile_c(C_TESTS / "capi_threads.c"), 4)
+    output = result.stdout.decode()
+    assert result.returncode == 0, output + result.stderr.decode()
+    assert re.fullmatch(r"OK \d+\n", output), output
+
+
+def test_serial_size_calls_never_take_the_gil(compile_c, cflags):
+    from numba_ln._config import SERIAL_MAX_ELEMENTS
+
+    rows = SERIAL_MAX_ELEMENTS // 1024  # the largest serial call, 1024 columns a row
+    assert rows >= 2
+    result = run_clean(compile_c(C_TESTS / "capi_nogil.c", [*cflags, "-ldl"]), rows,
+                       timeout=120)
+    assert result.stdout.decode() == "OK\n", result.stdout.decode() + result.stderr.decode()
+    assert result.returncode == 0
+
+
+# --------------------------------------------------------------------------- start-up
+
+def test_first_call_loads_kernels_from_cache(compile_c, driver_results):
+    """After one process compiled the entry points, the next one only loads them."""
+    exe = compile_c(C_TESTS / "capi_bench.c")
+    # Observation only: numba's cache log, unbuffered (the embedded Python is
+    # never finalized, so buffered output would be lost at exit).
+    result = run_clean(exe, 1, 64, 10, env={"NUMBA_DEBUG_CACHE": "1", "PYTHONUNBUFFERED": "1"})
+    assert result.returncode == 0, result.stderr.decode()
+    log = result.stdout.decode()
+    loaded = re.findall(r"\[cache\] data loaded from .*_cabi\.(\w+)-", log)
+    assert sorted(loaded) == ["backward_float32", "backward_float64", "forward_float32",
+                              "forward_float64"], log
+    assert "data saved" not in log, log
+    assert re.search(r"^first_call_s \d+\.\d+$", log, re.M)
+
+
+def test_bench_program_reports_timings(compile_c, driver_results):
+    result = run_clean(compile_c(C_TESTS / "capi_bench.c"), 64, 1024, 5)
+    assert result.returncode == 0, result.stderr.decode()
+    values = dict(line.split() for line in result.stdout.decode().splitlines())
+    assert float(values["per_call_ns"]) > 0 and float(values["gbytes_per_s"]) > 0
+
+
+# --------------------------------------------------------------------------- failed start
+
+@pytest.fixture(scope="module")
+def bare_venv(tmp_path_factory):
+    """A virtual environment with nothing installed: no cffi, no numba_ln."""
+    path = tmp_path_factory.mktemp("bare") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True)
+    return path / "bin" / "python"
+
+
+@pytest.mark.parametrize("broken", ["no interpreter", "no cffi", "python raises"])
+def test_failed_start_never_reads_as_success(compile_c, bare_venv, broken):
+    env, fragment = {
+        # The C side cannot even start Python.
+        "no interpreter": ({"NUMBA_LN_PYTHON": "/nonexistent/python"},
+                           "/nonexistent/python (NUMBA_LN_PYTHON) is not an executable"),
+        # Python starts but cffi's module set-up fails: cffi would return 0 (NLN_OK).
+        "no cffi": ({"NUMBA_LN_PYTHON": str(bare_venv)},
+                    "could not load the numba_ln C ABI module"),
+        # cffi works but loading the kernels raises inside the Python side.
+        "python raises": ({"NUMBA_THREADING_LAYER": "no-such-layer"},
+                          "ValueError: The threading layer requested 'no-such-layer'"),
+    }[broken]
+    result = run_clean(compile_c(C_TESTS / "capi_init_fail.c"), env=env)
+    assert result.returncode == 0, result.stderr.decode()
+    lines = result.stdout.decode().splitlines()
+    calls = [line.split(" ", 4) for line in lines if line.startswith("CALL ")]
+    assert len(calls) == 8
+    for _, label, status, untouched, message in calls:
+        assert int(status) == INIT, (label, message)
+        assert untouched == "1", label
+        assert fragment in message, message
+        assert re.match(r"nln_\w+: ", message), message
+    assert "CUDA_AVAILABLE 0" in lines
+    assert f"VERSION {numba_ln.__version__}" in lines
+
+
+# --------------------------------------------------------------------------- GPU
+
+GPU_SCRIPT = r"""
+import ctypes, sys
+import numpy as np
+from numba import cuda
+import numba_ln
+
+lib = ctypes.CDLL(sys.argv[1])
+i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+lib.nln_cuda_layer_norm_f32.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64, i64,
+                                        f32, ptr]
+lib.nln_cuda_layer_norm_backward_f32.argtypes = [ptr, i64, ptr, i64, ptr, ptr, ptr, ptr,
+                                                 i64, ptr, ptr, i64, i64, ptr]
+lib.nln_last_error.restype = ctypes.c_char_p
+assert lib.nln_cuda_available() == 1, lib.nln_last_error()
+rows, cols, ld = 300, 200, 208
+rng = np.random.default_rng(0)
+x = np.full((rows, ld), 7.0, np.float32); x[:, :cols] = rng.standard_normal((rows, cols))
+w = rng.standard_normal(cols).astype(np.float32)
+b = rng.standard_normal(cols).astype(np.float32)
+dy = rng.standard_normal((rows, cols)).astype(np.float32)
+stream = cuda.stream()
+d_x, d_w, d_b, d_dy = (cuda.to_device(a, stream=stream) for a in (x, w, b, dy))
+d_y = cuda.to_device(np.full((rows, ld), 7.0, np.float32), stream=stream)
+d_mean, d_rstd = cuda.device_array(rows, np.float32), cuda.device_array(rows, np.float32)
+d_dx = cuda.to_device(np.full((rows, ld), 7.0, np.float32), stream=stream)
+d_dw, d_db = cuda.device_array(cols, np.float32), cuda.device_array(cols, np.float32)
+a = lambda d: d.__cuda_array_interface__["data"][0]
+handle = getattr(stream.handle, "value", None) or int(stream.handle)
+status = lib.nln_cuda_layer_norm_f32(a(d_x), ld, a(d_w), a(d_b), a(d_y), ld, a(d_mean),
+                                     a(d_rstd), rows, cols, 1e-5, handle)
+assert status == 0, lib.nln_last_error()
+status = lib.nln_cuda_layer_norm_backward_f32(a(d_dy), cols, a(d_x), ld, a(d_mean),
+                                              a(d_rstd), a(d_w), a(d_dx), ld, a(d_dw),
+                                              a(d_db), rows, cols, handle)
+assert status == 0, lib.nln_last_error()
+stream.synchronize()
+y_ref, mean_ref, rstd_ref = numba_ln.layer_norm(x[:, :cols], w, b, return_stats=True)
+y = d_y.copy_to_host()
+np.testing.assert_allclose(y[:, :cols], y_ref, rtol=1e-4, atol=1e-4)
+assert (y[:, cols:] == 7.0).all()
+np.testing.assert_allclose(d_mean.copy_to_host(), mean_ref.ravel(), rtol=1e-4, atol=1e-5)
+np.testing.assert_allclose(d_rstd.copy_to_host(), rstd_ref.ravel(), rtol=1e-4)
+dx_ref, dw_ref, db_ref = numba_ln.layer_norm_backward(dy, x[:, :cols], mean_ref, rstd_ref, w)
+dx = d_dx.copy_to_host()
+np.testing.assert_allclose(dx[:, :cols], dx_ref, rtol=1e-3, atol=1e-3)
+assert (dx[:, cols:] == 7.0).all()
+np.testing.assert_allclose(d_dw.copy_to_host(), dw_ref, rtol=1e-3, atol=1e-3)
+np.testing.assert_allclose(d_db.copy_to_host(), db_ref, rtol=1e-3, atol=1e-3)
+print("GPU OK")
+"""
+
+
+def test_gpu_entry_points_on_device_pointers(libdir, tmp_path):
+    from numba_ln import _cabi
+
+    if _cabi.cuda_unavailable_reason() is not None:
+        pytest.skip(f"no GPU: {_cabi.cuda_unavailable_reason()}")
+    script = tmp_path / "gpu_capi.py"
+    script.write_text(GPU_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(libdir / "libnumba_ln.so")],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0 and "GPU OK" in result.stdout, result.stderr
+
+
+def test_cpu_entry_points_are_compiled_c_functions():
+    from numba_ln import _cabi
+
+    points = _cabi.entry_points()
+    assert set(points) == {"forward_f32", "forward_f64", "backward_f32", "backward_f64"}
+    # Call one directly, as the C side does: compiled code, no Python objects.
+    x = np.arange(8, dtype=np.float32)
+    y = np.empty_like(x)
+    mean = np.empty(2, np.float32)
+    rstd = np.empty(2, np.float32)
+    one = np.ones(1, np.float32)
+    fp = ctypes.POINTER(ctypes.c_float)
+    forward = _cabi.forward_float32.ctypes
+    as_ptr = lambda a: a.ctypes.data_as(fp)  # noqa: E731
+    assert forward(as_ptr(x), 4, as_ptr(one), as_ptr(one), 0, 0, as_ptr(y), 4,
+                   as_ptr(mean), as_ptr(rstd), 1, 1, 2, 4, 0.0) == _cabi.OK
+    ref, ref_mean, ref_rstd = numba_ln.layer_norm(x.reshape(2, 4), eps=0.0, return_stats=True)
+    np.testing.assert_array_equal(y.reshape(2, 4), ref)
+    np.testing.assert_array_equal(mean, ref_mean.ravel())
+
+
+def test_entry_points_share_the_guarded_kernel_cache():
+    """numba keys a cache on the entry point's own file; ``_cache`` empties the
+    directory when a kernel source changes, and the entry points live there too."""
+    from numba_ln import _cabi, cpu
+
+    if not numba_ln._config.CACHE:
+        pytest.skip("the on-disk cache is off")
+    guarded = cpu.ln_fwd._cache._cache_path
+    for entry in (_cabi.forward_float32, _cabi.forward_float64, _cabi.backward_float32,
+                  _cabi.backward_float64):
+        assert entry._cache._cache_path == guarded
+
+
+def test_readme_c_example_compiles_and_runs(compile_c, tmp_path):
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("<!-- section: c -->")[1].split("<!-- end section: c -->")[0]
+    blocks = re.findall(r"```c\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    source = tmp_path / "readme_example.c"
+    source.write_text(blocks[0])
+    result = run_clean(compile_c(source))
+    assert result.returncode == 0, result.stderr.decode()
+    assert result.stdout.decode() == "-1.22474 0 1.22474 (mean 2)\n"
