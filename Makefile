@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test bench clean
+.PHONY: venv test bench bench-deps bench-pytest bench-readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -22,8 +22,36 @@ test: $(STAMP)
 	$(PY) -m pytest
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/gpu
 
-bench: $(STAMP)
-	$(PY) -m numba_ln bench
+# PyTorch is an optional competitor in the benchmarks: never a dependency, never
+# installed by `make test`. bench-deps tries once to install it and carries on
+# without it (BENCH_TORCH=0 skips; rm .venv/.torch-stamp to try again). The C
+# library is built too, so the table has a C ABI row.
+BENCH_TORCH ?= 1
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_STAMP := $(VENV)/.torch-stamp
+
+$(TORCH_STAMP): $(STAMP)
+	@if [ "$(BENCH_TORCH)" = 1 ]; then \
+	  $(PY) -m pip install --quiet --retries 0 "$(TORCH_SPEC)" \
+	  || echo "note: PyTorch could not be installed; the benchmarks run without its rows"; \
+	fi
+	@touch $(TORCH_STAMP)
+
+bench-deps: $(TORCH_STAMP)
+	$(PY) capi/build.py --outdir build >/dev/null || echo "note: no C library; the C ABI row is skipped"
+
+# The benchmark table; JSON and PNG in bench-results/ (gitignored).
+bench: $(STAMP) bench-deps
+	$(PY) -m numba_ln bench --out bench-results
+
+# The same cases timed by pytest-benchmark (about 5 minutes on 2 cores).
+bench-pytest: $(STAMP) bench-deps
+	mkdir -p bench-results
+	$(PY) -m pytest bench --benchmark-enable --benchmark-json=bench-results/pytest-benchmark.json
+
+# Regenerate docs/perf/ and README's Performance section on the development machine.
+bench-readme: $(STAMP) bench-deps
+	$(PY) -m numba_ln bench --out docs/perf --update-readme README.md
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .benchmarks

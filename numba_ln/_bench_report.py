@@ -1,0 +1,338 @@
+"""Turn benchmark results into tables, a plot and the README's Performance section.
+
+Input everywhere is the results dictionary that ``python -m numba_ln bench``
+writes as JSON (see :func:`numba_ln._bench.environment` and
+:func:`numba_ln._bench.run` for its parts), so a table can be rebuilt from a
+saved run without measuring again.
+"""
+
+import os
+import re
+from pathlib import Path
+
+from ._bench import TARGET_SHAPES
+
+#: The README section this module writes (everything between the markers).
+README_BEGIN = "<!-- section: performance -->"
+README_END = "<!-- end section: performance -->"
+
+COLUMNS = ("shape", "device", "implementation", "time", "GB/s", "% roofline",
+           "x NumPy", "x PyTorch")
+
+
+def format_time(seconds):
+    """Seconds as a short human figure: ``"12.3 us"``, ``"55.98 ms"``, ``"1.40 s"``.
+
+    Examples
+    --------
+    >>> format_time(5.598e-2)
+    '55.98 ms'
+    >>> format_time(1.23e-5)
+    '12.3 us'
+    """
+    if seconds >= 1:
+        return f"{seconds:.2f} s"
+    if seconds >= 1e-3:
+        return f"{seconds * 1e3:.2f} ms"
+    return f"{seconds * 1e6:.1f} us"
+
+
+def _ratio(value):
+    return "" if value is None else f"{value:.2f}x"
+
+
+def _percent(value):
+    return "" if value is None else f"{100 * value:.0f}%"
+
+
+def row_cells(record):
+    """One record as the table's cells, in :data:`COLUMNS` order."""
+    return (record["shape"], record["device"], record["implementation"],
+            format_time(record["best_s"]), f"{record['gbps']:.1f}",
+            _percent(record["roofline_fraction"]), _ratio(record["speedup_vs_numpy"]),
+            _ratio(record["speedup_vs_torch"]))
+
+
+def sections(records):
+    """Records grouped by (operation, dtype), in the order they were measured.
+
+    Returns
+    -------
+    dict of (str, str) to list of dict
+    """
+    grouped = {}
+    for record in records:
+        grouped.setdefault((record["operation"], record["dtype"]), []).append(record)
+    return grouped
+
+
+def target_records(records):
+    """numba-ln's CPU rows (Python and C ABI) at the target shapes and at 1x768.
+
+    These carry the ratios its targets are stated in: % of the copy roofline
+    (forward with ``out=``, backward), speedup of the allocating forward over
+    PyTorch, and the 1x768 latency against PyTorch.
+    """
+    shapes = {f"{r}x{c}" for r, c in TARGET_SHAPES} | {"1x768"}
+    return [r for r in records if r["device"] == "cpu" and r["shape"] in shapes
+            and r["key"] in ("numba_ln", "numba_ln_out", "capi")]
+
+
+def _text_table(rows):
+    """Aligned columns; the figures (from ``time`` on) right-aligned."""
+    widths = [max(len(str(cells[i])) for cells in rows) for i in range(len(rows[0]))]
+    first_figure = rows[0].index("time")
+    lines = []
+    for n, cells in enumerate(rows):
+        lines.append("  ".join(str(c).rjust(w) if i >= first_figure else str(c).ljust(w)
+                               for i, (c, w) in enumerate(zip(cells, widths))).rstrip())
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _markdown_table(rows):
+    first_figure = rows[0].index("time")
+    lines = ["| " + " | ".join(rows[0]) + " |",
+             "|" + "|".join("---" if i < first_figure else "---:"
+                            for i in range(len(rows[0]))) + "|"]
+    lines += ["| " + " | ".join(str(c) for c in cells) + " |" for cells in rows[1:]]
+    return "\n".join(lines)
+
+
+def machine_line(results):
+    """``"AMD EPYC, 2 cores (2 numba threads, omp), Linux-..., 2026-11-22T00:30:00+00:00"``."""
+    m = results["machine"]
+    gpu = f"; GPU: {m['gpu']}" if m.get("gpu") else "; no GPU"
+    return (f"{m['cpu_model']}, {m['cores']} cores ({m['numba_threads']} numba threads, "
+            f"threading layer {m['threading_layer']}){gpu}; {m['system']}")
+
+
+def versions_line(results):
+    """``"numba-ln 0.1.0, numba 0.68.1, NumPy 2.4.6, PyTorch 2.13.0+cpu, Python 3.12"``."""
+    v = results["versions"]
+    parts = [f"numba-ln {v['numba_ln']}", f"numba {v['numba']}", f"NumPy {v['numpy']}",
+             f"PyTorch {v['torch']}" if v.get("torch") else "PyTorch not installed",
+             f"Python {v['python']}"]
+    return ", ".join(parts)
+
+
+def load_warning(results):
+    """A warning when other work was running as the benchmark started, else None."""
+    load = results["machine"].get("load_average_before")
+    cores = results["machine"].get("cores") or 1
+    if load and load[0] > 0.25 * cores:
+        return (f"the machine was busy when this run started (load average {load[0]:.2f} "
+                f"on {cores} cores): parallel timings may be inflated")
+    return None
+
+
+def missing_lines(results):
+    """One line per implementation that was not measured, with the reason."""
+    return [f"{name}: {reason}" for name, reason in results.get("skipped", {}).items()]
+
+
+def format_text(results):
+    """The terminal report: machine, one table per (operation, dtype), targets, gaps.
+
+    Parameters
+    ----------
+    results : dict
+
+    Returns
+    -------
+    str
+    """
+    out = [f"numba-ln benchmark, {results['date']}",
+           machine_line(results), versions_line(results),
+           "time: best of the timed calls; GB/s: bytes moved / time (forward x+y, "
+           "backward x+dy+dx); % roofline: of the copy moving the same bytes on the "
+           "same device in this run; xNumPy / xPyTorch: speedup over them", ""]
+    for (operation, dtype), records in sections(results["results"]).items():
+        out.append(f"== {operation}, {dtype}")
+        out.append(_text_table([COLUMNS] + [row_cells(r) for r in records]))
+        out.append("")
+    targets = target_records(results["results"])
+    if targets:
+        out.append("== numba-ln (CPU) at the target shapes")
+        out.append(_text_table([("operation", "dtype") + COLUMNS]
+                               + [(r["operation"], r["dtype"]) + row_cells(r)
+                                  for r in targets]))
+        out.append("")
+    for line in missing_lines(results):
+        out.append(f"not measured: {line}")
+    if load_warning(results):
+        out.append(f"warning: {load_warning(results)}")
+    return "\n".join(out).rstrip() + "\n"
+
+
+def format_markdown(results, plot=None):
+    """The README's Performance section (without the markers).
+
+    Parameters
+    ----------
+    results : dict
+    plot : str, optional
+        Path of the plot relative to the README, to embed.
+
+    Returns
+    -------
+    str
+    """
+    settings = results.get("settings", {})
+    out = ["## Performance", "",
+           f"Measured on {results['date'][:10]} with `{results.get('command', '')}` on: "
+           f"{machine_line(results)}.", "",
+           f"Versions: {versions_line(results)}.", "",
+           "Time is the best of the timed calls after a warm-up call (JIT compilation "
+           "excluded); the implementations of one case are timed in interleaved rounds, "
+           "the roofline throughout, so a noisy moment hits them alike. GB/s counts the "
+           "bytes that must move: forward reads `x` and writes `y`; backward reads `x` "
+           "and `dy` and writes `dx`. **% roofline** compares with a plain streaming "
+           "kernel moving the same bytes on the same device in the same run (the faster "
+           "of a numba `prange` kernel on every thread and NumPy's "
+           "`copyto`/`bitwise_xor`). `numba-ln (out=)` writes into a preallocated array; "
+           "`numba-ln` allocates its result, as PyTorch and NumPy do; `numba-ln C ABI` "
+           "calls `libnumba_ln.so` through ctypes with caller-allocated outputs. The NumPy "
+           "implementation is plain vectorized NumPy (`numba_ln._bench.numpy_forward` / "
+           "`numpy_backward`).", ""]
+    if settings.get("budget_s") is not None:
+        out += [f"Each figure comes from about {settings['budget_s']} s of timed calls; on a "
+                "shared or virtual machine repeated runs can differ by 10-20%, so compare "
+                "rows of one run rather than runs.", ""]
+    if load_warning(results):
+        out += [f"**Warning:** {load_warning(results)}.", ""]
+    missing = missing_lines(results)
+    if missing:
+        out += ["**Not measured in this run:**", ""]
+        out += [f"- {line}" for line in missing]
+        out.append("")
+    if plot:
+        out += [f"![GB/s against hidden size]({plot})", ""]
+    targets = target_records(results["results"])
+    if targets:
+        out += ["### numba-ln (CPU) at the target shapes", "",
+                _markdown_table([("operation", "dtype") + COLUMNS]
+                                + [(r["operation"], r["dtype"]) + row_cells(r)
+                                   for r in targets]), ""]
+    if results["results"]:
+        out += ["### Every implementation and shape", ""]
+    for (operation, dtype), records in sections(results["results"]).items():
+        out += ["<details>", f"<summary>{operation}, {dtype}</summary>", "",
+                _markdown_table([COLUMNS] + [row_cells(r) for r in records]), "",
+                "</details>", ""]
+    out += ["Run it yourself: `make bench` (the default set above; under two minutes on "
+            "two cores), `python -m numba_ln bench --quick` (under a minute), or pick with "
+            "`--device cpu|cuda|all`, `--dtype float32,float16`, `--shapes 65536x1024,1x768`, "
+            "`--ops forward,backward`, `--capi-lib PATH`; `--out DIR` writes `results.json` "
+            "and `plot.png`. The same cases run under pytest-benchmark with "
+            "`pytest bench --benchmark-enable` (one table per `operation|shape|dtype`); "
+            "`make test` runs each of them once, on small shapes, as a test.", ""]
+    out += ["Regenerate this section on the development machine (measures again, "
+            "rewrites `docs/perf/results.json`, `docs/perf/plot.png` and this section):",
+            "", "```sh",
+            ".venv/bin/python -m numba_ln bench --out docs/perf --update-readme README.md",
+            "```", ""]
+    return "\n".join(out)
+
+
+def update_readme(path, markdown):
+    """Replace the text between the performance markers of a README.
+
+    Parameters
+    ----------
+    path : str or Path
+    markdown : str
+
+    Raises
+    ------
+    ValueError
+        The README lacks the markers.
+    """
+    path = Path(path)
+    text = path.read_text()
+    pattern = re.compile(re.escape(README_BEGIN) + r".*?" + re.escape(README_END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"{path} has no '{README_BEGIN}' ... '{README_END}' markers")
+    section = f"{README_BEGIN}\n{markdown.strip()}\n{README_END}"
+    path.write_text(pattern.sub(lambda _: section, text, count=1))
+
+
+_COLORS = {"numba-ln (out=)": "tab:red", "numba-ln": "tab:green",
+           "numba-ln C ABI": "tab:purple", "PyTorch": "tab:orange", "NumPy": "tab:blue"}
+
+
+def plot(results, path):
+    """Write the GB/s-against-hidden-size plot.
+
+    One panel per dtype (rows) and per operation and device (columns: CPU
+    and GPU side by side), one line per implementation, the roofline dashed.
+    Hidden sizes are evenly spaced, in increasing order. The latency shapes
+    are left out: their GB/s measure call overhead, not bandwidth. Where
+    several shapes share a hidden size, the one moving the most bytes is drawn.
+
+    Parameters
+    ----------
+    results : dict
+    path : str or Path
+        A ``.png`` file.
+    """
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    records = [r for r in results["results"] if not r["small"]]
+    dtypes = [d for d in ("float32", "float16", "float64")
+              if any(r["dtype"] == d for r in records)]
+    columns = [(op, dev) for dev in ("cpu", "cuda") for op in ("forward", "backward")
+               if any((r["operation"], r["device"]) == (op, dev) for r in records)]
+    order = {}  # implementations in the order they were measured: roofline first
+    for r in records:
+        order.setdefault(r["implementation"], len(order))
+    nrows, ncols = max(len(dtypes), 1), max(len(columns), 1)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(5.2 * ncols, 3.8 * nrows),
+                             squeeze=False)
+    for i, dtype in enumerate(dtypes):
+        for j, (operation, device) in enumerate(columns):
+            ax = axes[i][j]
+            lines = {}
+            for r in records:
+                if (r["operation"], r["dtype"], r["device"]) != (operation, dtype, device):
+                    continue
+                per_cols = lines.setdefault(r["implementation"], {})
+                kept = per_cols.get(r["cols"])
+                if kept is None or r["bytes"] > kept["bytes"]:
+                    per_cols[r["cols"]] = r
+            all_cols = sorted({c for per_cols in lines.values() for c in per_cols})
+            position = {c: k for k, c in enumerate(all_cols)}
+            for name in sorted(lines, key=order.get):
+                per_cols = lines[name]
+                xs = sorted(per_cols)
+                ys = [per_cols[c]["gbps"] for c in xs]
+                if per_cols[xs[0]]["roofline"]:
+                    style = dict(color="black", linestyle="--", linewidth=1.2)
+                else:
+                    style = dict(color=_COLORS.get(name), marker="o", markersize=4)
+                ax.plot([position[c] for c in xs], ys, label=name, **style)
+            ax.set_xticks(range(len(all_cols)))
+            ax.set_xticklabels([str(c) for c in all_cols], fontsize=8)
+            ax.set_ylim(bottom=0)
+            ax.set_xlabel("hidden size (columns)", fontsize=9)
+            ax.set_ylabel("GB/s", fontsize=9)
+            where = "CPU" if device == "cpu" else "GPU"
+            ax.set_title(f"{operation}, {dtype}, {where}", fontsize=10)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=7)
+    m = results["machine"]
+    fig.suptitle(f"numba-ln {results['versions']['numba_ln']}: {m['cpu_model']}, "
+                 f"{m['cores']} cores{', ' + m['gpu'] if m.get('gpu') else ''}, "
+                 f"{results['date'][:10]} (GB/s = bytes that must move / best time)",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def relative_link(target, start):
+    """``target`` relative to the folder ``start``, with forward slashes."""
+    return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()
