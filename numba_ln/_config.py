@@ -18,10 +18,12 @@ FASTMATH = {"reassoc", "contract"}
 SERIAL_MAX_ELEMENTS = 1 << 15
 
 #: The backward pass sums ``dweight``/``dbias`` over fixed blocks of rows, then
-#: sums the blocks in order. A block holds about this many elements, and the
-#: partition depends only on the shape, never on the thread count, so the
-#: result is bit-identical whatever ``numba.set_num_threads`` says.
-BACKWARD_BLOCK_ELEMENTS = 1 << 16
+#: sums the blocks in order: rows are split into at most this many blocks of
+#: equal size. The partition depends only on the shape, never on the thread
+#: count, so the result is bit-identical whatever ``numba.set_num_threads``
+#: says. 64 blocks keep up to 64 threads busy while the partial rows stay
+#: small next to the data (64 * cols elements each for dweight and dbias).
+BACKWARD_BLOCKS = 64
 
 #: numba's on-disk cache of compiled kernels. Off with NUMBA_LN_NO_CACHE=1
 #: (useful while editing kernels: numba does not notice edits to the helper

@@ -50,13 +50,13 @@ def _param(param, dtype):
 
 def _writes_directly(out, x, spec):
     """Can the kernel write into ``out`` as it is? (Row layout, and no partial overlap.)"""
-    if row_stride(out.shape, out.strides, out.itemsize, spec.axis) is None:
+    if not out.flags.c_contiguous and row_stride(
+            out.shape, out.strides, out.itemsize, spec.axis) is None:
         return False
-    if out is x:
-        return True
-    same_view = (out.__array_interface__["data"][0] == x.__array_interface__["data"][0]
-                 and out.strides == x.strides)
-    return same_view or not np.may_share_memory(out, x)
+    # In place (the very array, or the same memory seen the same way) is safe:
+    # every row is read whole before it is written.
+    return (out is x or not np.may_share_memory(out, x)
+            or (out.ctypes.data == x.ctypes.data and out.strides == x.strides))
 
 
 def forward(spec, x, weight, bias, eps, out, stream=None):

@@ -13,12 +13,11 @@ Schedules:
    schedule). Each row is read three times while it sits in L1/L2: the
    shifted sum, the sum of squared deviations, then the output.
 2. ``ln_bwd_serial`` / ``ln_bwd_parallel`` -- backward, rows grouped into
-   fixed blocks (``backward_block_rows``) spread across threads. A block's
-   first pass streams its ``x`` and ``dy`` in from memory for the two row
-   means the input gradient needs; its second pass finds them in L2, writes
-   ``dx`` and adds ``dy * xhat`` and ``dy`` into the block's own partial
-   ``dweight``/``dbias`` row. ``_reduce_partials`` then sums the blocks in
-   block order. The partition depends on the shape alone, so the gradients
+   at most ``BACKWARD_BLOCKS`` fixed blocks (``backward_block_rows``) spread
+   across threads. Each row is read twice while in cache: the two row means
+   the input gradient needs, then ``dx``, with ``dy * xhat`` and ``dy`` added
+   into the block's own partial ``dweight``/``dbias`` row.
+   ``_reduce_partials`` then sums the blocks in block order. The partition depends on the shape alone, so the gradients
    are bit-identical for any thread count.
 
 ``ln_fwd`` and ``ln_bwd`` pick serial or parallel by size (``runs_parallel``);
@@ -30,7 +29,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _cache, _math
-from ._config import BACKWARD_BLOCK_ELEMENTS, CACHE, FASTMATH, SERIAL_MAX_ELEMENTS
+from ._config import BACKWARD_BLOCKS, CACHE, FASTMATH, SERIAL_MAX_ELEMENTS
 from ._storage import load, store, to_compute
 
 # error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
@@ -104,8 +103,12 @@ def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
 
 
 @_row
-def _ln_bwd_row_sums(dy, x, mean, rstd, weight, has_weight):
-    """Pass one of a row (1-D views): ``mean(g)`` and ``mean(g * xhat)``, ``g = w * dy``."""
+def _ln_bwd_row(dy, x, mean, rstd, weight, has_weight, dx, dweight_acc, dbias_acc):
+    """Input gradient of one row (1-D views); add its ``dy * xhat`` and ``dy`` to the partials.
+
+    Two passes over the row while it is in cache: the two row means the input
+    gradient needs, then ``dx`` and the parameter-gradient terms.
+    """
     cols = x.shape[0]
     n = to_compute(x, cols)
     one = to_compute(x, 1)
@@ -116,15 +119,9 @@ def _ln_bwd_row_sums(dy, x, mean, rstd, weight, has_weight):
         g = w * load(dy, j)
         sum_g += g
         sum_gxhat += g * _math.normalized(load(x, j), mean, rstd)
-    return _math.mean_offset(sum_g, n), _math.mean_offset(sum_gxhat, n)
-
-
-@_row
-def _ln_bwd_row_grads(dy, x, mean, rstd, weight, has_weight, mean_g, mean_gxhat, dx,
-                      dweight_acc, dbias_acc):
-    """Pass two of a row: ``dx``, and its ``dy * xhat`` and ``dy`` into the partials."""
-    one = to_compute(x, 1)
-    for j in range(x.shape[0]):
+    mean_g = _math.mean_offset(sum_g, n)
+    mean_gxhat = _math.mean_offset(sum_gxhat, n)
+    for j in range(cols):
         w = weight[j] if has_weight else one
         grad = load(dy, j)
         xhat = _math.normalized(load(x, j), mean, rstd)
@@ -135,28 +132,16 @@ def _ln_bwd_row_grads(dy, x, mean, rstd, weight, has_weight, mean_g, mean_gxhat,
 
 @_row
 def _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight, has_weight,
-                  dx, lddx, dweight_part, dbias_part, coefs, rows, cols):
-    """One fixed block of rows: its input gradients and its partial sums.
-
-    Pass one runs over the whole block before pass two, so the block's ``x``
-    and ``dy`` stream in from memory as pure reads, and pass two finds them
-    in L2 (a block is sized to about 512 KB of float32 inputs).
-    """
+                  dx, lddx, dweight_part, dbias_part, rows, cols):
+    """One fixed block of rows: its input gradients and its partial sums."""
     dweight_acc = dweight_part[block]
     dbias_acc = dbias_part[block]
     dweight_acc[:] = 0
     dbias_acc[:] = 0
-    start = block * block_rows
-    stop = min(rows, start + block_rows)
-    for r in range(start, stop):
-        coefs[r, 0], coefs[r, 1] = _ln_bwd_row_sums(
-            dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r], rstd[r],
-            weight, has_weight)
-    for r in range(start, stop):
-        _ln_bwd_row_grads(dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r],
-                          rstd[r], weight, has_weight, coefs[r, 0],
-                          coefs[r, 1], dx[r * lddx:r * lddx + cols],
-                          dweight_acc, dbias_acc)
+    for r in range(block * block_rows, min(rows, (block + 1) * block_rows)):
+        _ln_bwd_row(dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r],
+                    rstd[r], weight, has_weight, dx[r * lddx:r * lddx + cols],
+                    dweight_acc, dbias_acc)
 
 
 @_row
@@ -170,9 +155,9 @@ def _reduce_partials(part, out, first_col, stop_col):
 
 
 @njit(cache=CACHE)
-def backward_block_rows(cols):
+def backward_block_rows(rows):
     """Rows per block of the backward reduction: a function of the shape alone."""
-    return max(1, BACKWARD_BLOCK_ELEMENTS // cols)
+    return max(1, (rows + BACKWARD_BLOCKS - 1) // BACKWARD_BLOCKS)
 
 
 _REDUCE_COLS = 512
@@ -182,14 +167,13 @@ _REDUCE_COLS = 512
 def ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                   dweight, dbias, rows, cols):
     """Backward pass on the calling thread (same blocks as the parallel one)."""
-    block_rows = backward_block_rows(cols)
+    block_rows = backward_block_rows(rows)
     blocks = (rows + block_rows - 1) // block_rows
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
-    coefs = np.empty((rows, 2), dbias.dtype)
     for block in range(blocks):
         _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, coefs, rows, cols)
+                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
     _reduce_partials(dweight_part, dweight, 0, cols)
     _reduce_partials(dbias_part, dbias, 0, cols)
 
@@ -198,14 +182,13 @@ def ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
 def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                     dweight, dbias, rows, cols):
     """Backward pass, blocks of rows across threads, then a column-parallel reduction."""
-    block_rows = backward_block_rows(cols)
+    block_rows = backward_block_rows(rows)
     blocks = (rows + block_rows - 1) // block_rows
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
-    coefs = np.empty((rows, 2), dbias.dtype)
     for block in prange(blocks):
         _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, coefs, rows, cols)
+                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
     chunks = (cols + _REDUCE_COLS - 1) // _REDUCE_COLS
     for chunk in prange(chunks):
         first = chunk * _REDUCE_COLS
