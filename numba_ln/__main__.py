@@ -27,7 +27,7 @@ def _parser():
             "Time layer norm (forward and backward) in numba-ln, plain NumPy, PyTorch (when "
             "installed), the numba-ln C ABI (when built) and, with a GPU, numba-ln CUDA and "
             "PyTorch CUDA; beside them a copy moving the same bytes (the roofline). Prints "
-            "time, GB/s, %% of roofline and speedups; --out also writes JSON and a plot."),
+            "time, GB/s, % of roofline and speedups; --out also writes JSON and a plot."),
         epilog=(f"default shapes: {_shapes_text(_bench.default_shapes())}; "
                 f"--quick: {_shapes_text(_bench.QUICK_SHAPES)}"))
     bench.add_argument("--device", default="all", metavar="{cpu,cuda,all}",
