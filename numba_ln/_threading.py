@@ -13,18 +13,8 @@ import os
 
 import numba
 
-_SAFE_LAYERS = ("tbb", "omp")
-
 
 def configure():
     """Select the thread-safe layer, unless the user picked one."""
     if "NUMBA_THREADING_LAYER" not in os.environ:
         numba.config.THREADING_LAYER = "threadsafe"
-
-
-def is_thread_safe():
-    """True once a parallel kernel has run under a thread-safe layer."""
-    try:
-        return numba.threading_layer() in _SAFE_LAYERS
-    except ValueError:  # no parallel kernel has run yet: the configured choice rules
-        return numba.config.THREADING_LAYER in ("threadsafe", "safe", *_SAFE_LAYERS)

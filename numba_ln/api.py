@@ -179,8 +179,12 @@ def backends():
     """
     import numba
 
+    try:  # the layer in use, once a parallel kernel has run
+        layer = numba.threading_layer()
+    except ValueError:  # none yet: the layer that will be selected
+        layer = numba.config.THREADING_LAYER
     cpu_detail = (f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
-                  f"threading layer {numba.config.THREADING_LAYER!r}")
+                  f"threading layer {layer!r}")
     reason = _cuda_backend.unavailable_reason()
     if reason is None:
         cuda_detail = ("numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"

@@ -36,6 +36,18 @@ def test_threading_layer_is_thread_safe():
     assert numba.threading_layer() in ("tbb", "omp")
 
 
+def test_an_explicit_user_choice_of_layer_wins():
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, NUMBA_THREADING_LAYER="workqueue")
+    code = "import numba_ln, numba; print(numba.config.THREADING_LAYER)"
+    result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                            text=True, check=True)
+    assert result.stdout.strip() == "workqueue"
+
+
 def test_concurrent_callers_get_serial_results(rng):
     shapes = [(2048, 96), (512, 1000), (3, 70000), (1, 768)]
     inputs = [rng.standard_normal(s).astype(np.float32) for s in shapes]
