@@ -34,9 +34,12 @@ def _row_buffer(a, spec):
 
 def _new_rows(spec):
     """A fresh C-ordered result of ``x``'s shape and dtype, and its kernel buffer."""
-    buffer = np.empty(spec.rows * spec.cols, _STORAGE.get(spec.dtype, spec.dtype))
-    array = buffer if buffer.dtype == spec.dtype else buffer.view(spec.dtype)
-    return array.reshape(spec.shape), buffer
+    storage = _STORAGE.get(spec.dtype)
+    if storage is None:
+        buffer = np.empty(spec.rows * spec.cols, spec.dtype)
+        return buffer.reshape(spec.shape), buffer
+    buffer = np.empty(spec.rows * spec.cols, storage)
+    return buffer.view(spec.dtype).reshape(spec.shape), buffer
 
 
 def _param(param, dtype):

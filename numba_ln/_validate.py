@@ -9,6 +9,7 @@ call's arguments into a :class:`Spec`: any rank and ``axis`` become
 import functools
 import math
 import operator
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -65,6 +66,8 @@ def normalize_axis(axis, ndim):
 
 def check_eps(eps):
     """``eps`` must be a finite, non-negative real number."""
+    if type(eps) is float and 0.0 <= eps <= sys.float_info.max:  # the usual case, fast
+        return eps
     try:
         value = float(eps)
     except (TypeError, ValueError):
@@ -74,16 +77,12 @@ def check_eps(eps):
     return value
 
 
-def _spec(shape, dtype, axis, param_dtype=None):
+def _build_spec(shape, dtype, axis, param_dtype):
+    """Every check on ``x``'s shape, dtype and ``axis``; the call's :class:`Spec`."""
     if not shape:
         raise ValueError("x must have rank >= 1, got a 0-d array")
-    return _cached_spec(shape, check_float_dtype(dtype, "x"),
-                        normalize_axis(axis, len(shape)), param_dtype)
-
-
-@functools.lru_cache(maxsize=256)
-def _cached_spec(shape, dtype, axis, param_dtype):
-    """The :class:`Spec` of a call; cached, as a program calls with few shapes."""
+    dtype = check_float_dtype(dtype, "x")
+    axis = normalize_axis(axis, len(shape))
     cols = math.prod(shape[axis:])
     if cols == 0:
         raise ValueError(
@@ -93,6 +92,18 @@ def _cached_spec(shape, dtype, axis, param_dtype):
     return Spec(shape, axis, math.prod(shape[:axis]), cols, dtype, compute,
                 compute if param_dtype is None else np.dtype(param_dtype),
                 shape[axis:], shape[:axis] + (1,) * (len(shape) - axis))
+
+
+#: A program calls with few distinct shapes: the checks run once per shape.
+#: (Errors are raised, never cached.)
+_cached_spec = functools.lru_cache(maxsize=256)(_build_spec)
+
+
+def _spec(shape, dtype, axis, param_dtype=None):
+    try:
+        return _cached_spec(shape, dtype, axis, param_dtype)
+    except TypeError:  # an unhashable axis, say: the plain path says what is wrong
+        return _build_spec(shape, dtype, axis, param_dtype)
 
 
 def check_param(param, spec, name):
@@ -108,12 +119,12 @@ def check_param(param, spec, name):
 
 def check_out(out, spec):
     """``out=``: same shape and dtype as ``x``, writeable (before any write)."""
-    if tuple(out.shape) != spec.shape:
+    if out.shape != spec.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}; expected {spec.shape}")
-    if np.dtype(out.dtype) != spec.dtype:
+    if out.dtype != spec.dtype:
         raise TypeError(f"out has dtype {np.dtype(out.dtype)}; expected {spec.dtype}")
-    flags = getattr(out, "flags", None)
-    if flags is not None and hasattr(flags, "writeable") and not flags.writeable:
+    flags = getattr(out, "flags", None)  # NumPy's; CUDA arrays carry no such flag
+    if flags is not None and not getattr(flags, "writeable", True):
         raise ValueError("out is read-only; expected a writeable array")
 
 

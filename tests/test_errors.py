@@ -29,9 +29,10 @@ def test_axis_out_of_range(axis):
         numba_ln.layer_norm(X, axis=axis)
 
 
-def test_axis_not_an_integer():
-    with pytest.raises(TypeError, match="axis must be an integer, got float"):
-        numba_ln.layer_norm(X, axis=1.0)
+@pytest.mark.parametrize("axis,name", [(1.0, "float"), ([1], "list"), ("1", "str")])
+def test_axis_not_an_integer(axis, name):
+    with pytest.raises(TypeError, match=f"axis must be an integer, got {name}"):
+        numba_ln.layer_norm(X, axis=axis)
 
 
 @pytest.mark.parametrize("name", ["weight", "bias"])
