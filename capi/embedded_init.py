@@ -37,11 +37,8 @@ def nln__py_init(runtime):
         if _cabi.OK != lib.NLN_ENTRY_OK:
             raise RuntimeError(f"numba_ln._cabi.OK is {_cabi.OK}, the library expects "
                                f"{lib.NLN_ENTRY_OK}: rebuild it with capi/build.py")
-        points = _cabi.entry_points()
-        runtime.forward_f32 = points["forward_f32"]
-        runtime.forward_f64 = points["forward_f64"]
-        runtime.backward_f32 = points["backward_f32"]
-        runtime.backward_f64 = points["backward_f64"]
+        for name, address in _cabi.entry_points().items():
+            setattr(runtime, name, address)
         runtime.ready = lib.NLN_RUNTIME_READY
         return 0
     except BaseException as exc:  # report every failure to C; never unwind into it

@@ -22,16 +22,22 @@
  * so success is recognised only by runtime.ready == NLN_RUNTIME_READY.
  *
  * Steady state: a CPU call checks its arguments here, then calls the entry
- * point through its pointer: compiled code only, no Python executed and, for
- * the serial kernels, no GIL. (numba's launcher for the parallel kernels takes
- * the GIL for a moment around the parallel region.)
+ * points through their pointers: compiled code only, no Python executed, no
+ * GIL. The entry points are numba_ln.cpu's serial pieces; for a call that
+ * cpu.runs_parallel says is large, this file runs them on OpenMP threads in
+ * the schedule of cpu.ln_fwd_parallel / cpu.ln_bwd_parallel (row chunks;
+ * fixed backward blocks, then a column-parallel sum of the blocks in order),
+ * so results are bit-identical to the Python API's. numba's own parallel
+ * launcher is not used: it takes the GIL around every parallel region.
  */
 #include <errno.h>
 #include <math.h>
+#include <omp.h>
 #include <pthread.h>
 #include <stdarg.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
@@ -109,6 +115,29 @@ typedef int32_t (*nln__backward_f64_fn)(const double *dy, int64_t lddy,
                                         int32_t has_dweight, int32_t has_dbias,
                                         int64_t rows, int64_t cols);
 
+typedef int32_t (*nln__backward_blocks_f32_fn)(const float *dy, int64_t lddy,
+                                               const float *x, int64_t ldx,
+                                               const float *mean, const float *rstd,
+                                               const float *weight, int32_t has_weight,
+                                               float *dx, int64_t lddx,
+                                               float *dweight_part, float *dbias_part,
+                                               int64_t rows, int64_t cols,
+                                               int64_t first_block, int64_t stop_block);
+typedef int32_t (*nln__backward_blocks_f64_fn)(const double *dy, int64_t lddy,
+                                               const double *x, int64_t ldx,
+                                               const double *mean, const double *rstd,
+                                               const double *weight, int32_t has_weight,
+                                               double *dx, int64_t lddx,
+                                               double *dweight_part, double *dbias_part,
+                                               int64_t rows, int64_t cols,
+                                               int64_t first_block, int64_t stop_block);
+typedef int32_t (*nln__reduce_f32_fn)(const float *part, int64_t blocks, int64_t cols,
+                                      float *out, int64_t first_col, int64_t stop_col);
+typedef int32_t (*nln__reduce_f64_fn)(const double *part, int64_t blocks, int64_t cols,
+                                      double *out, int64_t first_col, int64_t stop_col);
+typedef int32_t (*nln__runs_parallel_fn)(int64_t rows, int64_t cols);
+typedef int64_t (*nln__backward_blocks_fn)(int64_t rows);
+
 static pthread_once_t nln__once = PTHREAD_ONCE_INIT;
 static nln_status nln__init_status = NLN_ERR_INIT;
 static char nln__init_message[NLN_MESSAGE_CAP];
@@ -116,6 +145,12 @@ static nln__forward_f32_fn nln__forward_f32;
 static nln__forward_f64_fn nln__forward_f64;
 static nln__backward_f32_fn nln__backward_f32;
 static nln__backward_f64_fn nln__backward_f64;
+static nln__backward_blocks_f32_fn nln__backward_blocks_f32;
+static nln__backward_blocks_f64_fn nln__backward_blocks_f64;
+static nln__reduce_f32_fn nln__reduce_f32;
+static nln__reduce_f64_fn nln__reduce_f64;
+static nln__runs_parallel_fn nln__runs_parallel;
+static nln__backward_blocks_fn nln__backward_blocks;
 static char nln__python[NLN_MESSAGE_CAP] = "the host program's Python";
 
 static void nln__init_failed(const char *format, ...) __attribute__((format(printf, 1, 2)));
@@ -198,7 +233,10 @@ static void nln__start(void)
     nln__error[0] = '\0';
     rc = nln__py_init(&runtime);
     if (rc != 0 || runtime.ready != NLN_RUNTIME_READY || !runtime.forward_f32 ||
-        !runtime.forward_f64 || !runtime.backward_f32 || !runtime.backward_f64) {
+        !runtime.forward_f64 || !runtime.backward_f32 || !runtime.backward_f64 ||
+        !runtime.backward_blocks_f32 || !runtime.backward_blocks_f64 ||
+        !runtime.reduce_f32 || !runtime.reduce_f64 || !runtime.runs_parallel ||
+        !runtime.backward_blocks) {
         nln__init_failed("%s", nln__error[0] ? nln__error
                                              : "the Python side failed to start "
                                                "(its traceback is on stderr)");
@@ -209,6 +247,12 @@ static void nln__start(void)
     nln__forward_f64 = (nln__forward_f64_fn)runtime.forward_f64;
     nln__backward_f32 = (nln__backward_f32_fn)runtime.backward_f32;
     nln__backward_f64 = (nln__backward_f64_fn)runtime.backward_f64;
+    nln__backward_blocks_f32 = (nln__backward_blocks_f32_fn)runtime.backward_blocks_f32;
+    nln__backward_blocks_f64 = (nln__backward_blocks_f64_fn)runtime.backward_blocks_f64;
+    nln__reduce_f32 = (nln__reduce_f32_fn)runtime.reduce_f32;
+    nln__reduce_f64 = (nln__reduce_f64_fn)runtime.reduce_f64;
+    nln__runs_parallel = (nln__runs_parallel_fn)runtime.runs_parallel;
+    nln__backward_blocks = (nln__backward_blocks_fn)runtime.backward_blocks;
     nln__init_status = NLN_OK;
 }
 
@@ -339,6 +383,95 @@ NLN_API nln_status nln_init(void)
     return nln__ready("nln_init");
 }
 
+/* ------------------------------------------------------------------ schedules
+ *
+ * What a CPU call runs, on the calling thread or on OpenMP threads. Each
+ * returns NLN_OK, NLN_ERR_INTERNAL (a kernel raised) or NLN_ERR_UNSUPPORTED
+ * (no memory for the backward's partial sums).
+ */
+
+/* Forward: contiguous chunks of rows, like cpu.ln_fwd_parallel. A row's
+ * result does not depend on its chunk. */
+#define NLN__DEFINE_FORWARD(T, SUFFIX)                                                   \
+    static nln_status nln__run_forward_##SUFFIX(                                       \
+        const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,    \
+        int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int64_t rows,           \
+        int64_t cols, T eps)                                                           \
+    {                                                                                  \
+        int64_t chunks = nln__runs_parallel(rows, cols) ? omp_get_max_threads() : 1;   \
+        int64_t step = (rows + chunks - 1) / chunks;                                   \
+        int failed = 0;                                                                \
+        _Pragma("omp parallel for schedule(static) reduction(|| : failed) if(chunks > 1)") \
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {                             \
+            int64_t first = chunk * step;                                              \
+            int64_t count = (first + step < rows ? first + step : rows) - first;      \
+            if (count > 0)                                                             \
+                failed = nln__forward_##SUFFIX(                                        \
+                    x + first * ldx, ldx, weight, bias, has_weight, has_bias,          \
+                    y + first * ldy, ldy, mean ? mean + first : NULL,                  \
+                    rstd ? rstd + first : NULL, mean != NULL, rstd != NULL, count,     \
+                    cols, eps) != NLN_ENTRY_OK || failed;                              \
+        }                                                                              \
+        return failed ? NLN_ERR_INTERNAL : NLN_OK;                                     \
+    }
+
+NLN__DEFINE_FORWARD(float, f32)
+NLN__DEFINE_FORWARD(double, f64)
+
+/* Backward: the fixed blocks of cpu.ln_bwd_parallel across threads, then the
+ * blocks' partial sums added in block order, columns across threads. The
+ * blocks depend on the shape alone: bit-identical for any thread count. */
+#define NLN__REDUCE_COLS 512
+#define NLN__DEFINE_BACKWARD(T, SUFFIX)                                                 \
+    static nln_status nln__run_backward_##SUFFIX(                                      \
+        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,            \
+        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
+        T *dweight, T *dbias, int64_t rows, int64_t cols)                              \
+    {                                                                                  \
+        if (!nln__runs_parallel(rows, cols))                                           \
+            return nln__backward_##SUFFIX(dy, lddy, x, ldx, mean, rstd, weight,       \
+                                          has_weight, dx, lddx, dweight, dbias,        \
+                                          dweight != NULL, dbias != NULL, rows,        \
+                                          cols) == NLN_ENTRY_OK                        \
+                       ? NLN_OK : NLN_ERR_INTERNAL;                                    \
+        int64_t blocks = nln__backward_blocks(rows);                                   \
+        int64_t chunks = (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS;            \
+        T *dweight_part = malloc((size_t)(blocks * cols) * sizeof(T));                 \
+        T *dbias_part = malloc((size_t)(blocks * cols) * sizeof(T));                   \
+        int failed = 0;                                                                \
+        if (!dweight_part || !dbias_part) {                                            \
+            free(dweight_part);                                                        \
+            free(dbias_part);                                                          \
+            return NLN_ERR_UNSUPPORTED;                                                \
+        }                                                                              \
+        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
+        for (int64_t block = 0; block < blocks; ++block)                               \
+            failed = nln__backward_blocks_##SUFFIX(                                    \
+                dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,            \
+                dweight_part, dbias_part, rows, cols, block, block + 1)                \
+                != NLN_ENTRY_OK || failed;                                             \
+        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
+        for (int64_t chunk = 0; chunk < chunks; ++chunk) {                             \
+            int64_t first = chunk * NLN__REDUCE_COLS;                                  \
+            int64_t stop = first + NLN__REDUCE_COLS < cols ? first + NLN__REDUCE_COLS  \
+                                                           : cols;                     \
+            if (dweight)                                                               \
+                failed = nln__reduce_##SUFFIX(dweight_part, blocks, cols, dweight,     \
+                                              first, stop) != NLN_ENTRY_OK || failed;  \
+            if (dbias)                                                                 \
+                failed = nln__reduce_##SUFFIX(dbias_part, blocks, cols, dbias, first,  \
+                                              stop) != NLN_ENTRY_OK || failed;         \
+        }                                                                              \
+        free(dweight_part);                                                            \
+        free(dbias_part);                                                              \
+        return failed ? NLN_ERR_INTERNAL : NLN_OK;                                     \
+    }
+
+NLN__DEFINE_BACKWARD(float, f32)
+NLN__DEFINE_BACKWARD(double, f64)
+
+#define NLN_OUT_OF_MEMORY "no memory for the backward pass's partial sums"
+
 #define NLN_KERNEL_FAILED \
     "the CPU kernel raised an exception (numba printed it on stderr); outputs may be " \
     "partly written"
@@ -355,12 +488,10 @@ NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
         (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
-    if (nln__forward_f32(x, ldx, weight ? weight : &nln__one_f32,
-                         bias ? bias : &nln__one_f32, weight != NULL, bias != NULL,
-                         y, ldy, mean, rstd, mean != NULL, rstd != NULL,
-                         rows, cols, eps) != NLN_ENTRY_OK)
-        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
-    return NLN_OK;
+    status = nln__run_forward_f32(x, ldx, weight ? weight : &nln__one_f32,
+                                   bias ? bias : &nln__one_f32, weight != NULL, bias != NULL,
+                                   y, ldy, mean, rstd, rows, cols, eps);
+    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
 }
 
 NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
@@ -375,12 +506,10 @@ NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
         (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
-    if (nln__forward_f64(x, ldx, weight ? weight : &nln__one_f64,
-                         bias ? bias : &nln__one_f64, weight != NULL, bias != NULL,
-                         y, ldy, mean, rstd, mean != NULL, rstd != NULL,
-                         rows, cols, eps) != NLN_ENTRY_OK)
-        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
-    return NLN_OK;
+    status = nln__run_forward_f64(x, ldx, weight ? weight : &nln__one_f64,
+                                   bias ? bias : &nln__one_f64, weight != NULL, bias != NULL,
+                                   y, ldy, mean, rstd, rows, cols, eps);
+    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
 }
 
 NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
@@ -402,11 +531,12 @@ NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
         nln__zero(dbias, cols, sizeof(float));
         return NLN_OK;
     }
-    if (nln__backward_f32(dy, lddy, x, ldx, mean, rstd, weight ? weight : &nln__one_f32,
-                          weight != NULL, dx, lddx, dweight, dbias, dweight != NULL,
-                          dbias != NULL, rows, cols) != NLN_ENTRY_OK)
-        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
-    return NLN_OK;
+    status = nln__run_backward_f32(dy, lddy, x, ldx, mean, rstd,
+                                    weight ? weight : &nln__one_f32, weight != NULL, dx, lddx,
+                                    dweight, dbias, rows, cols);
+    if (status == NLN_ERR_UNSUPPORTED) /* the schedule's word for "out of memory" */
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
+    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
 }
 
 NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
@@ -428,11 +558,12 @@ NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
         nln__zero(dbias, cols, sizeof(double));
         return NLN_OK;
     }
-    if (nln__backward_f64(dy, lddy, x, ldx, mean, rstd, weight ? weight : &nln__one_f64,
-                          weight != NULL, dx, lddx, dweight, dbias, dweight != NULL,
-                          dbias != NULL, rows, cols) != NLN_ENTRY_OK)
-        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
-    return NLN_OK;
+    status = nln__run_backward_f64(dy, lddy, x, ldx, mean, rstd,
+                                    weight ? weight : &nln__one_f64, weight != NULL, dx, lddx,
+                                    dweight, dbias, rows, cols);
+    if (status == NLN_ERR_UNSUPPORTED) /* the schedule's word for "out of memory" */
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
+    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
 }
 
 /* ------------------------------------------------------------------ GPU */

@@ -32,6 +32,12 @@ struct nln_runtime {
     uintptr_t forward_f64;
     uintptr_t backward_f32;
     uintptr_t backward_f64;
+    uintptr_t backward_blocks_f32;
+    uintptr_t backward_blocks_f64;
+    uintptr_t reduce_f32;
+    uintptr_t reduce_f64;
+    uintptr_t runs_parallel;
+    uintptr_t backward_blocks;
 };
 
 /* Implemented in C, called from Python: set the calling thread's

@@ -6,10 +6,10 @@
  * interpreter and the environment it was built from; a C program needs no
  * Python and no environment variables. The first call (or nln_init()) starts
  * that interpreter and loads the compiled kernels; after that, CPU calls run
- * compiled code only and never execute Python. Calls of up to 32768 elements
- * (rows * cols; the serial kernels) never touch the interpreter's lock (GIL);
- * larger calls run numba's parallel kernels, whose launcher takes the GIL for
- * a moment before and after the parallel region, never while computing.
+ * compiled code only: they never execute Python and never take the
+ * interpreter's lock (GIL). Calls of more than 32768 elements (rows * cols)
+ * run on the library's OpenMP threads (OMP_NUM_THREADS sets how many), in a
+ * fixed schedule: results do not depend on the thread count.
  *
  * Conventions
  * -----------

@@ -2,12 +2,15 @@
 
 ``libnumba_ln.so`` (built by ``capi/build.py``) checks every argument in C,
 then calls the CPU kernels through the function pointers in
-:func:`entry_points`: numba ``@cfunc`` wrappers around :func:`numba_ln.cpu.ln_fwd`
-and :func:`numba_ln.cpu.ln_bwd`. A call through them runs compiled code only
-and never executes Python. The serial kernels never touch the GIL; numba's
-launcher for the parallel kernels (``prange``) takes it for a moment before and
-after the parallel region. If a kernel raises (an allocation failure), numba
-takes the GIL to print the error and the entry point returns 0.
+:func:`entry_points`: numba ``@cfunc`` wrappers around the *serial* pieces of
+``numba_ln.cpu`` (``ln_fwd_serial``, ``ln_bwd_serial``, ``ln_bwd_blocks``,
+``ln_bwd_reduce``) and its serial/parallel decision (``runs_parallel``). For a
+large call the C side runs those pieces on OpenMP threads of its own, the
+schedule of ``cpu.ln_fwd_parallel`` / ``cpu.ln_bwd_parallel``, instead of numba's
+parallel launcher, which takes the GIL around every parallel region. So a call
+runs compiled code only: it never executes Python and never takes the GIL.
+If a kernel raises (an allocation failure), numba takes the GIL to print the
+error and the entry point returns 0.
 
 The entry points see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
@@ -23,18 +26,11 @@ with the GIL held, from the embedded interpreter: they wrap device pointers
 in objects exposing ``__cuda_array_interface__`` and call the public API.
 """
 
-import numba
 import numpy as np
 from numba import carray, cfunc, from_dtype, types
 
 from . import cpu  # first: it empties numba's cache if a kernel source changed
 from ._config import CACHE
-
-# Start numba's thread pool (the threading layer ``numba_ln`` selected) before
-# any entry point is built: a cached ``@cfunc`` whose kernels use ``prange`` is
-# linked against the pool's scheduler symbols as it loads, and numba only
-# starts the pool by itself when it compiles, not when it loads from its cache.
-numba.get_num_threads()
 
 #: What an entry point returns on success (numba's wrapper returns 0 on error).
 OK = 1
@@ -69,8 +65,8 @@ def _make_forward(dtype):
         b = carray(bias, cols if has_bias else 1)
         mean_buf = carray(mean, rows) if has_mean else np.empty(rows, dtype)
         rstd_buf = carray(rstd, rows) if has_rstd else np.empty(rows, dtype)
-        cpu.ln_fwd(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
-                   mean_buf, rstd_buf, rows, cols, eps)
+        cpu.ln_fwd_serial(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
+                          mean_buf, rstd_buf, rows, cols, eps)
         return OK
 
     forward.__qualname__ = forward.__name__ = f"forward_{np.dtype(dtype).name}"
@@ -89,18 +85,75 @@ def _make_backward(dtype):
         w = carray(weight, cols if has_weight else 1)
         dweight_buf = carray(dweight, cols) if has_dweight else np.empty(cols, dtype)
         dbias_buf = carray(dbias, cols) if has_dbias else np.empty(cols, dtype)
-        cpu.ln_bwd(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w, has_weight != 0,
-                   dx_buf, lddx, dweight_buf, dbias_buf, rows, cols)
+        cpu.ln_bwd_serial(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w,
+                          has_weight != 0, dx_buf, lddx, dweight_buf, dbias_buf, rows, cols)
         return OK
 
     backward.__qualname__ = backward.__name__ = f"backward_{np.dtype(dtype).name}"
     return cfunc(_backward_signature(from_dtype(dtype)), cache=CACHE)(backward)
 
 
+def _blocks_signature(scalar):
+    ptr = types.CPointer(scalar)
+    #   dy   lddy  x    ldx   mean rstd weight has_w dx   lddx  dw_part db_part
+    return _i32(ptr, _i64, ptr, _i64, ptr, ptr, ptr, _i32, ptr, _i64, ptr, ptr,
+                #  rows cols first_block stop_block
+                _i64, _i64, _i64, _i64)
+
+
+def _make_backward_blocks(dtype):
+    """Backward blocks ``first .. stop - 1`` into the caller's partial-sum rows."""
+    def backward_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                        dweight_part, dbias_part, rows, cols, first_block, stop_block):
+        blocks = cpu.backward_blocks(rows)
+        cpu.ln_bwd_blocks(carray(dy, (rows - 1) * lddy + cols), lddy,
+                          carray(x, (rows - 1) * ldx + cols), ldx,
+                          carray(mean, rows), carray(rstd, rows),
+                          carray(weight, cols if has_weight else 1), has_weight != 0,
+                          carray(dx, (rows - 1) * lddx + cols), lddx,
+                          carray(dweight_part, (blocks, cols)),
+                          carray(dbias_part, (blocks, cols)), rows, cols,
+                          first_block, stop_block)
+        return OK
+
+    backward_blocks.__qualname__ = backward_blocks.__name__ = (
+        f"backward_blocks_{np.dtype(dtype).name}")
+    return cfunc(_blocks_signature(from_dtype(dtype)), cache=CACHE)(backward_blocks)
+
+
+def _make_reduce(dtype):
+    """Columns ``first .. stop - 1`` of the partial-sum rows, summed in block order."""
+    ptr = types.CPointer(from_dtype(dtype))
+
+    def reduce(part, blocks, cols, out, first_col, stop_col):
+        cpu.ln_bwd_reduce(carray(part, (blocks, cols)), carray(out, cols), first_col,
+                          stop_col)
+        return OK
+
+    reduce.__qualname__ = reduce.__name__ = f"reduce_{np.dtype(dtype).name}"
+    return cfunc(_i32(ptr, _i64, _i64, ptr, _i64, _i64), cache=CACHE)(reduce)
+
+
+@cfunc(_i32(_i64, _i64), cache=CACHE)
+def runs_parallel(rows, cols):
+    """``cpu.runs_parallel`` for C: 1 when a call is worth spreading over threads."""
+    return 1 if cpu.runs_parallel(rows, cols) else 0
+
+
+@cfunc(_i64(_i64), cache=CACHE)
+def backward_blocks(rows):
+    """``cpu.backward_blocks`` for C: rows of partial sums a backward pass needs."""
+    return cpu.backward_blocks(rows)
+
+
 forward_float32 = _make_forward(np.float32)
 forward_float64 = _make_forward(np.float64)
 backward_float32 = _make_backward(np.float32)
 backward_float64 = _make_backward(np.float64)
+backward_blocks_float32 = _make_backward_blocks(np.float32)
+backward_blocks_float64 = _make_backward_blocks(np.float64)
+reduce_float32 = _make_reduce(np.float32)
+reduce_float64 = _make_reduce(np.float64)
 
 
 def entry_points():
@@ -109,20 +162,27 @@ def entry_points():
     Returns
     -------
     dict of str to int
-        ``{"forward_f32": address, "forward_f64": ..., "backward_f32": ...,
-        "backward_f64": ...}``; each address is a C function pointer with the
-        signature of :func:`_forward_signature` / :func:`_backward_signature`.
+        Each address is a C function pointer: ``forward_*`` / ``backward_*``
+        (a whole call on the calling thread), ``backward_blocks_*`` and
+        ``reduce_*`` (the pieces a threaded backward runs), ``runs_parallel``
+        and ``backward_blocks`` (the schedule's two decisions).
 
     Examples
     --------
     >>> from numba_ln import _cabi
-    >>> sorted(_cabi.entry_points())
-    ['backward_f32', 'backward_f64', 'forward_f32', 'forward_f64']
+    >>> sorted(_cabi.entry_points())[:4]
+    ['backward_blocks', 'backward_blocks_f32', 'backward_blocks_f64', 'backward_f32']
     """
     return {"forward_f32": forward_float32.address,
             "forward_f64": forward_float64.address,
             "backward_f32": backward_float32.address,
-            "backward_f64": backward_float64.address}
+            "backward_f64": backward_float64.address,
+            "backward_blocks_f32": backward_blocks_float32.address,
+            "backward_blocks_f64": backward_blocks_float64.address,
+            "reduce_f32": reduce_float32.address,
+            "reduce_f64": reduce_float64.address,
+            "runs_parallel": runs_parallel.address,
+            "backward_blocks": backward_blocks.address}
 
 
 # --------------------------------------------------------------------------- GPU

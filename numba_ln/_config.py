@@ -17,6 +17,12 @@ FASTMATH = {"reassoc", "contract"}
 #: parallel launch costs a few microseconds, more than it saves on small work.
 SERIAL_MAX_ELEMENTS = 1 << 15
 
+#: The parallel forward kernel splits the rows into this many contiguous chunks
+#: (fewer for fewer rows) and threads take them in order: enough to balance
+#: 256 threads, few enough that a chunk is many rows. A constant, because a
+#: kernel that read the thread count could not be cached.
+FORWARD_CHUNKS = 256
+
 #: The backward pass sums ``dweight``/``dbias`` over fixed blocks of rows, then
 #: sums the blocks in order: rows are split into at most this many blocks of
 #: equal size. The partition depends only on the shape, never on the thread

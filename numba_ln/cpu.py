@@ -16,8 +16,14 @@ Schedules:
    at most ``BACKWARD_BLOCKS`` fixed blocks (``backward_block_rows``) spread
    across threads. Each row is read twice while in cache: the two row means
    the input gradient needs, then ``dx``, with ``dy * xhat`` and ``dy`` added
-   into the block's own partial ``dweight``/``dbias`` row.
-   ``_reduce_partials`` then sums the blocks in block order. The partition depends on the shape alone, so the gradients
+   into the block's own partial ``dweight``/``dbias`` row (``ln_bwd_blocks``).
+   ``ln_bwd_reduce`` then sums the blocks in block order.
+
+The parallel kernels only schedule: each thread runs the compiled serial
+pieces (``ln_fwd_serial``, ``ln_bwd_blocks``, ``ln_bwd_reduce``), so serial,
+parallel and C-ABI calls give bit-identical results, and the C library can
+run the same pieces on threads of its own without numba's launcher (which
+takes the GIL around a parallel region). The partition depends on the shape alone, so the gradients
    are bit-identical for any thread count.
 
 ``ln_fwd`` and ``ln_bwd`` pick serial or parallel by size (``runs_parallel``);
@@ -29,7 +35,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _cache, _math
-from ._config import BACKWARD_BLOCKS, CACHE, FASTMATH, SERIAL_MAX_ELEMENTS
+from ._config import BACKWARD_BLOCKS, CACHE, FASTMATH, FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS
 from ._storage import load, store, to_compute
 
 # error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
@@ -77,11 +83,20 @@ def ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd
 @_parallel_kernel
 def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                     rows, cols, eps):
-    """Forward pass, contiguous chunks of rows on each thread."""
-    eps = to_compute(x, eps)
-    for r in prange(rows):
-        mean[r], rstd[r] = _ln_fwd_row(x[r * ldx:r * ldx + cols], y[r * ldy:r * ldy + cols],
-                                       weight, bias, has_weight, has_bias, eps)
+    """Forward pass, contiguous chunks of rows on each thread.
+
+    Each chunk runs the compiled ``ln_fwd_serial``, so a row gets the same
+    machine code -- and the same bits -- on every path, the C ABI's included.
+    """
+    chunks = min(rows, FORWARD_CHUNKS)
+    step = (rows + chunks - 1) // chunks
+    for chunk in prange(chunks):
+        first = chunk * step
+        count = min(rows, first + step) - first
+        if count > 0:
+            ln_fwd_serial(x[first * ldx:], ldx, weight, bias, has_weight, has_bias,
+                          y[first * ldy:], ldy, mean[first:], rstd[first:], count, cols,
+                          eps)
 
 
 @njit(cache=CACHE)
@@ -144,9 +159,22 @@ def _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight, has_w
                     dweight_acc, dbias_acc)
 
 
-@_row
-def _reduce_partials(part, out, first_col, stop_col):
-    """``out[j] = sum over blocks of part[block, j]``, blocks in order."""
+@_kernel
+def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                  dweight_part, dbias_part, rows, cols, first_block, stop_block):
+    """Blocks ``first_block .. stop_block - 1``: their ``dx`` and partial-sum rows.
+
+    ``dweight_part``/``dbias_part`` are ``(blocks, cols)``, one row per block.
+    """
+    block_rows = backward_block_rows(rows)
+    for block in range(first_block, stop_block):
+        _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
+                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+
+
+@_kernel
+def ln_bwd_reduce(part, out, first_col, stop_col):
+    """``out[j] = sum over blocks of part[block, j]``, blocks in order, for a column range."""
     for j in range(first_col, stop_col):
         out[j] = 0
     for block in range(part.shape[0]):
@@ -160,6 +188,13 @@ def backward_block_rows(rows):
     return max(1, (rows + BACKWARD_BLOCKS - 1) // BACKWARD_BLOCKS)
 
 
+@njit(cache=CACHE)
+def backward_blocks(rows):
+    """Number of backward blocks (rows of partial sums) for ``rows`` rows."""
+    block_rows = backward_block_rows(rows)
+    return (rows + block_rows - 1) // block_rows
+
+
 _REDUCE_COLS = 512
 
 
@@ -167,34 +202,34 @@ _REDUCE_COLS = 512
 def ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                   dweight, dbias, rows, cols):
     """Backward pass on the calling thread (same blocks as the parallel one)."""
-    block_rows = backward_block_rows(rows)
-    blocks = (rows + block_rows - 1) // block_rows
+    blocks = backward_blocks(rows)
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
-    for block in range(blocks):
-        _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
-    _reduce_partials(dweight_part, dweight, 0, cols)
-    _reduce_partials(dbias_part, dbias, 0, cols)
+    ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                  dweight_part, dbias_part, rows, cols, 0, blocks)
+    ln_bwd_reduce(dweight_part, dweight, 0, cols)
+    ln_bwd_reduce(dbias_part, dbias, 0, cols)
 
 
 @_parallel_kernel
 def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                     dweight, dbias, rows, cols):
-    """Backward pass, blocks of rows across threads, then a column-parallel reduction."""
-    block_rows = backward_block_rows(rows)
-    blocks = (rows + block_rows - 1) // block_rows
+    """Backward pass, blocks of rows across threads, then a column-parallel reduction.
+
+    The same compiled pieces as ``ln_bwd_serial``, scheduled across threads.
+    """
+    blocks = backward_blocks(rows)
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
     for block in prange(blocks):
-        _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+        ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                      dweight_part, dbias_part, rows, cols, block, block + 1)
     chunks = (cols + _REDUCE_COLS - 1) // _REDUCE_COLS
     for chunk in prange(chunks):
         first = chunk * _REDUCE_COLS
         stop = min(cols, first + _REDUCE_COLS)
-        _reduce_partials(dweight_part, dweight, first, stop)
-        _reduce_partials(dbias_part, dbias, first, stop)
+        ln_bwd_reduce(dweight_part, dweight, first, stop)
+        ln_bwd_reduce(dbias_part, dbias, first, stop)
 
 
 @_kernel

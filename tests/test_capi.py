@@ -408,10 +408,12 @@ def test_eight_threads_match_serial_calls_bit_for_bit(compile_c):
     assert re.fullmatch(r"OK \d+\n", output), output
 
 
-def test_serial_size_calls_never_take_the_gil(compile_c, cflags):
+@pytest.mark.parametrize("scale", [1, 4], ids=["serial", "threaded"])
+def test_calls_never_take_the_gil(compile_c, cflags, scale):
     from numba_ln._config import SERIAL_MAX_ELEMENTS
 
-    rows = SERIAL_MAX_ELEMENTS // 1024  # the largest serial call, 1024 columns a row
+    # scale 1: the largest serial call (1024 columns a row); 4: a threaded one.
+    rows = scale * SERIAL_MAX_ELEMENTS // 1024
     assert rows >= 2
     result = run_clean(compile_c(C_TESTS / "capi_nogil.c", [*cflags, "-ldl"]), rows,
                        timeout=120)
@@ -430,8 +432,10 @@ def test_first_call_loads_kernels_from_cache(compile_c, driver_results):
     assert result.returncode == 0, result.stderr.decode()
     log = result.stdout.decode()
     loaded = re.findall(r"\[cache\] data loaded from .*_cabi\.(\w+)-", log)
-    assert sorted(loaded) == ["backward_float32", "backward_float64", "forward_float32",
-                              "forward_float64"], log
+    assert sorted(loaded) == ["backward_blocks", "backward_blocks_float32",
+                              "backward_blocks_float64", "backward_float32",
+                              "backward_float64", "forward_float32", "forward_float64",
+                              "reduce_float32", "reduce_float64", "runs_parallel"], log
     assert "data saved" not in log, log
     assert re.search(r"^first_call_s \d+\.\d+$", log, re.M)
 
@@ -454,7 +458,10 @@ def bare_venv(tmp_path_factory):
 
 
 @pytest.mark.parametrize("broken", ["no interpreter", "no cffi", "python raises"])
-def test_failed_start_never_reads_as_success(compile_c, bare_venv, broken):
+def test_failed_start_never_reads_as_success(compile_c, bare_venv, broken, tmp_path):
+    shadow = tmp_path / "numba_ln"  # a numba_ln that raises as it is imported
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text("raise RuntimeError('simulated import failure')\n")
     env, fragment = {
         # The C side cannot even start Python.
         "no interpreter": ({"NUMBA_LN_PYTHON": "/nonexistent/python"},
@@ -463,8 +470,8 @@ def test_failed_start_never_reads_as_success(compile_c, bare_venv, broken):
         "no cffi": ({"NUMBA_LN_PYTHON": str(bare_venv)},
                     "could not load the numba_ln C ABI module"),
         # cffi works but loading the kernels raises inside the Python side.
-        "python raises": ({"NUMBA_THREADING_LAYER": "no-such-layer"},
-                          "ValueError: The threading layer requested 'no-such-layer'"),
+        "python raises": ({"PYTHONPATH": str(tmp_path)},
+                          "RuntimeError: simulated import failure"),
     }[broken]
     result = run_clean(compile_c(C_TESTS / "capi_init_fail.c"), env=env)
     assert result.returncode == 0, result.stderr.decode()
@@ -550,7 +557,9 @@ def test_cpu_entry_points_are_compiled_c_functions():
     from numba_ln import _cabi
 
     points = _cabi.entry_points()
-    assert set(points) == {"forward_f32", "forward_f64", "backward_f32", "backward_f64"}
+    assert set(points) == {"forward_f32", "forward_f64", "backward_f32", "backward_f64",
+                           "backward_blocks_f32", "backward_blocks_f64", "reduce_f32",
+                           "reduce_f64", "runs_parallel", "backward_blocks"}
     # Call one directly, as the C side does: compiled code, no Python objects.
     x = np.arange(8, dtype=np.float32)
     y = np.empty_like(x)

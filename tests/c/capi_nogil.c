@@ -3,14 +3,13 @@
  *
  * After nln_init(), the main thread takes the GIL of the embedded Python
  * (PyGILState_Ensure, found in the already loaded libpython) and keeps it
- * while a second thread makes CPU calls of every size the serial kernels
- * serve (up to ROWS x 1024 elements; the test passes ROWS so that this is
- * numba_ln._config.SERIAL_MAX_ELEMENTS), forward and backward, with and
- * without the optional outputs. A call that
- * needed the GIL would wait forever; after 20 s the main thread gives up and
- * reports it. (Larger calls run numba's parallel kernels, whose launcher
- * takes the GIL for a moment before and after the parallel region; they are
- * not part of this test.) Prints "OK", or "BLOCKED" / "FAIL ...".
+ * while a second thread makes CPU calls of up to ROWS x 1024 elements,
+ * forward and backward, with and without the optional outputs. The test
+ * runs it with ROWS at the largest serial size
+ * (numba_ln._config.SERIAL_MAX_ELEMENTS) and at four times that, where the
+ * library spreads a call over its OpenMP threads. A call that needed the GIL
+ * would wait forever; after 20 s the main thread gives up and reports it.
+ * Prints "OK", or "BLOCKED" / "FAIL ...".
  * Usage: capi_nogil [ROWS]   (default 32)
  */
 #define _GNU_SOURCE /* RTLD_DEFAULT */
