@@ -35,22 +35,32 @@ def layer_norm(x, weight=None, bias=None, axis=-1, eps=1e-5):
     return y.reshape(np.shape(x)), mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
-def layer_norm_backward(dy, x, weight=None, axis=-1, eps=1e-5):
-    """Return (dx, dweight, dbias) in float64, statistics recomputed from x."""
+def layer_norm_backward(dy, x, weight=None, axis=-1, eps=1e-5, mean=None, rstd=None):
+    """Return (dx, dweight, dbias) in float64.
+
+    The statistics are recomputed from ``x`` (with ``eps``) unless ``mean``
+    and ``rstd`` are given, in any shape with one element per row.
+    """
     rows, axis = _rows(x, axis)
     grads, _ = _rows(dy, axis)
     cols = rows.shape[1]
     normalized_shape = np.shape(x)[axis:]
     w = np.ones(cols) if weight is None else np.asarray(weight, np.float64).reshape(-1)
+    if mean is not None:
+        mean = np.asarray(mean, np.float64).reshape(-1)
+        rstd = np.asarray(rstd, np.float64).reshape(-1)
     dx = np.empty_like(rows)
     dweight = np.zeros(cols)
     dbias = np.zeros(cols)
     for r, (row, dy_row) in enumerate(zip(rows, grads)):
-        mu = row.mean()
-        rstd = 1.0 / np.sqrt(((row - mu) ** 2).mean() + eps)
-        xhat = (row - mu) * rstd
+        if mean is None:
+            mu = row.mean()
+            row_rstd = 1.0 / np.sqrt(((row - mu) ** 2).mean() + eps)
+        else:
+            mu, row_rstd = mean[r], rstd[r]
+        xhat = (row - mu) * row_rstd
         g = w * dy_row
-        dx[r] = rstd * (g - g.mean() - xhat * (g * xhat).mean())
+        dx[r] = row_rstd * (g - g.mean() - xhat * (g * xhat).mean())
         dweight += dy_row * xhat
         dbias += dy_row
     return (dx.reshape(np.shape(x)), dweight.reshape(normalized_shape),
