@@ -63,7 +63,11 @@ def _writes_directly(out, x, spec):
 
 
 def forward(spec, x, weight, bias, eps, out, stream=None):
-    """Layer norm of a NumPy array on the CPU; returns ``(y, mean, rstd)``."""
+    """Layer norm of a NumPy array on the CPU; returns ``(y, mean, rstd)``.
+
+    ``mean`` and ``rstd`` are 1-D, one element per row: the API gives them
+    their keep-dims shape only when the caller asks for them.
+    """
     compute = spec.compute_dtype
     x_buf, ldx = _row_buffer(x, spec)
     w, has_w = _param(weight, compute)
@@ -73,11 +77,11 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
         y_buf, ldy = _row_buffer(out, spec)
     else:
         (y, y_buf), ldy = _new_rows(spec), spec.cols
-    mean = np.empty(spec.stats_shape, compute)
-    rstd = np.empty(spec.stats_shape, compute)
+    mean = np.empty(spec.rows, compute)
+    rstd = np.empty(spec.rows, compute)
     if spec.rows:
-        cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean.reshape(-1),
-                   rstd.reshape(-1), spec.rows, spec.cols, eps)
+        cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
+                   spec.rows, spec.cols, eps)
     if out is not None and y is not out:
         out[...] = y
         y = out

@@ -92,7 +92,9 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     y, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream)
     if given_out is not None:  # the caller's own object, even when a view was used
         y = given_out
-    return (y, mean, rstd) if return_stats else y
+    if return_stats:
+        return y, mean.reshape(spec.stats_shape), rstd.reshape(spec.stats_shape)
+    return y
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
