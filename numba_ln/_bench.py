@@ -32,9 +32,7 @@ Conventions
   sample of rows before it is timed: a wrong result never becomes a number.
 """
 
-import ctypes
 import datetime
-import gc
 import math
 import os
 import platform
@@ -50,6 +48,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import _config
+from ._bench_timing import DEFAULT_BUDGET_S, Timing, measure, measure_interleaved
 from ._cuda_backend import simulator_enabled
 from .api import backends, layer_norm, layer_norm_backward
 
@@ -80,14 +79,8 @@ QUICK_SHAPES = ((16384, 1024), (4096, 4097), (128, 65536), (1, 768))
 #: serial and parallel kernels, an odd width and a long row.
 SMOKE_SHAPES = ((64, 768), (256, 1000), (2, 4097))
 
-#: Seconds of timed calls per measurement (at least :data:`MIN_SAMPLES`
-#: samples, or two when the calls are slower than the budget).
-DEFAULT_BUDGET_S = 0.15
+#: Seconds of timed calls per measurement with ``--quick``.
 QUICK_BUDGET_S = 0.1
-MIN_SAMPLES = 3
-MAX_SAMPLES = 40
-#: Calls shorter than this are timed in batches, so the clock's own cost is noise.
-_MIN_SAMPLE_S = 1e-3
 
 
 class Unavailable(Exception):
@@ -699,191 +692,10 @@ def _build_roofline_cpu(case, inputs, options):
     return call
 
 
-# C ABI: the header (capi/numba_ln.h) is the contract. The loader reads each
-# prototype from it and passes arguments by parameter name, so a signature
-# change there cannot silently turn into a garbage call here.
-
-_CAPI_NAMES = {"float32": "f32", "float16": "f16", "float64": "f64"}
-_C_SCALARS = {
-    "float": ctypes.c_float, "double": ctypes.c_double,
-    "int": ctypes.c_int, "long": ctypes.c_long, "long long": ctypes.c_longlong,
-    "int32_t": ctypes.c_int32, "int64_t": ctypes.c_int64, "size_t": ctypes.c_size_t,
-    "ptrdiff_t": ctypes.c_ssize_t, "ssize_t": ctypes.c_ssize_t, "intptr_t": ctypes.c_ssize_t,
-    "uint32_t": ctypes.c_uint32, "uint64_t": ctypes.c_uint64,
-}
-_C_RETURNS = {**_C_SCALARS, "void": None}
-
-
-def default_capi_paths():
-    """Where a built ``libnumba_ln.so`` is looked for, in order."""
-    root = Path(__file__).resolve().parent.parent
-    found = [os.environ.get("NUMBA_LN_CAPI_LIB")]
-    found += [Path.cwd() / "build" / "libnumba_ln.so", root / "build" / "libnumba_ln.so"]
-    unique = []
-    for path in found:
-        if path and Path(path).resolve() not in [p.resolve() for p in unique]:
-            unique.append(Path(path))
-    return unique
-
-
-def _shown(path):
-    """A path as short as it can be said: relative to the working folder when inside it."""
-    try:
-        return str(Path(path).resolve().relative_to(Path.cwd().resolve()))
-    except ValueError:
-        return str(path)
-
-
-def find_capi_library(explicit=None):
-    """The C library to benchmark and its header, or :class:`Unavailable`.
-
-    Parameters
-    ----------
-    explicit : str or Path, optional
-        ``--capi-lib``; must exist when given.
-
-    Returns
-    -------
-    (Path, Path)
-        The shared library and ``numba_ln.h`` (next to the library, in its
-        ``include/``, or the repository's ``capi/``).
-    """
-    if explicit is not None:
-        library = Path(explicit)
-        if not library.is_file():
-            raise Unavailable(f"--capi-lib {explicit}: no such file")
-    else:
-        library = next((p for p in default_capi_paths() if p.is_file()), None)
-        if library is None:
-            raise Unavailable("no built C library (looked for "
-                              + ", ".join(_shown(p) for p in default_capi_paths())
-                              + "; build it with capi/build.py or pass --capi-lib)")
-    root = Path(__file__).resolve().parent.parent
-    for header in (library.parent / "numba_ln.h", library.parent / "include" / "numba_ln.h",
-                   root / "capi" / "numba_ln.h"):
-        if header.is_file():
-            return library, header
-    raise Unavailable(f"{library} found, but no numba_ln.h beside it or in capi/")
-
-
-def parse_prototype(header_text, function):
-    """Read one function's return type and ``[(type, name), ...]`` from a C header.
-
-    Parameters
-    ----------
-    header_text : str
-    function : str
-
-    Returns
-    -------
-    (str, list of (str, str)) or None
-        None when the header does not declare ``function``. Types are the
-        declared text with ``const`` and macros such as ``NLN_API`` removed;
-        pointers end in ``*``.
-
-    Examples
-    --------
-    >>> parse_prototype("NLN_API int f(const float *x, int64_t n);", "f")
-    ('int', [('float *', 'x'), ('int64_t', 'n')])
-    """
-    text = re.sub(r"/\*.*?\*/|//[^\n]*", " ", header_text, flags=re.S)
-    match = re.search(r"([\w\s\*]*?)\b" + re.escape(function) + r"\s*\(([^)]*)\)\s*;", text)
-    if not match:
-        return None
-    words = [w for w in match[1].replace("*", " * ").split()
-             if not re.fullmatch(r"[A-Z][A-Z0-9_]*", w)]
-    returns = words[-1] if words else "int"
-    if returns == "*":
-        returns = " ".join(words[-2:])
-    params = []
-    for raw in match[2].split(","):
-        tokens = [t for t in raw.replace("*", " * ").split()
-                  if t not in ("const", "restrict", "__restrict", "__restrict__")]
-        if not tokens or tokens == ["void"]:
-            continue
-        name = tokens.pop()
-        params.append((" ".join(tokens), name))
-    return returns, params
-
-
-_C_POINTEES = {"float": np.float32, "double": np.float64}
-
-
-def _c_function(library, header, function):
-    """A ctypes function typed from the header's prototype, or :class:`Unavailable`.
-
-    Returns ``(function, [(type, name), ...])``.
-    """
-    prototype = parse_prototype(header.read_text(), function)
-    if prototype is None:
-        raise Unavailable(f"{header.name} declares no {function}")
-    returns, params = prototype
-    try:
-        fn = getattr(ctypes.CDLL(str(library)), function)
-    except (OSError, AttributeError) as exc:
-        raise Unavailable(f"{library}: {exc}") from None
-    argtypes = []
-    for kind, name in params:
-        if kind.endswith("*"):
-            argtypes.append(ctypes.c_void_p)
-        elif kind in _C_SCALARS:
-            argtypes.append(_C_SCALARS[kind])
-        else:
-            raise Unavailable(f"{function}: parameter {name} has type {kind!r}, "
-                              f"which the benchmark cannot pass")
-    if returns not in _C_RETURNS and not returns.startswith("nln_"):
-        raise Unavailable(f"{function} returns {returns!r}, which the benchmark cannot read")
-    fn.argtypes = argtypes
-    fn.restype = _C_RETURNS.get(returns, ctypes.c_int)  # nln_status: an enum, an int
-    return fn, params
-
-
 def _build_capi(case, inputs, options):
-    library, header = find_capi_library(options.capi_lib)
-    suffix = _CAPI_NAMES[case.dtype]
-    function = (f"nln_layer_norm_{suffix}" if case.operation == "forward"
-                else f"nln_layer_norm_backward_{suffix}")
-    fn, params = _c_function(library, header, function)
-    rows, cols = case.shape
-    x = inputs.x
-    result = np.empty_like(x)
-    data = {"x": x, "weight": inputs.weight, "ldx": cols, "rows": rows, "cols": cols,
-            "eps": EPS}
-    if case.operation == "forward":
-        data.update(bias=inputs.bias, y=result, ldy=cols,
-                    mean=np.empty(rows, np.float32), rstd=np.empty(rows, np.float32))
-    else:
-        data.update(dy=inputs.dy, lddy=cols, dx=result, lddx=cols,
-                    mean=inputs.mean.reshape(-1), rstd=inputs.rstd.reshape(-1),
-                    dweight=np.empty(cols, np.float32), dbias=np.empty(cols, np.float32))
-    values, keep = [], []
-    for kind, name in params:
-        if name not in data:
-            raise Unavailable(f"{function} takes {name!r}, which the benchmark does not "
-                              f"know how to fill")
-        value = data[name]
-        if isinstance(value, np.ndarray):
-            if name not in ("x", "y", "dy", "dx"):  # vectors: the type the header declares
-                pointee = kind.rstrip("* ").split()[-1]
-                value = np.ascontiguousarray(value, _C_POINTEES.get(pointee, case.dtype))
-                data[name] = value
-            keep.append(value)
-            value = value.ctypes.data
-        values.append(value)
+    from . import _bench_capi  # imports this module: loaded on first use
 
-    last_error = getattr(ctypes.CDLL(str(library)), "nln_last_error", None)
-    if last_error is not None:
-        last_error.restype = ctypes.c_char_p
-
-    def call():
-        status = fn(*values)
-        if status:
-            detail = last_error().decode(errors="replace") if last_error else ""
-            raise RuntimeError(f"{function} returned status {status}: {detail}")
-        return result
-
-    call.keep = keep  # the arrays the pointers point into live as long as the callable
-    return call
+    return _bench_capi.build(case, inputs, options)
 
 
 IMPLEMENTATIONS = (
@@ -966,131 +778,6 @@ def prepare(impl, case, inputs, options=None):
     if not impl.roofline:
         check_output(case, inputs, output)
     return Prepared(impl, case, call, getattr(call, "kernel", None))
-
-
-# --------------------------------------------------------------------------- timing
-
-
-@dataclass(frozen=True)
-class Timing:
-    """Seconds per call.
-
-    Attributes
-    ----------
-    best_s, median_s : float
-    samples : int
-        Timed samples.
-    loops : int
-        Calls per sample (more than one for calls shorter than a millisecond).
-    """
-
-    best_s: float
-    median_s: float
-    samples: int
-    loops: int
-
-
-class _Sampler:
-    """Samples of one callable, and the rule that says when there are enough."""
-
-    def __init__(self, call, budget_s, min_samples, max_samples):
-        self.call, self.budget_s = call, budget_s
-        self.min_samples, self.max_samples = min_samples, max_samples
-        start = time.perf_counter()
-        call()
-        single = time.perf_counter() - start
-        self.loops = 1 if single >= _MIN_SAMPLE_S else min(
-            10_000, math.ceil(_MIN_SAMPLE_S / max(single, 1e-8)))
-        self.samples = [single] if self.loops == 1 else []
-        self.spent = single
-
-    def done(self):
-        n = len(self.samples)
-        return ((n >= self.min_samples and (self.spent >= self.budget_s
-                                            or n >= self.max_samples))
-                or (n >= 2 and self.spent >= 2 * self.budget_s))
-
-    def sample(self):
-        start = time.perf_counter()
-        for _ in range(self.loops):
-            self.call()
-        elapsed = time.perf_counter() - start
-        self.spent += elapsed
-        self.samples.append(elapsed / self.loops)
-
-    def timing(self):
-        return Timing(min(self.samples), float(np.median(self.samples)),
-                      len(self.samples), self.loops)
-
-
-def measure(call, budget_s=DEFAULT_BUDGET_S, min_samples=MIN_SAMPLES,
-            max_samples=MAX_SAMPLES):
-    """Time a warmed-up zero-argument callable.
-
-    Samples are taken until there are at least ``min_samples`` and either
-    ``budget_s`` seconds have been spent or there are ``max_samples``; a
-    call slower than the budget stops the clock after two samples once twice
-    the budget is spent (never after one: a single hiccup of the machine
-    must not become the figure). Calls under a millisecond are
-    looped and the loop time divided by the count. The garbage collector is
-    off while the clock runs.
-
-    Parameters
-    ----------
-    call : callable
-    budget_s : float
-    min_samples, max_samples : int
-
-    Returns
-    -------
-    Timing
-    """
-    return measure_interleaved([call], budget_s, (), min_samples, max_samples)[0]
-
-
-def measure_interleaved(calls, budget_s=DEFAULT_BUDGET_S, followers=(),
-                        min_samples=MIN_SAMPLES, max_samples=MAX_SAMPLES):
-    """Time several callables in rounds, one sample of each per round.
-
-    Interleaving puts every competitor through the same moments of the
-    machine (another process waking, the clock frequency changing), so their
-    ratios hold even where absolute times drift. Each callable stops by the
-    rule of :func:`measure`; a *follower* (the roofline) keeps sampling as
-    long as any other callable does, so its best time is drawn from the whole
-    window the others were measured in.
-
-    Parameters
-    ----------
-    calls : list of callable
-        Warmed up.
-    budget_s : float
-        Per callable.
-    followers : collection of int
-        Indices into ``calls``.
-    min_samples, max_samples : int
-
-    Returns
-    -------
-    list of Timing
-        In the order of ``calls``.
-    """
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        samplers = [_Sampler(call, budget_s, min_samples, max_samples) for call in calls]
-        while True:
-            leaders_busy = any(not s.done() for i, s in enumerate(samplers)
-                               if i not in followers)
-            busy = [s for i, s in enumerate(samplers)
-                    if not s.done() or (i in followers and leaders_busy)]
-            if not busy:
-                break
-            for sampler in busy:
-                sampler.sample()
-    finally:
-        if enabled:
-            gc.enable()
-    return [s.timing() for s in samplers]
 
 
 def gbps(case, seconds):

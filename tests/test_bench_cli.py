@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import numba_ln
-from numba_ln import _bench, _bench_report
+from numba_ln import _bench, _bench_capi, _bench_report, _bench_timing
 from numba_ln.__main__ import main
 
 TINY = ["bench", "--shapes", "4x64", "--dtype", "float32", "--budget", "0.01"]
@@ -222,7 +222,7 @@ def test_roofline_candidates_move_the_bytes(operation):
 def test_measure_and_extra_info():
     case = _bench.Case("backward", 2, 8, "float32")
     timing = _bench.measure(lambda: None, budget_s=0.001)
-    assert timing.samples >= _bench.MIN_SAMPLES and timing.loops > 1
+    assert timing.samples >= _bench_timing.MIN_SAMPLES and timing.loops > 1
     assert 0 < timing.best_s <= timing.median_s
     info = _bench.extra_info(case, 2e-6, _bench.Timing(1e-6, 1e-6, 3, 1), kernel=None)
     assert info["bytes"] == 3 * 2 * 8 * 4
@@ -336,11 +336,11 @@ def fake_capi(tmp_path_factory):
 
 
 def test_parse_prototype_reads_the_header():
-    returns, params = _bench.parse_prototype(FAKE_HEADER, "nln_layer_norm_f32")
+    returns, params = _bench_capi.parse_prototype(FAKE_HEADER, "nln_layer_norm_f32")
     assert returns == "nln_status"
     assert params[:3] == [("float *", "x"), ("int64_t", "ldx"), ("float *", "weight")]
     assert params[-1] == ("float", "eps")
-    assert _bench.parse_prototype(FAKE_HEADER, "nln_layer_norm_f16") is None
+    assert _bench_capi.parse_prototype(FAKE_HEADER, "nln_layer_norm_f16") is None
 
 
 def test_capi_rows_call_the_library_by_its_header(fake_capi):
@@ -359,7 +359,7 @@ def test_capi_rows_call_the_library_by_its_header(fake_capi):
 
 def test_capi_missing_library_is_a_skip_with_a_reason(tmp_path):
     with pytest.raises(_bench.Unavailable, match="no such file"):
-        _bench.find_capi_library(tmp_path / "nope.so")
+        _bench_capi.find_capi_library(tmp_path / "nope.so")
 
 
 def test_cli_table_includes_capi_rows(fake_capi, capsys):

@@ -1,0 +1,144 @@
+"""The benchmark timer: best-of-samples, batched for short calls, interleaved for rivals.
+
+Shared by ``python -m numba_ln bench`` and the pytest-benchmark suite
+(through ``numba_ln._bench``).
+"""
+
+import gc
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Seconds of timed calls per measurement (at least :data:`MIN_SAMPLES`
+#: samples, or two when the calls are slower than the budget).
+DEFAULT_BUDGET_S = 0.15
+MIN_SAMPLES = 3
+MAX_SAMPLES = 40
+#: Calls shorter than this are timed in batches, so the clock's own cost is noise.
+_MIN_SAMPLE_S = 1e-3
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Seconds per call.
+
+    Attributes
+    ----------
+    best_s, median_s : float
+    samples : int
+        Timed samples.
+    loops : int
+        Calls per sample (more than one for calls shorter than a millisecond).
+    """
+
+    best_s: float
+    median_s: float
+    samples: int
+    loops: int
+
+
+class _Sampler:
+    """Samples of one callable, and the rule that says when there are enough."""
+
+    def __init__(self, call, budget_s, min_samples, max_samples):
+        self.call, self.budget_s = call, budget_s
+        self.min_samples, self.max_samples = min_samples, max_samples
+        start = time.perf_counter()
+        call()
+        single = time.perf_counter() - start
+        self.loops = 1 if single >= _MIN_SAMPLE_S else min(
+            10_000, math.ceil(_MIN_SAMPLE_S / max(single, 1e-8)))
+        self.samples = [single] if self.loops == 1 else []
+        self.spent = single
+
+    def done(self):
+        n = len(self.samples)
+        return ((n >= self.min_samples and (self.spent >= self.budget_s
+                                            or n >= self.max_samples))
+                or (n >= 2 and self.spent >= 2 * self.budget_s))
+
+    def sample(self):
+        start = time.perf_counter()
+        for _ in range(self.loops):
+            self.call()
+        elapsed = time.perf_counter() - start
+        self.spent += elapsed
+        self.samples.append(elapsed / self.loops)
+
+    def timing(self):
+        return Timing(min(self.samples), float(np.median(self.samples)),
+                      len(self.samples), self.loops)
+
+
+def measure(call, budget_s=DEFAULT_BUDGET_S, min_samples=MIN_SAMPLES,
+            max_samples=MAX_SAMPLES):
+    """Time a warmed-up zero-argument callable.
+
+    Samples are taken until there are at least ``min_samples`` and either
+    ``budget_s`` seconds have been spent or there are ``max_samples``; a
+    call slower than the budget stops the clock after two samples once twice
+    the budget is spent (never after one: a single hiccup of the machine
+    must not become the figure). Calls under a millisecond are
+    looped and the loop time divided by the count. The garbage collector is
+    off while the clock runs.
+
+    Parameters
+    ----------
+    call : callable
+    budget_s : float
+    min_samples, max_samples : int
+
+    Returns
+    -------
+    Timing
+    """
+    return measure_interleaved([call], budget_s, (), min_samples, max_samples)[0]
+
+
+def measure_interleaved(calls, budget_s=DEFAULT_BUDGET_S, followers=(),
+                        min_samples=MIN_SAMPLES, max_samples=MAX_SAMPLES):
+    """Time several callables in rounds, one sample of each per round.
+
+    Interleaving puts every competitor through the same moments of the
+    machine (another process waking, the clock frequency changing), so their
+    ratios hold even where absolute times drift. Each callable stops by the
+    rule of :func:`measure`; a *follower* (the roofline) keeps sampling as
+    long as any other callable does, so its best time is drawn from the whole
+    window the others were measured in.
+
+    Parameters
+    ----------
+    calls : list of callable
+        Warmed up.
+    budget_s : float
+        Per callable.
+    followers : collection of int
+        Indices into ``calls``.
+    min_samples, max_samples : int
+
+    Returns
+    -------
+    list of Timing
+        In the order of ``calls``.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        samplers = [_Sampler(call, budget_s, min_samples, max_samples) for call in calls]
+        while True:
+            leaders_busy = any(not s.done() for i, s in enumerate(samplers)
+                               if i not in followers)
+            busy = [s for i, s in enumerate(samplers)
+                    if not s.done() or (i in followers and leaders_busy)]
+            if not busy:
+                break
+            for sampler in busy:
+                sampler.sample()
+    finally:
+        if enabled:
+            gc.enable()
+    return [s.timing() for s in samplers]
+
+
