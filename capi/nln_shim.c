@@ -386,23 +386,32 @@ NLN_API nln_status nln_init(void)
 /* ------------------------------------------------------------------ schedules
  *
  * What a CPU call runs, on the calling thread or on OpenMP threads. Each
- * returns NLN_OK, NLN_ERR_INTERNAL (a kernel raised) or NLN_ERR_UNSUPPORTED
- * (no memory for the backward's partial sums).
+ * returns NLN_OK, or NLN_ERR_INTERNAL with the reason as `fn`'s last error.
  */
+
+#define NLN_KERNEL_FAILED \
+    "the CPU kernel raised an exception (numba printed it on stderr); outputs may be " \
+    "partly written"
+#define NLN_OUT_OF_MEMORY "no memory for the backward pass's partial sums"
+
+static nln_status nln__kernel_status(const char *fn, int failed)
+{
+    return failed ? nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED) : NLN_OK;
+}
 
 /* Forward: contiguous chunks of rows, like cpu.ln_fwd_parallel. A row's
  * result does not depend on its chunk. */
 #define NLN__DEFINE_FORWARD(T, SUFFIX)                                                   \
     static nln_status nln__run_forward_##SUFFIX(                                       \
-        const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,    \
+        const char *fn, const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,    \
         int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int64_t rows,           \
         int64_t cols, T eps)                                                           \
     {                                                                                  \
         if (!nln__runs_parallel(rows, cols)) /* no OpenMP region: it costs ~0.3 us */ \
-            return nln__forward_##SUFFIX(x, ldx, weight, bias, has_weight, has_bias, y,  \
-                                         ldy, mean, rstd, mean != NULL, rstd != NULL,  \
-                                         rows, cols, eps) == NLN_ENTRY_OK              \
-                       ? NLN_OK : NLN_ERR_INTERNAL;                                    \
+            return nln__kernel_status(                                                 \
+                fn, nln__forward_##SUFFIX(x, ldx, weight, bias, has_weight, has_bias, y, \
+                                          ldy, mean, rstd, mean != NULL, rstd != NULL, \
+                                          rows, cols, eps) != NLN_ENTRY_OK);           \
         int64_t chunks = omp_get_max_threads();                                        \
         int64_t step = (rows + chunks - 1) / chunks;                                   \
         int failed = 0;                                                                \
@@ -417,7 +426,7 @@ NLN_API nln_status nln_init(void)
                     rstd ? rstd + first : NULL, mean != NULL, rstd != NULL, count,     \
                     cols, eps) != NLN_ENTRY_OK || failed;                              \
         }                                                                              \
-        return failed ? NLN_ERR_INTERNAL : NLN_OK;                                     \
+        return nln__kernel_status(fn, failed);                                         \
     }
 
 NLN__DEFINE_FORWARD(float, f32)
@@ -429,16 +438,16 @@ NLN__DEFINE_FORWARD(double, f64)
 #define NLN__REDUCE_COLS 512
 #define NLN__DEFINE_BACKWARD(T, SUFFIX)                                                 \
     static nln_status nln__run_backward_##SUFFIX(                                      \
-        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,            \
+        const char *fn, const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,            \
         const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
         T *dweight, T *dbias, int64_t rows, int64_t cols)                              \
     {                                                                                  \
         if (!nln__runs_parallel(rows, cols))                                           \
-            return nln__backward_##SUFFIX(dy, lddy, x, ldx, mean, rstd, weight,       \
-                                          has_weight, dx, lddx, dweight, dbias,        \
-                                          dweight != NULL, dbias != NULL, rows,        \
-                                          cols) == NLN_ENTRY_OK                        \
-                       ? NLN_OK : NLN_ERR_INTERNAL;                                    \
+            return nln__kernel_status(                                                 \
+                fn, nln__backward_##SUFFIX(dy, lddy, x, ldx, mean, rstd, weight,      \
+                                           has_weight, dx, lddx, dweight, dbias,       \
+                                           dweight != NULL, dbias != NULL, rows,       \
+                                           cols) != NLN_ENTRY_OK);                     \
         int64_t blocks = nln__backward_blocks(rows);                                   \
         int64_t chunks = (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS;            \
         T *dweight_part = malloc((size_t)(blocks * cols) * sizeof(T));                 \
@@ -447,7 +456,7 @@ NLN__DEFINE_FORWARD(double, f64)
         if (!dweight_part || !dbias_part) {                                            \
             free(dweight_part);                                                        \
             free(dbias_part);                                                          \
-            return NLN_ERR_UNSUPPORTED;                                                \
+            return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);                 \
         }                                                                              \
         _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
         for (int64_t block = 0; block < blocks; ++block)                               \
@@ -469,17 +478,12 @@ NLN__DEFINE_FORWARD(double, f64)
         }                                                                              \
         free(dweight_part);                                                            \
         free(dbias_part);                                                              \
-        return failed ? NLN_ERR_INTERNAL : NLN_OK;                                     \
+        return nln__kernel_status(fn, failed);                                         \
     }
 
 NLN__DEFINE_BACKWARD(float, f32)
 NLN__DEFINE_BACKWARD(double, f64)
 
-#define NLN_OUT_OF_MEMORY "no memory for the backward pass's partial sums"
-
-#define NLN_KERNEL_FAILED \
-    "the CPU kernel raised an exception (numba printed it on stderr); outputs may be " \
-    "partly written"
 
 NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
                                       const float *weight, const float *bias,
@@ -493,10 +497,9 @@ NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
         (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
-    status = nln__run_forward_f32(x, ldx, weight ? weight : &nln__one_f32,
-                                   bias ? bias : &nln__one_f32, weight != NULL, bias != NULL,
-                                   y, ldy, mean, rstd, rows, cols, eps);
-    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
+    return nln__run_forward_f32(fn, x, ldx, weight ? weight : &nln__one_f32,
+                                 bias ? bias : &nln__one_f32, weight != NULL, bias != NULL,
+                                 y, ldy, mean, rstd, rows, cols, eps);
 }
 
 NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
@@ -511,10 +514,9 @@ NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
         (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
-    status = nln__run_forward_f64(x, ldx, weight ? weight : &nln__one_f64,
-                                   bias ? bias : &nln__one_f64, weight != NULL, bias != NULL,
-                                   y, ldy, mean, rstd, rows, cols, eps);
-    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
+    return nln__run_forward_f64(fn, x, ldx, weight ? weight : &nln__one_f64,
+                                 bias ? bias : &nln__one_f64, weight != NULL, bias != NULL,
+                                 y, ldy, mean, rstd, rows, cols, eps);
 }
 
 NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
@@ -536,12 +538,9 @@ NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
         nln__zero(dbias, cols, sizeof(float));
         return NLN_OK;
     }
-    status = nln__run_backward_f32(dy, lddy, x, ldx, mean, rstd,
-                                    weight ? weight : &nln__one_f32, weight != NULL, dx, lddx,
-                                    dweight, dbias, rows, cols);
-    if (status == NLN_ERR_UNSUPPORTED) /* the schedule's word for "out of memory" */
-        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
-    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
+    return nln__run_backward_f32(fn, dy, lddy, x, ldx, mean, rstd,
+                                  weight ? weight : &nln__one_f32, weight != NULL, dx, lddx,
+                                  dweight, dbias, rows, cols);
 }
 
 NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
@@ -563,12 +562,9 @@ NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
         nln__zero(dbias, cols, sizeof(double));
         return NLN_OK;
     }
-    status = nln__run_backward_f64(dy, lddy, x, ldx, mean, rstd,
-                                    weight ? weight : &nln__one_f64, weight != NULL, dx, lddx,
-                                    dweight, dbias, rows, cols);
-    if (status == NLN_ERR_UNSUPPORTED) /* the schedule's word for "out of memory" */
-        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
-    return status == NLN_OK ? NLN_OK : nln__fail(status, fn, NLN_KERNEL_FAILED);
+    return nln__run_backward_f64(fn, dy, lddy, x, ldx, mean, rstd,
+                                  weight ? weight : &nln__one_f64, weight != NULL, dx, lddx,
+                                  dweight, dbias, rows, cols);
 }
 
 /* ------------------------------------------------------------------ GPU */

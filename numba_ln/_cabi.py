@@ -27,7 +27,7 @@ in objects exposing ``__cuda_array_interface__`` and call the public API.
 """
 
 import numpy as np
-from numba import carray, cfunc, from_dtype, types
+from numba import carray, cfunc, from_dtype, njit, types
 
 from . import cpu  # first: it empties numba's cache if a kernel source changed
 from ._config import CACHE
@@ -38,6 +38,12 @@ OK = 1
 
 _i32 = types.int32
 _i64 = types.int64
+
+
+@njit(inline="always")
+def _rows(pointer, rows, ld, cols):
+    """The kernels' 1-D view of a ``rows x cols`` matrix with row stride ``ld``."""
+    return carray(pointer, (rows - 1) * ld + cols)
 
 
 def _forward_signature(scalar):
@@ -59,8 +65,8 @@ def _make_forward(dtype):
     """The forward entry point for one dtype (float32 or float64)."""
     def forward(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                 has_mean, has_rstd, rows, cols, eps):
-        x_buf = carray(x, (rows - 1) * ldx + cols)
-        y_buf = carray(y, (rows - 1) * ldy + cols)
+        x_buf = _rows(x, rows, ldx, cols)
+        y_buf = _rows(y, rows, ldy, cols)
         w = carray(weight, cols if has_weight else 1)
         b = carray(bias, cols if has_bias else 1)
         mean_buf = carray(mean, rows) if has_mean else np.empty(rows, dtype)
@@ -77,9 +83,9 @@ def _make_backward(dtype):
     """The backward entry point for one dtype (float32 or float64)."""
     def backward(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                  dweight, dbias, has_dweight, has_dbias, rows, cols):
-        dy_buf = carray(dy, (rows - 1) * lddy + cols)
-        x_buf = carray(x, (rows - 1) * ldx + cols)
-        dx_buf = carray(dx, (rows - 1) * lddx + cols)
+        dy_buf = _rows(dy, rows, lddy, cols)
+        x_buf = _rows(x, rows, ldx, cols)
+        dx_buf = _rows(dx, rows, lddx, cols)
         mean_buf = carray(mean, rows)
         rstd_buf = carray(rstd, rows)
         w = carray(weight, cols if has_weight else 1)
@@ -106,11 +112,11 @@ def _make_backward_blocks(dtype):
     def backward_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                         dweight_part, dbias_part, rows, cols, first_block, stop_block):
         blocks = cpu.backward_blocks(rows)
-        cpu.ln_bwd_blocks(carray(dy, (rows - 1) * lddy + cols), lddy,
-                          carray(x, (rows - 1) * ldx + cols), ldx,
+        cpu.ln_bwd_blocks(_rows(dy, rows, lddy, cols), lddy,
+                          _rows(x, rows, ldx, cols), ldx,
                           carray(mean, rows), carray(rstd, rows),
                           carray(weight, cols if has_weight else 1), has_weight != 0,
-                          carray(dx, (rows - 1) * lddx + cols), lddx,
+                          _rows(dx, rows, lddx, cols), lddx,
                           carray(dweight_part, (blocks, cols)),
                           carray(dbias_part, (blocks, cols)), rows, cols,
                           first_block, stop_block)

@@ -42,6 +42,12 @@ def test_disabled_cache_is_left_alone():
     _cache.discard_if_stale(types.SimpleNamespace(_cache=None))
 
 
-def test_digest_follows_the_shared_sources():
-    assert len(_cache.source_digest()) == 64
-    assert "_math.py" in _cache._SHARED_SOURCES and "cpu.py" in _cache._SHARED_SOURCES
+def test_digest_follows_the_shared_sources(tmp_path, monkeypatch):
+    for name in _cache._SHARED_SOURCES:
+        (tmp_path / name).write_text(f"# {name}\n")
+    monkeypatch.setattr(_cache, "_PACKAGE", tmp_path)
+    before = _cache.source_digest()
+    (tmp_path / "unrelated.py").write_text("x = 1\n")
+    assert _cache.source_digest() == before
+    (tmp_path / "_math.py").write_text("# an edited formula\n")
+    assert _cache.source_digest() != before
