@@ -23,11 +23,12 @@ The parallel kernels only schedule: each thread runs the compiled serial
 pieces (``ln_fwd_serial``, ``ln_bwd_blocks``, ``ln_bwd_reduce``), so serial,
 parallel and C-ABI calls give bit-identical results, and the C library can
 run the same pieces on threads of its own without numba's launcher (which
-takes the GIL around a parallel region). The partition depends on the shape alone, so the gradients
-   are bit-identical for any thread count.
+takes the GIL around a parallel region). The partition depends on the shape
+alone, so the gradients are bit-identical for any thread count.
 
-``ln_fwd`` and ``ln_bwd`` pick serial or parallel by size (``runs_parallel``);
-the Python backend and the C ABI both enter through them. ``eps`` may come in
+``ln_fwd`` and ``ln_bwd`` (plain Python) pick serial or parallel by size
+(``runs_parallel``) for the Python backend; the C ABI asks ``runs_parallel``
+itself and runs the serial pieces on threads of its own. ``eps`` may come in
 any float type; the forward kernels cast it to the compute type once.
 """
 
@@ -105,11 +106,21 @@ def runs_parallel(rows, cols):
     return rows > 1 and rows * cols > SERIAL_MAX_ELEMENTS
 
 
-@_kernel
+_decide = runs_parallel.py_func  # the same rule, without a dispatcher call from Python
+
+
+# ``ln_fwd`` and ``ln_bwd`` are plain Python on purpose. A cached, non-parallel
+# @njit function that calls a parallel one can crash when it is loaded back
+# from numba's on-disk cache (numba issue #8578: the caller's cached code
+# reaches the callee's parfor through a symbol the cache does not restore),
+# and we saw exactly that here. So only Python calls the parallel kernels;
+# the C ABI schedules the serial ones on its own threads.
+
+
 def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
            rows, cols, eps):
     """Forward pass: serial for small problems, parallel otherwise."""
-    if runs_parallel(rows, cols):
+    if _decide(rows, cols):
         ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
                         rstd, rows, cols, eps)
     else:
@@ -232,11 +243,10 @@ def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
         ln_bwd_reduce(dbias_part, dbias, first, stop)
 
 
-@_kernel
 def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
            dweight, dbias, rows, cols):
     """Backward pass: serial for small problems, parallel otherwise."""
-    if runs_parallel(rows, cols):
+    if _decide(rows, cols):
         ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                         dweight, dbias, rows, cols)
     else:
@@ -244,4 +254,4 @@ def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                       dweight, dbias, rows, cols)
 
 
-_cache.discard_if_stale(ln_fwd)
+_cache.discard_if_stale(ln_fwd_serial)

@@ -51,3 +51,27 @@ def test_digest_follows_the_shared_sources(tmp_path, monkeypatch):
     assert _cache.source_digest() == before
     (tmp_path / "_math.py").write_text("# an edited formula\n")
     assert _cache.source_digest() != before
+
+
+def test_no_compiled_function_calls_a_parallel_kernel():
+    """Parallel kernels are entered from Python only.
+
+    A cached @njit function that calls a parallel=True one can segfault once
+    it is loaded back from numba's cache (numba issue #8578); it happened in
+    this project with the old compiled ``ln_fwd`` wrapper. Every numba
+    function in the package is checked: none may name a parallel one.
+    """
+    from numba.core.registry import CPUDispatcher
+
+    from numba_ln import _bench, _cabi, cpu
+
+    offenders = []
+    for module in (cpu, _cabi, _bench):
+        functions = {name: value for name, value in vars(module).items()
+                     if isinstance(value, CPUDispatcher)}
+        parallel = {name for name, f in functions.items() if f.targetoptions.get("parallel")}
+        assert module is not cpu or {"ln_fwd_parallel", "ln_bwd_parallel"} <= parallel
+        for name, function in functions.items():
+            called = set(function.py_func.__code__.co_names) & parallel
+            offenders += [f"{module.__name__}.{name} calls {callee}" for callee in called]
+    assert offenders == []

@@ -583,7 +583,7 @@ def test_entry_points_share_the_guarded_kernel_cache():
 
     if not numba_ln._config.CACHE:
         pytest.skip("the on-disk cache is off")
-    guarded = cpu.ln_fwd._cache._cache_path
+    guarded = cpu.ln_fwd_serial._cache._cache_path
     for entry in (_cabi.forward_float32, _cabi.forward_float64, _cabi.backward_float32,
                   _cabi.backward_float64):
         assert entry._cache._cache_path == guarded
