@@ -543,8 +543,11 @@ def _build_numba_ln(case, inputs, options):
 
 def _build_numba_ln_out(case, inputs, options):
     x, w, b = inputs.x, inputs.weight, inputs.bias
-    y = np.empty_like(x)
-    return lambda: layer_norm(x, w, b, eps=EPS, out=y)
+    result = np.empty_like(x)  # y, or dx: written in place call after call
+    if case.operation == "forward":
+        return lambda: layer_norm(x, w, b, eps=EPS, out=result)
+    dy, mean, rstd = inputs.dy, inputs.mean, inputs.rstd
+    return lambda: layer_norm_backward(dy, x, mean, rstd, w, out=result)
 
 
 def _build_numpy(case, inputs, options):
@@ -654,12 +657,19 @@ def _build_numba_ln_cuda(case, inputs, options):
 def _build_numba_ln_cuda_out(case, inputs, options):
     cuda = _numba_cuda()
     d = _device_inputs(case, inputs, options)
-    y = cuda.device_array_like(d["x"])
+    result = cuda.device_array_like(d["x"])  # y, or dx
 
-    def call():
-        layer_norm(d["x"], d["weight"], d["bias"], eps=EPS, out=y)
-        cuda.synchronize()
-        return y
+    if case.operation == "forward":
+        def call():
+            layer_norm(d["x"], d["weight"], d["bias"], eps=EPS, out=result)
+            cuda.synchronize()
+            return result
+    else:
+        def call():
+            grads = layer_norm_backward(d["dy"], d["x"], d["mean"], d["rstd"], d["weight"],
+                                        out=result)
+            cuda.synchronize()
+            return grads
     return call
 
 
@@ -700,14 +710,14 @@ def _build_capi(case, inputs, options):
 
 IMPLEMENTATIONS = (
     Implementation("roofline", "copy roofline", "cpu", OPERATIONS, True, _build_roofline_cpu),
-    Implementation("numba_ln_out", "numba-ln (out=)", "cpu", ("forward",), False,
+    Implementation("numba_ln_out", "numba-ln (out=)", "cpu", OPERATIONS, False,
                    _build_numba_ln_out),
     Implementation("numba_ln", "numba-ln", "cpu", OPERATIONS, False, _build_numba_ln),
     Implementation("capi", "numba-ln C ABI", "cpu", OPERATIONS, False, _build_capi),
     Implementation("torch", "PyTorch", "cpu", OPERATIONS, False, _build_torch_cpu),
     Implementation("numpy", "NumPy", "cpu", OPERATIONS, False, _build_numpy),
     Implementation("roofline", "copy roofline", "cuda", OPERATIONS, True, _build_roofline_cuda),
-    Implementation("numba_ln_out", "numba-ln (out=)", "cuda", ("forward",), False,
+    Implementation("numba_ln_out", "numba-ln (out=)", "cuda", OPERATIONS, False,
                    _build_numba_ln_cuda_out),
     Implementation("numba_ln", "numba-ln", "cuda", OPERATIONS, False, _build_numba_ln_cuda),
     Implementation("torch", "PyTorch", "cuda", OPERATIONS, False, _build_torch_cuda),

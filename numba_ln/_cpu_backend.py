@@ -51,15 +51,36 @@ def _param(param, dtype):
     return param.reshape(-1), True
 
 
-def _writes_directly(out, x, spec):
-    """Can the kernel write into ``out`` as it is? (Row layout, and no partial overlap.)"""
+def _writes_directly(out, inputs, spec):
+    """Can the kernel write into ``out`` as it is? (Row layout, and no partial overlap.)
+
+    ``out`` may be one of ``inputs`` exactly (the same memory seen the same
+    way): every kernel reads a row's inputs before it writes that row, element
+    by element, so in place is safe. Any other overlap is not.
+    """
     if not out.flags.c_contiguous and row_stride(
             out.shape, out.strides, out.itemsize, spec.axis) is None:
         return False
-    # In place (the very array, or the same memory seen the same way) is safe:
-    # every row is read whole before it is written.
-    return (out is x or not np.may_share_memory(out, x)
-            or (out.ctypes.data == x.ctypes.data and out.strides == x.strides))
+    return all(a is None or out is a or not np.may_share_memory(out, a)
+               or (out.ctypes.data == a.ctypes.data and out.strides == a.strides)
+               for a in inputs)
+
+
+def _result_rows(out, inputs, spec):
+    """Where the kernel writes: ``(result, buffer, ld)``, ``out`` itself when it can."""
+    if out is not None and _writes_directly(out, inputs, spec):
+        buffer, ld = _row_buffer(out, spec)
+        return out, buffer, ld
+    result, buffer = _new_rows(spec)
+    return result, buffer, spec.cols
+
+
+def _deliver(result, out):
+    """``result``, copied into ``out`` when the kernel could not write there directly."""
+    if out is None or result is out:
+        return result
+    out[...] = result
+    return out
 
 
 def forward(spec, x, weight, bias, eps, out, stream=None):
@@ -72,36 +93,32 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
     x_buf, ldx = _row_buffer(x, spec)
     w, has_w = _param(weight, compute)
     b, has_b = _param(bias, compute)
-    if out is not None and _writes_directly(out, x, spec):
-        y = out
-        y_buf, ldy = _row_buffer(out, spec)
-    else:
-        (y, y_buf), ldy = _new_rows(spec), spec.cols
+    y, y_buf, ldy = _result_rows(out, (x, weight, bias), spec)
     mean = np.empty(spec.rows, compute)
     rstd = np.empty(spec.rows, compute)
     if spec.rows:
         cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
                    spec.rows, spec.cols, eps)
-    if out is not None and y is not out:
-        out[...] = y
-        y = out
-    return y, mean, rstd
+    return _deliver(y, out), mean, rstd
 
 
-def backward(spec, dy, x, mean, rstd, weight, stream=None):
-    """Gradients of layer norm on the CPU; returns ``(dx, dweight, dbias)``."""
+def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):
+    """Gradients of layer norm on the CPU; returns ``(dx, dweight, dbias)``.
+
+    ``dx`` is ``out`` when given.
+    """
     compute = spec.compute_dtype
     dy_buf, lddy = _row_buffer(dy, spec)
     x_buf, ldx = _row_buffer(x, spec)
     mean = np.ascontiguousarray(mean, dtype=compute).reshape(-1)
     rstd = np.ascontiguousarray(rstd, dtype=compute).reshape(-1)
     w, has_w = _param(weight, compute)
-    dx, dx_buf = _new_rows(spec)
+    dx, dx_buf, lddx = _result_rows(out, (dy, x, mean, rstd, weight), spec)
     dweight = np.zeros(spec.cols, compute)
     dbias = np.zeros(spec.cols, compute)
     if spec.rows:
-        cpu.ln_bwd(dy_buf, lddy, x_buf, ldx, mean, rstd, w, has_w, dx_buf, spec.cols,
+        cpu.ln_bwd(dy_buf, lddy, x_buf, ldx, mean, rstd, w, has_w, dx_buf, lddx,
                    dweight, dbias, spec.rows, spec.cols)
     shape = spec.normalized_shape
-    return (dx, dweight.astype(spec.param_dtype, copy=False).reshape(shape),
+    return (_deliver(dx, out), dweight.astype(spec.param_dtype, copy=False).reshape(shape),
             dbias.astype(spec.param_dtype, copy=False).reshape(shape))

@@ -224,15 +224,24 @@ def _param(param, spec, stream):
     return _vector(param, spec.cols, spec.compute_dtype, stream), True
 
 
-def _writes_directly(out, x, spec):
-    """Can the kernel write into ``out`` as it is? (Row layout, and no partial overlap.)"""
+def _writes_directly(out, inputs, spec):
+    """Can the kernel write into ``out`` as it is? (Row layout, and no partial overlap.)
+
+    ``out`` may be one of ``inputs`` exactly (same start, same strides): every
+    kernel thread reads its elements of a row before it writes them. Any other
+    overlap is not safe.
+    """
     if row_stride(out.shape, out.strides, out.dtype.itemsize, spec.axis) is None:
         return False
     out_low, out_high = _extent(out)
-    x_low, x_high = _extent(x)
-    if out_low == x_low and tuple(out.strides) == tuple(x.strides):
-        return True  # in place: every kernel reads a row before writing it
-    return out_high <= x_low or x_high <= out_low
+    for array in inputs:
+        if array is None:
+            continue
+        low, high = _extent(array)
+        same = out_low == low and tuple(out.strides) == tuple(array.strides)
+        if not (same or out_high <= low or high <= out_low):
+            return False
+    return True
 
 
 def _launch(kernel, grid, block, stream, shared_bytes, args):
@@ -251,7 +260,8 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
     compute = spec.compute_dtype
     x = as_numba_array(x)
     out_array = None if out is None else as_numba_array(out)
-    direct = out_array is not None and _writes_directly(out_array, x, spec)
+    direct = out_array is not None and _writes_directly(
+        out_array, [as_numba_array(a) for a in (x, weight, bias) if a is not None], spec)
     y = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
     mean = cuda.device_array(spec.rows, compute, stream=stream)
     rstd = cuda.device_array(spec.rows, compute, stream=stream)
@@ -273,14 +283,18 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
             rstd.reshape(spec.stats_shape))
 
 
-def _backward_device(spec, dy, x, mean, rstd, weight, stream):
+def _backward_device(spec, dy, x, mean, rstd, weight, out, stream):
     from numba import cuda
 
     from . import cuda as kernels
     compute = spec.compute_dtype
     launch = kernels.plan("backward", spec.rows, spec.cols, compute)
     blocks = launch.grid if spec.rows else 0
-    dx = cuda.device_array(spec.shape, spec.dtype, stream=stream)
+    out_array = None if out is None else as_numba_array(out)
+    direct = out_array is not None and _writes_directly(
+        out_array, [as_numba_array(a) for a in (dy, x, mean, rstd, weight) if a is not None],
+        spec)
+    dx = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
     dweight = cuda.device_array(spec.cols, spec.param_dtype, stream=stream)
     dbias = cuda.device_array(spec.cols, spec.param_dtype, stream=stream)
     dweight_part = cuda.device_array(max(1, blocks * spec.cols), compute, stream=stream)
@@ -301,8 +315,10 @@ def _backward_device(spec, dy, x, mean, rstd, weight, stream):
     _launch(launch.kernels.bwd_reduce_partials, kernels.reduce_grid(spec.cols),
             _config.CUDA_REDUCE_THREADS, stream, 0,
             (dweight_part, dbias_part, blocks, spec.cols, dweight, dbias))
+    if out_array is not None and not direct:
+        _assign(out_array, dx, stream)
     shape = spec.normalized_shape
-    return dx, dweight.reshape(shape), dbias.reshape(shape)
+    return (out if out is not None else dx), dweight.reshape(shape), dbias.reshape(shape)
 
 
 def _to_device(array, stream):
@@ -341,29 +357,33 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
     return y, mean, rstd
 
 
-def backward(spec, dy, x, mean, rstd, weight, stream=None):
+def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):
     """Gradients of layer norm on the GPU; returns ``(dx, dweight, dbias)``.
 
     Parameters
     ----------
     spec : _validate.Spec
-    dy, x, mean, rstd, weight : CUDA arrays, or NumPy arrays (``device="cuda"``)
+    dy, x, mean, rstd, weight, out : CUDA arrays, or NumPy arrays (``device="cuda"``)
         ``mean``/``rstd`` in any shape with one element per row, any float
-        dtype; ``weight`` may be None.
+        dtype; ``weight`` and ``out`` may be None.
     stream : None, numba stream, or an object with a raw CUDA stream handle
 
     Returns
     -------
     dx, dweight, dbias
-        Device arrays for device inputs; NumPy arrays for NumPy inputs.
-        ``dweight``/``dbias`` are in ``spec.param_dtype`` and bit-identical
-        from call to call (fixed blocks, summed in a fixed order).
+        Device arrays for device inputs; NumPy arrays for NumPy inputs
+        (``dx`` is ``out`` when given). ``dweight``/``dbias`` are in
+        ``spec.param_dtype`` and bit-identical from call to call (fixed
+        blocks, summed in a fixed order).
     """
     stream = _as_stream(stream)
     if is_device_array(x):
-        return _backward_device(spec, dy, x, mean, rstd, weight, stream)
+        return _backward_device(spec, dy, x, mean, rstd, weight, out, stream)
     results = _backward_device(spec, *(_to_device(a, stream) for a in (dy, x, mean, rstd)),
-                               _to_device(weight, stream), stream)
-    results = tuple(a.copy_to_host(stream=stream) for a in results)
+                               _to_device(weight, stream), None, stream)
+    dx, dweight, dbias = (a.copy_to_host(stream=stream) for a in results)
     stream.synchronize()
-    return results
+    if out is not None:
+        out[...] = dx
+        dx = out
+    return dx, dweight, dbias

@@ -118,7 +118,7 @@ def check_param(param, spec, name):
 
 
 def check_out(out, spec):
-    """``out=``: same shape and dtype as ``x``, writeable (before any write)."""
+    """``out=`` (``y`` or ``dx``): same shape and dtype as ``x``, writeable (before any write)."""
     if out.shape != spec.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}; expected {spec.shape}")
     if out.dtype != spec.dtype:
@@ -139,7 +139,7 @@ def forward_spec(x, weight, bias, axis, eps, out):
     return spec, eps
 
 
-def backward_spec(dy, x, mean, rstd, weight, axis):
+def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
     """Check a ``layer_norm_backward`` call; return its :class:`Spec`."""
     param_dtype = None if weight is None else check_float_dtype(weight.dtype, "weight")
     spec = _spec(tuple(x.shape), x.dtype, axis, param_dtype)
@@ -155,6 +155,8 @@ def backward_spec(dy, x, mean, rstd, weight, axis):
                 f"{name} has {size} elements (shape {tuple(stat.shape)}); expected one "
                 f"per row: {spec.rows} (shape {spec.stats_shape})")
     check_param(weight, spec, "weight")
+    if out is not None:
+        check_out(out, spec)
     return spec
 
 

@@ -5,7 +5,7 @@ from typing import NamedTuple
 from . import _cuda_backend, _dispatch, _validate
 
 _FORWARD_ARRAYS = ("weight", "bias", "out")
-_BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight")
+_BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight", "out")
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
@@ -97,8 +97,8 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     return y
 
 
-def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
-                        stream=None):
+def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
+                        device=None, stream=None):
     """Gradients of :func:`layer_norm` with respect to ``x``, ``weight`` and ``bias``.
 
     With ``xhat = (x - mean) * rstd`` and ``g = weight * dy``, per row::
@@ -121,13 +121,18 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
         returned).
     axis : int, default -1
         The forward pass's ``axis``.
+    out : array, optional
+        Receives ``dx`` and is returned as it: same shape and dtype as ``x``,
+        writeable, on the same device. ``out=dy`` (or ``out=x``) overwrites
+        that input in place. Reusing one buffer from step to step saves
+        allocating (and the OS zeroing) a fresh ``dx`` on every call.
     device, stream
         As for :func:`layer_norm`.
 
     Returns
     -------
     dx : array
-        ``x``'s shape and dtype.
+        ``x``'s shape and dtype; ``out`` when given.
     dweight, dbias : array
         Shape ``x.shape[axis:]``, ``weight``'s dtype (without ``weight``: the
         compute dtype, float32 for float16 inputs). Bit-identical across calls
@@ -136,8 +141,8 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
     Raises
     ------
     TypeError, ValueError, CUDAUnavailableError
-        As for :func:`layer_norm`; also ``dy`` not matching ``x``, or ``mean``
-        / ``rstd`` without one element per row.
+        As for :func:`layer_norm` (``out`` included); also ``dy`` not matching
+        ``x``, or ``mean`` / ``rstd`` without one element per row.
 
     Examples
     --------
@@ -148,11 +153,18 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, device=None,
     >>> dx, dweight, dbias = numba_ln.layer_norm_backward(np.ones_like(x), x, mean, rstd)
     >>> bool(np.abs(dx).max() < 1e-12), dbias
     (True, array([1., 1., 1.]))
+    >>> dx_buffer = np.empty_like(x)
+    >>> numba_ln.layer_norm_backward(np.ones_like(x), x, mean, rstd, out=dx_buffer)[0] is dx_buffer
+    True
     """
-    backend, x, (dy, mean, rstd, weight) = _dispatch.select(
-        device, x, (dy, mean, rstd, weight), _BACKWARD_ARRAYS)
-    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis)
-    return backend.backward(spec, dy, x, mean, rstd, weight, stream)
+    given_out = out
+    backend, x, (dy, mean, rstd, weight, out) = _dispatch.select(
+        device, x, (dy, mean, rstd, weight, out), _BACKWARD_ARRAYS)
+    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis, out)
+    dx, dweight, dbias = backend.backward(spec, dy, x, mean, rstd, weight, out, stream)
+    if given_out is not None:  # the caller's own object, even when a view was used
+        dx = given_out
+    return dx, dweight, dbias
 
 
 class Backend(NamedTuple):

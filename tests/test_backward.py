@@ -94,3 +94,53 @@ def test_strided_inputs(rng):
                                        np.pad(x, ((0, 0), (0, 5)))[:, :40], mean, rstd)
     for a, b in zip(expected, got):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(3, 50), (600, 128)], ids=str)
+def test_out_receives_dx_and_is_returned(rng, dtype, shape):
+    x = rng.standard_normal(shape).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal(shape[-1]).astype(param_dtype(dtype))
+    _, mean, rstd = numba_ln.layer_norm(x, weight, return_stats=True)
+    expected = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight)
+    out = np.full_like(x, 7)
+    got = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight, out=out)
+    assert got[0] is out
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("inplace", ["dy", "x"])
+@pytest.mark.parametrize("shape", [(3, 50), (600, 128)], ids=str)
+def test_out_in_place_over_an_input(rng, inplace, shape):
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    _, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    expected = numba_ln.layer_norm_backward(dy, x, mean, rstd)
+    target = dy if inplace == "dy" else x
+    got = numba_ln.layer_norm_backward(dy, x, mean, rstd, out=target)
+    assert got[0] is target
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_out_with_another_layout_or_overlapping_an_input(rng):
+    x = rng.standard_normal((12, 30)).astype(np.float32)
+    dy = rng.standard_normal((12, 30)).astype(np.float32)
+    _, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    expected = numba_ln.layer_norm_backward(dy, x, mean, rstd)[0]
+    out_f = np.zeros((12, 30), np.float32, order="F")
+    assert numba_ln.layer_norm_backward(dy, x, mean, rstd, out=out_f)[0] is out_f
+    np.testing.assert_array_equal(out_f, expected)
+    out_padded = np.zeros((12, 40), np.float32)[:, :30]  # rows apart: written directly
+    numba_ln.layer_norm_backward(dy, x, mean, rstd, out=out_padded)
+    np.testing.assert_array_equal(out_padded, expected)
+    # out overlaps dy (then x) shifted by one row: the result must not see its own writes.
+    for position in (0, 1):
+        buffer = np.zeros((13, 30), np.float32)
+        buffer[:12] = (dy, x)[position]
+        args = [dy, x]
+        args[position] = buffer[:12]
+        out = numba_ln.layer_norm_backward(*args, mean, rstd, out=buffer[1:])[0]
+        np.testing.assert_array_equal(out, expected)

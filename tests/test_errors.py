@@ -92,6 +92,26 @@ def test_out_read_only():
     assert (out == 9).all()
 
 
+@pytest.mark.parametrize("out,error,message", [
+    (np.full((4, 5), 9, np.float32), ValueError, r"out has shape \(4, 5\); expected \(4, 6\)"),
+    (np.full((4, 6), 9, np.float64), TypeError, "out has dtype float64; expected float32"),
+    (np.full((1, 4, 6), 9, np.float32), ValueError, r"out has shape \(1, 4, 6\)"),
+], ids=["shape", "dtype", "rank"])
+def test_backward_out_errors_leave_it_untouched(out, error, message):
+    _, mean, rstd = numba_ln.layer_norm(X, return_stats=True)
+    with pytest.raises(error, match=message):
+        numba_ln.layer_norm_backward(X, X, mean, rstd, out=out)
+    assert (out == 9).all()
+
+
+def test_backward_out_read_only():
+    _, mean, rstd = numba_ln.layer_norm(X, return_stats=True)
+    out = np.full((4, 6), 9, np.float32)
+    out.flags.writeable = False
+    with pytest.raises(ValueError, match="out is read-only; expected a writeable array"):
+        numba_ln.layer_norm_backward(X, X, mean, rstd, out=out)
+
+
 def test_errors_come_before_any_write():
     out = np.full((4, 6), 9, np.float32)
     with pytest.raises(ValueError):

@@ -116,6 +116,16 @@ def test_out_with_another_layout_or_overlapping_x(rng):
     np.testing.assert_array_equal(out, expected)
 
 
+def test_out_holding_the_weight_gets_the_right_values(rng):
+    """The weight is a row of out: writing earlier rows must not change it for later ones."""
+    x = rng.standard_normal((6, 30)).astype(np.float32)
+    buffer = rng.standard_normal((6, 30)).astype(np.float32)
+    weight, bias = buffer[3], buffer[4]
+    expected = numba_ln.layer_norm(x, weight.copy(), bias.copy())
+    assert numba_ln.layer_norm(x, weight, bias, out=buffer) is buffer
+    np.testing.assert_array_equal(buffer, expected)
+
+
 def test_zero_rows_give_empty_results():
     x = np.empty((0, 4, 8), np.float32)
     y, mean, rstd = numba_ln.layer_norm(x, axis=1, return_stats=True)

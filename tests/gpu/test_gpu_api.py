@@ -183,6 +183,27 @@ def test_device_cuda_with_numpy_inputs(small_launch):
         assert rel_error(got, want) <= TOLERANCE["float16"]
 
 
+@pytest.mark.parametrize("cols", [20, 70])
+def test_backward_out_in_place_and_aside(small_launch, cols):
+    """out= for dx: written directly over dy, through a copy when it overlaps x partly."""
+    small_launch("backward", "float32")
+    x, dy = _data((5, cols)), _data((5, cols), seed=1)
+    mean, rstd = (s.reshape(-1) for s in layer_norm(x)[1:])
+    expected = layer_norm_backward(dy, x, mean, rstd)[0]
+    d_x, d_dy = cuda.to_device(x), cuda.to_device(dy)
+    _, d_mean, d_rstd = numba_ln.layer_norm(d_x, return_stats=True)
+    dx = numba_ln.layer_norm_backward(d_dy, d_x, d_mean, d_rstd, out=d_dy)[0]
+    assert dx is d_dy
+    assert rel_error(d_dy.copy_to_host(), expected) <= TOL32
+    d_buffer = cuda.to_device(np.concatenate([x, x[:1]]))
+    dx = numba_ln.layer_norm_backward(cuda.to_device(dy), d_buffer[:5], d_mean, d_rstd,
+                                      out=d_buffer[1:])[0]
+    assert rel_error(d_buffer.copy_to_host()[1:], expected) <= TOL32
+    out = np.empty_like(x)
+    dx = numba_ln.layer_norm_backward(dy, x, mean, rstd, out=out, device="cuda")[0]
+    assert dx is out and rel_error(out, expected) <= TOL32
+
+
 def test_numba_stream_is_used(small_launch):
     small_launch("forward", "float32")
     stream = cuda.stream()
@@ -297,8 +318,9 @@ def test_out_is_written_directly_only_when_safe():
     buffer = np.zeros((8, 10), np.float32)
     spec, _ = forward_spec(buffer[:4], None, None, -1, 1e-5, None)
 
-    def direct(out, x):
-        return _cuda_backend._writes_directly(_FakeDeviceArray(out), _FakeDeviceArray(x), spec)
+    def direct(out, *inputs):
+        return _cuda_backend._writes_directly(
+            _FakeDeviceArray(out), [_FakeDeviceArray(a) for a in inputs], spec)
 
     assert direct(buffer[:4], buffer[:4])             # in place
     assert direct(buffer[4:], buffer[:4])             # disjoint
@@ -306,6 +328,9 @@ def test_out_is_written_directly_only_when_safe():
     assert not direct(buffer[::2], buffer[1::2])      # interleaved: extents overlap
     assert not direct(buffer[:4, ::-1], buffer[4:])   # out's rows not contiguous
     assert not direct(buffer[4:], buffer[7:3:-1])     # reversed rows reach below their address
+    assert direct(buffer[:4], buffer[:4], buffer[4:])  # backward: in place over dy, x apart
+    assert not direct(buffer[:4], buffer[:4], buffer[3:7])  # ... but x overlaps a row of it
+    assert not direct(buffer[4:], buffer[:4], buffer[7])    # a weight inside out
 
 
 @pytest.mark.parametrize("cols", [3, 70, 100])
