@@ -91,13 +91,15 @@ typedef int32_t (*nln__forward_f32_fn)(const float *x, int64_t ldx,
                                        int32_t has_weight, int32_t has_bias,
                                        float *y, int64_t ldy, float *mean, float *rstd,
                                        int32_t has_mean, int32_t has_rstd,
-                                       int64_t rows, int64_t cols, float eps);
+                                       int64_t rows, int64_t cols, float eps,
+                                       int32_t stream_out);
 typedef int32_t (*nln__forward_f64_fn)(const double *x, int64_t ldx,
                                        const double *weight, const double *bias,
                                        int32_t has_weight, int32_t has_bias,
                                        double *y, int64_t ldy, double *mean, double *rstd,
                                        int32_t has_mean, int32_t has_rstd,
-                                       int64_t rows, int64_t cols, double eps);
+                                       int64_t rows, int64_t cols, double eps,
+                                       int32_t stream_out);
 typedef int32_t (*nln__backward_f32_fn)(const float *dy, int64_t lddy,
                                         const float *x, int64_t ldx,
                                         const float *mean, const float *rstd,
@@ -136,6 +138,7 @@ typedef int32_t (*nln__reduce_f32_fn)(const float *part, int64_t blocks, int64_t
 typedef int32_t (*nln__reduce_f64_fn)(const double *part, int64_t blocks, int64_t cols,
                                       double *out, int64_t first_col, int64_t stop_col);
 typedef int32_t (*nln__runs_parallel_fn)(int64_t rows, int64_t cols);
+typedef int32_t (*nln__streams_output_fn)(int64_t rows, int64_t cols, int64_t itemsize);
 typedef int64_t (*nln__backward_blocks_fn)(int64_t rows);
 
 static pthread_once_t nln__once = PTHREAD_ONCE_INIT;
@@ -150,6 +153,7 @@ static nln__backward_blocks_f64_fn nln__backward_blocks_f64;
 static nln__reduce_f32_fn nln__reduce_f32;
 static nln__reduce_f64_fn nln__reduce_f64;
 static nln__runs_parallel_fn nln__runs_parallel;
+static nln__streams_output_fn nln__streams_output;
 static nln__backward_blocks_fn nln__backward_blocks;
 static char nln__python[NLN_MESSAGE_CAP] = "the host program's Python";
 
@@ -236,7 +240,7 @@ static void nln__start(void)
         !runtime.forward_f64 || !runtime.backward_f32 || !runtime.backward_f64 ||
         !runtime.backward_blocks_f32 || !runtime.backward_blocks_f64 ||
         !runtime.reduce_f32 || !runtime.reduce_f64 || !runtime.runs_parallel ||
-        !runtime.backward_blocks) {
+        !runtime.streams_output || !runtime.backward_blocks) {
         nln__init_failed("%s", nln__error[0] ? nln__error
                                              : "the Python side failed to start "
                                                "(its traceback is on stderr)");
@@ -252,6 +256,7 @@ static void nln__start(void)
     nln__reduce_f32 = (nln__reduce_f32_fn)runtime.reduce_f32;
     nln__reduce_f64 = (nln__reduce_f64_fn)runtime.reduce_f64;
     nln__runs_parallel = (nln__runs_parallel_fn)runtime.runs_parallel;
+    nln__streams_output = (nln__streams_output_fn)runtime.streams_output;
     nln__backward_blocks = (nln__backward_blocks_fn)runtime.backward_blocks;
     nln__init_status = NLN_OK;
 }
@@ -407,11 +412,13 @@ static nln_status nln__kernel_status(const char *fn, int failed)
         int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int64_t rows,           \
         int64_t cols, T eps)                                                           \
     {                                                                                  \
+        /* Decided once for the whole call, as cpu.ln_fwd does. */                     \
+        int32_t streaming = nln__streams_output(rows, cols, (int64_t)sizeof(T));          \
         if (!nln__runs_parallel(rows, cols)) /* no OpenMP region: it costs ~0.3 us */ \
             return nln__kernel_status(                                                 \
                 fn, nln__forward_##SUFFIX(x, ldx, weight, bias, has_weight, has_bias, y, \
                                           ldy, mean, rstd, mean != NULL, rstd != NULL, \
-                                          rows, cols, eps) != NLN_ENTRY_OK);           \
+                                          rows, cols, eps, streaming) != NLN_ENTRY_OK);\
         int64_t chunks = omp_get_max_threads();                                        \
         int64_t step = (rows + chunks - 1) / chunks;                                   \
         int failed = 0;                                                                \
@@ -424,7 +431,7 @@ static nln_status nln__kernel_status(const char *fn, int failed)
                     x + first * ldx, ldx, weight, bias, has_weight, has_bias,          \
                     y + first * ldy, ldy, mean ? mean + first : NULL,                  \
                     rstd ? rstd + first : NULL, mean != NULL, rstd != NULL, count,     \
-                    cols, eps) != NLN_ENTRY_OK || failed;                              \
+                    cols, eps, streaming) != NLN_ENTRY_OK || failed;                   \
         }                                                                              \
         return nln__kernel_status(fn, failed);                                         \
     }

@@ -37,6 +37,7 @@ struct nln_runtime {
     uintptr_t reduce_f32;
     uintptr_t reduce_f64;
     uintptr_t runs_parallel;
+    uintptr_t streams_output;
     uintptr_t backward_blocks;
 };
 

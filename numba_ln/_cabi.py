@@ -4,7 +4,7 @@
 then calls the CPU kernels through the function pointers in
 :func:`entry_points`: numba ``@cfunc`` wrappers around the *serial* pieces of
 ``numba_ln.cpu`` (``ln_fwd_serial``, ``ln_bwd_serial``, ``ln_bwd_blocks``,
-``ln_bwd_reduce``) and its serial/parallel decision (``runs_parallel``). For a
+``ln_bwd_reduce``) and its decisions (``runs_parallel``, ``streams_output``). For a
 large call the C side runs those pieces on OpenMP threads of its own, the
 schedule of ``cpu.ln_fwd_parallel`` / ``cpu.ln_bwd_parallel``, instead of numba's
 parallel launcher, which takes the GIL around every parallel region. So a call
@@ -50,7 +50,8 @@ def _forward_signature(scalar):
     ptr = types.CPointer(scalar)
     #   x    ldx   weight bias has_w has_b y    ldy   mean rstd has_m has_r rows cols eps
     return _i32(ptr, _i64, ptr, ptr, _i32, _i32, ptr, _i64, ptr, ptr, _i32, _i32,
-                _i64, _i64, scalar)
+                #  eps     stream_out
+                _i64, _i64, scalar, _i32)
 
 
 def _backward_signature(scalar):
@@ -64,7 +65,7 @@ def _backward_signature(scalar):
 def _make_forward(dtype):
     """The forward entry point for one dtype (float32 or float64)."""
     def forward(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                has_mean, has_rstd, rows, cols, eps):
+                has_mean, has_rstd, rows, cols, eps, stream_out):
         x_buf = _rows(x, rows, ldx, cols)
         y_buf = _rows(y, rows, ldy, cols)
         w = carray(weight, cols if has_weight else 1)
@@ -72,7 +73,7 @@ def _make_forward(dtype):
         mean_buf = carray(mean, rows) if has_mean else np.empty(rows, dtype)
         rstd_buf = carray(rstd, rows) if has_rstd else np.empty(rows, dtype)
         cpu.ln_fwd_serial(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
-                          mean_buf, rstd_buf, rows, cols, eps)
+                          mean_buf, rstd_buf, rows, cols, eps, stream_out != 0)
         return OK
 
     forward.__qualname__ = forward.__name__ = f"forward_{np.dtype(dtype).name}"
@@ -146,6 +147,12 @@ def runs_parallel(rows, cols):
     return 1 if cpu.runs_parallel(rows, cols) else 0
 
 
+@cfunc(_i32(_i64, _i64, _i64), cache=CACHE)
+def streams_output(rows, cols, itemsize):
+    """``cpu.streams_output`` for C: 1 when a forward's ``y`` is written with streaming stores."""
+    return 1 if cpu.streams_output(rows, cols, itemsize) else 0
+
+
 @cfunc(_i64(_i64), cache=CACHE)
 def backward_blocks(rows):
     """``cpu.backward_blocks`` for C: rows of partial sums a backward pass needs."""
@@ -170,8 +177,8 @@ def entry_points():
     dict of str to int
         Each address is a C function pointer: ``forward_*`` / ``backward_*``
         (a whole call on the calling thread), ``backward_blocks_*`` and
-        ``reduce_*`` (the pieces a threaded backward runs), ``runs_parallel``
-        and ``backward_blocks`` (the schedule's two decisions).
+        ``reduce_*`` (the pieces a threaded backward runs), ``runs_parallel``,
+        ``streams_output`` and ``backward_blocks`` (the schedule's decisions).
 
     Examples
     --------
@@ -188,6 +195,7 @@ def entry_points():
             "reduce_f32": reduce_float32.address,
             "reduce_f64": reduce_float64.address,
             "runs_parallel": runs_parallel.address,
+            "streams_output": streams_output.address,
             "backward_blocks": backward_blocks.address}
 
 

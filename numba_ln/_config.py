@@ -23,6 +23,28 @@ SERIAL_MAX_ELEMENTS = 1 << 15
 #: kernel that read the thread count could not be cached.
 FORWARD_CHUNKS = 256
 
+#: A forward whose output has at least this many bytes writes it with
+#: non-temporal (streaming) stores: each 64-byte line goes to memory without
+#: first being read into the cache and without evicting the input rows the
+#: kernel is still working on. On the development machine (2 cores, 32 MiB
+#: L3), interleaved with the copy roofline: float32 (65536, 1024) 0.74 -> 1.1,
+#: (16384, 4096) 0.68 -> 0.9, (131072, 512) 0.78 -> 0.94; float64 (65536,
+#: 1024) 0.74 -> 0.94. At 4 MiB outputs the two were level and below that
+#: ordinary stores win, as they leave ``y`` in cache for whatever reads it
+#: next. The results are bit-identical either way (``cpu.streams_output``).
+STREAM_MIN_BYTES = 16 << 20
+
+#: float16 outputs stream only from this many columns: (16384, 4096) gained
+#: (0.56 -> 0.72) but (65536, 1024) lost (0.64 -> 0.58) and (32768, 2048)
+#: was level.
+STREAM_MIN_HALF_COLS = 4096
+
+#: Bytes of the small staging row a streaming forward fills (in cache) before
+#: copying it out with non-temporal stores. Short tiles keep the streaming
+#: stores flowing while the next tile is computed (4 KiB tiles measured
+#: 10-20 % slower than 1 KiB ones).
+STREAM_STAGE_BYTES = 1024
+
 #: The backward pass sums ``dweight``/``dbias`` over fixed blocks of rows, then
 #: sums the blocks in order: rows are split into at most this many blocks of
 #: equal size. The partition depends only on the shape, never on the thread

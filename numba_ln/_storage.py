@@ -11,6 +11,10 @@ float32 copy of the array. Rounding is IEEE round-to-nearest-even, as NumPy's
 ``load`` and ``store`` give the kernels one spelling for every storage type:
 they read an element as its compute type (float32 for float16 and float32,
 float64 for float64) and write a compute value back in the storage type.
+
+``stream_line`` and ``stream_fence`` are the non-temporal ("streaming") stores
+of large forward outputs: a whole 64-byte line written straight to memory,
+with no read-for-ownership and no cache line taken from the rows still in use.
 """
 
 from llvmlite import ir
@@ -42,6 +46,77 @@ def float32_to_half_bits(typingctx, value):
         return builder.bitcast(half, ir.IntType(16))
 
     return types.uint16(types.float32), codegen
+
+
+#: Bytes one ``stream_line`` writes: a cache line.
+LINE_BYTES = 64
+
+
+def element_bytes(array):
+    """Bytes per element of ``array`` (a compile-time constant in kernels)."""
+    return array.itemsize
+
+
+def line_elements(array):
+    """Elements of ``array`` in one 64-byte line (a compile-time constant in kernels)."""
+    return LINE_BYTES // array.itemsize
+
+
+@overload(element_bytes, inline="always")
+def _element_bytes_impl(array):
+    size = array.dtype.bitwidth // 8
+    return lambda array: size
+
+
+@overload(line_elements, inline="always")
+def _line_elements_impl(array):
+    lanes = LINE_BYTES * 8 // array.dtype.bitwidth
+    return lambda array: lanes
+
+
+@intrinsic
+def stream_line(typingctx, dst, dst_index, src, src_index):
+    """Copy one 64-byte line ``src[src_index:]`` to ``dst[dst_index:]`` with a non-temporal store.
+
+    ``dst[dst_index]`` must lie on a 64-byte boundary (the caller checks);
+    ``src`` (a small staging row, in cache) may have any alignment. Both
+    arrays have the same element type.
+    """
+    if not (isinstance(dst, types.Array) and isinstance(src, types.Array)
+            and dst.dtype == src.dtype):
+        return None
+
+    def codegen(context, builder, signature, args):
+        dst_ty, _, src_ty, _ = signature.args
+        element = context.get_data_type(dst_ty.dtype)
+        lanes = LINE_BYTES // context.get_abi_sizeof(element)
+        line = ir.VectorType(element, lanes)
+        dst_array = context.make_array(dst_ty)(context, builder, args[0])
+        src_array = context.make_array(src_ty)(context, builder, args[2])
+        source = builder.bitcast(builder.gep(src_array.data, [args[3]]), line.as_pointer())
+        target = builder.bitcast(builder.gep(dst_array.data, [args[1]]), line.as_pointer())
+        value = builder.load(source, align=context.get_abi_sizeof(element))
+        stored = builder.store(value, target, align=LINE_BYTES)
+        stored.set_metadata("nontemporal", builder.module.add_metadata(
+            [ir.Constant(ir.IntType(32), 1)]))
+        return context.get_dummy_value()
+
+    return types.none(dst, types.intp, src, types.intp), codegen
+
+
+@intrinsic
+def stream_fence(typingctx):
+    """Order the streaming stores before anything this thread does next.
+
+    Non-temporal stores are weakly ordered: without a fence another thread
+    could read a row before its lines reach memory. A sequentially consistent
+    fence (``mfence`` on x86) drains them.
+    """
+    def codegen(context, builder, signature, args):
+        builder.fence("seq_cst")
+        return context.get_dummy_value()
+
+    return types.none(), codegen
 
 
 def load(array, index):
@@ -87,4 +162,5 @@ def _to_compute_impl(array, value):
 
 
 __all__ = ["half_bits_to_float32", "float32_to_half_bits", "load", "store",
-           "to_compute"]
+           "to_compute", "stream_line", "stream_fence", "LINE_BYTES", "element_bytes",
+           "line_elements"]

@@ -34,10 +34,13 @@ any float type; the forward kernels cast it to the compute type once.
 
 import numpy as np
 from numba import njit, prange
+from numba.extending import overload
 
 from . import _cache, _math
-from ._config import BACKWARD_BLOCKS, CACHE, FASTMATH, FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS
-from ._storage import load, store, to_compute
+from ._config import (BACKWARD_BLOCKS, CACHE, FASTMATH, FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS,
+                      STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+from ._storage import (LINE_BYTES, element_bytes, line_elements, load, store, stream_fence,
+                       stream_line, to_compute)
 
 # error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
 # row NaN, like any other non-finite row) instead of raising ZeroDivisionError.
@@ -47,8 +50,12 @@ _row = njit(fastmath=FASTMATH, inline="always", error_model="numpy")
 
 
 @_row
-def _ln_fwd_row(x, y, weight, bias, has_weight, has_bias, eps):
-    """Normalize one row ``x`` into ``y`` (1-D views); return its (mean, rstd)."""
+def _ln_fwd_stats(x, eps):
+    """Statistics of one row ``x`` (a 1-D view): ``(shift, offset, rstd)``.
+
+    Two passes while the row is in cache: the shifted sum, then the sum of
+    squared deviations (see ``_math``). The mean is ``shift + offset``.
+    """
     cols = x.shape[0]
     n = to_compute(x, cols)
     shift = load(x, 0)
@@ -60,30 +67,122 @@ def _ln_fwd_row(x, y, weight, bias, has_weight, has_bias, eps):
     for j in range(cols):
         d = _math.centered(load(x, j), shift, offset)
         sumsq += d * d
-    rstd = _math.reciprocal_std(sumsq, n, eps)
+    return shift, offset, _math.reciprocal_std(sumsq, n, eps)
+
+
+@_row
+def _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd):
+    """``y[j] = (x[j] - mean) * rstd * weight[j] + bias[j]`` over 1-D views of one length."""
     one = to_compute(x, 1)
     zero = to_compute(x, 0)
-    for j in range(cols):
+    for j in range(x.shape[0]):
         w = weight[j] if has_weight else one
         b = bias[j] if has_bias else zero
         d = _math.centered(load(x, j), shift, offset)
         store(y, j, _math.normalize_affine(d, rstd, w, b))
-    return _math.row_mean(shift, offset), rstd
+
+
+@_row
+def _normalize_tile(x, stage, weight, bias, has_weight, has_bias, shift, offset, rstd):
+    """``_normalize`` of the first ``len(stage)`` elements of ``x`` into ``stage``.
+
+    The trip count is a compile-time constant (``stage_elements``), so LLVM
+    emits one straight vector loop with no remainder, which matters at a few
+    hundred elements per tile.
+    """
+    one = to_compute(x, 1)
+    zero = to_compute(x, 0)
+    for j in range(stage_elements(stage)):
+        w = weight[j] if has_weight else one
+        b = bias[j] if has_bias else zero
+        d = _math.centered(load(x, j), shift, offset)
+        store(stage, j, _math.normalize_affine(d, rstd, w, b))
+
+
+@_row
+def _stream_lines(stage, y, start, count):
+    """``y[start:start + count] = stage[:count]`` with streaming stores, whole lines only."""
+    for k in range(0, count, line_elements(y)):
+        stream_line(y, start + k, stage, k)
+
+
+@_row
+def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd,
+                         stage):
+    """``_normalize``, with ``y`` written by streaming stores, a line at a time.
+
+    Tiles of the row are computed into ``stage`` (in cache) and copied out
+    with non-temporal stores, so ``y`` is never read into the cache and never
+    pushes ``x``, ``weight`` or ``bias`` out of it. The elements before ``y``'s
+    first 64-byte boundary and after its last whole line are ordinary
+    stores; so is all of a ``y`` not aligned to its element size (possible
+    with NumPy views).
+    """
+    cols = x.shape[0]
+    lanes = line_elements(y)
+    size = element_bytes(y)
+    address = y.ctypes.data
+    head = cols if address % size else min(cols, (-address % LINE_BYTES) // size)
+    _normalize(x[:head], y[:head], weight[:head], bias[:head], has_weight, has_bias, shift,
+               offset, rstd)
+    start = head
+    tile = stage_elements(stage)
+    while start + tile <= cols:
+        _normalize_tile(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
+                        shift, offset, rstd)
+        _stream_lines(stage, y, start, tile)
+        start += tile
+    rest = cols - start
+    lines = rest // lanes * lanes
+    _normalize(x[start:], stage[:rest], weight[start:], bias[start:], has_weight, has_bias,
+               shift, offset, rstd)
+    _stream_lines(stage, y, start, lines)
+    tail = y[start + lines:cols]
+    for k in range(tail.shape[0]):
+        tail[k] = stage[lines + k]
+
+
+@_row
+def _ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
+                 eps, stage):
+    """Every row: its statistics, then its output (streamed when ``stage`` is not empty)."""
+    for r in range(rows):
+        x_row = x[r * ldx:r * ldx + cols]
+        y_row = y[r * ldy:r * ldy + cols]
+        shift, offset, row_rstd = _ln_fwd_stats(x_row, eps)
+        if stage.shape[0]:
+            _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, shift,
+                                 offset, row_rstd, stage)
+        else:
+            _normalize(x_row, y_row, weight, bias, has_weight, has_bias, shift, offset,
+                       row_rstd)
+        mean[r] = _math.row_mean(shift, offset)
+        rstd[r] = row_rstd
 
 
 @_kernel
 def ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                  rows, cols, eps):
-    """Forward pass, all rows on the calling thread."""
+                  rows, cols, eps, stream_out):
+    """Forward pass, all rows on the calling thread.
+
+    ``stream_out`` (``streams_output``'s decision for the whole call) writes
+    ``y`` with non-temporal stores; the values are the same bits either way.
+    The two ways are two separately compiled row loops.
+    """
     eps = to_compute(x, eps)
-    for r in range(rows):
-        mean[r], rstd[r] = _ln_fwd_row(x[r * ldx:r * ldx + cols], y[r * ldy:r * ldy + cols],
-                                       weight, bias, has_weight, has_bias, eps)
+    if stream_out:
+        stage = np.empty(stage_elements(y), y.dtype)
+        _ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
+                     cols, eps, stage)
+        stream_fence()
+    else:
+        _ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
+                     cols, eps, y[:0])  # no staging row: ordinary stores
 
 
 @_parallel_kernel
 def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                    rows, cols, eps):
+                    rows, cols, eps, stream_out):
     """Forward pass, contiguous chunks of rows on each thread.
 
     Each chunk runs the compiled ``ln_fwd_serial``, so a row gets the same
@@ -97,7 +196,7 @@ def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rs
         if count > 0:
             ln_fwd_serial(x[first * ldx:], ldx, weight, bias, has_weight, has_bias,
                           y[first * ldy:], ldy, mean[first:], rstd[first:], count, cols,
-                          eps)
+                          eps, stream_out)
 
 
 @njit(cache=CACHE)
@@ -107,6 +206,33 @@ def runs_parallel(rows, cols):
 
 
 _decide = runs_parallel.py_func  # the same rule, without a dispatcher call from Python
+
+
+@njit(cache=CACHE)
+def streams_output(rows, cols, itemsize):
+    """Whether a forward writes ``y`` with streaming stores: a function of its shape alone.
+
+    Large outputs only (``STREAM_MIN_BYTES``). float16 rows also need
+    ``STREAM_MIN_HALF_COLS`` elements: a float16 row costs twice the
+    arithmetic per byte, so staging it costs more than the stores save until
+    ``weight`` and ``bias`` stop fitting in L1 beside it.
+    """
+    return (rows * cols * itemsize >= STREAM_MIN_BYTES
+            and (itemsize >= 4 or cols >= STREAM_MIN_HALF_COLS))
+
+
+_streams = streams_output.py_func
+
+
+def stage_elements(array):
+    """Elements of ``array``'s type in a staging row of ``STREAM_STAGE_BYTES``."""
+    return STREAM_STAGE_BYTES // array.itemsize
+
+
+@overload(stage_elements, inline="always")
+def _stage_elements_impl(array):
+    elements = STREAM_STAGE_BYTES * 8 // array.dtype.bitwidth
+    return lambda array: elements
 
 
 # ``ln_fwd`` and ``ln_bwd`` are plain Python on purpose. A cached, non-parallel
@@ -120,12 +246,13 @@ _decide = runs_parallel.py_func  # the same rule, without a dispatcher call from
 def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
            rows, cols, eps):
     """Forward pass: serial for small problems, parallel otherwise."""
+    stream_out = _streams(rows, cols, y.itemsize)
     if _decide(rows, cols):
         ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
-                        rstd, rows, cols, eps)
+                        rstd, rows, cols, eps, stream_out)
     else:
         ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                      rows, cols, eps)
+                      rows, cols, eps, stream_out)
 
 
 @_row

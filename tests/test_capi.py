@@ -167,6 +167,10 @@ FORWARD_CASES = [(bits, shape, flags, eps)
                  for flags, eps in ((HAS_WEIGHT | HAS_BIAS | HAS_MEAN | HAS_RSTD, 1e-5),
                                     (0, 0.1), (HAS_BIAS | HAS_MEAN, 0.0 if shape[1] > 1 else 1e-3),
                                     (HAS_WEIGHT | HAS_RSTD, 1e-5))]
+# Large enough (>= 16 MiB of y) for the streaming stores, with rows that are
+# not aligned to a cache line in either buffer.
+FORWARD_CASES.append((32, (2048, 2051, 2051, 2053), HAS_WEIGHT | HAS_BIAS | HAS_MEAN | HAS_RSTD,
+                      1e-5))
 BACKWARD_CASES = [(bits, shape, flags)
                   for bits in (32, 64) for shape in SHAPES
                   for flags in (HAS_WEIGHT | HAS_DWEIGHT | HAS_DBIAS, 0, HAS_WEIGHT,
@@ -435,7 +439,8 @@ def test_first_call_loads_kernels_from_cache(compile_c, driver_results):
     assert sorted(loaded) == ["backward_blocks", "backward_blocks_float32",
                               "backward_blocks_float64", "backward_float32",
                               "backward_float64", "forward_float32", "forward_float64",
-                              "reduce_float32", "reduce_float64", "runs_parallel"], log
+                              "reduce_float32", "reduce_float64", "runs_parallel",
+                              "streams_output"], log
     assert "data saved" not in log, log
     assert re.search(r"^first_call_s \d+\.\d+$", log, re.M)
 
@@ -559,7 +564,8 @@ def test_cpu_entry_points_are_compiled_c_functions():
     points = _cabi.entry_points()
     assert set(points) == {"forward_f32", "forward_f64", "backward_f32", "backward_f64",
                            "backward_blocks_f32", "backward_blocks_f64", "reduce_f32",
-                           "reduce_f64", "runs_parallel", "backward_blocks"}
+                           "reduce_f64", "runs_parallel", "streams_output",
+                           "backward_blocks"}
     # Call one directly, as the C side does: compiled code, no Python objects.
     x = np.arange(8, dtype=np.float32)
     y = np.empty_like(x)
@@ -570,7 +576,7 @@ def test_cpu_entry_points_are_compiled_c_functions():
     forward = _cabi.forward_float32.ctypes
     as_ptr = lambda a: a.ctypes.data_as(fp)  # noqa: E731
     assert forward(as_ptr(x), 4, as_ptr(one), as_ptr(one), 0, 0, as_ptr(y), 4,
-                   as_ptr(mean), as_ptr(rstd), 1, 1, 2, 4, 0.0) == _cabi.OK
+                   as_ptr(mean), as_ptr(rstd), 1, 1, 2, 4, 0.0, 0) == _cabi.OK
     ref, ref_mean, ref_rstd = numba_ln.layer_norm(x.reshape(2, 4), eps=0.0, return_stats=True)
     np.testing.assert_array_equal(y.reshape(2, 4), ref)
     np.testing.assert_array_equal(mean, ref_mean.ravel())

@@ -175,3 +175,72 @@ def test_list_input_and_eps_zero():
 def test_device_cpu_is_accepted(rng):
     x = rng.standard_normal((4, 8))
     np.testing.assert_array_equal(numba_ln.layer_norm(x, device="cpu"), numba_ln.layer_norm(x))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 1100, 5000])
+@pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")
+def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
+    """The kernel with and without streaming stores, on rows at every alignment.
+
+    ``offset`` shifts both buffers and pads each row, so row starts fall
+    anywhere in a cache line; the padding must come back untouched.
+    """
+    from numba_ln import cpu
+
+    rows, ld = 5, cols + offset
+    storage = np.uint16 if dtype == np.float16 else dtype
+    compute = np.float64 if dtype == np.float64 else np.float32
+    x = rng.standard_normal(rows * ld + offset).astype(dtype)[offset:].view(storage)
+    weight = rng.standard_normal(cols).astype(compute)
+    bias = rng.standard_normal(cols).astype(compute)
+    results = []
+    for stream_out in (False, True):
+        y = np.full(rows * ld + offset, 7, dtype)[offset:].view(storage)
+        mean, rstd = np.empty(rows, compute), np.empty(rows, compute)
+        cpu.ln_fwd_serial(x, ld, weight, bias, True, True, y, ld, mean, rstd, rows, cols,
+                          1e-5, stream_out)
+        results.append((y, mean, rstd))
+    for plain, streamed in zip(*results):
+        np.testing.assert_array_equal(plain, streamed)
+    padding = np.ones(rows * ld, bool)
+    for r in range(rows):
+        padding[r * ld:r * ld + cols] = False
+    assert (results[1][0].view(dtype)[padding] == 7).all(), "padding was written"
+
+
+def test_streaming_decision_depends_on_the_shape_only():
+    from numba_ln import _config, cpu
+
+    big = _config.STREAM_MIN_BYTES // 4
+    assert cpu.streams_output(big // 1024, 1024, 4)
+    assert not cpu.streams_output(big // 1024 - 1, 1024, 4)
+    assert cpu.streams_output(big // 1024, 1024, 8)
+    half_rows = _config.STREAM_MIN_BYTES // 2 // _config.STREAM_MIN_HALF_COLS
+    assert cpu.streams_output(half_rows, _config.STREAM_MIN_HALF_COLS, 2)
+    assert not cpu.streams_output(half_rows * 4, _config.STREAM_MIN_HALF_COLS // 4, 2)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_public_api_streams_large_outputs_to_the_same_bits(rng, dtype, monkeypatch):
+    """Through layer_norm, with the threshold moved so a small call streams:
+    a fresh result, out= (misaligned to its element size, too), and in place."""
+    from numba_ln import cpu
+
+    x = rng.standard_normal((37, 1030)).astype(dtype)
+    weight = rng.standard_normal(1030).astype(dtype)
+    expected = numba_ln.layer_norm(x, weight, weight, return_stats=True)
+    monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 0)
+    monkeypatch.setattr(cpu, "STREAM_MIN_HALF_COLS", 0)
+    assert cpu._streams(37, 1030, np.dtype(dtype).itemsize)
+    got = numba_ln.layer_norm(x, weight, weight, return_stats=True)
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    misaligned = raw[1:].view(dtype).reshape(x.shape)
+    assert not misaligned.flags.aligned
+    numba_ln.layer_norm(x, weight, weight, out=misaligned)
+    in_place = x.copy()
+    numba_ln.layer_norm(in_place, weight, weight, out=in_place)
+    for a, b in zip(expected, got):
+        np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(misaligned, expected[0])
+    np.testing.assert_array_equal(in_place, expected[0])
