@@ -71,11 +71,16 @@ def _ln_fwd_stats(x, eps):
 
 
 @_row
-def _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd):
-    """``y[j] = (x[j] - mean) * rstd * weight[j] + bias[j]`` over 1-D views of one length."""
+def _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd, count):
+    """``y[j] = (x[j] - mean) * rstd * weight[j] + bias[j]`` for ``j < count``.
+
+    Called with a compile-time ``count`` (a staging tile) LLVM emits one
+    straight vector loop with no remainder, which matters at a few hundred
+    elements per tile.
+    """
     one = to_compute(x, 1)
     zero = to_compute(x, 0)
-    for j in range(x.shape[0]):
+    for j in range(count):
         w = weight[j] if has_weight else one
         b = bias[j] if has_bias else zero
         d = _math.centered(load(x, j), shift, offset)
@@ -83,20 +88,17 @@ def _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd):
 
 
 @_row
-def _normalize_tile(x, stage, weight, bias, has_weight, has_bias, shift, offset, rstd):
-    """``_normalize`` of the first ``len(stage)`` elements of ``x`` into ``stage``.
+def _line_head(y):
+    """Elements of ``y`` before its first 64-byte boundary.
 
-    The trip count is a compile-time constant (``stage_elements``), so LLVM
-    emits one straight vector loop with no remainder, which matters at a few
-    hundred elements per tile.
+    All of them when ``y`` is not aligned to its element size (possible with
+    NumPy views): such a ``y`` gets ordinary stores only.
     """
-    one = to_compute(x, 1)
-    zero = to_compute(x, 0)
-    for j in range(stage_elements(stage)):
-        w = weight[j] if has_weight else one
-        b = bias[j] if has_bias else zero
-        d = _math.centered(load(x, j), shift, offset)
-        store(stage, j, _math.normalize_affine(d, rstd, w, b))
+    size = element_bytes(y)
+    address = y.ctypes.data
+    if address % size:
+        return y.shape[0]
+    return min(y.shape[0], (-address % LINE_BYTES) // size)
 
 
 @_row
@@ -107,39 +109,38 @@ def _stream_lines(stage, y, start, count):
 
 
 @_row
+def _stream_rest(stage, y, start, count):
+    """``y[start:start + count] = stage[:count]``: whole lines streamed, the tail stored."""
+    lines = count // line_elements(y) * line_elements(y)
+    _stream_lines(stage, y, start, lines)
+    tail = y[start + lines:start + count]
+    for k in range(tail.shape[0]):
+        tail[k] = stage[lines + k]
+
+
+@_row
 def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd,
                          stage):
-    """``_normalize``, with ``y`` written by streaming stores, a line at a time.
+    """``_normalize`` of a row, ``y`` written with streaming stores a line at a time.
 
     Tiles of the row are computed into ``stage`` (in cache) and copied out
     with non-temporal stores, so ``y`` is never read into the cache and never
     pushes ``x``, ``weight`` or ``bias`` out of it. The elements before ``y``'s
-    first 64-byte boundary and after its last whole line are ordinary
-    stores; so is all of a ``y`` not aligned to its element size (possible
-    with NumPy views).
+    first 64-byte boundary and after its last whole line get ordinary stores.
     """
     cols = x.shape[0]
-    lanes = line_elements(y)
-    size = element_bytes(y)
-    address = y.ctypes.data
-    head = cols if address % size else min(cols, (-address % LINE_BYTES) // size)
-    _normalize(x[:head], y[:head], weight[:head], bias[:head], has_weight, has_bias, shift,
-               offset, rstd)
+    head = _line_head(y)
+    _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd, head)
     start = head
     tile = stage_elements(stage)
     while start + tile <= cols:
-        _normalize_tile(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
-                        shift, offset, rstd)
+        _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
+                   shift, offset, rstd, tile)
         _stream_lines(stage, y, start, tile)
         start += tile
-    rest = cols - start
-    lines = rest // lanes * lanes
-    _normalize(x[start:], stage[:rest], weight[start:], bias[start:], has_weight, has_bias,
-               shift, offset, rstd)
-    _stream_lines(stage, y, start, lines)
-    tail = y[start + lines:cols]
-    for k in range(tail.shape[0]):
-        tail[k] = stage[lines + k]
+    _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias, shift,
+               offset, rstd, cols - start)
+    _stream_rest(stage, y, start, cols - start)
 
 
 @_row
@@ -155,7 +156,7 @@ def _ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                                  offset, row_rstd, stage)
         else:
             _normalize(x_row, y_row, weight, bias, has_weight, has_bias, shift, offset,
-                       row_rstd)
+                       row_rstd, cols)
         mean[r] = _math.row_mean(shift, offset)
         rstd[r] = row_rstd
 
