@@ -13,7 +13,7 @@ from numpy.lib.stride_tricks import as_strided
 from . import cpu
 from ._validate import row_stride
 
-_STORAGE = {np.dtype(np.float16): np.dtype(np.uint16)}
+_FLOAT16 = np.dtype(np.float16)  # stored in the kernels' buffers as its raw bits
 _NO_PARAM = {dt: np.ones(1, dt) for dt in (np.dtype(np.float32), np.dtype(np.float64))}
 
 
@@ -28,17 +28,15 @@ def _row_buffer(a, spec):
             ld = spec.cols
         size = (spec.rows - 1) * ld + spec.cols if spec.rows else 0
         buffer = as_strided(a, shape=(size,), strides=(a.itemsize,))
-    storage = _STORAGE.get(a.dtype)
-    return (buffer if storage is None else buffer.view(storage)), ld
+    return (buffer.view(np.uint16) if a.dtype is _FLOAT16 else buffer), ld
 
 
 def _new_rows(spec):
     """A fresh C-ordered result of ``x``'s shape and dtype, and its kernel buffer."""
-    storage = _STORAGE.get(spec.dtype)
-    if storage is None:
+    if spec.dtype is not _FLOAT16:
         buffer = np.empty(spec.rows * spec.cols, spec.dtype)
         return buffer.reshape(spec.shape), buffer
-    buffer = np.empty(spec.rows * spec.cols, storage)
+    buffer = np.empty(spec.rows * spec.cols, np.uint16)
     return buffer.view(spec.dtype).reshape(spec.shape), buffer
 
 
@@ -46,9 +44,9 @@ def _param(param, dtype):
     """A weight/bias as a contiguous 1-D array of the compute dtype, or a placeholder."""
     if param is None:
         return _NO_PARAM[dtype], False
-    if param.dtype != dtype or not param.flags.c_contiguous:
+    if param.dtype is not dtype or not param.flags.c_contiguous:
         param = np.ascontiguousarray(param, dtype=dtype)
-    return param.reshape(-1), True
+    return (param if param.ndim == 1 else param.reshape(-1)), True
 
 
 def _writes_directly(out, inputs, spec):

@@ -16,6 +16,7 @@ import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _SUPPORTED_NAMES = "float16, float32, float64"
+_FLOAT16, _FLOAT32, _FLOAT64 = SUPPORTED_DTYPES
 
 
 class Spec(NamedTuple):
@@ -44,6 +45,10 @@ _COMPUTE = {np.dtype(np.float16): np.dtype(np.float32),
 
 def check_float_dtype(dtype, name):
     """Raise ``TypeError`` unless ``dtype`` is one the kernels support."""
+    # NumPy's native float dtypes are singletons: an identity test is the fast
+    # path (a small call pays for every comparison of dtype objects).
+    if dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16:
+        return dtype
     if dtype not in SUPPORTED_DTYPES:
         dtype = np.dtype(dtype)
         raise TypeError(
@@ -111,7 +116,8 @@ def check_param(param, spec, name):
     if param is None:
         return
     check_float_dtype(param.dtype, name)
-    if tuple(param.shape) != spec.normalized_shape:
+    shape = param.shape if type(param.shape) is tuple else tuple(param.shape)
+    if shape != spec.normalized_shape:
         raise ValueError(
             f"{name} has shape {tuple(param.shape)}; expected the normalized shape "
             f"{spec.normalized_shape} (x.shape[{spec.axis}:])")

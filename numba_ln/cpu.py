@@ -223,6 +223,8 @@ def streams_output(rows, cols, itemsize):
 
 
 _streams = streams_output.py_func
+# ln_fwd's shortcut for small calls relies on this.
+assert STREAM_MIN_BYTES > 8 * SERIAL_MAX_ELEMENTS, "small calls must never stream"
 
 
 def stage_elements(array):
@@ -247,6 +249,10 @@ def _stage_elements_impl(array):
 def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
            rows, cols, eps):
     """Forward pass: serial for small problems, parallel otherwise."""
+    if rows * cols <= SERIAL_MAX_ELEMENTS:  # small: serial, never streamed (see below)
+        ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                      rows, cols, eps, False)
+        return
     stream_out = _streams(rows, cols, y.itemsize)
     if _decide(rows, cols):
         ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
