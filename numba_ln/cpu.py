@@ -11,7 +11,11 @@ Schedules:
 1. ``ln_fwd_serial`` / ``ln_fwd_parallel`` -- forward, one row at a time,
    rows split into contiguous chunks across threads (``prange``'s static
    schedule). Each row is read three times while it sits in L1/L2: the
-   shifted sum, the sum of squared deviations, then the output.
+   shifted sum, the sum of squared deviations, then the output. Large
+   outputs (``streams_output``) are written with streaming stores: 1 KiB
+   tiles go through a staging row in L1 and out to memory a 64-byte line at
+   a time, so ``y`` is never read for ownership and never evicts the row,
+   ``weight`` or ``bias`` being worked on.
 2. ``ln_bwd_serial`` / ``ln_bwd_parallel`` -- backward, rows grouped into
    at most ``BACKWARD_BLOCKS`` fixed blocks (``backward_block_rows``) spread
    across threads. Each row is read twice while in cache: the two row means
