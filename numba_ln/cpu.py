@@ -244,9 +244,8 @@ def _stage_elements_impl(array):
 
 # ``ln_fwd`` and ``ln_bwd`` are plain Python on purpose. A cached, non-parallel
 # @njit function that calls a parallel one can crash when it is loaded back
-# from numba's on-disk cache (numba issue #8578: the caller's cached code
-# reaches the callee's parfor through a symbol the cache does not restore),
-# and we saw exactly that here. So only Python calls the parallel kernels;
+# from numba's on-disk cache (numba issue #8578, still open), and the old
+# compiled ``ln_fwd`` did, here. So only Python calls the parallel kernels;
 # the C ABI schedules the serial ones on its own threads.
 
 
