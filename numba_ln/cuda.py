@@ -170,71 +170,53 @@ def kernels(compute_dtype, items, warp_threads, row_threads):
                 mean[r] = _math.row_mean(shift, offset)
                 rstd[r] = row_rstd
 
-    # 2. Forward, block per row, row cached in shared memory. Rows: longer
-    #    than a warp caches, cols * itemsize <= CUDA_SHARED_CACHE_BYTES.
-    #    Thread t caches (and alone reads back) elements t, t + threads, ...
-    #    (coalesced, bank-conflict free). Block-wide shared-memory tree.
-    @jit
-    def _ln_fwd_block_per_row_shared(x, ldx, weight, bias, has_weight, has_bias, y, ldy,
-                                     mean, rstd, rows, cols, eps):
-        buf = cuda.shared.array(row_threads, compute)
-        cache = cuda.shared.array(0, compute)
-        tid = cuda.threadIdx.x
-        threads = cuda.blockDim.x
-        n = compute(cols)
-        for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            shift = compute(x[r * ldx])
-            total = compute(0)
-            for j in range(tid, cols, threads):
-                value = compute(x[r * ldx + j])
-                cache[j] = value
-                total += _math.shifted(value, shift)
-            offset = _math.mean_offset(_group_sum(buf, tid, tid, threads, total), n)
-            sumsq = compute(0)
-            for j in range(tid, cols, threads):
-                deviation = _math.centered(cache[j], shift, offset)
-                sumsq += deviation * deviation
-            row_rstd = _math.reciprocal_std(_group_sum(buf, tid, tid, threads, sumsq),
-                                            n, eps)
-            for j in range(tid, cols, threads):
-                w = weight[j] if has_weight else compute(1)
-                b = bias[j] if has_bias else compute(0)
-                deviation = _math.centered(cache[j], shift, offset)
-                y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
-            if tid == 0:
-                mean[r] = _math.row_mean(shift, offset)
-                rstd[r] = row_rstd
+    # 2. and 3. Forward, block per row. Rows: longer than a warp caches.
+    #    `cached` (a compile-time constant): the row is cached in dynamic
+    #    shared memory (cols * itemsize <= CUDA_SHARED_CACHE_BYTES) -- thread
+    #    t caches (and alone reads back) elements t, t + threads, ...,
+    #    coalesced and bank-conflict free -- or, for rows too long to cache,
+    #    each pass re-reads the row from global memory (three reads, mostly
+    #    from L2). Block-wide shared-memory tree.
+    def _fwd_block_per_row(cached):
+        def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
+                   cols, eps):
+            buf = cuda.shared.array(row_threads, compute)
+            cache = cuda.shared.array(0, compute)  # 0 bytes when not `cached`
+            tid = cuda.threadIdx.x
+            threads = cuda.blockDim.x
+            n = compute(cols)
+            for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+                shift = compute(x[r * ldx])
+                total = compute(0)
+                for j in range(tid, cols, threads):
+                    value = compute(x[r * ldx + j])
+                    if cached:
+                        cache[j] = value
+                    total += _math.shifted(value, shift)
+                offset = _math.mean_offset(_group_sum(buf, tid, tid, threads, total), n)
+                sumsq = compute(0)
+                for j in range(tid, cols, threads):
+                    value = cache[j] if cached else compute(x[r * ldx + j])
+                    deviation = _math.centered(value, shift, offset)
+                    sumsq += deviation * deviation
+                row_rstd = _math.reciprocal_std(_group_sum(buf, tid, tid, threads, sumsq),
+                                                n, eps)
+                for j in range(tid, cols, threads):
+                    w = weight[j] if has_weight else compute(1)
+                    b = bias[j] if has_bias else compute(0)
+                    value = cache[j] if cached else compute(x[r * ldx + j])
+                    deviation = _math.centered(value, shift, offset)
+                    y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
+                if tid == 0:
+                    mean[r] = _math.row_mean(shift, offset)
+                    rstd[r] = row_rstd
+        # A name of its own in profiles and PTX.
+        kernel.__name__ = kernel.__qualname__ = (
+            "_ln_fwd_block_per_row_" + ("shared" if cached else "streaming"))
+        return jit(kernel)
 
-    # 3. Forward, block per row, streaming. Rows: too long for the shared
-    #    cache. No cache: each pass re-reads the row from global memory
-    #    (three reads, mostly from L2). Block-wide shared-memory tree.
-    @jit
-    def _ln_fwd_block_per_row_streaming(x, ldx, weight, bias, has_weight, has_bias, y,
-                                        ldy, mean, rstd, rows, cols, eps):
-        buf = cuda.shared.array(row_threads, compute)
-        tid = cuda.threadIdx.x
-        threads = cuda.blockDim.x
-        n = compute(cols)
-        for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            shift = compute(x[r * ldx])
-            total = compute(0)
-            for j in range(tid, cols, threads):
-                total += _math.shifted(compute(x[r * ldx + j]), shift)
-            offset = _math.mean_offset(_group_sum(buf, tid, tid, threads, total), n)
-            sumsq = compute(0)
-            for j in range(tid, cols, threads):
-                deviation = _math.centered(compute(x[r * ldx + j]), shift, offset)
-                sumsq += deviation * deviation
-            row_rstd = _math.reciprocal_std(_group_sum(buf, tid, tid, threads, sumsq),
-                                            n, eps)
-            for j in range(tid, cols, threads):
-                w = weight[j] if has_weight else compute(1)
-                b = bias[j] if has_bias else compute(0)
-                deviation = _math.centered(compute(x[r * ldx + j]), shift, offset)
-                y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
-            if tid == 0:
-                mean[r] = _math.row_mean(shift, offset)
-                rstd[r] = row_rstd
+    _ln_fwd_block_per_row_shared = _fwd_block_per_row(True)
+    _ln_fwd_block_per_row_streaming = _fwd_block_per_row(False)
 
     # 4. Backward, warp per row. Rows: as kernel 1. A group owns a row; each
     #    thread holds its elements' xhat and w * dy in registers between the
