@@ -260,8 +260,7 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
     compute = spec.compute_dtype
     x = as_numba_array(x)
     out_array = None if out is None else as_numba_array(out)
-    direct = out_array is not None and _writes_directly(
-        out_array, [as_numba_array(a) for a in (x, weight, bias) if a is not None], spec)
+    direct = out_array is not None and _writes_directly(out_array, (x, weight, bias), spec)
     y = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
     mean = cuda.device_array(spec.rows, compute, stream=stream)
     rstd = cuda.device_array(spec.rows, compute, stream=stream)
@@ -292,8 +291,7 @@ def _backward_device(spec, dy, x, mean, rstd, weight, out, stream):
     blocks = launch.grid if spec.rows else 0
     out_array = None if out is None else as_numba_array(out)
     direct = out_array is not None and _writes_directly(
-        out_array, [as_numba_array(a) for a in (dy, x, mean, rstd, weight) if a is not None],
-        spec)
+        out_array, (dy, x, mean, rstd, weight), spec)
     dx = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
     dweight = cuda.device_array(spec.cols, spec.param_dtype, stream=stream)
     dbias = cuda.device_array(spec.cols, spec.param_dtype, stream=stream)
