@@ -86,57 +86,30 @@ static nln_status nln__fail_from_python(nln_status status, const char *fn)
 
 /* ------------------------------------------------------------------ start-up */
 
-typedef int32_t (*nln__forward_f32_fn)(const float *x, int64_t ldx,
-                                       const float *weight, const float *bias,
-                                       int32_t has_weight, int32_t has_bias,
-                                       float *y, int64_t ldy, float *mean, float *rstd,
-                                       int32_t has_mean, int32_t has_rstd,
-                                       int64_t rows, int64_t cols, float eps,
-                                       int32_t stream_out);
-typedef int32_t (*nln__forward_f64_fn)(const double *x, int64_t ldx,
-                                       const double *weight, const double *bias,
-                                       int32_t has_weight, int32_t has_bias,
-                                       double *y, int64_t ldy, double *mean, double *rstd,
-                                       int32_t has_mean, int32_t has_rstd,
-                                       int64_t rows, int64_t cols, double eps,
-                                       int32_t stream_out);
-typedef int32_t (*nln__backward_f32_fn)(const float *dy, int64_t lddy,
-                                        const float *x, int64_t ldx,
-                                        const float *mean, const float *rstd,
-                                        const float *weight, int32_t has_weight,
-                                        float *dx, int64_t lddx,
-                                        float *dweight, float *dbias,
-                                        int32_t has_dweight, int32_t has_dbias,
-                                        int64_t rows, int64_t cols);
-typedef int32_t (*nln__backward_f64_fn)(const double *dy, int64_t lddy,
-                                        const double *x, int64_t ldx,
-                                        const double *mean, const double *rstd,
-                                        const double *weight, int32_t has_weight,
-                                        double *dx, int64_t lddx,
-                                        double *dweight, double *dbias,
-                                        int32_t has_dweight, int32_t has_dbias,
-                                        int64_t rows, int64_t cols);
+/* The numba @cfunc entry points for one precision (numba_ln/_cabi.py has the
+ * matching signatures). */
+#define NLN__DECLARE_ENTRY_TYPES(T, SUFFIX)                                             \
+    typedef int32_t (*nln__forward_##SUFFIX##_fn)(                                     \
+        const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,   \
+        int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int32_t has_mean,       \
+        int32_t has_rstd, int64_t rows, int64_t cols, T eps, int32_t stream_out);      \
+    typedef int32_t (*nln__backward_##SUFFIX##_fn)(                                    \
+        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
+        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
+        T *dweight, T *dbias, int32_t has_dweight, int32_t has_dbias, int64_t rows,    \
+        int64_t cols);                                                                 \
+    typedef int32_t (*nln__backward_blocks_##SUFFIX##_fn)(                             \
+        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
+        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
+        T *dweight_part, T *dbias_part, int64_t rows, int64_t cols,                    \
+        int64_t first_block, int64_t stop_block);                                      \
+    typedef int32_t (*nln__reduce_##SUFFIX##_fn)(const T *part, int64_t blocks,        \
+                                                 int64_t cols, T *out,                 \
+                                                 int64_t first_col, int64_t stop_col);
 
-typedef int32_t (*nln__backward_blocks_f32_fn)(const float *dy, int64_t lddy,
-                                               const float *x, int64_t ldx,
-                                               const float *mean, const float *rstd,
-                                               const float *weight, int32_t has_weight,
-                                               float *dx, int64_t lddx,
-                                               float *dweight_part, float *dbias_part,
-                                               int64_t rows, int64_t cols,
-                                               int64_t first_block, int64_t stop_block);
-typedef int32_t (*nln__backward_blocks_f64_fn)(const double *dy, int64_t lddy,
-                                               const double *x, int64_t ldx,
-                                               const double *mean, const double *rstd,
-                                               const double *weight, int32_t has_weight,
-                                               double *dx, int64_t lddx,
-                                               double *dweight_part, double *dbias_part,
-                                               int64_t rows, int64_t cols,
-                                               int64_t first_block, int64_t stop_block);
-typedef int32_t (*nln__reduce_f32_fn)(const float *part, int64_t blocks, int64_t cols,
-                                      float *out, int64_t first_col, int64_t stop_col);
-typedef int32_t (*nln__reduce_f64_fn)(const double *part, int64_t blocks, int64_t cols,
-                                      double *out, int64_t first_col, int64_t stop_col);
+NLN__DECLARE_ENTRY_TYPES(float, f32)
+NLN__DECLARE_ENTRY_TYPES(double, f64)
+
 typedef int32_t (*nln__runs_parallel_fn)(int64_t rows, int64_t cols);
 typedef int32_t (*nln__streams_output_fn)(int64_t rows, int64_t cols, int64_t itemsize);
 typedef int64_t (*nln__backward_blocks_fn)(int64_t rows);
