@@ -15,8 +15,9 @@ error and the entry point returns 0.
 The entry points see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
 kernels take. The C side replaces a NULL ``weight``/``bias`` with a pointer
-to one element and clears the matching ``has_*`` flag; a NULL ``mean``,
-``rstd``, ``dweight`` or ``dbias`` becomes scratch allocated here.
+to one element and clears the matching ``has_*`` flag. A NULL ``mean`` or
+``rstd`` becomes an empty array (that statistic is not stored); a NULL
+``dweight`` or ``dbias`` becomes scratch allocated here.
 
 Every entry point returns ``OK`` (1) on success; numba's wrapper returns 0
 when the compiled code raised, so 0 can never read as success.
@@ -70,8 +71,8 @@ def _make_forward(dtype):
         y_buf = _rows(y, rows, ldy, cols)
         w = carray(weight, cols if has_weight else 1)
         b = carray(bias, cols if has_bias else 1)
-        mean_buf = carray(mean, rows) if has_mean else np.empty(rows, dtype)
-        rstd_buf = carray(rstd, rows) if has_rstd else np.empty(rows, dtype)
+        mean_buf = carray(mean, rows) if has_mean else np.empty(0, dtype)
+        rstd_buf = carray(rstd, rows) if has_rstd else np.empty(0, dtype)
         cpu.ln_fwd_serial(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
                           mean_buf, rstd_buf, rows, cols, eps, stream_out != 0)
         return OK

@@ -7,14 +7,18 @@ any other layout (transposed, Fortran-order, strided within a row) is copied
 once to C order.
 """
 
+import sys
+
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import cpu
+from ._config import SERIAL_MAX_ELEMENTS
 from ._validate import row_stride
 
 _FLOAT16 = np.dtype(np.float16)  # stored in the kernels' buffers as its raw bits
-_NO_PARAM = {dt: np.ones(1, dt) for dt in (np.dtype(np.float32), np.dtype(np.float64))}
+_FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
+_NO_PARAM = {dt: np.ones(1, dt) for dt in (_FLOAT32, _FLOAT64)}
 
 
 def _row_buffer(a, spec):
@@ -98,6 +102,49 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
         cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
                    spec.rows, spec.cols, eps)
     return _deliver(y, out), mean, rstd
+
+
+def _small_param(param, dtype, cols):
+    """``(array, given)`` for the small path, or None if ``param`` needs the general one."""
+    if param is None:
+        return _NO_PARAM[dtype], False
+    if (type(param) is np.ndarray and param.dtype is dtype and param.ndim == 1
+            and param.shape[0] == cols and param.flags.c_contiguous):
+        return param, True
+    return None
+
+
+def small_forward(x, weight, bias, axis, eps):
+    """``layer_norm(x, weight, bias, axis=axis, eps=eps)`` for a small call, or None.
+
+    A small call is the common case of a latency-bound caller: ``x`` a
+    C-contiguous float32 or float64 NumPy array of at most
+    ``SERIAL_MAX_ELEMENTS`` elements, normalized over its last axis,
+    ``weight`` and ``bias`` None or contiguous 1-D arrays of ``x``'s dtype,
+    ``eps`` a valid float, no statistics wanted. Such a call needs no views,
+    no :class:`~numba_ln._validate.Spec` and no statistics arrays: this
+    path runs the same compiled serial kernel as every other forward (the
+    same bits) for about half the Python overhead. Anything else, every error
+    included, returns None and takes the general path.
+    """
+    dtype = x.dtype
+    shape = x.shape
+    if ((dtype is not _FLOAT32 and dtype is not _FLOAT64) or not shape
+            or type(axis) is not int or (axis != -1 and axis != len(shape) - 1)
+            or type(eps) is not float
+            or not 0.0 <= eps <= sys.float_info.max):
+        return None
+    cols = shape[-1]
+    size = x.size
+    if not 0 < size <= SERIAL_MAX_ELEMENTS or not x.flags.c_contiguous:
+        return None
+    w = _small_param(weight, dtype, cols)
+    b = _small_param(bias, dtype, cols)
+    if w is None or b is None:
+        return None
+    y = np.empty_like(x)
+    cpu.ln_fwd_small(x.ravel(), w[0], b[0], w[1], b[1], y.ravel(), cols, eps)
+    return y
 
 
 def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):

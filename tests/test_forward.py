@@ -244,3 +244,73 @@ def test_public_api_streams_large_outputs_to_the_same_bits(rng, dtype, monkeypat
         np.testing.assert_array_equal(a, b)
     np.testing.assert_array_equal(misaligned, expected[0])
     np.testing.assert_array_equal(in_place, expected[0])
+
+
+def _count_general_calls(monkeypatch):
+    """Count the calls that take the general path (through ``forward_spec``)."""
+    from numba_ln import _validate
+
+    calls = []
+    general = _validate.forward_spec
+
+    def counting(*args):
+        calls.append(args)
+        return general(*args)
+
+    monkeypatch.setattr(_validate, "forward_spec", counting)
+    return calls
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024)], ids=str)
+@pytest.mark.parametrize("params", PARAMS)
+def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, params,
+                                                          monkeypatch):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    weight, bias = _params(rng, shape[-1:], params, dtype)
+    expected = numba_ln.layer_norm(x, weight, bias, eps=1e-3, return_stats=True)[0]
+    general = _count_general_calls(monkeypatch)
+    for axis in (-1, len(shape) - 1):
+        y = numba_ln.layer_norm(x, weight, bias, axis=axis, eps=1e-3)
+        assert y.dtype == dtype and y.shape == shape and y.flags.c_contiguous
+        np.testing.assert_array_equal(y, expected)
+    assert not general, "a small call took the general path"
+
+
+def _not_small_calls(rng):
+    """Calls the short path must leave to the general one: (name, args, kwargs)."""
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    w = rng.standard_normal(40).astype(np.float32)
+    return [
+        ("float16", (x.astype(np.float16), None, None), {}),
+        ("float16 parameters", (x.astype(np.float16),) + (w.astype(np.float16),) * 2, {}),
+        ("mixed parameter dtype", (x, w.astype(np.float64), w), {}),
+        ("strided weight", (x, np.repeat(w, 2)[::2], w), {}),
+        ("2-D weight", (x.reshape(6, 4, 10), w.reshape(4, 10), None), {"axis": 1}),
+        ("first axis", (x, None, None), {"axis": 0}),
+        ("transposed x", (np.ascontiguousarray(x.T).T, w, w), {}),
+        ("list input", (x.tolist(), None, None), {}),
+        ("numpy float eps", (x, w, w), {"eps": np.float32(1e-3)}),
+        ("statistics wanted", (x, w, w), {"return_stats": True}),
+        ("out given", (x, w, w), {"out": np.empty_like(x)}),
+        ("device given", (x, w, w), {"device": "cpu"}),
+        ("above the serial size", (np.zeros((33, 1024), np.float32), None, None), {}),
+        ("empty", (np.zeros((0, 40), np.float32), None, None), {}),
+    ]
+
+
+def test_other_calls_take_the_general_path(rng, monkeypatch):
+    general = _count_general_calls(monkeypatch)
+    for name, args, kwargs in _not_small_calls(rng):
+        before = len(general)
+        numba_ln.layer_norm(*args, **kwargs)
+        assert len(general) == before + 1, name
+
+
+@pytest.mark.parametrize("weight_shape, message", [((39,), r"weight has shape \(39,\)"),
+                                                   ((), r"weight has shape \(\)")])
+def test_small_calls_with_a_bad_weight_get_the_general_error(rng, weight_shape, message):
+    x = rng.standard_normal((2, 40)).astype(np.float32)
+    weight = np.ones(weight_shape, np.float32)
+    with pytest.raises(ValueError, match=message):
+        numba_ln.layer_norm(x, weight)
