@@ -53,6 +53,15 @@ STREAM_STAGE_BYTES = 1024
 #: small next to the data (64 * cols elements each for dweight and dbias).
 BACKWARD_BLOCKS = 64
 
+#: Backward rows at least this long are "wide": pass one takes them in pairs
+#: (each load of ``weight`` and of the partial ``dweight``/``dbias`` serves two
+#: rows, which at this length come from L2), and large outputs of them write
+#: ``dx`` with streaming stores (``cpu.streams_input_gradient``). On the
+#: development machine, float32 (16384, 4096), against its roofline: 0.69
+#: before, 0.74 with pairs, 0.84 with pairs and streaming; (32768, 2048)
+#: gained from streaming alone (0.71 -> 0.77); (65536, 1024) lost with either.
+BACKWARD_WIDE_COLS = 2048
+
 #: numba's on-disk cache of compiled kernels. Off with NUMBA_LN_NO_CACHE=1
 #: (useful while editing kernels: numba does not notice edits to the helper
 #: functions a cached kernel calls).

@@ -18,9 +18,11 @@ Schedules:
    ``weight`` or ``bias`` being worked on.
 2. ``ln_bwd_serial`` / ``ln_bwd_parallel`` -- backward, rows grouped into
    at most ``BACKWARD_BLOCKS`` fixed blocks (``backward_block_rows``) spread
-   across threads. Each row is read twice while in cache: the two row means
-   the input gradient needs, then ``dx``, with ``dy * xhat`` and ``dy`` added
-   into the block's own partial ``dweight``/``dbias`` row (``ln_bwd_blocks``).
+   across threads. Each row is read twice while in cache: first the two row
+   means the input gradient needs, with ``dy * xhat`` and ``dy`` added into
+   the block's own partial ``dweight``/``dbias`` row, then ``dx``
+   (``ln_bwd_blocks``). Wide rows take the first pass in pairs, and large
+   outputs of them write ``dx`` with streaming stores, as the forward does.
    ``ln_bwd_reduce`` then sums the blocks in block order.
 
 The parallel kernels only schedule: each thread runs the compiled serial
@@ -41,8 +43,8 @@ from numba import njit, prange
 from numba.extending import overload
 
 from . import _cache, _math
-from ._config import (BACKWARD_BLOCKS, CACHE, FASTMATH, FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS,
-                      STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+from ._config import (BACKWARD_BLOCKS, BACKWARD_WIDE_COLS, CACHE, FASTMATH, FORWARD_CHUNKS,
+                      SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
 from ._storage import (LINE_BYTES, element_bytes, line_elements, load, store, stream_fence,
                        stream_line, to_compute)
 
@@ -250,8 +252,20 @@ def streams_output(rows, cols, itemsize):
 
 
 _streams = streams_output.py_func
+
 # ln_fwd's shortcut for small calls relies on this.
 assert STREAM_MIN_BYTES > 8 * SERIAL_MAX_ELEMENTS, "small calls must never stream"
+
+
+@njit(cache=CACHE)
+def streams_input_gradient(rows, cols, itemsize):
+    """Whether a backward writes ``dx`` with streaming stores: a function of its shape alone.
+
+    Large outputs (``STREAM_MIN_BYTES``) of wide rows (``BACKWARD_WIDE_COLS``)
+    only: with narrower rows the backward's stores were not its limit, and
+    staging them lost.
+    """
+    return rows * cols * itemsize >= STREAM_MIN_BYTES and cols >= BACKWARD_WIDE_COLS
 
 
 def stage_elements(array):
@@ -289,45 +303,128 @@ def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
 
 
 @_row
-def _ln_bwd_row(dy, x, mean, rstd, weight, has_weight, dx, dweight_acc, dbias_acc):
-    """Input gradient of one row (1-D views); add its ``dy * xhat`` and ``dy`` to the partials.
+def _ln_bwd_sums(dy, x, mean, rstd, weight, has_weight, dweight_acc, dbias_acc):
+    """Pass one over a row: the sums of ``g = w * dy`` and ``g * xhat``.
 
-    Two passes over the row while it is in cache: the two row means the input
-    gradient needs, then ``dx`` and the parameter-gradient terms.
+    It also adds the row's ``dy * xhat`` and ``dy`` to the block's partial
+    ``dweight``/``dbias``: they need no row mean, and this pass streams the
+    row from memory, so the extra arithmetic hides behind the loads.
     """
-    cols = x.shape[0]
-    n = to_compute(x, cols)
     one = to_compute(x, 1)
     sum_g = to_compute(x, 0)
     sum_gxhat = to_compute(x, 0)
-    for j in range(cols):
-        w = weight[j] if has_weight else one
-        g = w * load(dy, j)
-        sum_g += g
-        sum_gxhat += g * _math.normalized(load(x, j), mean, rstd)
-    mean_g = _math.mean_offset(sum_g, n)
-    mean_gxhat = _math.mean_offset(sum_gxhat, n)
-    for j in range(cols):
+    for j in range(x.shape[0]):
         w = weight[j] if has_weight else one
         grad = load(dy, j)
         xhat = _math.normalized(load(x, j), mean, rstd)
-        store(dx, j, _math.grad_input(w * grad, xhat, rstd, mean_g, mean_gxhat))
+        g = w * grad
+        sum_g += g
+        sum_gxhat += g * xhat
         dweight_acc[j] += grad * xhat
         dbias_acc[j] += grad
+    return sum_g, sum_gxhat
+
+
+@_row
+def _ln_bwd_pair_sums(dy0, x0, mean0, rstd0, dy1, x1, mean1, rstd1, weight, has_weight,
+                      dweight_acc, dbias_acc):
+    """``_ln_bwd_sums`` of two rows in one pass, sharing each load of ``weight`` and the partials.
+
+    Returns ``(sum_g0, sum_gxhat0, sum_g1, sum_gxhat1)``.
+    """
+    one = to_compute(x0, 1)
+    sum_g0 = to_compute(x0, 0)
+    sum_gxhat0 = to_compute(x0, 0)
+    sum_g1 = to_compute(x0, 0)
+    sum_gxhat1 = to_compute(x0, 0)
+    for j in range(x0.shape[0]):
+        w = weight[j] if has_weight else one
+        grad0 = load(dy0, j)
+        grad1 = load(dy1, j)
+        xhat0 = _math.normalized(load(x0, j), mean0, rstd0)
+        xhat1 = _math.normalized(load(x1, j), mean1, rstd1)
+        g0 = w * grad0
+        g1 = w * grad1
+        sum_g0 += g0
+        sum_gxhat0 += g0 * xhat0
+        sum_g1 += g1
+        sum_gxhat1 += g1 * xhat1
+        dweight_acc[j] += grad0 * xhat0 + grad1 * xhat1
+        dbias_acc[j] += grad0 + grad1
+    return sum_g0, sum_gxhat0, sum_g1, sum_gxhat1
+
+
+@_row
+def _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, count):
+    """``dx[j]`` for ``j < count`` (a compile-time ``count`` for a staging tile)."""
+    one = to_compute(x, 1)
+    for j in range(count):
+        w = weight[j] if has_weight else one
+        xhat = _math.normalized(load(x, j), mean, rstd)
+        store(dx, j, _math.grad_input(w * load(dy, j), xhat, rstd, mean_g, mean_gxhat))
+
+
+@_row
+def _ln_bwd_dx(dy, x, mean, rstd, weight, has_weight, dx, sum_g, sum_gxhat, stage):
+    """Pass two over a row: ``dx`` from pass one's sums.
+
+    With a non-empty ``stage`` it is written with streaming stores, as the
+    forward writes ``y`` (``_normalize_streaming``): tiles computed into
+    ``stage``, copied out a 64-byte line at a time, the ragged ends stored.
+    """
+    cols = x.shape[0]
+    n = to_compute(x, cols)
+    mean_g = _math.mean_offset(sum_g, n)
+    mean_gxhat = _math.mean_offset(sum_gxhat, n)
+    if not stage.shape[0]:
+        _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, cols)
+        return
+    start = _line_head(dx)
+    _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, start)
+    tile = stage_elements(stage)
+    while start + tile <= cols:
+        _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight,
+                        stage, mean_g, mean_gxhat, tile)
+        _stream_lines(stage, dx, start, tile)
+        start += tile
+    _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight, stage,
+                    mean_g, mean_gxhat, cols - start)
+    _stream_rest(stage, dx, start, cols - start)
 
 
 @_row
 def _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight, has_weight,
-                  dx, lddx, dweight_part, dbias_part, rows, cols):
-    """One fixed block of rows: its input gradients and its partial sums."""
+                  dx, lddx, dweight_part, dbias_part, rows, cols, stage):
+    """One fixed block of rows: its input gradients and its partial sums.
+
+    Rows of at least ``BACKWARD_WIDE_COLS`` go through pass one in pairs.
+    """
     dweight_acc = dweight_part[block]
     dbias_acc = dbias_part[block]
     dweight_acc[:] = 0
     dbias_acc[:] = 0
-    for r in range(block * block_rows, min(rows, (block + 1) * block_rows)):
-        _ln_bwd_row(dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols], mean[r],
-                    rstd[r], weight, has_weight, dx[r * lddx:r * lddx + cols],
-                    dweight_acc, dbias_acc)
+    r = block * block_rows
+    stop = min(rows, (block + 1) * block_rows)
+    if cols >= BACKWARD_WIDE_COLS:
+        while r + 1 < stop:
+            s = r + 1
+            dy0, x0 = dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols]
+            dy1, x1 = dy[s * lddy:s * lddy + cols], x[s * ldx:s * ldx + cols]
+            sum_g0, sum_gxhat0, sum_g1, sum_gxhat1 = _ln_bwd_pair_sums(
+                dy0, x0, mean[r], rstd[r], dy1, x1, mean[s], rstd[s], weight, has_weight,
+                dweight_acc, dbias_acc)
+            _ln_bwd_dx(dy0, x0, mean[r], rstd[r], weight, has_weight,
+                       dx[r * lddx:r * lddx + cols], sum_g0, sum_gxhat0, stage)
+            _ln_bwd_dx(dy1, x1, mean[s], rstd[s], weight, has_weight,
+                       dx[s * lddx:s * lddx + cols], sum_g1, sum_gxhat1, stage)
+            r += 2
+    while r < stop:
+        dy_row, x_row = dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols]
+        sum_g, sum_gxhat = _ln_bwd_sums(dy_row, x_row, mean[r], rstd[r], weight, has_weight,
+                                        dweight_acc, dbias_acc)
+        _ln_bwd_dx(dy_row, x_row, mean[r], rstd[r], weight, has_weight,
+                   dx[r * lddx:r * lddx + cols], sum_g, sum_gxhat, stage)
+        r += 1
 
 
 @_kernel
@@ -336,11 +433,22 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     """Blocks ``first_block .. stop_block - 1``: their ``dx`` and partial-sum rows.
 
     ``dweight_part``/``dbias_part`` are ``(blocks, cols)``, one row per block.
+    ``rows`` and ``cols`` are the whole problem's, so every caller's blocks
+    make the same decisions (``streams_input_gradient``). As in the forward,
+    the streaming and ordinary ways are two separately compiled loops.
     """
     block_rows = backward_block_rows(rows)
-    for block in range(first_block, stop_block):
-        _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
-                      has_weight, dx, lddx, dweight_part, dbias_part, rows, cols)
+    if streams_input_gradient(rows, cols, element_bytes(dx)):
+        stage = np.empty(stage_elements(dx), dx.dtype)
+        for block in range(first_block, stop_block):
+            _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
+                          has_weight, dx, lddx, dweight_part, dbias_part, rows, cols, stage)
+        stream_fence()
+    else:
+        for block in range(first_block, stop_block):
+            _ln_bwd_block(block, block_rows, dy, lddy, x, ldx, mean, rstd, weight,
+                          has_weight, dx, lddx, dweight_part, dbias_part, rows, cols,
+                          dx[:0])  # no staging row: ordinary stores
 
 
 @_kernel

@@ -6,12 +6,13 @@ import pytest
 import numba_ln
 from reference import DTYPES, TOLERANCE, layer_norm as ref_layer_norm, param_dtype
 from reference import layer_norm_backward as ref_backward, rel_l2
+from streaming import FILL, assert_streamed_like_plain
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((7,), 0), ((5, 33), -1), ((3, 4, 17), 1),
                                         ((2, 3, 2, 5), -2), ((700, 96), 1),
-                                        ((3, 70000), -1)], ids=str)
+                                        ((3, 70000), -1), ((4, 2048), -1)], ids=str)
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_matches_reference(rng, dtype, shape, axis, with_weight):
     x = (rng.standard_normal(shape) * 2 - 1).astype(dtype)
@@ -144,3 +145,62 @@ def test_out_with_another_layout_or_overlapping_an_input(rng):
         args[position] = buffer[:12]
         out = numba_ln.layer_norm_backward(*args, mean, rstd, out=buffer[1:])[0]
         np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 2048, 2051, 5000])
+@pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")
+def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
+    """A block of rows with and without streaming stores for ``dx``, at every alignment.
+
+    Five rows: at 2048 columns and more, two pairs and a single row.
+    ``offset`` shifts every buffer and pads each row, so row starts fall
+    anywhere in a cache line; the padding must come back untouched.
+    """
+    from numba_ln import cpu
+
+    rows, ld = 5, cols + offset
+    storage = np.uint16 if dtype == np.float16 else dtype
+    compute = np.float64 if dtype == np.float64 else np.float32
+    dy, x = (rng.standard_normal(rows * ld + offset).astype(dtype)[offset:].view(storage)
+             for _ in range(2))
+    mean = rng.standard_normal(rows).astype(compute)
+    rstd = (1 + rng.random(rows)).astype(compute)
+    weight = rng.standard_normal(cols).astype(compute)
+    results = []
+    for stage_bytes in (0, 1024):
+        dx = np.full(rows * ld + offset, FILL, dtype)[offset:].view(storage)
+        parts = np.empty((1, cols), compute), np.empty((1, cols), compute)
+        stage = np.empty(stage_bytes // dx.itemsize, storage)
+        cpu._ln_bwd_block(0, rows, dy, ld, x, ld, mean, rstd, weight, True, dx, ld, *parts,
+                          rows, cols, stage)
+        results.append((dx, *parts))
+    assert_streamed_like_plain(*results, rows, cols, ld, dtype)
+
+
+def test_streaming_decision_depends_on_the_shape_only():
+    from numba_ln import _config, cpu
+
+    wide = _config.BACKWARD_WIDE_COLS
+    rows = _config.STREAM_MIN_BYTES // 4 // wide
+    assert cpu.streams_input_gradient(rows, wide, 4)
+    assert not cpu.streams_input_gradient(rows - 1, wide, 4)
+    assert not cpu.streams_input_gradient(rows * 2, wide // 2, 4)
+    assert cpu.streams_input_gradient(rows // 2, wide, 8)
+
+
+def test_large_wide_rows_stream_and_match_the_reference(rng):
+    """A backward big enough to stream ``dx``, rows not aligned to a cache line."""
+    from numba_ln import cpu
+
+    shape = (2048, 2051)
+    assert cpu.streams_input_gradient(*shape, 4)
+    x = rng.standard_normal(shape).astype(np.float32)
+    dy = rng.standard_normal(shape).astype(np.float32)
+    weight = rng.standard_normal(shape[1]).astype(np.float32)
+    _, mean, rstd = numba_ln.layer_norm(x, weight, return_stats=True)
+    dx, dweight, dbias = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight)
+    dx_ref, dweight_ref, dbias_ref = ref_backward(dy, x, weight)
+    assert rel_l2(dx, dx_ref) <= TOLERANCE[np.dtype(np.float32)]
+    assert rel_l2(dweight, dweight_ref) <= 1e-5
+    assert rel_l2(dbias, dbias_ref) <= 1e-5
