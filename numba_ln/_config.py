@@ -54,12 +54,14 @@ STREAM_STAGE_BYTES = 1024
 BACKWARD_BLOCKS = 64
 
 #: Backward rows at least this long are "wide": pass one takes them in pairs
-#: (each load of ``weight`` and of the partial ``dweight``/``dbias`` serves two
-#: rows, which at this length come from L2), and large outputs of them write
-#: ``dx`` with streaming stores (``cpu.streams_input_gradient``). On the
-#: development machine, float32 (16384, 4096), against its roofline: 0.69
-#: before, 0.74 with pairs, 0.84 with pairs and streaming; (32768, 2048)
-#: gained from streaming alone (0.71 -> 0.77); (65536, 1024) lost with either.
+#: (each load of ``weight`` and of the partial ``dweight``/``dbias``, from L2
+#: at this width, serves two rows), and large outputs of them write ``dx``
+#: with streaming stores (``cpu.streams_input_gradient``). On the development
+#: machine, float32, in one process against the same roofline: (16384, 4096)
+#: 0.69 -> 0.83-0.85 (pairs alone 0.74, streaming alone 0.62-0.74); (32768,
+#: 2048) 0.71 -> 0.77 with streaming. Narrower rows lost: (65536, 1024) with
+#: both, 20.6-32.5 GB/s against 16.7-33.8 in five A/B runs, no clear winner,
+#: and streaming alone 0.79 -> 0.67; (131072, 512) 23-26 against 33-34 GB/s.
 BACKWARD_WIDE_COLS = 2048
 
 #: numba's on-disk cache of compiled kernels. Off with NUMBA_LN_NO_CACHE=1

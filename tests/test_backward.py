@@ -12,7 +12,8 @@ from streaming import FILL, assert_streamed_like_plain
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("shape,axis", [((7,), 0), ((5, 33), -1), ((3, 4, 17), 1),
                                         ((2, 3, 2, 5), -2), ((700, 96), 1),
-                                        ((3, 70000), -1), ((4, 2048), -1)], ids=str)
+                                        ((3, 70000), -1), ((4, 2048), -1),
+                                        ((5, 600), -1)], ids=str)
 @pytest.mark.parametrize("with_weight", [False, True])
 def test_matches_reference(rng, dtype, shape, axis, with_weight):
     x = (rng.standard_normal(shape) * 2 - 1).astype(dtype)
@@ -148,12 +149,12 @@ def test_out_with_another_layout_or_overlapping_an_input(rng):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 2048, 2051, 5000])
+@pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 2047, 2048, 2051, 5000])
 @pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")
 def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
     """A block of rows with and without streaming stores for ``dx``, at every alignment.
 
-    Five rows: at 2048 columns and more, two pairs and a single row.
+    Five rows: from ``BACKWARD_WIDE_COLS`` on, two pairs and a single row.
     ``offset`` shifts every buffer and pads each row, so row starts fall
     anywhere in a cache line; the padding must come back untouched.
     """
