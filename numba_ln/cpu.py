@@ -200,11 +200,12 @@ def ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd
 def ln_fwd_small(x, weight, bias, has_weight, has_bias, y, cols, eps):
     """``ln_fwd_serial`` for contiguous rows, without statistics or streaming.
 
-    The small-call entry from Python: numba's dispatcher costs ~0.05 us per
-    argument, a third of a 1x768 call's kernel time, and this takes 8
-    arguments instead of 14. It calls the one compiled ``ln_fwd_serial``
-    (``bool(0)`` is a run-time false: a literal ``False`` would make numba
-    compile a second specialization of it).
+    The small-call entry from Python (``_cpu_backend.small_forward``), for
+    float32 and float64 (the empty statistics are views of ``x``). numba's
+    dispatcher costs ~0.05 us per argument: called from Python with its 14,
+    ``ln_fwd_serial`` took 0.75 us at 1x768, this with 8 about 0.5. It calls
+    the one compiled ``ln_fwd_serial`` (``bool(0)`` is a run-time false: a
+    literal ``False`` would make numba compile a second specialization).
     """
     ln_fwd_serial(x, cols, weight, bias, has_weight, has_bias, y, cols, x[:0], x[:0],
                   x.shape[0] // cols, cols, eps, bool(0))
