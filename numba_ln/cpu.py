@@ -44,7 +44,8 @@ from numba.extending import overload
 
 from . import _cache, _math
 from ._config import (BACKWARD_BLOCKS, BACKWARD_WIDE_COLS, CACHE, FASTMATH, FORWARD_CHUNKS,
-                      SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+                      SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
+                      STREAM_STAGE_BYTES)
 from ._storage import (LINE_BYTES, element_bytes, line_elements, load, store, stream_fence,
                        stream_line, to_compute)
 
@@ -182,8 +183,9 @@ def ln_fwd_serial(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd
 
     ``mean`` and ``rstd`` have one element per row, or none when that
     statistic is not wanted. ``stream_out`` (``streams_output``'s decision
-    for the whole call) writes ``y`` with non-temporal stores; the values are the same bits either way.
-    The two ways are two separately compiled row loops.
+    for the whole call) writes ``y`` with non-temporal stores; the values are
+    the same bits either way. The two ways are two separately compiled row
+    loops.
     """
     eps = to_compute(x, eps)
     if stream_out:
