@@ -192,6 +192,29 @@ failed:
     return -1;
 }
 
+/* Step 2: cffi_start_python(), with the GIL held.
+ *
+ * Before Python 3.12, cffi guards its start-up with a spin lock that is
+ * PyCapsule_Type.tp_version_tag: 0 means free. Python assigns that field a
+ * version tag as soon as an attribute is looked up on any capsule (importing
+ * torch does; so does getattr on datetime.datetime_CAPI), and cffi then spins
+ * forever: the first call from such a Python host hung. PyType_Modified
+ * drops the tag, and holding the GIL until cffi has taken and released its
+ * lock keeps any other thread from setting it again in between (cffi's
+ * start-up takes the GIL with PyGILState_Ensure, which nests). */
+static int nln__start_cffi(void)
+{
+    PyGILState_STATE gil = PyGILState_Ensure();
+    int rc;
+
+#if PY_VERSION_HEX < 0x030C0000
+    PyType_Modified(&PyCapsule_Type);
+#endif
+    rc = cffi_start_python();
+    PyGILState_Release(gil);
+    return rc;
+}
+
 /* The pthread_once routine: steps 1 to 3. */
 static void nln__start(void)
 {
@@ -200,7 +223,7 @@ static void nln__start(void)
 
     if (nln__start_interpreter() != 0)
         return;
-    if (cffi_start_python() != 0) {
+    if (nln__start_cffi() != 0) {
         nln__init_failed("the embedded Python could not load the numba_ln C ABI module "
                          "(its traceback is on stderr); is cffi installed in the "
                          "environment of %s?", nln__python);

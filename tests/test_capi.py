@@ -492,6 +492,43 @@ def test_failed_start_never_reads_as_success(compile_c, bare_venv, broken, tmp_p
     assert f"VERSION {numba_ln.__version__}" in lines
 
 
+# --------------------------------------------------------------------------- Python hosts
+
+PYTHON_HOST_SCRIPT = r"""
+import ctypes, datetime, sys
+import numpy as np
+import numba_ln
+
+# An attribute lookup on any capsule gives PyCapsule_Type a version tag
+# (importing torch does the same). cffi < 3.12's start-up lock is that field.
+getattr(datetime.datetime_CAPI, "no_such_attribute", None)
+lib = ctypes.CDLL(sys.argv[1])
+i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+lib.nln_layer_norm_f32.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, f32]
+x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+y = np.empty_like(x)
+status = lib.nln_layer_norm_f32(x.ctypes.data, 40, None, None, y.ctypes.data, 40, None,
+                                None, 3, 40, 1e-5)
+assert status == 0, status
+assert np.array_equal(y, numba_ln.layer_norm(x)), "C ABI and Python API differ"
+print("HOST OK")
+"""
+
+
+def test_python_host_after_a_capsule_lookup(libdir, tmp_path):
+    """A Python program may load the library with ctypes whatever it imported first.
+
+    The first call starts cffi inside the running interpreter; before the fix
+    it spun forever when the program had looked up an attribute on a capsule
+    (as importing torch does), so the timeout is the failure.
+    """
+    script = tmp_path / "host.py"
+    script.write_text(PYTHON_HOST_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(libdir / "libnumba_ln.so")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "HOST OK" in result.stdout, result.stderr
+
+
 # --------------------------------------------------------------------------- GPU
 
 GPU_SCRIPT = r"""
