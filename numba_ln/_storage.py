@@ -15,6 +15,7 @@ float64 for float64) and write a compute value back in the storage type.
 ``stream_line`` and ``stream_fence`` are the non-temporal ("streaming") stores
 of large forward outputs: a whole 64-byte line written straight to memory,
 with no read-for-ownership and no cache line taken from the rows still in use.
+``prefetch_line`` asks for a line of the next row ahead of its use.
 """
 
 from llvmlite import ir
@@ -119,6 +120,29 @@ def stream_fence(typingctx):
     return types.none(), codegen
 
 
+@intrinsic
+def prefetch_line(typingctx, array, index):
+    """Ask for the 64-byte line holding ``array[index]`` to be brought into L2.
+
+    A hint (``llvm.prefetch``, read, locality 2): it never faults, not even
+    for an address past the end of ``array``.
+    """
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, args):
+        array_ty = signature.args[0]
+        data = context.make_array(array_ty)(context, builder, args[0]).data
+        address = builder.bitcast(builder.gep(data, [args[1]]), ir.IntType(8).as_pointer())
+        int32 = ir.IntType(32)
+        fnty = ir.FunctionType(ir.VoidType(), [ir.IntType(8).as_pointer(), int32, int32, int32])
+        prefetch = builder.module.declare_intrinsic("llvm.prefetch.p0", fnty=fnty)
+        builder.call(prefetch, [address, int32(0), int32(2), int32(1)])
+        return context.get_dummy_value()
+
+    return types.none(array, types.intp), codegen
+
+
 def load(array, index):
     """``array[index]`` as the compute type (pure-Python stand-in)."""
     return array[index]
@@ -162,5 +186,5 @@ def _to_compute_impl(array, value):
 
 
 __all__ = ["half_bits_to_float32", "float32_to_half_bits", "load", "store",
-           "to_compute", "stream_line", "stream_fence", "LINE_BYTES", "element_bytes",
-           "line_elements"]
+           "to_compute", "stream_line", "stream_fence", "prefetch_line", "LINE_BYTES",
+           "element_bytes", "line_elements"]

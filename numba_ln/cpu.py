@@ -46,8 +46,8 @@ from . import _cache, _math
 from ._config import (BACKWARD_BLOCKS, BACKWARD_WIDE_COLS, CACHE, FASTMATH, FORWARD_CHUNKS,
                       SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
                       STREAM_STAGE_BYTES)
-from ._storage import (LINE_BYTES, element_bytes, line_elements, load, store, stream_fence,
-                       stream_line, to_compute)
+from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_line, store,
+                       stream_fence, stream_line, to_compute)
 
 # error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
 # row NaN, like any other non-finite row) instead of raising ZeroDivisionError.
@@ -127,13 +127,19 @@ def _stream_rest(stage, y, start, count):
 
 @_row
 def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd,
-                         stage):
+                         stage, x_next):
     """``_normalize`` of a row, ``y`` written with streaming stores a line at a time.
 
     Tiles of the row are computed into ``stage`` (in cache) and copied out
     with non-temporal stores, so ``y`` is never read into the cache and never
     pushes ``x``, ``weight`` or ``bias`` out of it. The elements before ``y``'s
     first 64-byte boundary and after its last whole line get ordinary stores.
+
+    float16 rows also prefetch ``x_next`` (the next row) into L2, a tile's
+    worth of lines per tile, so the next row's first pass reads from cache:
+    a float16 row costs as much arithmetic as a float32 one for half the
+    bytes, and without the prefetch memory idles while it is computed. For
+    float32 rows the prefetch measured neutral to slightly worse.
     """
     cols = x.shape[0]
     head = _line_head(y)
@@ -143,6 +149,9 @@ def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset
     while start + tile <= cols:
         _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
                    shift, offset, rstd, tile)
+        if element_bytes(x) == 2:
+            for k in range(0, tile, line_elements(x)):
+                prefetch_line(x_next, start + k)
         _stream_lines(stage, y, start, tile)
         start += tile
     _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias, shift,
@@ -165,8 +174,9 @@ def _ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
         y_row = y[r * ldy:r * ldy + cols]
         shift, offset, row_rstd = _ln_fwd_stats(x_row, eps)
         if stage.shape[0]:
+            ahead = min(r + 1, rows - 1) * ldx
             _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, shift,
-                                 offset, row_rstd, stage)
+                                 offset, row_rstd, stage, x[ahead:ahead + cols])
         else:
             _normalize(x_row, y_row, weight, bias, has_weight, has_bias, shift, offset,
                        row_rstd, cols)
