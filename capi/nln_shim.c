@@ -12,8 +12,10 @@
  *      library and the virtual environment's site-packages exactly as when
  *      that python runs, with no environment variables. Py_InitializeFromConfig
  *      reports failure as a PyStatus instead of aborting the process.
+ *      A host that runs Python already (ctypes, say) lends its interpreter.
  *   2. cffi_start_python() sets this library up as a Python module and runs
- *      embedded_init.py, which binds the Python side of nln_shim.h.
+ *      embedded_init.py, which binds the Python side of nln_shim.h
+ *      (nln__start_cffi says why it runs with the GIL held).
  *   3. nln__py_init() imports numba_ln._cabi (loading the compiled @cfunc
  *      entry points from numba's cache, or compiling them) and returns
  *      their addresses. They are kept as C function pointers.
