@@ -114,14 +114,16 @@ def _small_param(param, dtype, cols):
     return None
 
 
-def small_forward(x, weight, bias, axis, eps):
-    """``layer_norm(x, weight, bias, axis=axis, eps=eps)`` for a small call, or None.
+def small_forward(x, weight, bias, axis, eps, out=None):
+    """``layer_norm(x, weight, bias, axis=axis, eps=eps, out=out)`` for a small call, or None.
 
     A small call is the common case of a latency-bound caller: ``x`` a
     C-contiguous float32 or float64 NumPy array of at most
     ``SERIAL_MAX_ELEMENTS`` elements, normalized over its last axis,
     ``weight`` and ``bias`` None or contiguous 1-D arrays of ``x``'s dtype,
-    ``eps`` a valid float, no statistics wanted. Such a call needs no views,
+    ``eps`` a valid float, no statistics wanted, and ``out`` None or a
+    writeable C-contiguous array of ``x``'s shape and dtype that is ``x``
+    itself or shares no memory with the inputs. Such a call needs no views,
     no :class:`~numba_ln._validate.Spec` and no statistics arrays: this
     path runs the same compiled serial kernel as every other forward (the
     same bits) for about half the Python overhead. Anything else, every error
@@ -142,9 +144,21 @@ def small_forward(x, weight, bias, axis, eps):
     b = _small_param(bias, dtype, cols)
     if w is None or b is None:
         return None
-    y = np.empty_like(x)
-    cpu.ln_fwd_small(x.ravel(), w[0], b[0], w[1], b[1], y.ravel(), cols, eps)
-    return y
+    if out is None:
+        out = np.empty_like(x)
+    elif not _small_out(out, x, weight, bias):
+        return None
+    cpu.ln_fwd_small(x.ravel(), w[0], b[0], w[1], b[1], out.ravel(), cols, eps)
+    return out
+
+
+def _small_out(out, x, weight, bias):
+    """Can the small path write into the caller's ``out``? (Else the general path decides.)"""
+    return (type(out) is np.ndarray and out.dtype is x.dtype and out.shape == x.shape
+            and out.flags.c_contiguous and out.flags.writeable
+            and (out is x or not np.may_share_memory(out, x))
+            and (weight is None or not np.may_share_memory(out, weight))
+            and (bias is None or not np.may_share_memory(out, bias)))
 
 
 def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):

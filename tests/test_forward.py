@@ -270,6 +270,12 @@ def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, par
         y = numba_ln.layer_norm(x, weight, bias, axis=axis, eps=1e-3)
         assert y.dtype == dtype and y.shape == shape and y.flags.c_contiguous
         np.testing.assert_array_equal(y, expected)
+    out = np.full_like(x, np.nan)
+    assert numba_ln.layer_norm(x, weight, bias, eps=1e-3, out=out) is out
+    np.testing.assert_array_equal(out, expected)
+    in_place = x.copy()
+    assert numba_ln.layer_norm(in_place, weight, bias, eps=1e-3, out=in_place) is in_place
+    np.testing.assert_array_equal(in_place, expected)
     assert not general, "a small call took the general path"
 
 
@@ -277,6 +283,9 @@ def _not_small_calls(rng):
     """Calls the short path must leave to the general one: (name, args, kwargs)."""
     x = rng.standard_normal((6, 40)).astype(np.float32)
     w = rng.standard_normal(40).astype(np.float32)
+    shifted = np.concatenate([x, x[:1]])  # out=shifted[1:] overlaps x=shifted[:6]
+    holder = np.zeros_like(x)
+    holder[3] = w
     return [
         ("float16", (x.astype(np.float16), None, None), {}),
         ("float16 parameters", (x.astype(np.float16),) + (w.astype(np.float16),) * 2, {}),
@@ -288,7 +297,9 @@ def _not_small_calls(rng):
         ("list input", (x.tolist(), None, None), {}),
         ("numpy float eps", (x, w, w), {"eps": np.float32(1e-3)}),
         ("statistics wanted", (x, w, w), {"return_stats": True}),
-        ("out given", (x, w, w), {"out": np.empty_like(x)}),
+        ("Fortran-ordered out", (x, w, w), {"out": np.empty_like(x, order="F")}),
+        ("out overlapping x", (shifted[:6], w, w), {"out": shifted[1:]}),
+        ("out holding the weight", (x, holder[3], w), {"out": holder}),
         ("device given", (x, w, w), {"device": "cpu"}),
         ("above the serial size", (np.zeros((33, 1024), np.float32), None, None), {}),
         ("empty", (np.zeros((0, 40), np.float32), None, None), {}),
