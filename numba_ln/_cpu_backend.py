@@ -129,36 +129,88 @@ def small_forward(x, weight, bias, axis, eps, out=None):
     same bits) for about half the Python overhead. Anything else, every error
     included, returns None and takes the general path.
     """
-    dtype = x.dtype
-    shape = x.shape
-    if ((dtype is not _FLOAT32 and dtype is not _FLOAT64) or not shape
-            or type(axis) is not int or (axis != -1 and axis != len(shape) - 1)
-            or type(eps) is not float
-            or not 0.0 <= eps <= sys.float_info.max):
+    found = _small_rows(x)
+    if (found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1)
+            or type(eps) is not float or not 0.0 <= eps <= sys.float_info.max):
         return None
-    cols = shape[-1]
-    size = x.size
-    if not 0 < size <= SERIAL_MAX_ELEMENTS or not x.flags.c_contiguous:
-        return None
+    dtype, _, cols = found
     w = _small_param(weight, dtype, cols)
     b = _small_param(bias, dtype, cols)
     if w is None or b is None:
         return None
     if out is None:
         out = np.empty_like(x)
-    elif not _small_out(out, x, weight, bias):
+    elif not _small_out(out, x, (x, weight, bias)):
         return None
     cpu.ln_fwd_small(x.ravel(), w[0], b[0], w[1], b[1], out.ravel(), cols, eps)
     return out
 
 
-def _small_out(out, x, weight, bias):
-    """Can the small path write into the caller's ``out``? (Else the general path decides.)"""
-    return (type(out) is np.ndarray and out.dtype is x.dtype and out.shape == x.shape
-            and out.flags.c_contiguous and out.flags.writeable
-            and (out is x or not np.may_share_memory(out, x))
-            and (weight is None or not np.may_share_memory(out, weight))
-            and (bias is None or not np.may_share_memory(out, bias)))
+def _small_rows(x):
+    """``(dtype, rows, cols)`` if ``x`` is small enough for the small paths, else None.
+
+    Small: a C-contiguous float32 or float64 NumPy array of 1 to
+    ``SERIAL_MAX_ELEMENTS`` elements, at least 1-D.
+    """
+    dtype = x.dtype
+    shape = x.shape
+    if ((dtype is not _FLOAT32 and dtype is not _FLOAT64) or not shape
+            or not 0 < x.size <= SERIAL_MAX_ELEMENTS or not x.flags.c_contiguous):
+        return None
+    return dtype, x.size // shape[-1], shape[-1]
+
+
+def _small_out(out, like, inputs):
+    """Can a small path write into the caller's ``out``? (Else the general path decides.)
+
+    ``out`` must be a writeable C-contiguous array of ``like``'s shape and
+    dtype that is one of ``inputs`` exactly or shares memory with none of
+    them (``None`` entries are skipped), the general path's rule.
+    """
+    if not (type(out) is np.ndarray and out.dtype is like.dtype and out.shape == like.shape
+            and out.flags.c_contiguous and out.flags.writeable):
+        return False
+    return all(a is None or out is a or not np.may_share_memory(out, a) for a in inputs)
+
+
+def _small_stat(stat, dtype, rows):
+    """Is a ``mean``/``rstd`` fit for the small backward path as it is?"""
+    return (type(stat) is np.ndarray and stat.dtype is dtype and stat.size == rows
+            and stat.flags.c_contiguous)
+
+
+def small_backward(dy, x, mean, rstd, weight, axis, out):
+    """``layer_norm_backward(dy, x, mean, rstd, weight, axis=axis, out=out)`` for a small call, or None.
+
+    The backward twin of :func:`small_forward`: ``x`` and ``dy`` small
+    (:func:`_small_rows`) of one shape and dtype, normalized over the last
+    axis; ``mean``/``rstd`` contiguous arrays of that dtype with one element
+    per row; ``weight`` None or a contiguous 1-D array of that dtype; ``out``
+    as :func:`small_forward` takes it (``dy`` or ``x`` itself allowed). It
+    calls the one compiled ``ln_bwd_serial`` that the general path runs for
+    the same shape, so the bits are the same. Anything else, every error
+    included, returns None and takes the general path.
+    """
+    found = _small_rows(x)
+    if found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1):
+        return None
+    dtype, rows, cols = found
+    if (type(dy) is not np.ndarray or dy.dtype is not dtype or dy.shape != x.shape
+            or not dy.flags.c_contiguous or not _small_stat(mean, dtype, rows)
+            or not _small_stat(rstd, dtype, rows)):
+        return None
+    w = _small_param(weight, dtype, cols)
+    if w is None:
+        return None
+    if out is None:
+        out = np.empty_like(x)
+    elif not _small_out(out, x, (dy, x, mean, rstd, weight)):
+        return None
+    dweight = np.empty(cols, dtype)
+    dbias = np.empty(cols, dtype)
+    cpu.ln_bwd_serial(dy.ravel(), cols, x.ravel(), cols, mean.ravel(), rstd.ravel(), w[0],
+                      w[1], out.ravel(), cols, dweight, dbias, rows, cols)
+    return out, dweight, dbias
 
 
 def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):

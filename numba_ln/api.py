@@ -163,6 +163,10 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
     >>> numba_ln.layer_norm_backward(np.ones_like(x), x, mean, rstd, out=dx_buffer)[0] is dx_buffer
     True
     """
+    if device is None and type(x) is np.ndarray:
+        grads = _cpu_backend.small_backward(dy, x, mean, rstd, weight, axis, out)
+        if grads is not None:
+            return grads
     given_out = out
     backend, x, (dy, mean, rstd, weight, out) = _dispatch.select(
         device, x, (dy, mean, rstd, weight, out), _BACKWARD_ARRAYS)

@@ -148,6 +148,74 @@ def test_out_with_another_layout_or_overlapping_an_input(rng):
         np.testing.assert_array_equal(out, expected)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024)], ids=str)
+@pytest.mark.parametrize("with_weight", [False, True])
+def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, with_weight,
+                                                          general_calls):
+    x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
+    dy = rng.standard_normal(shape).astype(dtype)
+    weight = rng.standard_normal(shape[-1]).astype(dtype) if with_weight else None
+    _, mean, rstd = numba_ln.layer_norm(x, weight, return_stats=True)
+    expected = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight, device="cpu")
+    general = general_calls("backward_spec")
+    out = np.full_like(x, np.nan)
+    in_place = dy.copy()
+    calls = [((dy, x, mean, rstd, weight), {}),
+             ((dy, x, mean.ravel(), rstd.ravel(), weight), {"axis": len(shape) - 1}),
+             ((dy, x, mean, rstd, weight), {"out": out}),
+             ((in_place, x, mean, rstd, weight), {"out": in_place})]
+    for args, kwargs in calls:
+        got = numba_ln.layer_norm_backward(*args, **kwargs)
+        if "out" in kwargs:
+            assert got[0] is kwargs["out"]
+        assert got[0].dtype == dtype and got[0].shape == shape
+        assert got[1].shape == got[2].shape == shape[-1:]
+        for a, b in zip(expected, got):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+    assert not general, "a small call took the general path"
+
+
+class _Subclass(np.ndarray):
+    """An ndarray subclass: the short paths take exact ndarrays only."""
+
+
+def _not_small_backward_calls(rng):
+    """Calls the short path must leave to the general one: (name, args, kwargs)."""
+    x = rng.standard_normal((6, 40)).astype(np.float32)
+    dy = rng.standard_normal((6, 40)).astype(np.float32)
+    w = rng.standard_normal(40).astype(np.float32)
+    _, mean, rstd = numba_ln.layer_norm(x, w, return_stats=True)
+    half = x.astype(np.float16)
+    shifted = np.concatenate([dy, dy[:1]])  # out=shifted[1:] overlaps dy=shifted[:6]
+    return [
+        ("float16", (half.astype(np.float16), half, mean, rstd, None), {}),
+        ("float64 statistics", (dy, x, mean.astype(np.float64), rstd, w), {}),
+        ("strided statistics", (dy, x, np.repeat(mean, 2)[::2], rstd, w), {}),
+        ("mixed weight dtype", (dy, x, mean, rstd, w.astype(np.float64)), {}),
+        ("first axis", (dy, x, np.zeros(1, np.float32), np.ones(1, np.float32), None),
+         {"axis": 0}),
+        ("transposed dy", (np.ascontiguousarray(dy.T).T, x, mean, rstd, w), {}),
+        ("dy a subclass", (dy.view(_Subclass), x, mean, rstd, w), {}),
+        ("Fortran-ordered out", (dy, x, mean, rstd, w), {"out": np.empty_like(x, order="F")}),
+        ("out overlapping dy", (shifted[:6], x, mean, rstd, w), {"out": shifted[1:]}),
+        ("device given", (dy, x, mean, rstd, w), {"device": "cpu"}),
+        ("above the serial size", (np.zeros((33, 1024), np.float32),) * 2
+         + (np.zeros(33, np.float32), np.ones(33, np.float32), None), {}),
+        ("empty", (np.zeros((0, 40), np.float32),) * 2 + (np.zeros(0, np.float32),) * 2
+         + (None,), {}),
+    ]
+
+
+def test_other_calls_take_the_general_path(rng, general_calls):
+    general = general_calls("backward_spec")
+    for name, args, kwargs in _not_small_backward_calls(rng):
+        before = len(general)
+        numba_ln.layer_norm_backward(*args, **kwargs)
+        assert len(general) == before + 1, name
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 2047, 2048, 2051, 5000])
 @pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")

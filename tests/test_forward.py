@@ -242,30 +242,15 @@ def test_public_api_streams_large_outputs_to_the_same_bits(rng, dtype, monkeypat
     np.testing.assert_array_equal(in_place, expected[0])
 
 
-def _count_general_calls(monkeypatch):
-    """Count the calls that take the general path (through ``forward_spec``)."""
-    from numba_ln import _validate
-
-    calls = []
-    general = _validate.forward_spec
-
-    def counting(*args):
-        calls.append(args)
-        return general(*args)
-
-    monkeypatch.setattr(_validate, "forward_spec", counting)
-    return calls
-
-
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024)], ids=str)
 @pytest.mark.parametrize("params", PARAMS)
 def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, params,
-                                                          monkeypatch):
+                                                          general_calls):
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     weight, bias = _params(rng, shape[-1:], params, dtype)
     expected = numba_ln.layer_norm(x, weight, bias, eps=1e-3, return_stats=True)[0]
-    general = _count_general_calls(monkeypatch)
+    general = general_calls("forward_spec")
     for axis in (-1, len(shape) - 1):
         y = numba_ln.layer_norm(x, weight, bias, axis=axis, eps=1e-3)
         assert y.dtype == dtype and y.shape == shape and y.flags.c_contiguous
@@ -306,8 +291,8 @@ def _not_small_calls(rng):
     ]
 
 
-def test_other_calls_take_the_general_path(rng, monkeypatch):
-    general = _count_general_calls(monkeypatch)
+def test_other_calls_take_the_general_path(rng, general_calls):
+    general = general_calls("forward_spec")
     for name, args, kwargs in _not_small_calls(rng):
         before = len(general)
         numba_ln.layer_norm(*args, **kwargs)
