@@ -34,10 +34,13 @@ FORWARD_CHUNKS = 256
 #: next. The results are bit-identical either way (``cpu.streams_output``).
 STREAM_MIN_BYTES = 16 << 20
 
-#: float16 outputs stream only from this many columns: (16384, 4096) gained
-#: (0.56 -> 0.72) but (65536, 1024) lost (0.64 -> 0.58) and (32768, 2048)
-#: was level.
-STREAM_MIN_HALF_COLS = 4096
+#: float16 outputs stream only from this many columns. Streamed float16 rows
+#: prefetch the next row while writing (``cpu._normalize_streaming``); with
+#: that, on 2 threads, (65536, 1024) went 0.94 -> 1.04 of the roofline
+#: (median of 30 interleaved rounds) and (32768, 2048) 0.79 -> 1.11, while
+#: (32768, 768) lost (0.75 -> 0.65): a 768-column row is one staging tile and
+#: a ragged half, and its arithmetic, not memory, is the limit there.
+STREAM_MIN_HALF_COLS = 1024
 
 #: Bytes of the small staging row a streaming forward fills (in cache) before
 #: copying it out with non-temporal stores. Short tiles keep the streaming

@@ -257,8 +257,8 @@ def streams_output(rows, cols, itemsize):
 
     Large outputs only (``STREAM_MIN_BYTES``). float16 rows also need
     ``STREAM_MIN_HALF_COLS`` elements: a float16 row costs twice the
-    arithmetic per byte, so staging it costs more than the stores save until
-    ``weight`` and ``bias`` stop fitting in L1 beside it.
+    arithmetic per byte, and below that width staging it cost more than the
+    stores saved.
     """
     return (rows * cols * itemsize >= STREAM_MIN_BYTES
             and (itemsize >= 4 or cols >= STREAM_MIN_HALF_COLS))
