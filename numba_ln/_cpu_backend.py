@@ -165,12 +165,16 @@ def _small_out(out, like, inputs):
 
     ``out`` must be a writeable C-contiguous array of ``like``'s shape and
     dtype that is one of ``inputs`` exactly or shares memory with none of
-    them (``None`` entries are skipped), the general path's rule.
+    them (``None`` entries are skipped), the general path's rule. Two
+    different arrays that each own their memory (``base is None``) cannot
+    overlap; only views cost a ``may_share_memory`` call.
     """
     if not (type(out) is np.ndarray and out.dtype is like.dtype and out.shape == like.shape
             and out.flags.c_contiguous and out.flags.writeable):
         return False
-    return all(a is None or out is a or not np.may_share_memory(out, a) for a in inputs)
+    owner = out.base is None
+    return all(a is None or out is a or (owner and a.base is None)
+               or not np.may_share_memory(out, a) for a in inputs)
 
 
 def _small_stat(stat, dtype, rows):
