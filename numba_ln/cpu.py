@@ -54,6 +54,11 @@ from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_
 _kernel = njit(fastmath=FASTMATH, cache=CACHE, error_model="numpy")
 _parallel_kernel = njit(fastmath=FASTMATH, cache=CACHE, error_model="numpy", parallel=True)
 _row = njit(fastmath=FASTMATH, inline="always", error_model="numpy")
+# A row piece whose bits must not depend on the loop it is compiled into: no
+# fast-math flags (numba applies them per compiled function, so a separate
+# one keeps its IEEE order even where LLVM inlines it into a fast-math kernel).
+_strict = njit(error_model="numpy")
+_strict_row = njit(inline="always", error_model="numpy")  # only inlined into _strict ones
 
 
 @_row
@@ -367,14 +372,42 @@ def _ln_bwd_pair_sums(dy0, x0, mean0, rstd0, dy1, x1, mean1, rstd1, weight, has_
     return sum_g0, sum_gxhat0, sum_g1, sum_gxhat1
 
 
-@_row
-def _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, count):
-    """``dx[j]`` for ``j < count`` (a compile-time ``count`` for a staging tile)."""
+@_strict_row
+def _ln_bwd_dx_loop(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, count):
+    """``dx[j]`` for ``j < count``: the loop of ``_ln_bwd_dx_part`` and ``_ln_bwd_dx_tile``."""
     one = to_compute(x, 1)
     for j in range(count):
         w = weight[j] if has_weight else one
         xhat = _math.normalized(load(x, j), mean, rstd)
         store(dx, j, _math.grad_input(w * load(dy, j), xhat, rstd, mean_g, mean_gxhat))
+
+
+@_strict
+def _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, count):
+    """``dx[j]`` for ``j < count``.
+
+    Compiled without fast-math flags (``_strict``). LLVM builds several
+    versions of this loop (vector body, scalar remainder, a scalar fallback
+    behind run-time overlap checks; in a streamed row also the head, tile
+    and rest loops), and with ``contract`` and ``reassoc`` they rounded the
+    formula differently. Which one computes an element can depend on where
+    the arrays lie, so a large streamed ``dx`` changed by an ulp in ~1.5 % of
+    its elements from call to call, and the C ABI's differed from Python's.
+    Without the flags every version computes the written IEEE order. It
+    costs the backward ~3 % at 1024 columns and ~9 % at 4096 (A/B, 2 threads).
+    """
+    _ln_bwd_dx_loop(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, count)
+
+
+@_strict
+def _ln_bwd_dx_tile(dy, x, mean, rstd, weight, has_weight, stage, mean_g, mean_gxhat):
+    """``_ln_bwd_dx_part`` into a whole staging tile, its length a compile-time constant.
+
+    A separately compiled function gets a run-time count; the streamed tiles
+    keep theirs constant (one straight vector loop, no remainder).
+    """
+    _ln_bwd_dx_loop(dy, x, mean, rstd, weight, has_weight, stage, mean_g, mean_gxhat,
+                    stage_elements(stage))
 
 
 @_row
@@ -396,8 +429,8 @@ def _ln_bwd_dx(dy, x, mean, rstd, weight, has_weight, dx, sum_g, sum_gxhat, stag
     _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, start)
     tile = stage_elements(stage)
     while start + tile <= cols:
-        _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight,
-                        stage, mean_g, mean_gxhat, tile)
+        _ln_bwd_dx_tile(dy[start:], x[start:], mean, rstd, weight[start:], has_weight,
+                        stage, mean_g, mean_gxhat)
         _stream_lines(stage, dx, start, tile)
         start += tile
     _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight, stage,

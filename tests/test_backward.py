@@ -273,3 +273,30 @@ def test_large_wide_rows_stream_and_match_the_reference(rng):
     assert rel_l2(dx, dx_ref) <= TOLERANCE[np.dtype(np.float32)]
     assert rel_l2(dweight, dweight_ref) <= 1e-5
     assert rel_l2(dbias, dbias_ref) <= 1e-5
+
+
+def test_large_streamed_dx_is_the_same_on_every_call(rng):
+    """Repeated calls, fresh results and ``out=`` at several placements, give the same bits.
+
+    With fast-math flags on the ``dx`` loop, LLVM's versions of it rounded
+    differently and which one ran varied with where the arrays lay: fresh
+    results differed by an ulp in ~1.5 % of ``dx`` from call to call (this
+    test failed in about half of its runs then; ``test_capi`` compares the
+    same shape with the C ABI).
+    """
+    from numba_ln import cpu
+
+    rows, cols = 2048, 2051  # >= 16 MiB of float32 dx: streamed, rows in pairs
+    assert cpu.streams_input_gradient(rows, cols, 4)
+    x = rng.standard_normal((rows, cols)).astype(np.float32)
+    dy = rng.standard_normal((rows, cols)).astype(np.float32)
+    weight = rng.standard_normal(cols).astype(np.float32)
+    _, mean, rstd = numba_ln.layer_norm(x, weight, return_stats=True)
+    results = [numba_ln.layer_norm_backward(dy, x, mean, rstd, weight)[0] for _ in range(6)]
+    raw = np.empty(rows * cols + 64, np.float32)
+    first = (-raw.ctypes.data % 64) // 4  # the element on a 64-byte boundary
+    for shift in (0, 1, 5, 15):
+        out = raw[first + shift:first + shift + rows * cols].reshape(rows, cols)
+        results.append(numba_ln.layer_norm_backward(dy, x, mean, rstd, weight, out=out)[0].copy())
+    for got in results[1:]:
+        np.testing.assert_array_equal(got, results[0])
