@@ -184,7 +184,7 @@ def _small_stat(stat, dtype, rows):
 
 
 def small_backward(dy, x, mean, rstd, weight, axis, out):
-    """``layer_norm_backward(dy, x, mean, rstd, weight, axis=axis, out=out)`` for a small call, or None.
+    """``layer_norm_backward(dy, x, mean, rstd, weight, axis=axis, out=out)``, small calls only.
 
     The backward twin of :func:`small_forward`: ``x`` and ``dy`` small
     (:func:`_small_rows`) of one shape and dtype, normalized over the last

@@ -133,7 +133,8 @@ def test_header_stands_alone_in_c_and_cxx(tmp_path, std):
 def test_example_normalizes_stdin(compile_c, libdir):
     rng = np.random.default_rng(4)
     x = rng.standard_normal((5, 17)) * 3 + 1
-    text = f"{x.shape[0]} {x.shape[1]}\n" + "\n".join(" ".join(repr(float(v)) for v in row) for row in x)
+    rows = (" ".join(repr(float(v)) for v in row) for row in x)
+    text = f"{x.shape[0]} {x.shape[1]}\n" + "\n".join(rows)
     expected, mean, rstd = numba_ln.layer_norm(x, eps=1e-3, return_stats=True)
     # Both ways the README shows: pkg-config, and plain -I/-L/-rpath flags.
     for flags in (None, [f"-I{libdir}", f"-L{libdir}", "-lnumba_ln", f"-Wl,-rpath,{libdir}"]):
