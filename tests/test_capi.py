@@ -176,8 +176,9 @@ BACKWARD_CASES = [(bits, shape, flags)
                   for bits in (32, 64) for shape in SHAPES
                   for flags in (HAS_WEIGHT | HAS_DWEIGHT | HAS_DBIAS, 0, HAS_WEIGHT,
                                 HAS_DBIAS)]
-# Large enough (>= 16 MiB of dx) for its streaming stores, rows not aligned to a
-# cache line: one-at-a-time rows (1027 columns) and rows in pairs (2051).
+# Large, rows not aligned to a cache line: 4096x1027 runs threaded, a row at a
+# time, with ordinary stores; 2048x2051 (>= 16 MiB of dx, >= 2048 columns)
+# takes the rows in pairs and streams dx.
 BACKWARD_CASES += [(32, shape, HAS_WEIGHT | HAS_DWEIGHT | HAS_DBIAS)
                    for shape in ((4096, 1027, 1027, 1029), (2048, 2051, 2053, 2051))]
 
