@@ -42,7 +42,7 @@ import numpy as np
 from numba import njit, prange
 from numba.extending import overload
 
-from . import _cache, _math
+from . import _cache, _math, _threading
 from ._config import (BACKWARD_BLOCKS, BACKWARD_WIDE_COLS, CACHE, FASTMATH, FORWARD_CHUNKS,
                       SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
                       STREAM_STAGE_BYTES)
@@ -312,7 +312,7 @@ def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                       rows, cols, eps, False)
         return
     stream_out = _streams(rows, cols, y.itemsize)
-    if _decide(rows, cols):
+    if _decide(rows, cols) and _threading.parallel_allowed():
         ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
                         rstd, rows, cols, eps, stream_out)
     else:
@@ -560,7 +560,7 @@ def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
 def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
            dweight, dbias, rows, cols):
     """Backward pass: serial for small problems, parallel otherwise."""
-    if _decide(rows, cols):
+    if _decide(rows, cols) and _threading.parallel_allowed():
         ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                         dweight, dbias, rows, cols)
     else:
