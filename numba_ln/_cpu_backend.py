@@ -23,6 +23,9 @@ _NO_PARAM = {dt: np.ones(1, dt) for dt in (_FLOAT32, _FLOAT64)}
 
 def _row_buffer(a, spec):
     """``a`` as (1-D kernel buffer, row stride in elements), copying only if needed."""
+    if a.dtype is not spec.dtype:  # an equal dtype object (a view), or byte-swapped (a copy)
+        a = a.view(spec.dtype) if a.dtype == spec.dtype else np.ascontiguousarray(
+            a, dtype=spec.dtype)
     if a.flags.c_contiguous:  # the common case, and the cheapest view to make
         buffer, ld = a.reshape(-1), spec.cols
     else:
@@ -32,7 +35,7 @@ def _row_buffer(a, spec):
             ld = spec.cols
         size = (spec.rows - 1) * ld + spec.cols if spec.rows else 0
         buffer = as_strided(a, shape=(size,), strides=(a.itemsize,))
-    return (buffer.view(np.uint16) if a.dtype is _FLOAT16 else buffer), ld
+    return (buffer.view(np.uint16) if spec.dtype is _FLOAT16 else buffer), ld
 
 
 def _new_rows(spec):
@@ -58,8 +61,11 @@ def _writes_directly(out, inputs, spec):
 
     ``out`` may be one of ``inputs`` exactly (the same memory seen the same
     way): every kernel reads a row's inputs before it writes that row, element
-    by element, so in place is safe. Any other overlap is not.
+    by element, so in place is safe. Any other overlap is not. A byte-swapped
+    ``out`` receives a copy.
     """
+    if not out.dtype.isnative:
+        return False
     if not out.flags.c_contiguous and row_stride(
             out.shape, out.strides, out.itemsize, spec.axis) is None:
         return False

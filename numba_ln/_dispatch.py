@@ -7,7 +7,7 @@ moves between host and device silently: mixing them is an error.
 
 import numpy as np
 
-from . import _cpu_backend, _cuda_backend
+from . import _cpu_backend, _cuda_backend, _validate
 
 DEVICES = (None, "cpu", "cuda")
 
@@ -16,8 +16,15 @@ class CUDAUnavailableError(RuntimeError):
     """``device="cuda"`` (or a CUDA array) was given, but no GPU can run here."""
 
 
-def _as_host(obj):
-    return obj if obj is None or isinstance(obj, np.ndarray) else np.asarray(obj)
+def _as_host(obj, native=False):
+    """A NumPy array for a host array-like; with ``native``, in native byte order."""
+    if obj is None:
+        return obj
+    if not isinstance(obj, np.ndarray):
+        obj = np.asarray(obj)
+    if native and not _validate.is_native(obj.dtype):  # the GPU copies bytes as they are
+        obj = obj.astype(obj.dtype.newbyteorder("="))
+    return obj
 
 
 def select(device, x, others, names):
@@ -34,6 +41,9 @@ def select(device, x, others, names):
             return _cpu_backend, x, others
     if device not in DEVICES:
         raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    _validate.check_not_masked(x, "x")
+    for name, other in zip(names, others):
+        _validate.check_not_masked(other, name)
     on_gpu = _cuda_backend.is_device_array(x)
     for name, other in zip(names, others):
         if other is not None and _cuda_backend.is_device_array(other) != on_gpu:
@@ -45,9 +55,11 @@ def select(device, x, others, names):
     if on_gpu and device == "cpu":
         raise ValueError("device='cpu' was given but x is a CUDA array; copy it to the "
                          "host first (e.g. x.copy_to_host()) or use device=None")
-    if not on_gpu:
-        x = _as_host(x)
-        others = tuple(_as_host(other) for other in others)
+    if not on_gpu:  # inputs bound for the GPU are converted; ``out`` must be native there
+        native = device == "cuda"
+        x = _as_host(x, native)
+        others = tuple(_as_host(other, native and name != "out")
+                       for name, other in zip(names, others))
     if on_gpu or device == "cuda":
         reason = _cuda_backend.unavailable_reason()
         if reason is not None:
@@ -56,5 +68,9 @@ def select(device, x, others, names):
             x = _cuda_backend.as_numba_array(x)
             others = tuple(None if other is None else _cuda_backend.as_numba_array(other)
                            for other in others)
+        _validate.check_native(x, "x")
+        for name, other in zip(names, others):
+            if other is not None:
+                _validate.check_native(other, name)
         return _cuda_backend, x, others
     return _cpu_backend, x, others

@@ -8,6 +8,7 @@ call's arguments into a :class:`Spec`: any rank and ``axis`` become
 
 import functools
 import math
+import numbers
 import operator
 import sys
 from typing import NamedTuple
@@ -18,6 +19,12 @@ SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.floa
 _SUPPORTED_NAMES = "float16, float32, float64"
 _FLOAT16, _FLOAT32, _FLOAT64 = SUPPORTED_DTYPES
 
+#: Every dtype the kernels accept, by value, to NumPy's own (native) object:
+#: dtypes that compare equal but are other objects (any that came through
+#: pickle), and the byte-swapped ones, which the backends convert once.
+_CANONICAL = {**{dt: dt for dt in SUPPORTED_DTYPES},
+              **{dt.newbyteorder(): dt for dt in SUPPORTED_DTYPES}}
+
 
 class Spec(NamedTuple):
     """A validated problem: what every backend needs to know besides the data."""
@@ -26,7 +33,7 @@ class Spec(NamedTuple):
     axis: int               #: first normalized axis, non-negative
     rows: int               #: product of ``shape[:axis]`` (independent rows)
     cols: int               #: product of ``shape[axis:]`` (normalized elements per row)
-    dtype: np.dtype         #: dtype of ``x`` (and of ``y``, ``dy``, ``dx``)
+    dtype: np.dtype         #: NumPy's native dtype of ``x`` (and of ``y``, ``dy``, ``dx``)
     compute_dtype: np.dtype  #: accumulation and statistics dtype
     param_dtype: np.dtype   #: dtype of ``dweight``/``dbias`` (backward only)
     normalized_shape: tuple  #: shape of ``weight``, ``bias``, ``dweight``, ``dbias``
@@ -44,24 +51,64 @@ _COMPUTE = {np.dtype(np.float16): np.dtype(np.float32),
 
 
 def check_float_dtype(dtype, name):
-    """Raise ``TypeError`` unless ``dtype`` is one the kernels support."""
+    """NumPy's native float dtype equal to ``dtype`` up to byte order; else ``TypeError``.
+
+    The kernels and every cache key see only these three objects, so how a
+    dtype object was made (pickle, ``newbyteorder``) never changes a result.
+    """
     # NumPy's native float dtypes are singletons: an identity test is the fast
     # path (a small call pays for every comparison of dtype objects).
     if dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16:
         return dtype
-    if dtype not in SUPPORTED_DTYPES:
-        dtype = np.dtype(dtype)
+    try:
+        return _CANONICAL[dtype]
+    except (KeyError, TypeError):
+        pass
+    try:
+        described = str(np.dtype(dtype))
+    except TypeError:
+        described = repr(dtype)
+    raise TypeError(f"{name} has dtype {described}; supported dtypes are {_SUPPORTED_NAMES}")
+
+
+def is_native(dtype):
+    """Whether ``dtype`` is stored in this machine's byte order (kernels read it as is)."""
+    return dtype is _FLOAT32 or dtype is _FLOAT64 or dtype is _FLOAT16 or dtype.isnative
+
+
+def check_native(array, name):
+    """``TypeError`` for a byte-swapped array where no conversion is made (device memory)."""
+    dtype = np.dtype(array.dtype)
+    if dtype.kind == "f" and not dtype.isnative:
         raise TypeError(
-            f"{name} has dtype {dtype}; supported dtypes are {_SUPPORTED_NAMES}")
-    return np.dtype(dtype)
+            f"{name} has byte-swapped dtype {dtype.str!r}; the GPU kernels read native "
+            f"byte order: convert it first, e.g. to {dtype.newbyteorder('=').str!r}")
+
+
+def check_not_masked(array, name):
+    """Masked arrays are refused: the kernels would read the masked elements as data."""
+    if isinstance(array, np.ma.MaskedArray):
+        raise TypeError(
+            f"{name} is a masked array; numba-ln does not apply masks (masked elements "
+            f"would enter the statistics): pass {name}.filled(value) to choose what they "
+            f"hold, or np.asarray({name}) to use the data as it is")
+
+
+def check_axis(axis):
+    """``axis`` as a Python int: Python and NumPy integers only (not bool, not float)."""
+    if type(axis) is int:
+        return axis
+    if isinstance(axis, (bool, np.bool_)):
+        raise TypeError("axis must be an integer, got bool")
+    try:
+        return operator.index(axis)
+    except TypeError:
+        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
 
 
 def normalize_axis(axis, ndim):
     """ONNX axis: normalize over ``shape[axis:]``; negative counts from the end."""
-    try:
-        axis = operator.index(axis)
-    except TypeError:
-        raise TypeError(f"axis must be an integer, got {type(axis).__name__}") from None
+    axis = check_axis(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(
             f"axis {axis} is out of range for an array of rank {ndim}; "
@@ -70,13 +117,13 @@ def normalize_axis(axis, ndim):
 
 
 def check_eps(eps):
-    """``eps`` must be a finite, non-negative real number."""
+    """``eps`` must be a finite, non-negative real number (Python or NumPy; not bool)."""
     if type(eps) is float and 0.0 <= eps <= sys.float_info.max:  # the usual case, fast
         return eps
-    try:
-        value = float(eps)
-    except (TypeError, ValueError):
-        raise TypeError(f"eps must be a real number, got {type(eps).__name__}") from None
+    if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"eps must be a real number, got {type(eps).__name__}: expected "
+                        f"a Python or NumPy float or int")
+    value = float(eps)
     if not math.isfinite(value) or value < 0:
         raise ValueError(f"eps must be finite and >= 0, got {eps!r}")
     return value
@@ -95,20 +142,19 @@ def _build_spec(shape, dtype, axis, param_dtype):
             f"has zero elements; expected at least one element per row")
     compute = compute_dtype(dtype)
     return Spec(shape, axis, math.prod(shape[:axis]), cols, dtype, compute,
-                compute if param_dtype is None else np.dtype(param_dtype),
+                compute if param_dtype is None else param_dtype,
                 shape[axis:], shape[:axis] + (1,) * (len(shape) - axis))
 
 
 #: A program calls with few distinct shapes: the checks run once per shape.
+#: The key holds only what decides the result: dtypes compare by value and
+#: ``axis`` is an int by then, so no call can change what a later one gets.
 #: (Errors are raised, never cached.)
 _cached_spec = functools.lru_cache(maxsize=256)(_build_spec)
 
 
 def _spec(shape, dtype, axis, param_dtype=None):
-    try:
-        return _cached_spec(shape, dtype, axis, param_dtype)
-    except TypeError:  # an unhashable axis, say: the plain path says what is wrong
-        return _build_spec(shape, dtype, axis, param_dtype)
+    return _cached_spec(shape, dtype, check_axis(axis), param_dtype)
 
 
 def check_param(param, spec, name):
@@ -127,7 +173,7 @@ def check_out(out, spec):
     """``out=`` (``y`` or ``dx``): same shape and dtype as ``x``, writeable (before any write)."""
     if out.shape != spec.shape:
         raise ValueError(f"out has shape {tuple(out.shape)}; expected {spec.shape}")
-    if out.dtype != spec.dtype:
+    if _CANONICAL.get(np.dtype(out.dtype)) is not spec.dtype:
         raise TypeError(f"out has dtype {np.dtype(out.dtype)}; expected {spec.dtype}")
     flags = getattr(out, "flags", None)  # NumPy's; CUDA arrays carry no such flag
     if flags is not None and not getattr(flags, "writeable", True):
@@ -151,7 +197,7 @@ def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
     spec = _spec(tuple(x.shape), x.dtype, axis, param_dtype)
     if tuple(dy.shape) != spec.shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}; expected x's shape {spec.shape}")
-    if np.dtype(dy.dtype) != spec.dtype:
+    if _CANONICAL.get(np.dtype(dy.dtype)) is not spec.dtype:
         raise TypeError(f"dy has dtype {np.dtype(dy.dtype)}; expected x's dtype {spec.dtype}")
     for name, stat in (("mean", mean), ("rstd", rstd)):
         check_float_dtype(stat.dtype, name)

@@ -61,7 +61,9 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     ------
     TypeError
         ``x``, ``weight``, ``bias`` or ``out`` of an unsupported dtype, or
-        ``out`` of a dtype other than ``x``'s.
+        ``out`` of a dtype other than ``x``'s; a masked array; ``eps`` not a
+        real number (bool and str are not); ``axis`` not an integer; a
+        byte-swapped CUDA array.
     ValueError
         ``axis`` out of range, ``weight``/``bias``/``out`` of the wrong shape,
         read-only ``out``, ``eps`` negative, NaN or infinite, an empty
@@ -72,8 +74,10 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     Notes
     -----
     float16 inputs are accumulated in float32. A NaN or Inf in a row makes
-    that row's output NaN and leaves every other row untouched. Rows of zero
-    length are an error; zero rows give empty results.
+    that row's output NaN and leaves every other row untouched. dtypes are
+    compared by value (arrays from pickle are welcome); byte-swapped host
+    arrays are converted once and results come in native byte order. Rows
+    of zero length are an error; zero rows give empty results.
 
     Examples
     --------

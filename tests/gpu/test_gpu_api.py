@@ -183,6 +183,29 @@ def test_device_cuda_with_numpy_inputs(small_launch):
         assert rel_error(got, want) <= TOLERANCE["float16"]
 
 
+def test_byte_swapped_arrays(small_launch):
+    """Host arrays bound for the GPU are converted once; device arrays and out= are refused."""
+    small_launch("forward", "float32")
+    x = _data((3, 20))
+    swapped = x.astype(x.dtype.newbyteorder())
+    assert np.array_equal(numba_ln.layer_norm(swapped, device="cuda"),
+                          numba_ln.layer_norm(x, device="cuda"))
+    out = np.full(x.shape, 9, swapped.dtype)
+    with pytest.raises(TypeError, match=r"out has byte-swapped dtype '>f4'.*convert it"):
+        numba_ln.layer_norm(x, out=out, device="cuda")
+    assert (out == 9).all()
+    d_swapped = cuda.to_device(swapped)
+    assert not np.dtype(d_swapped.dtype).isnative
+    with pytest.raises(TypeError, match=r"x has byte-swapped dtype '>f4'; the GPU kernels "
+                                        r"read native byte order"):
+        numba_ln.layer_norm(d_swapped)
+
+
+def test_masked_arrays_are_refused_before_any_copy():
+    with pytest.raises(TypeError, match="x is a masked array"):
+        numba_ln.layer_norm(np.ma.masked_array(_data((2, 8))), device="cuda")
+
+
 @pytest.mark.parametrize("cols", [20, 70])
 def test_backward_out_in_place_and_aside(small_launch, cols):
     """out= for dx: written directly over dy, through a copy when it overlaps x partly."""
