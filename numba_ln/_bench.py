@@ -45,9 +45,9 @@ from typing import Callable
 
 import numba
 import numpy as np
-from numba import njit, prange
+from numba import prange
 
-from . import _config
+from . import _cache
 from ._bench_timing import DEFAULT_BUDGET_S, Timing, measure, measure_interleaved
 from ._cuda_backend import simulator_enabled
 from .api import backends, layer_norm, layer_norm_backward
@@ -411,7 +411,7 @@ def to_host(array):
 # length: numba then drops its negative-index check and LLVM vectorizes it.
 
 
-@njit(parallel=True, cache=_config.CACHE)
+@_cache.jit(parallel=True)
 def _copy_parallel(src, dst, chunks):
     n = dst.size
     step = (n + chunks - 1) // chunks
@@ -423,7 +423,7 @@ def _copy_parallel(src, dst, chunks):
             d[i] = s[i]
 
 
-@njit(parallel=True, cache=_config.CACHE)
+@_cache.jit(parallel=True)
 def _xor_parallel(a, b, dst, chunks):
     n = dst.size
     step = (n + chunks - 1) // chunks

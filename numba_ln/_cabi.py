@@ -28,10 +28,10 @@ in objects exposing ``__cuda_array_interface__`` and call the public API.
 """
 
 import numpy as np
-from numba import carray, cfunc, from_dtype, njit, types
+from numba import carray, from_dtype, njit, types
 
 from . import cpu  # first: it empties numba's cache if a kernel source changed
-from ._config import CACHE
+from ._cache import cfunc
 
 #: What an entry point returns on success (numba's wrapper returns 0 on error).
 OK = 1
@@ -78,7 +78,7 @@ def _make_forward(dtype):
         return OK
 
     forward.__qualname__ = forward.__name__ = f"forward_{np.dtype(dtype).name}"
-    return cfunc(_forward_signature(from_dtype(dtype)), cache=CACHE)(forward)
+    return cfunc(_forward_signature(from_dtype(dtype)))(forward)
 
 
 def _make_backward(dtype):
@@ -98,7 +98,7 @@ def _make_backward(dtype):
         return OK
 
     backward.__qualname__ = backward.__name__ = f"backward_{np.dtype(dtype).name}"
-    return cfunc(_backward_signature(from_dtype(dtype)), cache=CACHE)(backward)
+    return cfunc(_backward_signature(from_dtype(dtype)))(backward)
 
 
 def _blocks_signature(scalar):
@@ -126,7 +126,7 @@ def _make_backward_blocks(dtype):
 
     backward_blocks.__qualname__ = backward_blocks.__name__ = (
         f"backward_blocks_{np.dtype(dtype).name}")
-    return cfunc(_blocks_signature(from_dtype(dtype)), cache=CACHE)(backward_blocks)
+    return cfunc(_blocks_signature(from_dtype(dtype)))(backward_blocks)
 
 
 def _make_reduce(dtype):
@@ -139,22 +139,22 @@ def _make_reduce(dtype):
         return OK
 
     reduce.__qualname__ = reduce.__name__ = f"reduce_{np.dtype(dtype).name}"
-    return cfunc(_i32(ptr, _i64, _i64, ptr, _i64, _i64), cache=CACHE)(reduce)
+    return cfunc(_i32(ptr, _i64, _i64, ptr, _i64, _i64))(reduce)
 
 
-@cfunc(_i32(_i64, _i64), cache=CACHE)
+@cfunc(_i32(_i64, _i64))
 def runs_parallel(rows, cols):
     """``cpu.runs_parallel`` for C: 1 when a call is worth spreading over threads."""
     return 1 if cpu.runs_parallel(rows, cols) else 0
 
 
-@cfunc(_i32(_i64, _i64, _i64), cache=CACHE)
+@cfunc(_i32(_i64, _i64, _i64))
 def streams_output(rows, cols, itemsize):
     """``cpu.streams_output`` for C: 1 when a forward's ``y`` is written with streaming stores."""
     return 1 if cpu.streams_output(rows, cols, itemsize) else 0
 
 
-@cfunc(_i64(_i64), cache=CACHE)
+@cfunc(_i64(_i64))
 def backward_blocks(rows):
     """``cpu.backward_blocks`` for C: rows of partial sums a backward pass needs."""
     return cpu.backward_blocks(rows)

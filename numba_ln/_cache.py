@@ -10,11 +10,25 @@ upgrades, or a developer who edits one formula, never runs a stale kernel.
 
 Where the cache lives is numba's choice, made deliberately here by leaving it
 alone: ``__pycache__`` beside the sources when that is writable, else numba's
-per-user cache directory; ``NUMBA_CACHE_DIR`` moves it.
+per-user cache directory; ``NUMBA_CACHE_DIR`` moves it. Where none of them is
+writable (a read-only install run by a user without a writable home), numba
+would refuse to define the kernels; :func:`policy` then reads the cache the
+package ships in its own ``__pycache__`` if it was built from these sources,
+and compiles in memory otherwise, with one warning.
+
+Every kernel of the package is defined through :func:`jit` and :func:`cfunc`,
+which apply that policy.
 """
 
 import hashlib
+import os
 import pathlib
+import warnings
+
+import numba
+from numba.core.caching import CompileResultCacheImpl, FunctionCache, InTreeCacheLocator
+
+from . import _config
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
 _STAMP = "numba_ln.sources"
@@ -53,3 +67,109 @@ def discard_if_stale(dispatcher):
         stamp.write_text(digest)
     except OSError:  # a read-only cache is numba's to report, not ours
         pass
+
+
+# --------------------------------------------------------------------------- policy
+
+class _ShippedLocator(InTreeCacheLocator):
+    """The package's own ``__pycache__``, read as it is: its writability is not required."""
+
+    def ensure_cache_path(self):
+        if not os.path.isdir(self.get_cache_path()):
+            raise OSError(f"no directory {self.get_cache_path()}")
+
+    @classmethod
+    def from_function(cls, py_func, py_file):
+        locator = cls(py_func, py_file)
+        return locator if os.path.isdir(locator.get_cache_path()) else None
+
+
+class _ShippedImpl(CompileResultCacheImpl):
+    _locator_classes = [_ShippedLocator]
+
+
+class _ShippedCache(FunctionCache):
+    """Loads kernels from the shipped cache; a kernel compiled here stays in memory."""
+
+    _impl_class = _ShippedImpl
+
+    def save_overload(self, sig, data):
+        return None
+
+
+_policy = None
+
+
+def _writable_cache():
+    """Whether numba finds a writable cache directory for this package's kernels."""
+    try:
+        FunctionCache(source_digest)  # numba's own search, as for any kernel here
+    except RuntimeError:
+        return False
+    return True
+
+
+def _shipped_cache_is_current():
+    try:
+        return (_PACKAGE / "__pycache__" / _STAMP).read_text() == source_digest()
+    except OSError:
+        return False
+
+
+def policy():
+    """How kernels are cached in this process: ``"numba"``, ``"shipped"`` or ``"off"``.
+
+    Decided once: ``"off"`` with ``NUMBA_LN_NO_CACHE=1``; ``"numba"`` when
+    numba has a writable cache directory; ``"shipped"`` when only the
+    package's read-only cache, built from these sources, is there; else
+    ``"off"`` with a warning that says how to keep compiled kernels.
+    """
+    global _policy
+    if _policy is None:
+        if not _config.CACHE:
+            _policy = "off"
+        elif _writable_cache():
+            _policy = "numba"
+        elif _shipped_cache_is_current():
+            _policy = "shipped"
+        else:
+            _policy = "off"
+            warnings.warn(
+                "numba-ln: no writable cache directory for its compiled kernels (the "
+                f"package's {_PACKAGE / '__pycache__'} is read-only and so is numba's "
+                "per-user cache), so they are compiled in memory in every process. "
+                "Set NUMBA_CACHE_DIR to a writable directory to keep them, or "
+                "NUMBA_LN_NO_CACHE=1 to compile in memory without this warning.",
+                RuntimeWarning, stacklevel=2)
+    return _policy
+
+
+def jit(**options):
+    """``numba.njit(**options)`` with the package's cache :func:`policy`."""
+    mode = policy()
+
+    def decorate(func):
+        dispatcher = numba.njit(cache=mode == "numba", **options)(func)
+        if mode == "shipped":
+            dispatcher._cache = _ShippedCache(func)
+        return dispatcher
+
+    return decorate
+
+
+def cfunc(signature):
+    """``numba.cfunc(signature)`` with the package's cache :func:`policy` (compiles now)."""
+    mode = policy()
+
+    def decorate(func):
+        if mode != "shipped":
+            return numba.cfunc(signature, cache=mode == "numba")(func)
+        from numba.core.ccallback import CFunc
+
+        # numba.cfunc compiles before returning: the cache must be in place first.
+        callback = CFunc(func, signature, locals={}, options={})
+        callback._cache = _ShippedCache(func)
+        callback.compile()
+        return callback
+
+    return decorate

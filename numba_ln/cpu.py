@@ -43,7 +43,7 @@ from numba import njit, prange
 from numba.extending import overload
 
 from . import _cache, _math, _threading
-from ._config import (BACKWARD_BLOCKS, BACKWARD_WIDE_COLS, CACHE, FASTMATH, FORWARD_CHUNKS,
+from ._config import (BACKWARD_BLOCKS, BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS,
                       SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
                       STREAM_STAGE_BYTES)
 from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_line, store,
@@ -51,8 +51,8 @@ from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_
 
 # error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
 # row NaN, like any other non-finite row) instead of raising ZeroDivisionError.
-_kernel = njit(fastmath=FASTMATH, cache=CACHE, error_model="numpy")
-_parallel_kernel = njit(fastmath=FASTMATH, cache=CACHE, error_model="numpy", parallel=True)
+_kernel = _cache.jit(fastmath=FASTMATH, error_model="numpy")
+_parallel_kernel = _cache.jit(fastmath=FASTMATH, error_model="numpy", parallel=True)
 _row = njit(fastmath=FASTMATH, inline="always", error_model="numpy")
 # A row piece whose bits must not depend on the loop it is compiled into: no
 # fast-math flags (numba applies them per compiled function, so a separate
@@ -247,7 +247,7 @@ def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rs
                           eps, stream_out)
 
 
-@njit(cache=CACHE)
+@_cache.jit()
 def runs_parallel(rows, cols):
     """The serial/parallel decision for every CPU entry point, Python's and C's."""
     return rows > 1 and rows * cols > SERIAL_MAX_ELEMENTS
@@ -256,7 +256,7 @@ def runs_parallel(rows, cols):
 _decide = runs_parallel.py_func  # the same rule, without a dispatcher call from Python
 
 
-@njit(cache=CACHE)
+@_cache.jit()
 def streams_output(rows, cols, itemsize):
     """Whether a forward writes ``y`` with streaming stores: a function of its shape alone.
 
@@ -275,7 +275,7 @@ _streams = streams_output.py_func
 assert STREAM_MIN_BYTES > 8 * SERIAL_MAX_ELEMENTS, "small calls must never stream"
 
 
-@njit(cache=CACHE)
+@_cache.jit()
 def streams_input_gradient(rows, cols, itemsize):
     """Whether a backward writes ``dx`` with streaming stores: a function of its shape alone.
 
@@ -507,13 +507,13 @@ def ln_bwd_reduce(part, out, first_col, stop_col):
             out[j] += part[block, j]
 
 
-@njit(cache=CACHE)
+@_cache.jit()
 def backward_block_rows(rows):
     """Rows per block of the backward reduction: a function of the shape alone."""
     return max(1, (rows + BACKWARD_BLOCKS - 1) // BACKWARD_BLOCKS)
 
 
-@njit(cache=CACHE)
+@_cache.jit()
 def backward_blocks(rows):
     """Number of backward blocks (rows of partial sums) for ``rows`` rows."""
     block_rows = backward_block_rows(rows)
