@@ -4,7 +4,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import _cpu_backend, _cuda_backend, _dispatch, _validate
+from . import _cpu_backend, _cuda_backend, _dispatch, _threading, _validate
 
 _FORWARD_ARRAYS = ("weight", "bias", "out")
 _BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight", "out")
@@ -213,6 +213,8 @@ def backends():
         layer = numba.config.THREADING_LAYER
     cpu_detail = (f"numba {numba.__version__}, {numba.get_num_threads()} threads, "
                   f"threading layer {layer!r}")
+    if not _threading.parallel_allowed():
+        cpu_detail += "; serial in this process (forked after GNU OpenMP ran)"
     reason = _cuda_backend.unavailable_reason()
     if reason is None:
         cuda_detail = ("numba CUDA simulator (NUMBA_ENABLE_CUDASIM=1)"

@@ -143,7 +143,8 @@ _FORK_AFTER_OPENMP = textwrap.dedent("""
     if pid == 0:
         same = np.array_equal(numba_ln.layer_norm(x), y) and all(
             np.array_equal(a, b) for a, b in zip(numba_ln.layer_norm_backward(x, x, mean, rstd), grads))
-        os._exit(0 if same else 3)
+        serial = "serial in this process" in numba_ln.backends()["cpu"].detail
+        os._exit(0 if same and serial else 3)
     _, status = os.waitpid(pid, 0)
     print("child", os.WIFEXITED(status) and os.WEXITSTATUS(status))
     print("parent", np.array_equal(numba_ln.layer_norm(x), y))
