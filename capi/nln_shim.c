@@ -281,21 +281,68 @@ static nln_status nln__check_shape(const char *fn, int64_t rows, int64_t cols)
     return NLN_OK;
 }
 
-/* A required matrix: non-NULL, ld >= cols, and its extent fits in int64. */
+/* Element counts and sizes up to 2^128: (rows - 1) * ld + cols of int64 values
+ * never overflows it. */
+typedef unsigned __int128 nln__count;
+
+/* `count` in decimal; `text` must hold 40 characters (2^128 has 39 digits). */
+static const char *nln__decimal(nln__count count, char text[40])
+{
+    char *digit = text + 39;
+    *digit = '\0';
+    do {
+        *--digit = (char)('0' + (int)(count % 10));
+        count /= 10;
+    } while (count != 0);
+    return digit;
+}
+
+/* `count` elements of `itemsize` bytes from `data` (NULL: none) must fit in the
+ * address space: at most PTRDIFF_MAX bytes, and not past its last byte.
+ * `what` names the buffer, `formula` says how count was computed. */
+static nln_status nln__check_span(const char *fn, const char *what, const void *data,
+                                  const char *formula, nln__count count, size_t itemsize)
+{
+    char digits[40];
+    if (count > (nln__count)PTRDIFF_MAX / itemsize)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                         "%s spans %s = %s elements of %zu bytes, more than the address "
+                         "space", what, formula, nln__decimal(count, digits), itemsize);
+    if ((uintptr_t)data > UINTPTR_MAX - (uintptr_t)(count * itemsize))
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                         "%s spans %s = %s elements of %zu bytes from %p, past the end of "
+                         "the address space", what, formula, nln__decimal(count, digits),
+                         itemsize, data);
+    return NLN_OK;
+}
+
+/* A required matrix: non-NULL, ld >= cols, and its span fits in the address space. */
 static nln_status nln__check_matrix(const char *fn, const char *name, const void *data,
                                     const char *ld_name, int64_t ld,
-                                    int64_t rows, int64_t cols)
+                                    int64_t rows, int64_t cols, size_t itemsize)
 {
+    char formula[64];
     if (data == NULL)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s is NULL", name);
     if (ld < cols)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s (%lld) must be >= cols (%lld)",
                          ld_name, (long long)ld, (long long)cols);
-    if (rows > 1 && rows - 1 > (INT64_MAX - cols) / ld)
-        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
-                         "%s is too large: (rows - 1) * %s + cols overflows int64",
-                         name, ld_name);
-    return NLN_OK;
+    if (rows == 0)
+        return NLN_OK;
+    snprintf(formula, sizeof formula, "(rows - 1) * %s + cols", ld_name);
+    return nln__check_span(fn, name, data, formula,
+                           (nln__count)(rows - 1) * (nln__count)ld + (nln__count)cols,
+                           itemsize);
+}
+
+/* An optional vector of `length` elements (named by `length_name`, "rows" or "cols"). */
+static nln_status nln__check_vector(const char *fn, const char *name, const void *data,
+                                    const char *length_name, int64_t length,
+                                    size_t itemsize)
+{
+    if (data == NULL)
+        return NLN_OK;
+    return nln__check_span(fn, name, data, length_name, (nln__count)length, itemsize);
 }
 
 static nln_status nln__check_required(const char *fn, const char *name, const void *data)
@@ -317,32 +364,56 @@ static nln_status nln__check_eps(const char *fn, double eps)
     return NLN_OK;
 }
 
-static nln_status nln__check_forward(const char *fn, const void *x, int64_t ldx,
+static nln_status nln__check_forward(const char *fn, size_t itemsize,
+                                     const void *x, int64_t ldx,
+                                     const void *weight, const void *bias,
                                      const void *y, int64_t ldy,
+                                     const void *mean, const void *rstd,
                                      int64_t rows, int64_t cols, double eps)
 {
     nln_status status;
     if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "y", y, "ldy", ldy, rows, cols)) != NLN_OK)
+        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols, itemsize)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "y", y, "ldy", ldy, rows, cols, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "weight", weight, "cols", cols, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "bias", bias, "cols", cols, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "mean", mean, "rows", rows, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "rstd", rstd, "rows", rows, itemsize)) != NLN_OK)
         return status;
     return nln__check_eps(fn, eps);
 }
 
-static nln_status nln__check_backward(const char *fn, const void *dy, int64_t lddy,
+static nln_status nln__check_backward(const char *fn, size_t itemsize,
+                                      const void *dy, int64_t lddy,
                                       const void *x, int64_t ldx,
                                       const void *mean, const void *rstd,
+                                      const void *weight,
                                       const void *dx, int64_t lddx,
+                                      const void *dweight, const void *dbias,
                                       int64_t rows, int64_t cols)
 {
     nln_status status;
     if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "dy", dy, "lddy", lddy, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "dy", dy, "lddy", lddy, rows, cols, itemsize))
+            != NLN_OK ||
+        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols, itemsize)) != NLN_OK ||
         (status = nln__check_required(fn, "mean", mean)) != NLN_OK ||
-        (status = nln__check_required(fn, "rstd", rstd)) != NLN_OK)
+        (status = nln__check_vector(fn, "mean", mean, "rows", rows, itemsize)) != NLN_OK ||
+        (status = nln__check_required(fn, "rstd", rstd)) != NLN_OK ||
+        (status = nln__check_vector(fn, "rstd", rstd, "rows", rows, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "weight", weight, "cols", cols, itemsize)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols, itemsize))
+            != NLN_OK ||
+        (status = nln__check_vector(fn, "dweight", dweight, "cols", cols, itemsize))
+            != NLN_OK ||
+        (status = nln__check_vector(fn, "dbias", dbias, "cols", cols, itemsize)) != NLN_OK ||
+        rows == 0)
         return status;
-    return nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols);
+    /* The parallel schedule's partial sums; blocks <= rows, so dy's span bounds them. */
+    return nln__check_span(fn, "the partial sums of dweight and dbias", NULL,
+                           "blocks * cols",
+                           (nln__count)nln__backward_blocks(rows) * (nln__count)cols,
+                           itemsize);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -499,7 +570,8 @@ NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
     static const char fn[] = "nln_layer_norm_f32";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
+        (status = nln__check_forward(fn, sizeof *x, x, ldx, weight, bias, y, ldy, mean,
+                                     rstd, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
     return nln__run_forward_f32(fn, x, ldx, weight ? weight : &nln__one_f32,
@@ -516,7 +588,8 @@ NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
     static const char fn[] = "nln_layer_norm_f64";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
+        (status = nln__check_forward(fn, sizeof *x, x, ldx, weight, bias, y, ldy, mean,
+                                     rstd, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
     return nln__run_forward_f64(fn, x, ldx, weight ? weight : &nln__one_f64,
@@ -535,8 +608,8 @@ NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
     static const char fn[] = "nln_layer_norm_backward_f32";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
-                                      rows, cols)) != NLN_OK)
+        (status = nln__check_backward(fn, sizeof *dy, dy, lddy, x, ldx, mean, rstd, weight,
+                                      dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
     if (rows == 0) { /* sums over no rows */
         nln__zero(dweight, cols, sizeof(float));
@@ -559,8 +632,8 @@ NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
     static const char fn[] = "nln_layer_norm_backward_f64";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
-                                      rows, cols)) != NLN_OK)
+        (status = nln__check_backward(fn, sizeof *dy, dy, lddy, x, ldx, mean, rstd, weight,
+                                      dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
     if (rows == 0) { /* sums over no rows */
         nln__zero(dweight, cols, sizeof(double));
@@ -589,7 +662,8 @@ static nln_status nln__cuda_forward(const char *fn, int32_t bits, const void *x,
 {
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK)
+        (status = nln__check_forward(fn, (size_t)bits / 8, x, ldx, weight, bias, y, ldy,
+                                     mean, rstd, rows, cols, eps)) != NLN_OK)
         return status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_forward(
@@ -607,8 +681,8 @@ static nln_status nln__cuda_backward(const char *fn, int32_t bits, const void *d
 {
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
-                                      rows, cols)) != NLN_OK)
+        (status = nln__check_backward(fn, (size_t)bits / 8, dy, lddy, x, ldx, mean, rstd,
+                                      weight, dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_backward(

@@ -16,7 +16,9 @@
  * - A matrix has `rows` rows of `cols` elements; row r starts at element
  *   r * ld of its buffer (`ld*` = row stride in elements, >= cols). Elements
  *   between cols and ld of a row (padding) are never read or written.
- *   A buffer must hold at least (rows - 1) * ld + cols elements.
+ *   A buffer must hold at least (rows - 1) * ld + cols elements. A buffer
+ *   whose size in bytes exceeds PTRDIFF_MAX, or that would run past the end
+ *   of the address space, is NLN_ERR_INVALID_ARGUMENT.
  * - Inputs come first, then outputs. Inputs are const.
  * - For each row: y = (x - mean) * rstd * weight + bias, with
  *   mean = sum(x) / cols, var = sum((x - mean)^2) / cols (biased) and

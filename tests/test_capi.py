@@ -317,7 +317,9 @@ ERROR_CASES = {
     "fwd_eps_nan": "eps is NaN",
     "fwd_eps_inf": "eps is infinite",
     "fwd_eps_minus_inf": "eps is infinite",
-    "fwd_extent_overflow": "(rows - 1) * ldx + cols overflows int64",
+    "fwd_extent_overflow": "nln_layer_norm_f32: x spans (rows - 1) * ldx + cols = "
+                           f"{((1 << 40) - 1) * (1 << 40) + 4} elements of 4 bytes, more than "
+                           "the address space",
     "fwd64_x_null": "nln_layer_norm_f64: x is NULL",
     "fwd64_ldy_small": "ldy (2) must be >= cols (4)",
     "fwd64_eps_nan": "nln_layer_norm_f64: eps is NaN",
@@ -332,14 +334,57 @@ ERROR_CASES = {
     "bwd_lddx_small": "lddx (1) must be >= cols (4)",
     "bwd_rows_negative": "rows (-5) must be >= 0",
     "bwd_cols_zero": "cols (0) must be > 0",
-    "bwd_extent_overflow": "(rows - 1) * lddx + cols overflows int64",
+    "bwd_extent_overflow": "dx spans (rows - 1) * lddx + cols = "
+                           f"{((1 << 40) - 1) * (1 << 40) + 4} elements of 4 bytes, more",
     "bwd64_mean_null": "nln_layer_norm_backward_f64: mean is NULL",
     "bwd64_cols_negative": "cols (-1) must be > 0",
     "cuda_fwd_x_null": "nln_cuda_layer_norm_f32: x is NULL",
     "cuda_fwd64_eps_nan": "nln_cuda_layer_norm_f64: eps is NaN",
     "cuda_bwd_ldx_small": "nln_cuda_layer_norm_backward_f32: ldx (2) must be >= cols (4)",
     "cuda_bwd64_rstd_null": "nln_cuda_layer_norm_backward_f64: rstd is NULL",
+    "fwd_x_wraps": "nln_layer_norm_f32: x spans (rows - 1) * ldx + cols = 16 elements of 4 "
+                   "bytes from 0xfffffffffffffff8, past the end of the address space",
+    "fwd_weight_wraps": "weight spans cols = 4 elements of 4 bytes from 0xfffffffffffffff8, past",
+    "fwd64_rstd_wraps": "nln_layer_norm_f64: rstd spans rows = 3 elements of 8 bytes from 0xf",
+    "bwd_mean_wraps": "nln_layer_norm_backward_f32: mean spans rows = 3 elements of 4 bytes",
+    "bwd64_dbias_wraps": "dbias spans cols = 4 elements of 8 bytes from 0xfffffffffffffff8",
+    "cuda_bwd_dx_wraps": "nln_cuda_layer_norm_backward_f32: dx spans (rows - 1) * lddx + cols"
+                         " = 16 elements of 4 bytes from 0xfffffffffffffff8, past the end",
 }
+
+# capi_errors' overflow cases: each function with one matrix's stride past the
+# address space (2 rows of 4 columns), and with 2**62 rows of stride 4.
+OVERFLOW_FUNCTIONS = {  # label: (function, item size, its matrices and their strides)
+    "fwd": ("nln_layer_norm_f32", 4, [("x", "ldx"), ("y", "ldy")]),
+    "fwd64": ("nln_layer_norm_f64", 8, [("x", "ldx"), ("y", "ldy")]),
+    "bwd": ("nln_layer_norm_backward_f32", 4, [("dy", "lddy"), ("x", "ldx"), ("dx", "lddx")]),
+    "bwd64": ("nln_layer_norm_backward_f64", 8, [("dy", "lddy"), ("x", "ldx"), ("dx", "lddx")]),
+}
+OVERFLOW_FUNCTIONS.update({f"cuda_{label}": (function.replace("nln_", "nln_cuda_"), *rest)
+                           for label, (function, *rest) in OVERFLOW_FUNCTIONS.items()})
+OVERFLOW_LDS = {"ld62": 1 << 62, "ld61": 1 << 61, "ldmax": 2**63 - 1}
+
+
+def _overflow_cases():
+    """{case name: the message it must give} for capi_errors' overflow cases."""
+    def message(function, itemsize, matrix, ld_name, rows, ld):
+        count = (rows - 1) * ld + 4
+        assert count * itemsize > 2**63 - 1  # more bytes than PTRDIFF_MAX
+        return (f"{function}: {matrix} spans (rows - 1) * {ld_name} + cols = {count} "
+                f"elements of {itemsize} bytes, more than the address space")
+
+    cases = {}
+    for label, (function, itemsize, matrices) in OVERFLOW_FUNCTIONS.items():
+        for matrix, ld_name in matrices:
+            for name, ld in OVERFLOW_LDS.items():
+                cases[f"overflow_{label}_{matrix}_{name}"] = message(
+                    function, itemsize, matrix, ld_name, 2, ld)
+        # Every matrix has stride 4: the first one checked is named.
+        cases[f"overflow_{label}_rows"] = message(function, itemsize, *matrices[0], 1 << 62, 4)
+    return cases
+
+
+ERROR_CASES.update(_overflow_cases())
 NO_DEVICE_CASES = ["cuda_fwd_no_device", "cuda_fwd64_no_device", "cuda_bwd_no_device",
                    "cuda_bwd64_no_device", "cuda_fwd_rows_zero_no_device"]
 ROWS_ZERO_CASES = ["fwd_rows_zero", "fwd64_rows_zero", "bwd_rows_zero", "bwd64_rows_zero"]
@@ -370,6 +415,13 @@ def test_invalid_argument(error_report, name):
     assert status == INVALID
     assert ERROR_CASES[name] in message
     assert untouched, "an output was written by a failing call"
+
+
+def test_every_error_case_printed_is_checked(error_report):
+    expected = set(ERROR_CASES) | set(ROWS_ZERO_CASES)
+    if error_report["CUDA_AVAILABLE"] == "0":
+        expected |= set(NO_DEVICE_CASES)
+    assert set(error_report["CASE"]) == expected
 
 
 @pytest.mark.parametrize("name", ROWS_ZERO_CASES)
