@@ -26,21 +26,26 @@
  * Steady state: a CPU call checks its arguments here, then calls the entry
  * points through their pointers: compiled code only, no Python executed, no
  * GIL. The entry points are numba_ln.cpu's serial pieces; for a call that
- * cpu.runs_parallel says is large, this file runs them on OpenMP threads in
- * the schedule of cpu.ln_fwd_parallel / cpu.ln_bwd_parallel (row chunks;
- * fixed backward blocks, then a column-parallel sum of the blocks in order),
- * so results are bit-identical to the Python API's. numba's own parallel
- * launcher is not used: it takes the GIL around every parallel region.
+ * cpu.runs_parallel says is large, this file runs them on a thread pool of
+ * its own (pthreads, started on the first large call, reset in a forked
+ * child) in the schedule of cpu.ln_fwd_parallel / cpu.ln_bwd_parallel (row
+ * chunks; fixed backward blocks, then a column-parallel sum of the blocks in
+ * order), so results are bit-identical to the Python API's. numba's own
+ * parallel launcher is not used: it takes the GIL around every parallel
+ * region. Neither is OpenMP: GNU OpenMP hangs a forked child that uses it.
  */
 #include <errno.h>
 #include <math.h>
-#include <omp.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "numba_ln.h"
@@ -457,10 +462,213 @@ NLN_API nln_status nln_init(void)
     return nln__ready("nln_init");
 }
 
+/* ------------------------------------------------------------------ thread pool
+ *
+ * The threads of large calls (see the top of the file for why they are our
+ * own). A job is `count` tasks, run(arg, task);
+ * the caller and the workers take tasks from a shared counter until none is
+ * left. One job at a time: a caller that finds the pool busy runs its tasks
+ * alone. Who runs a task never changes what it computes, so neither do the
+ * bits.
+ *
+ * A job's fields are written only while `open` is 0. A worker reads them
+ * after it has counted itself `inside` and seen `open` set; the caller clears
+ * `open` and waits for `inside` to drop to 0 before it returns.
+ */
+
+/* Runs task `task` of a job; nonzero if it failed. */
+typedef int (*nln__task_fn)(void *arg, int64_t task);
+
+/* Waiters spin this long before they sleep: calls made back to back find
+ * the workers awake. */
+#define NLN__SPIN_NS 100000
+/* A bound on OMP_NUM_THREADS, so that a typo cannot start thousands of threads. */
+#define NLN__MAX_THREADS 1024
+
+static struct {
+    pthread_once_t once;
+    int threads;                   /* a job's threads: the workers and the caller */
+    int workers;                   /* started so far; changed by the pool's owner only */
+    pthread_mutex_t lock;          /* for the sleeping side of nln__await */
+    pthread_cond_t job_posted;     /* generation changed */
+    pthread_cond_t workers_left;   /* inside dropped to 0 */
+    atomic_int busy;               /* a caller owns the pool */
+    atomic_uint generation;        /* jobs posted so far */
+    atomic_int open;               /* the current job still takes workers */
+    atomic_uint inside;            /* workers that joined a job and have not left it */
+    _Atomic int64_t next_task;
+    atomic_int failed;
+    nln__task_fn run;              /* the current job */
+    void *arg;
+    int64_t count;
+} nln__pool = {.once = PTHREAD_ONCE_INIT, .lock = PTHREAD_MUTEX_INITIALIZER,
+               .job_posted = PTHREAD_COND_INITIALIZER,
+               .workers_left = PTHREAD_COND_INITIALIZER};
+
+static uint64_t nln__now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* Wait until (*word == value) == until_equal: spin for NLN__SPIN_NS, then
+ * sleep on `wakeup`, which is broadcast under the pool's lock after every
+ * change of *word that can end the wait. Returns the last value read. */
+static unsigned nln__await(atomic_uint *word, unsigned value, int until_equal,
+                           pthread_cond_t *wakeup)
+{
+    uint64_t start = nln__now_ns();
+    unsigned now;
+    while (((now = atomic_load(word)) == value) != until_equal) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (nln__now_ns() - start < NLN__SPIN_NS)
+            continue;
+        pthread_mutex_lock(&nln__pool.lock);
+        while (((now = atomic_load(word)) == value) != until_equal)
+            pthread_cond_wait(wakeup, &nln__pool.lock);
+        pthread_mutex_unlock(&nln__pool.lock);
+        break;
+    }
+    return now;
+}
+
+/* Run the current job's tasks until none is left. */
+static void nln__take_tasks(void)
+{
+    int64_t task;
+    while ((task = atomic_fetch_add(&nln__pool.next_task, 1)) < nln__pool.count)
+        if (nln__pool.run(nln__pool.arg, task) != 0)
+            atomic_store(&nln__pool.failed, 1);
+}
+
+static void *nln__worker(void *first_generation)
+{
+    unsigned seen = (unsigned)(uintptr_t)first_generation;
+    for (;;) {
+        seen = nln__await(&nln__pool.generation, seen, 0, &nln__pool.job_posted);
+        atomic_fetch_add(&nln__pool.inside, 1);
+        if (atomic_load(&nln__pool.open))
+            nln__take_tasks();
+        if (atomic_fetch_sub(&nln__pool.inside, 1) == 1) {
+            pthread_mutex_lock(&nln__pool.lock);
+            pthread_cond_broadcast(&nln__pool.workers_left);
+            pthread_mutex_unlock(&nln__pool.lock);
+        }
+    }
+    return NULL;
+}
+
+/* Start the missing workers (the pool's owner only). They block every
+ * signal, so the host's handlers run on the host's threads. A worker that
+ * cannot be started now is tried again on the next job. */
+static void nln__start_workers(void)
+{
+    sigset_t all, host;
+    pthread_attr_t attr;
+    pthread_t thread;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &host);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    while (nln__pool.workers < nln__pool.threads - 1 &&
+           pthread_create(&thread, &attr, nln__worker,
+                          (void *)(uintptr_t)atomic_load(&nln__pool.generation)) == 0)
+        nln__pool.workers++;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &host, NULL);
+}
+
+/* The child of a fork has only the thread that forked: no workers, and no
+ * caller inside a job. The lock and conditions may have been in use by
+ * threads that are gone. */
+static void nln__pool_after_fork_child(void)
+{
+    pthread_mutex_init(&nln__pool.lock, NULL);
+    pthread_cond_init(&nln__pool.job_posted, NULL);
+    pthread_cond_init(&nln__pool.workers_left, NULL);
+    nln__pool.workers = 0;
+    atomic_store(&nln__pool.busy, 0);
+    atomic_store(&nln__pool.open, 0);
+    atomic_store(&nln__pool.inside, 0);
+}
+
+/* OMP_NUM_THREADS's leading integer when it is positive, else the number of
+ * CPUs this process may run on. */
+static int nln__thread_count(void)
+{
+    const char *setting = getenv("OMP_NUM_THREADS");
+    cpu_set_t cpus;
+    long count = 0;
+    if (setting != NULL) {
+        char *end;
+        count = strtol(setting, &end, 10);
+        if (end == setting)
+            count = 0;
+    }
+    if (count <= 0 && sched_getaffinity(0, sizeof cpus, &cpus) == 0)
+        count = CPU_COUNT(&cpus);
+    if (count <= 0)
+        count = sysconf(_SC_NPROCESSORS_ONLN);
+    return count < 1 ? 1 : count > NLN__MAX_THREADS ? NLN__MAX_THREADS : (int)count;
+}
+
+static void nln__pool_init(void)
+{
+    nln__pool.threads = nln__thread_count();
+    pthread_atfork(NULL, NULL, nln__pool_after_fork_child);
+}
+
+/* The number of threads a large call runs on. */
+static int nln__pool_threads(void)
+{
+    pthread_once(&nln__pool.once, nln__pool_init);
+    return nln__pool.threads;
+}
+
+/* Post the job to the workers, take part in it, and wait for them to leave it
+ * (the pool's owner only). Nonzero if a task failed. */
+static int nln__run_job(nln__task_fn run, void *arg, int64_t count)
+{
+    if (nln__pool.workers < nln__pool.threads - 1)
+        nln__start_workers();
+    nln__pool.run = run;
+    nln__pool.arg = arg;
+    nln__pool.count = count;
+    atomic_store(&nln__pool.next_task, 0);
+    atomic_store(&nln__pool.failed, 0);
+    atomic_store(&nln__pool.open, 1);
+    pthread_mutex_lock(&nln__pool.lock);
+    atomic_fetch_add(&nln__pool.generation, 1);
+    pthread_cond_broadcast(&nln__pool.job_posted);
+    pthread_mutex_unlock(&nln__pool.lock);
+    nln__take_tasks();
+    atomic_store(&nln__pool.open, 0);
+    nln__await(&nln__pool.inside, 0, 1, &nln__pool.workers_left);
+    return atomic_load(&nln__pool.failed);
+}
+
+/* Tasks 0 .. count - 1 of run(arg, task): on the pool when it is free, else
+ * on the calling thread. Nonzero if a task failed. */
+static int nln__parallel(nln__task_fn run, void *arg, int64_t count)
+{
+    int failed = 0;
+    if (nln__pool_threads() > 1 && count > 1 && !atomic_exchange(&nln__pool.busy, 1)) {
+        failed = nln__run_job(run, arg, count);
+        atomic_store(&nln__pool.busy, 0);
+        return failed;
+    }
+    for (int64_t task = 0; task < count; ++task)
+        failed |= run(arg, task) != 0;
+    return failed;
+}
+
 /* ------------------------------------------------------------------ schedules
  *
- * What a CPU call runs, on the calling thread or on OpenMP threads. Each
- * returns NLN_OK, or NLN_ERR_INTERNAL with the reason as `fn`'s last error.
+ * What a CPU call runs, on the calling thread or on the pool. Each returns
+ * NLN_OK, or NLN_ERR_INTERNAL with the reason as `fn`'s last error.
  */
 
 #define NLN_KERNEL_FAILED \
@@ -473,36 +681,52 @@ static nln_status nln__kernel_status(const char *fn, int failed)
     return failed ? nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED) : NLN_OK;
 }
 
-/* Forward: contiguous chunks of rows, like cpu.ln_fwd_parallel. A row's
- * result does not depend on its chunk. */
-#define NLN__DEFINE_FORWARD(T, SUFFIX)                                                   \
-    static nln_status nln__run_forward_##SUFFIX(                                       \
-        const char *fn, const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,    \
-        int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int64_t rows,           \
-        int64_t cols, T eps)                                                           \
+/* Forward: contiguous chunks of rows, one per thread, like
+ * cpu.ln_fwd_parallel. A row's result does not depend on its chunk. */
+#define NLN__DEFINE_FORWARD(T, SUFFIX)                                                  \
+    struct nln__forward_args_##SUFFIX {                                                \
+        const T *x, *weight, *bias;                                                    \
+        T *y, *mean, *rstd;                                                            \
+        int64_t ldx, ldy, rows, cols, rows_per_chunk;                                  \
+        int32_t has_weight, has_bias, streaming;                                       \
+        T eps;                                                                         \
+    };                                                                                 \
+                                                                                       \
+    /* Rows chunk * rows_per_chunk onwards, at most rows_per_chunk of them. */         \
+    static int nln__forward_chunk_##SUFFIX(void *args, int64_t chunk)                  \
     {                                                                                  \
-        /* Decided once for the whole call, as cpu.ln_fwd does. */                     \
-        int32_t streaming = nln__streams_output(rows, cols, (int64_t)sizeof(T));          \
-        if (!nln__runs_parallel(rows, cols)) /* no OpenMP region: it costs ~0.3 us */ \
-            return nln__kernel_status(                                                 \
-                fn, nln__forward_##SUFFIX(x, ldx, weight, bias, has_weight, has_bias, y, \
-                                          ldy, mean, rstd, mean != NULL, rstd != NULL, \
-                                          rows, cols, eps, streaming) != NLN_ENTRY_OK);\
-        int64_t chunks = omp_get_max_threads();                                        \
-        int64_t step = (rows + chunks - 1) / chunks;                                   \
-        int failed = 0;                                                                \
-        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) {                             \
-            int64_t first = chunk * step;                                              \
-            int64_t count = (first + step < rows ? first + step : rows) - first;      \
-            if (count > 0)                                                             \
-                failed = nln__forward_##SUFFIX(                                        \
-                    x + first * ldx, ldx, weight, bias, has_weight, has_bias,          \
-                    y + first * ldy, ldy, mean ? mean + first : NULL,                  \
-                    rstd ? rstd + first : NULL, mean != NULL, rstd != NULL, count,     \
-                    cols, eps, streaming) != NLN_ENTRY_OK || failed;                   \
-        }                                                                              \
-        return nln__kernel_status(fn, failed);                                         \
+        const struct nln__forward_args_##SUFFIX *a = args;                             \
+        int64_t first = chunk * a->rows_per_chunk;                                     \
+        int64_t stop = first + a->rows_per_chunk < a->rows ? first + a->rows_per_chunk \
+                                                           : a->rows;                  \
+        if (stop <= first)                                                             \
+            return 0;                                                                  \
+        return nln__forward_##SUFFIX(                                                  \
+                   a->x + first * a->ldx, a->ldx, a->weight, a->bias, a->has_weight,   \
+                   a->has_bias, a->y + first * a->ldy, a->ldy,                         \
+                   a->mean ? a->mean + first : NULL, a->rstd ? a->rstd + first : NULL, \
+                   a->mean != NULL, a->rstd != NULL, stop - first, a->cols, a->eps,    \
+                   a->streaming) != NLN_ENTRY_OK;                                      \
+    }                                                                                  \
+                                                                                       \
+    static nln_status nln__run_forward_##SUFFIX(                                       \
+        const char *fn, const T *x, int64_t ldx, const T *weight, const T *bias,       \
+        int32_t has_weight, int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd,     \
+        int64_t rows, int64_t cols, T eps)                                             \
+    {                                                                                  \
+        struct nln__forward_args_##SUFFIX args = {                                     \
+            .x = x, .weight = weight, .bias = bias, .y = y, .mean = mean,              \
+            .rstd = rstd, .ldx = ldx, .ldy = ldy, .rows = rows, .cols = cols,          \
+            .rows_per_chunk = rows, .has_weight = has_weight, .has_bias = has_bias,    \
+            /* Decided once for the whole call, as cpu.ln_fwd does. */                 \
+            .streaming = nln__streams_output(rows, cols, (int64_t)sizeof(T)),          \
+            .eps = eps};                                                               \
+        if (!nln__runs_parallel(rows, cols))                                           \
+            return nln__kernel_status(fn, nln__forward_chunk_##SUFFIX(&args, 0));      \
+        int64_t chunks = nln__pool_threads();                                          \
+        args.rows_per_chunk = (rows + chunks - 1) / chunks;                            \
+        return nln__kernel_status(                                                     \
+            fn, nln__parallel(nln__forward_chunk_##SUFFIX, &args, chunks));            \
     }
 
 NLN__DEFINE_FORWARD(float, f32)
@@ -513,10 +737,44 @@ NLN__DEFINE_FORWARD(double, f64)
  * blocks depend on the shape alone: bit-identical for any thread count. */
 #define NLN__REDUCE_COLS 512
 #define NLN__DEFINE_BACKWARD(T, SUFFIX)                                                 \
+    struct nln__backward_args_##SUFFIX {                                               \
+        const T *dy, *x, *mean, *rstd, *weight;                                        \
+        T *dx, *dweight, *dbias, *dweight_part, *dbias_part;                           \
+        int64_t lddy, ldx, lddx, rows, cols, blocks;                                   \
+        int32_t has_weight;                                                            \
+    };                                                                                 \
+                                                                                       \
+    /* One block of rows: its part of dx and its row of partial sums. */              \
+    static int nln__backward_block_##SUFFIX(void *args, int64_t block)                 \
+    {                                                                                  \
+        const struct nln__backward_args_##SUFFIX *a = args;                            \
+        return nln__backward_blocks_##SUFFIX(                                          \
+                   a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,          \
+                   a->has_weight, a->dx, a->lddx, a->dweight_part, a->dbias_part,      \
+                   a->rows, a->cols, block, block + 1) != NLN_ENTRY_OK;                \
+    }                                                                                  \
+                                                                                       \
+    /* NLN__REDUCE_COLS columns of dweight and dbias from the partial sums. */        \
+    static int nln__reduce_chunk_##SUFFIX(void *args, int64_t chunk)                   \
+    {                                                                                  \
+        const struct nln__backward_args_##SUFFIX *a = args;                            \
+        int64_t first = chunk * NLN__REDUCE_COLS;                                      \
+        int64_t stop = first + NLN__REDUCE_COLS < a->cols ? first + NLN__REDUCE_COLS   \
+                                                          : a->cols;                   \
+        int failed = 0;                                                                \
+        if (a->dweight)                                                                \
+            failed |= nln__reduce_##SUFFIX(a->dweight_part, a->blocks, a->cols,        \
+                                           a->dweight, first, stop) != NLN_ENTRY_OK;   \
+        if (a->dbias)                                                                  \
+            failed |= nln__reduce_##SUFFIX(a->dbias_part, a->blocks, a->cols,          \
+                                           a->dbias, first, stop) != NLN_ENTRY_OK;     \
+        return failed;                                                                 \
+    }                                                                                  \
+                                                                                       \
     static nln_status nln__run_backward_##SUFFIX(                                      \
-        const char *fn, const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,            \
-        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
-        T *dweight, T *dbias, int64_t rows, int64_t cols)                              \
+        const char *fn, const T *dy, int64_t lddy, const T *x, int64_t ldx,            \
+        const T *mean, const T *rstd, const T *weight, int32_t has_weight, T *dx,      \
+        int64_t lddx, T *dweight, T *dbias, int64_t rows, int64_t cols)                \
     {                                                                                  \
         if (!nln__runs_parallel(rows, cols))                                           \
             return nln__kernel_status(                                                 \
@@ -525,35 +783,24 @@ NLN__DEFINE_FORWARD(double, f64)
                                            dweight != NULL, dbias != NULL, rows,       \
                                            cols) != NLN_ENTRY_OK);                     \
         int64_t blocks = nln__backward_blocks(rows);                                   \
-        int64_t chunks = (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS;            \
-        T *dweight_part = malloc((size_t)(blocks * cols) * sizeof(T));                 \
-        T *dbias_part = malloc((size_t)(blocks * cols) * sizeof(T));                   \
-        int failed = 0;                                                                \
-        if (!dweight_part || !dbias_part) {                                            \
-            free(dweight_part);                                                        \
-            free(dbias_part);                                                          \
+        struct nln__backward_args_##SUFFIX args = {                                    \
+            .dy = dy, .x = x, .mean = mean, .rstd = rstd, .weight = weight, .dx = dx,  \
+            .dweight = dweight, .dbias = dbias,                                        \
+            .dweight_part = malloc((size_t)blocks * (size_t)cols * sizeof(T)),         \
+            .dbias_part = malloc((size_t)blocks * (size_t)cols * sizeof(T)),           \
+            .lddy = lddy, .ldx = ldx, .lddx = lddx, .rows = rows, .cols = cols,        \
+            .blocks = blocks, .has_weight = has_weight};                               \
+        int failed;                                                                    \
+        if (!args.dweight_part || !args.dbias_part) {                                  \
+            free(args.dweight_part);                                                   \
+            free(args.dbias_part);                                                     \
             return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);                 \
         }                                                                              \
-        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
-        for (int64_t block = 0; block < blocks; ++block)                               \
-            failed = nln__backward_blocks_##SUFFIX(                                    \
-                dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,            \
-                dweight_part, dbias_part, rows, cols, block, block + 1)                \
-                != NLN_ENTRY_OK || failed;                                             \
-        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) {                             \
-            int64_t first = chunk * NLN__REDUCE_COLS;                                  \
-            int64_t stop = first + NLN__REDUCE_COLS < cols ? first + NLN__REDUCE_COLS  \
-                                                           : cols;                     \
-            if (dweight)                                                               \
-                failed = nln__reduce_##SUFFIX(dweight_part, blocks, cols, dweight,     \
-                                              first, stop) != NLN_ENTRY_OK || failed;  \
-            if (dbias)                                                                 \
-                failed = nln__reduce_##SUFFIX(dbias_part, blocks, cols, dbias, first,  \
-                                              stop) != NLN_ENTRY_OK || failed;         \
-        }                                                                              \
-        free(dweight_part);                                                            \
-        free(dbias_part);                                                              \
+        failed = nln__parallel(nln__backward_block_##SUFFIX, &args, blocks);          \
+        failed |= nln__parallel(nln__reduce_chunk_##SUFFIX, &args,                     \
+                                (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS);     \
+        free(args.dweight_part);                                                       \
+        free(args.dbias_part);                                                         \
         return nln__kernel_status(fn, failed);                                         \
     }
 

@@ -8,8 +8,10 @@
  * that interpreter and loads the compiled kernels; after that, CPU calls run
  * compiled code only: they never execute Python and never take the
  * interpreter's lock (GIL). Calls of more than 32768 elements (rows * cols)
- * run on the library's OpenMP threads (OMP_NUM_THREADS sets how many), in a
- * fixed schedule: results do not depend on the thread count.
+ * run on the library's own threads (see OMP_NUM_THREADS below), in a fixed
+ * schedule: results do not depend on the thread count. The library is
+ * fork-safe: a child may call it at any time after a fork(), even one made
+ * while another thread was inside a call.
  *
  * Conventions
  * -----------
@@ -38,6 +40,10 @@
  *   NUMBA_LN_PYTHON   the python executable whose environment (venv) holds
  *                     numba_ln; overrides the one recorded at build time.
  *   NUMBA_CACHE_DIR   where numba keeps compiled kernels (numba's own variable).
+ *   OMP_NUM_THREADS   how many threads a large call runs on, the caller's
+ *                     included (its leading integer, if positive); by default
+ *                     one per CPU the process may run on (sched_getaffinity).
+ *                     Read once, at the first large call.
  */
 #ifndef NUMBA_LN_H
 #define NUMBA_LN_H

@@ -470,6 +470,21 @@ def test_eight_threads_match_serial_calls_bit_for_bit(compile_c):
     assert re.fullmatch(r"OK \d+\n", output), output
 
 
+@pytest.mark.parametrize("threads", [None, "3"], ids=["one-per-cpu", "omp-num-threads-3"])
+def test_forked_children_call_with_the_parents_bits(compile_c, threads):
+    """A child forked after large calls, or while another thread is inside one,
+    calls the library (from 16 threads too) and gets the parent's bits.
+
+    A hang is a failure: each child stops itself with alarm(), and the
+    timeout stops the whole program.
+    """
+    env = {"OMP_NUM_THREADS": threads} if threads else {}
+    result = run_clean(compile_c(C_TESTS / "capi_fork.c"), env=env, timeout=300)
+    output = result.stdout.decode()
+    assert result.returncode == 0, output + result.stderr.decode()
+    assert output == "OK 5\n", output
+
+
 @pytest.mark.parametrize("scale", [1, 4], ids=["serial", "threaded"])
 def test_calls_never_take_the_gil(compile_c, cflags, scale):
     from numba_ln._config import SERIAL_MAX_ELEMENTS
