@@ -22,6 +22,9 @@
  * Any failure is recorded once; every later call returns NLN_ERR_INIT with
  * the recorded message. A call cffi could not deliver to Python returns 0,
  * so success is recognised only by runtime.ready == NLN_RUNTIME_READY.
+ * A caller that holds the host's GIL releases it while it waits for
+ * start-up (nln__await_start says why); once start-up is over, a call only
+ * reads an atomic flag.
  *
  * Steady state: a CPU call checks its arguments here, then calls the entry
  * points through their pointers: compiled code only, no Python executed, no
@@ -122,6 +125,8 @@ typedef int32_t (*nln__streams_output_fn)(int64_t rows, int64_t cols, int64_t it
 typedef int64_t (*nln__backward_blocks_fn)(int64_t rows);
 
 static pthread_once_t nln__once = PTHREAD_ONCE_INIT;
+static atomic_int nln__started;         /* start-up is over: its outcome below is final */
+static atomic_int nln__starting_python; /* start-up is starting an interpreter of its own */
 static nln_status nln__init_status = NLN_ERR_INIT;
 static char nln__init_message[NLN_MESSAGE_CAP];
 static nln__forward_f32_fn nln__forward_f32;
@@ -159,6 +164,7 @@ static int nln__start_interpreter(void)
 
     if (Py_IsInitialized())
         return 0; /* the host program runs Python already: use it */
+    atomic_store(&nln__starting_python, 1);
     if (python == NULL || python[0] == '\0') {
         python = NLN_BUILD_PYTHON;
         origin = "recorded at build time";
@@ -222,8 +228,8 @@ static int nln__start_cffi(void)
     return rc;
 }
 
-/* The pthread_once routine: steps 1 to 3. */
-static void nln__start(void)
+/* Steps 1 to 3. */
+static void nln__load(void)
 {
     struct nln_runtime runtime;
     int32_t rc;
@@ -264,10 +270,42 @@ static void nln__start(void)
     nln__init_status = NLN_OK;
 }
 
-/* Start once; afterwards only pthread_once's fast path. */
+/* The pthread_once routine. */
+static void nln__start(void)
+{
+    nln__load();
+    atomic_store_explicit(&nln__started, 1, memory_order_release);
+}
+
+/* 1 when the calling thread holds the GIL of a Python that the host started.
+ * PyGILState_Check is not safe while our own start-up initializes Python in
+ * another thread; that start-up sets its flag before Py_IsInitialized turns
+ * true, so reading the two in this order never misses it. */
+static int nln__holds_host_gil(void)
+{
+    if (!Py_IsInitialized())
+        return 0;
+    atomic_thread_fence(memory_order_acquire); /* the flag is read after it */
+    return !atomic_load(&nln__starting_python) && PyGILState_Check();
+}
+
+/* Wait for start-up, which may run in another thread. It runs Python, which
+ * hands the GIL to other threads now and then: a caller holding the host's
+ * GIL (ctypes.PyDLL, a C extension) lets go of it while it waits, or the
+ * start-up would wait for it forever. */
+static void nln__await_start(void)
+{
+    PyThreadState *host_thread = nln__holds_host_gil() ? PyEval_SaveThread() : NULL;
+    pthread_once(&nln__once, nln__start);
+    if (host_thread != NULL)
+        PyEval_RestoreThread(host_thread);
+}
+
+/* Start once; afterwards one atomic load, and no Python API call. */
 static nln_status nln__ready(const char *fn)
 {
-    pthread_once(&nln__once, nln__start);
+    if (!atomic_load_explicit(&nln__started, memory_order_acquire))
+        nln__await_start();
     if (nln__init_status != NLN_OK)
         return nln__fail(NLN_ERR_INIT, fn, "%s", nln__init_message);
     return NLN_OK;

@@ -11,7 +11,10 @@
  * run on the library's own threads (see OMP_NUM_THREADS below), in a fixed
  * schedule: results do not depend on the thread count. The library is
  * fork-safe: a child may call it at any time after a fork(), even one made
- * while another thread was inside a call.
+ * while another thread was inside a call. From a Python program, threads may
+ * call with or without the GIL (ctypes.CDLL releases it, ctypes.PyDLL keeps
+ * it); one that holds it releases it while it waits for another thread's
+ * first call to start the library, and holds it again when it returns.
  *
  * Conventions
  * -----------

@@ -602,6 +602,67 @@ def test_python_host_after_a_capsule_lookup(libdir, tmp_path):
     assert result.returncode == 0 and "HOST OK" in result.stdout, result.stderr
 
 
+PYTHON_HOST_RACE_SCRIPT = r"""
+import ctypes, sys, threading
+import numpy as np
+
+# PyDLL keeps the GIL during a call, as a C extension that does not release it
+# would. numba_ln is not imported yet: the library's start-up imports it, runs
+# Python for a good while, and so hands the GIL to the other threads.
+lib = ctypes.PyDLL(sys.argv[1])
+threads, init_every = int(sys.argv[2]), int(sys.argv[3])
+i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+lib.nln_layer_norm_f32.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, f32]
+x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+outputs = [np.zeros_like(x) for _ in range(threads)]
+statuses = [None] * threads
+start = threading.Barrier(threads)
+
+
+def first_call(i):
+    start.wait()
+    if init_every and i % init_every == 1:
+        statuses[i] = lib.nln_init()
+        outputs[i] = None
+    else:
+        statuses[i] = lib.nln_layer_norm_f32(x.ctypes.data, 40, None, None,
+                                             outputs[i].ctypes.data, 40, None, None, 3, 40,
+                                             1e-5)
+
+
+workers = [threading.Thread(target=first_call, args=(i,)) for i in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+import numba_ln
+
+assert statuses == [0] * threads, statuses
+expected = numba_ln.layer_norm(x)
+assert all(y is None or np.array_equal(y, expected) for y in outputs), "results differ"
+print("HOST OK", sum(y is None for y in outputs))
+"""
+
+
+@pytest.mark.parametrize("threads, init_every", [(2, 0), (8, 0), (2, 2), (8, 2)],
+                         ids=["2-calls", "8-calls", "2-init-and-call", "8-init-and-calls"])
+def test_python_threads_holding_the_gil_start_the_library_together(libdir, tmp_path,
+                                                                   threads, init_every):
+    """Python threads that keep the GIL (ctypes.PyDLL) make the first calls at once.
+
+    The start-up runs Python; a thread that waits for it must not hold the GIL
+    meanwhile, or the two wait for each other. The timeout is the failure.
+    With ``init_every = 2``, every second thread calls ``nln_init()`` instead.
+    """
+    script = tmp_path / "race.py"
+    script.write_text(PYTHON_HOST_RACE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(libdir / "libnumba_ln.so"),
+                             str(threads), str(init_every)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"HOST OK {threads // 2 if init_every else 0}\n", result.stdout
+
+
 # --------------------------------------------------------------------------- GPU
 
 GPU_SCRIPT = r"""
