@@ -502,12 +502,11 @@ NLN_API nln_status nln_init(void)
 
 /* ------------------------------------------------------------------ thread pool
  *
- * The threads of large calls (see the top of the file for why they are our
- * own). A job is `count` tasks, run(arg, task);
- * the caller and the workers take tasks from a shared counter until none is
- * left. One job at a time: a caller that finds the pool busy runs its tasks
- * alone. Who runs a task never changes what it computes, so neither do the
- * bits.
+ * The threads of large calls (the top of the file says why they are our
+ * own). A job is `count` tasks, run(arg, task); the caller and the workers
+ * take tasks from a shared counter until none is left. One job at a time: a
+ * caller that finds the pool busy runs its tasks alone. Who runs a task
+ * never changes what it computes, so neither do the bits.
  *
  * A job's fields are written only while `open` is 0. A worker reads them
  * after it has counted itself `inside` and seen `open` set; the caller clears
@@ -719,7 +718,7 @@ static nln_status nln__kernel_status(const char *fn, int failed)
     return failed ? nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED) : NLN_OK;
 }
 
-/* Forward: contiguous chunks of rows, one per thread, like
+/* Forward: as many contiguous chunks of rows as the pool has threads, like
  * cpu.ln_fwd_parallel. A row's result does not depend on its chunk. */
 #define NLN__DEFINE_FORWARD(T, SUFFIX)                                                  \
     struct nln__forward_args_##SUFFIX {                                                \
