@@ -340,23 +340,29 @@ static const char *nln__decimal(nln__count count, char text[40])
     return digit;
 }
 
-/* `count` elements of `itemsize` bytes from `data` (NULL: none) must fit in the
- * address space: at most PTRDIFF_MAX bytes, and not past its last byte.
- * `what` names the buffer, `formula` says how count was computed. */
-static nln_status nln__check_span(const char *fn, const char *what, const void *data,
+/* Whether `count` elements of `itemsize` bytes from `data` (NULL: none) fit
+ * in the address space: at most PTRDIFF_MAX bytes, and not past its end. */
+static int nln__fits(const void *data, nln__count count, size_t itemsize)
+{
+    /* Multiplications, not a 128-bit division: this runs on every call. */
+    return count <= PTRDIFF_MAX && count * itemsize <= PTRDIFF_MAX &&
+           (uintptr_t)data <= UINTPTR_MAX - (uintptr_t)(count * itemsize);
+}
+
+/* The error for a span nln__fits rejected: `what` names the buffer,
+ * `formula` says how `count` was computed. */
+static nln_status nln__span_error(const char *fn, const char *what, const void *data,
                                   const char *formula, nln__count count, size_t itemsize)
 {
     char digits[40];
-    if (count > (nln__count)PTRDIFF_MAX / itemsize)
+    if (count > PTRDIFF_MAX || count * itemsize > PTRDIFF_MAX)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
                          "%s spans %s = %s elements of %zu bytes, more than the address "
                          "space", what, formula, nln__decimal(count, digits), itemsize);
-    if ((uintptr_t)data > UINTPTR_MAX - (uintptr_t)(count * itemsize))
-        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
-                         "%s spans %s = %s elements of %zu bytes from %p, past the end of "
-                         "the address space", what, formula, nln__decimal(count, digits),
-                         itemsize, data);
-    return NLN_OK;
+    return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                     "%s spans %s = %s elements of %zu bytes from %p, past the end of "
+                     "the address space", what, formula, nln__decimal(count, digits),
+                     itemsize, data);
 }
 
 /* A required matrix: non-NULL, ld >= cols, and its span fits in the address space. */
@@ -365,17 +371,17 @@ static nln_status nln__check_matrix(const char *fn, const char *name, const void
                                     int64_t rows, int64_t cols, size_t itemsize)
 {
     char formula[64];
+    nln__count count;
     if (data == NULL)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s is NULL", name);
     if (ld < cols)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s (%lld) must be >= cols (%lld)",
                          ld_name, (long long)ld, (long long)cols);
-    if (rows == 0)
+    count = rows ? (nln__count)(uint64_t)(rows - 1) * (uint64_t)ld + (uint64_t)cols : 0;
+    if (nln__fits(data, count, itemsize))
         return NLN_OK;
     snprintf(formula, sizeof formula, "(rows - 1) * %s + cols", ld_name);
-    return nln__check_span(fn, name, data, formula,
-                           (nln__count)(rows - 1) * (nln__count)ld + (nln__count)cols,
-                           itemsize);
+    return nln__span_error(fn, name, data, formula, count, itemsize);
 }
 
 /* An optional vector of `length` elements (named by `length_name`, "rows" or "cols"). */
@@ -383,9 +389,9 @@ static nln_status nln__check_vector(const char *fn, const char *name, const void
                                     const char *length_name, int64_t length,
                                     size_t itemsize)
 {
-    if (data == NULL)
+    if (data == NULL || nln__fits(data, (nln__count)length, itemsize))
         return NLN_OK;
-    return nln__check_span(fn, name, data, length_name, (nln__count)length, itemsize);
+    return nln__span_error(fn, name, data, length_name, (nln__count)length, itemsize);
 }
 
 static nln_status nln__check_required(const char *fn, const char *name, const void *data)
@@ -448,15 +454,9 @@ static nln_status nln__check_backward(const char *fn, size_t itemsize,
         (status = nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols, itemsize))
             != NLN_OK ||
         (status = nln__check_vector(fn, "dweight", dweight, "cols", cols, itemsize))
-            != NLN_OK ||
-        (status = nln__check_vector(fn, "dbias", dbias, "cols", cols, itemsize)) != NLN_OK ||
-        rows == 0)
+            != NLN_OK)
         return status;
-    /* The parallel schedule's partial sums; blocks <= rows, so dy's span bounds them. */
-    return nln__check_span(fn, "the partial sums of dweight and dbias", NULL,
-                           "blocks * cols",
-                           (nln__count)nln__backward_blocks(rows) * (nln__count)cols,
-                           itemsize);
+    return nln__check_vector(fn, "dbias", dbias, "cols", cols, itemsize);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -820,11 +820,17 @@ NLN__DEFINE_FORWARD(double, f64)
                                            dweight != NULL, dbias != NULL, rows,       \
                                            cols) != NLN_ENTRY_OK);                     \
         int64_t blocks = nln__backward_blocks(rows);                                   \
+        nln__count part_count = (nln__count)blocks * (nln__count)cols;                 \
+        /* Implied by dy's check (blocks <= rows, cols <= lddy); kept beside the       \
+           allocation it guards. */                                                    \
+        if (!nln__fits(NULL, part_count, sizeof(T)))                                   \
+            return nln__span_error(fn, "the partial sums of dweight and dbias", NULL,  \
+                                   "blocks * cols", part_count, sizeof(T));            \
         struct nln__backward_args_##SUFFIX args = {                                    \
             .dy = dy, .x = x, .mean = mean, .rstd = rstd, .weight = weight, .dx = dx,  \
             .dweight = dweight, .dbias = dbias,                                        \
-            .dweight_part = malloc((size_t)blocks * (size_t)cols * sizeof(T)),         \
-            .dbias_part = malloc((size_t)blocks * (size_t)cols * sizeof(T)),           \
+            .dweight_part = malloc((size_t)part_count * sizeof(T)),                    \
+            .dbias_part = malloc((size_t)part_count * sizeof(T)),                      \
             .lddy = lddy, .ldx = ldx, .lddx = lddx, .rows = rows, .cols = cols,        \
             .blocks = blocks, .has_weight = has_weight};                               \
         int failed;                                                                    \
