@@ -503,10 +503,14 @@ NLN_API nln_status nln_init(void)
 /* ------------------------------------------------------------------ thread pool
  *
  * The threads of large calls (the top of the file says why they are our
- * own). A job is `count` tasks, run(arg, task); the caller and the workers
- * take tasks from a shared counter until none is left. One job at a time: a
- * caller that finds the pool busy runs its tasks alone. Who runs a task
- * never changes what it computes, so neither do the bits.
+ * own). A job is `count` tasks, run(arg, task), cut into one contiguous
+ * slice per thread as OpenMP's schedule(static) cuts them: neighbouring
+ * tasks write neighbouring memory (the backward's rows of partial sums can
+ * share a cache line), so a thread should run neighbours. The caller and the
+ * workers claim slices from a shared counter until none is left, so a late
+ * worker's slice is run by whoever is free. One job at a time: a caller that
+ * finds the pool busy runs its tasks alone. Who runs a task never changes
+ * what it computes, so neither do the bits.
  *
  * A job's fields are written only while `open` is 0. A worker reads them
  * after it has counted itself `inside` and seen `open` set; the caller clears
@@ -533,11 +537,12 @@ static struct {
     atomic_uint generation;        /* jobs posted so far */
     atomic_int open;               /* the current job still takes workers */
     atomic_uint inside;            /* workers that joined a job and have not left it */
-    _Atomic int64_t next_task;
-    atomic_int failed;
+    _Alignas(64) atomic_int next_slice; /* its own cache line: claimed while others read */
+    _Alignas(64) atomic_int failed;
     nln__task_fn run;              /* the current job */
     void *arg;
     int64_t count;
+    int slices;
 } nln__pool = {.once = PTHREAD_ONCE_INIT, .lock = PTHREAD_MUTEX_INITIALIZER,
                .job_posted = PTHREAD_COND_INITIALIZER,
                .workers_left = PTHREAD_COND_INITIALIZER};
@@ -572,13 +577,20 @@ static unsigned nln__await(atomic_uint *word, unsigned value, int until_equal,
     return now;
 }
 
-/* Run the current job's tasks until none is left. */
+/* Run slices of the current job until none is left. Slice s has count /
+ * slices tasks, one more for the first count % slices. */
 static void nln__take_tasks(void)
 {
-    int64_t task;
-    while ((task = atomic_fetch_add(&nln__pool.next_task, 1)) < nln__pool.count)
-        if (nln__pool.run(nln__pool.arg, task) != 0)
-            atomic_store(&nln__pool.failed, 1);
+    int64_t size = nln__pool.count / nln__pool.slices;
+    int64_t extra = nln__pool.count % nln__pool.slices;
+    int slice;
+    while ((slice = atomic_fetch_add(&nln__pool.next_slice, 1)) < nln__pool.slices) {
+        int64_t first = slice * size + (slice < extra ? slice : extra);
+        int64_t stop = first + size + (slice < extra);
+        for (int64_t task = first; task < stop; ++task)
+            if (nln__pool.run(nln__pool.arg, task) != 0)
+                atomic_store(&nln__pool.failed, 1);
+    }
 }
 
 static void *nln__worker(void *first_generation)
@@ -674,7 +686,8 @@ static int nln__run_job(nln__task_fn run, void *arg, int64_t count)
     nln__pool.run = run;
     nln__pool.arg = arg;
     nln__pool.count = count;
-    atomic_store(&nln__pool.next_task, 0);
+    nln__pool.slices = count < nln__pool.threads ? (int)count : nln__pool.threads;
+    atomic_store(&nln__pool.next_slice, 0);
     atomic_store(&nln__pool.failed, 0);
     atomic_store(&nln__pool.open, 1);
     pthread_mutex_lock(&nln__pool.lock);
