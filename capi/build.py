@@ -160,8 +160,8 @@ def build(outdir, python=None, verbose=False):
     ffibuilder.set_source(
         MODULE, source,
         include_dirs=[str(CAPI)],
-        extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden", "-pthread", "-fopenmp"],
-        extra_link_args=["-pthread", "-fopenmp"]
+        extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden", "-pthread"],
+        extra_link_args=["-pthread"]
         + ([f"-Wl,-rpath,{libdir}"] if libdir else []),
     )
     with tempfile.TemporaryDirectory(prefix="numba_ln_capi_") as tmp:

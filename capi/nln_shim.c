@@ -22,25 +22,33 @@
  * Any failure is recorded once; every later call returns NLN_ERR_INIT with
  * the recorded message. A call cffi could not deliver to Python returns 0,
  * so success is recognised only by runtime.ready == NLN_RUNTIME_READY.
+ * A caller that holds the host's GIL releases it while it waits for
+ * start-up (nln__await_start says why); once start-up is over, a call only
+ * reads an atomic flag.
  *
  * Steady state: a CPU call checks its arguments here, then calls the entry
  * points through their pointers: compiled code only, no Python executed, no
  * GIL. The entry points are numba_ln.cpu's serial pieces; for a call that
- * cpu.runs_parallel says is large, this file runs them on OpenMP threads in
- * the schedule of cpu.ln_fwd_parallel / cpu.ln_bwd_parallel (row chunks;
- * fixed backward blocks, then a column-parallel sum of the blocks in order),
- * so results are bit-identical to the Python API's. numba's own parallel
- * launcher is not used: it takes the GIL around every parallel region.
+ * cpu.runs_parallel says is large, this file runs them on a thread pool of
+ * its own (pthreads, started on the first large call, reset in a forked
+ * child) in the schedule of cpu.ln_fwd_parallel / cpu.ln_bwd_parallel (row
+ * chunks; fixed backward blocks, then a column-parallel sum of the blocks in
+ * order), so results are bit-identical to the Python API's. numba's own
+ * parallel launcher is not used: it takes the GIL around every parallel
+ * region. Neither is OpenMP: GNU OpenMP hangs a forked child that uses it.
  */
 #include <errno.h>
 #include <math.h>
-#include <omp.h>
 #include <pthread.h>
+#include <sched.h>
+#include <signal.h>
 #include <stdarg.h>
+#include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "numba_ln.h"
@@ -117,6 +125,8 @@ typedef int32_t (*nln__streams_output_fn)(int64_t rows, int64_t cols, int64_t it
 typedef int64_t (*nln__backward_blocks_fn)(int64_t rows);
 
 static pthread_once_t nln__once = PTHREAD_ONCE_INIT;
+static atomic_int nln__started;         /* start-up is over: its outcome below is final */
+static atomic_int nln__starting_python; /* start-up is starting an interpreter of its own */
 static nln_status nln__init_status = NLN_ERR_INIT;
 static char nln__init_message[NLN_MESSAGE_CAP];
 static nln__forward_f32_fn nln__forward_f32;
@@ -154,6 +164,7 @@ static int nln__start_interpreter(void)
 
     if (Py_IsInitialized())
         return 0; /* the host program runs Python already: use it */
+    atomic_store(&nln__starting_python, 1);
     if (python == NULL || python[0] == '\0') {
         python = NLN_BUILD_PYTHON;
         origin = "recorded at build time";
@@ -217,8 +228,8 @@ static int nln__start_cffi(void)
     return rc;
 }
 
-/* The pthread_once routine: steps 1 to 3. */
-static void nln__start(void)
+/* Steps 1 to 3. */
+static void nln__load(void)
 {
     struct nln_runtime runtime;
     int32_t rc;
@@ -259,10 +270,42 @@ static void nln__start(void)
     nln__init_status = NLN_OK;
 }
 
-/* Start once; afterwards only pthread_once's fast path. */
+/* The pthread_once routine. */
+static void nln__start(void)
+{
+    nln__load();
+    atomic_store_explicit(&nln__started, 1, memory_order_release);
+}
+
+/* 1 when the calling thread holds the GIL of a Python that the host started.
+ * PyGILState_Check is not safe while our own start-up initializes Python in
+ * another thread; that start-up sets its flag before Py_IsInitialized turns
+ * true, so reading the two in this order never misses it. */
+static int nln__holds_host_gil(void)
+{
+    if (!Py_IsInitialized())
+        return 0;
+    atomic_thread_fence(memory_order_acquire); /* the flag is read after it */
+    return !atomic_load(&nln__starting_python) && PyGILState_Check();
+}
+
+/* Wait for start-up, which may run in another thread. It runs Python, which
+ * hands the GIL to other threads now and then: a caller holding the host's
+ * GIL (ctypes.PyDLL, a C extension) lets go of it while it waits, or the
+ * start-up would wait for it forever. */
+static void nln__await_start(void)
+{
+    PyThreadState *host_thread = nln__holds_host_gil() ? PyEval_SaveThread() : NULL;
+    pthread_once(&nln__once, nln__start);
+    if (host_thread != NULL)
+        PyEval_RestoreThread(host_thread);
+}
+
+/* Start once; afterwards one atomic load, and no Python API call. */
 static nln_status nln__ready(const char *fn)
 {
-    pthread_once(&nln__once, nln__start);
+    if (!atomic_load_explicit(&nln__started, memory_order_acquire))
+        nln__await_start();
     if (nln__init_status != NLN_OK)
         return nln__fail(NLN_ERR_INIT, fn, "%s", nln__init_message);
     return NLN_OK;
@@ -281,21 +324,74 @@ static nln_status nln__check_shape(const char *fn, int64_t rows, int64_t cols)
     return NLN_OK;
 }
 
-/* A required matrix: non-NULL, ld >= cols, and its extent fits in int64. */
+/* Element counts and sizes up to 2^128: (rows - 1) * ld + cols of int64 values
+ * never overflows it. */
+typedef unsigned __int128 nln__count;
+
+/* `count` in decimal; `text` must hold 40 characters (2^128 has 39 digits). */
+static const char *nln__decimal(nln__count count, char text[40])
+{
+    char *digit = text + 39;
+    *digit = '\0';
+    do {
+        *--digit = (char)('0' + (int)(count % 10));
+        count /= 10;
+    } while (count != 0);
+    return digit;
+}
+
+/* Whether `count` elements of `itemsize` bytes from `data` (NULL: none) fit
+ * in the address space: at most PTRDIFF_MAX bytes, and not past its end. */
+static int nln__fits(const void *data, nln__count count, size_t itemsize)
+{
+    /* Multiplications, not a 128-bit division: this runs on every call. */
+    return count <= PTRDIFF_MAX && count * itemsize <= PTRDIFF_MAX &&
+           (uintptr_t)data <= UINTPTR_MAX - (uintptr_t)(count * itemsize);
+}
+
+/* The error for a span nln__fits rejected: `what` names the buffer,
+ * `formula` says how `count` was computed. */
+static nln_status nln__span_error(const char *fn, const char *what, const void *data,
+                                  const char *formula, nln__count count, size_t itemsize)
+{
+    char digits[40];
+    if (count > PTRDIFF_MAX || count * itemsize > PTRDIFF_MAX)
+        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                         "%s spans %s = %s elements of %zu bytes, more than the address "
+                         "space", what, formula, nln__decimal(count, digits), itemsize);
+    return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
+                     "%s spans %s = %s elements of %zu bytes from %p, past the end of "
+                     "the address space", what, formula, nln__decimal(count, digits),
+                     itemsize, data);
+}
+
+/* A required matrix: non-NULL, ld >= cols, and its span fits in the address space. */
 static nln_status nln__check_matrix(const char *fn, const char *name, const void *data,
                                     const char *ld_name, int64_t ld,
-                                    int64_t rows, int64_t cols)
+                                    int64_t rows, int64_t cols, size_t itemsize)
 {
+    char formula[64];
+    nln__count count;
     if (data == NULL)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s is NULL", name);
     if (ld < cols)
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "%s (%lld) must be >= cols (%lld)",
                          ld_name, (long long)ld, (long long)cols);
-    if (rows > 1 && rows - 1 > (INT64_MAX - cols) / ld)
-        return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
-                         "%s is too large: (rows - 1) * %s + cols overflows int64",
-                         name, ld_name);
-    return NLN_OK;
+    count = rows ? (nln__count)(uint64_t)(rows - 1) * (uint64_t)ld + (uint64_t)cols : 0;
+    if (nln__fits(data, count, itemsize))
+        return NLN_OK;
+    snprintf(formula, sizeof formula, "(rows - 1) * %s + cols", ld_name);
+    return nln__span_error(fn, name, data, formula, count, itemsize);
+}
+
+/* An optional vector of `length` elements (named by `length_name`, "rows" or "cols"). */
+static nln_status nln__check_vector(const char *fn, const char *name, const void *data,
+                                    const char *length_name, int64_t length,
+                                    size_t itemsize)
+{
+    if (data == NULL || nln__fits(data, (nln__count)length, itemsize))
+        return NLN_OK;
+    return nln__span_error(fn, name, data, length_name, (nln__count)length, itemsize);
 }
 
 static nln_status nln__check_required(const char *fn, const char *name, const void *data)
@@ -317,32 +413,50 @@ static nln_status nln__check_eps(const char *fn, double eps)
     return NLN_OK;
 }
 
-static nln_status nln__check_forward(const char *fn, const void *x, int64_t ldx,
+static nln_status nln__check_forward(const char *fn, size_t itemsize,
+                                     const void *x, int64_t ldx,
+                                     const void *weight, const void *bias,
                                      const void *y, int64_t ldy,
+                                     const void *mean, const void *rstd,
                                      int64_t rows, int64_t cols, double eps)
 {
     nln_status status;
     if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "y", y, "ldy", ldy, rows, cols)) != NLN_OK)
+        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols, itemsize)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "y", y, "ldy", ldy, rows, cols, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "weight", weight, "cols", cols, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "bias", bias, "cols", cols, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "mean", mean, "rows", rows, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "rstd", rstd, "rows", rows, itemsize)) != NLN_OK)
         return status;
     return nln__check_eps(fn, eps);
 }
 
-static nln_status nln__check_backward(const char *fn, const void *dy, int64_t lddy,
+static nln_status nln__check_backward(const char *fn, size_t itemsize,
+                                      const void *dy, int64_t lddy,
                                       const void *x, int64_t ldx,
                                       const void *mean, const void *rstd,
+                                      const void *weight,
                                       const void *dx, int64_t lddx,
+                                      const void *dweight, const void *dbias,
                                       int64_t rows, int64_t cols)
 {
     nln_status status;
     if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "dy", dy, "lddy", lddy, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "dy", dy, "lddy", lddy, rows, cols, itemsize))
+            != NLN_OK ||
+        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols, itemsize)) != NLN_OK ||
         (status = nln__check_required(fn, "mean", mean)) != NLN_OK ||
-        (status = nln__check_required(fn, "rstd", rstd)) != NLN_OK)
+        (status = nln__check_vector(fn, "mean", mean, "rows", rows, itemsize)) != NLN_OK ||
+        (status = nln__check_required(fn, "rstd", rstd)) != NLN_OK ||
+        (status = nln__check_vector(fn, "rstd", rstd, "rows", rows, itemsize)) != NLN_OK ||
+        (status = nln__check_vector(fn, "weight", weight, "cols", cols, itemsize)) != NLN_OK ||
+        (status = nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols, itemsize))
+            != NLN_OK ||
+        (status = nln__check_vector(fn, "dweight", dweight, "cols", cols, itemsize))
+            != NLN_OK)
         return status;
-    return nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols);
+    return nln__check_vector(fn, "dbias", dbias, "cols", cols, itemsize);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -386,10 +500,225 @@ NLN_API nln_status nln_init(void)
     return nln__ready("nln_init");
 }
 
+/* ------------------------------------------------------------------ thread pool
+ *
+ * The threads of large calls (the top of the file says why they are our
+ * own). A job is `count` tasks, run(arg, task), cut into one contiguous
+ * slice per thread as OpenMP's schedule(static) cuts them: neighbouring
+ * tasks write neighbouring memory (the backward's rows of partial sums can
+ * share a cache line), so a thread should run neighbours. The caller and the
+ * workers claim slices from a shared counter until none is left, so a late
+ * worker's slice is run by whoever is free. One job at a time: a caller that
+ * finds the pool busy runs its tasks alone. Who runs a task never changes
+ * what it computes, so neither do the bits.
+ *
+ * A job's fields are written only while `open` is 0. A worker reads them
+ * after it has counted itself `inside` and seen `open` set; the caller clears
+ * `open` and waits for `inside` to drop to 0 before it returns.
+ */
+
+/* Runs task `task` of a job; nonzero if it failed. */
+typedef int (*nln__task_fn)(void *arg, int64_t task);
+
+/* Waiters spin this long before they sleep: calls made back to back find
+ * the workers awake. */
+#define NLN__SPIN_NS 100000
+/* A bound on OMP_NUM_THREADS, so that a typo cannot start thousands of threads. */
+#define NLN__MAX_THREADS 1024
+
+static struct {
+    pthread_once_t once;
+    int threads;                   /* a job's threads: the workers and the caller */
+    int workers;                   /* started so far; changed by the pool's owner only */
+    pthread_mutex_t lock;          /* for the sleeping side of nln__await */
+    pthread_cond_t job_posted;     /* generation changed */
+    pthread_cond_t workers_left;   /* inside dropped to 0 */
+    atomic_int busy;               /* a caller owns the pool */
+    atomic_uint generation;        /* jobs posted so far */
+    atomic_int open;               /* the current job still takes workers */
+    atomic_uint inside;            /* workers that joined a job and have not left it */
+    _Alignas(64) atomic_int next_slice; /* its own cache line: claimed while others read */
+    _Alignas(64) atomic_int failed;
+    nln__task_fn run;              /* the current job */
+    void *arg;
+    int64_t count;
+    int slices;
+} nln__pool = {.once = PTHREAD_ONCE_INIT, .lock = PTHREAD_MUTEX_INITIALIZER,
+               .job_posted = PTHREAD_COND_INITIALIZER,
+               .workers_left = PTHREAD_COND_INITIALIZER};
+
+static uint64_t nln__now_ns(void)
+{
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    return (uint64_t)now.tv_sec * 1000000000u + (uint64_t)now.tv_nsec;
+}
+
+/* Wait until (*word == value) == until_equal: spin for NLN__SPIN_NS, then
+ * sleep on `wakeup`, which is broadcast under the pool's lock after every
+ * change of *word that can end the wait. Returns the last value read. */
+static unsigned nln__await(atomic_uint *word, unsigned value, int until_equal,
+                           pthread_cond_t *wakeup)
+{
+    uint64_t start = nln__now_ns();
+    unsigned now;
+    while (((now = atomic_load(word)) == value) != until_equal) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+        if (nln__now_ns() - start < NLN__SPIN_NS)
+            continue;
+        pthread_mutex_lock(&nln__pool.lock);
+        while (((now = atomic_load(word)) == value) != until_equal)
+            pthread_cond_wait(wakeup, &nln__pool.lock);
+        pthread_mutex_unlock(&nln__pool.lock);
+        break;
+    }
+    return now;
+}
+
+/* Run slices of the current job until none is left. Slice s has count /
+ * slices tasks, one more for the first count % slices. */
+static void nln__take_tasks(void)
+{
+    int64_t size = nln__pool.count / nln__pool.slices;
+    int64_t extra = nln__pool.count % nln__pool.slices;
+    int slice;
+    while ((slice = atomic_fetch_add(&nln__pool.next_slice, 1)) < nln__pool.slices) {
+        int64_t first = slice * size + (slice < extra ? slice : extra);
+        int64_t stop = first + size + (slice < extra);
+        for (int64_t task = first; task < stop; ++task)
+            if (nln__pool.run(nln__pool.arg, task) != 0)
+                atomic_store(&nln__pool.failed, 1);
+    }
+}
+
+static void *nln__worker(void *first_generation)
+{
+    unsigned seen = (unsigned)(uintptr_t)first_generation;
+    for (;;) {
+        seen = nln__await(&nln__pool.generation, seen, 0, &nln__pool.job_posted);
+        atomic_fetch_add(&nln__pool.inside, 1);
+        if (atomic_load(&nln__pool.open))
+            nln__take_tasks();
+        if (atomic_fetch_sub(&nln__pool.inside, 1) == 1) {
+            pthread_mutex_lock(&nln__pool.lock);
+            pthread_cond_broadcast(&nln__pool.workers_left);
+            pthread_mutex_unlock(&nln__pool.lock);
+        }
+    }
+    return NULL;
+}
+
+/* Start the missing workers (the pool's owner only). They block every
+ * signal, so the host's handlers run on the host's threads. A worker that
+ * cannot be started now is tried again on the next job. */
+static void nln__start_workers(void)
+{
+    sigset_t all, host;
+    pthread_attr_t attr;
+    pthread_t thread;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &host);
+    pthread_attr_init(&attr);
+    pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+    while (nln__pool.workers < nln__pool.threads - 1 &&
+           pthread_create(&thread, &attr, nln__worker,
+                          (void *)(uintptr_t)atomic_load(&nln__pool.generation)) == 0)
+        nln__pool.workers++;
+    pthread_attr_destroy(&attr);
+    pthread_sigmask(SIG_SETMASK, &host, NULL);
+}
+
+/* The child of a fork has only the thread that forked: no workers, and no
+ * caller inside a job. The lock and conditions may have been in use by
+ * threads that are gone. */
+static void nln__pool_after_fork_child(void)
+{
+    pthread_mutex_init(&nln__pool.lock, NULL);
+    pthread_cond_init(&nln__pool.job_posted, NULL);
+    pthread_cond_init(&nln__pool.workers_left, NULL);
+    nln__pool.workers = 0;
+    atomic_store(&nln__pool.busy, 0);
+    atomic_store(&nln__pool.open, 0);
+    atomic_store(&nln__pool.inside, 0);
+}
+
+/* OMP_NUM_THREADS's leading integer when it is positive, else the number of
+ * CPUs this process may run on. */
+static int nln__thread_count(void)
+{
+    const char *setting = getenv("OMP_NUM_THREADS");
+    cpu_set_t cpus;
+    long count = 0;
+    if (setting != NULL) {
+        char *end;
+        count = strtol(setting, &end, 10);
+        if (end == setting)
+            count = 0;
+    }
+    if (count <= 0 && sched_getaffinity(0, sizeof cpus, &cpus) == 0)
+        count = CPU_COUNT(&cpus);
+    if (count <= 0)
+        count = sysconf(_SC_NPROCESSORS_ONLN);
+    return count < 1 ? 1 : count > NLN__MAX_THREADS ? NLN__MAX_THREADS : (int)count;
+}
+
+static void nln__pool_init(void)
+{
+    nln__pool.threads = nln__thread_count();
+    pthread_atfork(NULL, NULL, nln__pool_after_fork_child);
+}
+
+/* The number of threads a large call runs on. */
+static int nln__pool_threads(void)
+{
+    pthread_once(&nln__pool.once, nln__pool_init);
+    return nln__pool.threads;
+}
+
+/* Post the job to the workers, take part in it, and wait for them to leave it
+ * (the pool's owner only). Nonzero if a task failed. */
+static int nln__run_job(nln__task_fn run, void *arg, int64_t count)
+{
+    if (nln__pool.workers < nln__pool.threads - 1)
+        nln__start_workers();
+    nln__pool.run = run;
+    nln__pool.arg = arg;
+    nln__pool.count = count;
+    nln__pool.slices = count < nln__pool.threads ? (int)count : nln__pool.threads;
+    atomic_store(&nln__pool.next_slice, 0);
+    atomic_store(&nln__pool.failed, 0);
+    atomic_store(&nln__pool.open, 1);
+    pthread_mutex_lock(&nln__pool.lock);
+    atomic_fetch_add(&nln__pool.generation, 1);
+    pthread_cond_broadcast(&nln__pool.job_posted);
+    pthread_mutex_unlock(&nln__pool.lock);
+    nln__take_tasks();
+    atomic_store(&nln__pool.open, 0);
+    nln__await(&nln__pool.inside, 0, 1, &nln__pool.workers_left);
+    return atomic_load(&nln__pool.failed);
+}
+
+/* Tasks 0 .. count - 1 of run(arg, task): on the pool when it is free, else
+ * on the calling thread. Nonzero if a task failed. */
+static int nln__parallel(nln__task_fn run, void *arg, int64_t count)
+{
+    int failed = 0;
+    if (nln__pool_threads() > 1 && count > 1 && !atomic_exchange(&nln__pool.busy, 1)) {
+        failed = nln__run_job(run, arg, count);
+        atomic_store(&nln__pool.busy, 0);
+        return failed;
+    }
+    for (int64_t task = 0; task < count; ++task)
+        failed |= run(arg, task) != 0;
+    return failed;
+}
+
 /* ------------------------------------------------------------------ schedules
  *
- * What a CPU call runs, on the calling thread or on OpenMP threads. Each
- * returns NLN_OK, or NLN_ERR_INTERNAL with the reason as `fn`'s last error.
+ * What a CPU call runs, on the calling thread or on the pool. Each returns
+ * NLN_OK, or NLN_ERR_INTERNAL with the reason as `fn`'s last error.
  */
 
 #define NLN_KERNEL_FAILED \
@@ -402,36 +731,52 @@ static nln_status nln__kernel_status(const char *fn, int failed)
     return failed ? nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED) : NLN_OK;
 }
 
-/* Forward: contiguous chunks of rows, like cpu.ln_fwd_parallel. A row's
- * result does not depend on its chunk. */
-#define NLN__DEFINE_FORWARD(T, SUFFIX)                                                   \
-    static nln_status nln__run_forward_##SUFFIX(                                       \
-        const char *fn, const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,    \
-        int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int64_t rows,           \
-        int64_t cols, T eps)                                                           \
+/* Forward: as many contiguous chunks of rows as the pool has threads, like
+ * cpu.ln_fwd_parallel. A row's result does not depend on its chunk. */
+#define NLN__DEFINE_FORWARD(T, SUFFIX)                                                  \
+    struct nln__forward_args_##SUFFIX {                                                \
+        const T *x, *weight, *bias;                                                    \
+        T *y, *mean, *rstd;                                                            \
+        int64_t ldx, ldy, rows, cols, rows_per_chunk;                                  \
+        int32_t has_weight, has_bias, streaming;                                       \
+        T eps;                                                                         \
+    };                                                                                 \
+                                                                                       \
+    /* Rows chunk * rows_per_chunk onwards, at most rows_per_chunk of them. */         \
+    static int nln__forward_chunk_##SUFFIX(void *args, int64_t chunk)                  \
     {                                                                                  \
-        /* Decided once for the whole call, as cpu.ln_fwd does. */                     \
-        int32_t streaming = nln__streams_output(rows, cols, (int64_t)sizeof(T));          \
-        if (!nln__runs_parallel(rows, cols)) /* no OpenMP region: it costs ~0.3 us */ \
-            return nln__kernel_status(                                                 \
-                fn, nln__forward_##SUFFIX(x, ldx, weight, bias, has_weight, has_bias, y, \
-                                          ldy, mean, rstd, mean != NULL, rstd != NULL, \
-                                          rows, cols, eps, streaming) != NLN_ENTRY_OK);\
-        int64_t chunks = omp_get_max_threads();                                        \
-        int64_t step = (rows + chunks - 1) / chunks;                                   \
-        int failed = 0;                                                                \
-        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) {                             \
-            int64_t first = chunk * step;                                              \
-            int64_t count = (first + step < rows ? first + step : rows) - first;      \
-            if (count > 0)                                                             \
-                failed = nln__forward_##SUFFIX(                                        \
-                    x + first * ldx, ldx, weight, bias, has_weight, has_bias,          \
-                    y + first * ldy, ldy, mean ? mean + first : NULL,                  \
-                    rstd ? rstd + first : NULL, mean != NULL, rstd != NULL, count,     \
-                    cols, eps, streaming) != NLN_ENTRY_OK || failed;                   \
-        }                                                                              \
-        return nln__kernel_status(fn, failed);                                         \
+        const struct nln__forward_args_##SUFFIX *a = args;                             \
+        int64_t first = chunk * a->rows_per_chunk;                                     \
+        int64_t stop = first + a->rows_per_chunk < a->rows ? first + a->rows_per_chunk \
+                                                           : a->rows;                  \
+        if (stop <= first)                                                             \
+            return 0;                                                                  \
+        return nln__forward_##SUFFIX(                                                  \
+                   a->x + first * a->ldx, a->ldx, a->weight, a->bias, a->has_weight,   \
+                   a->has_bias, a->y + first * a->ldy, a->ldy,                         \
+                   a->mean ? a->mean + first : NULL, a->rstd ? a->rstd + first : NULL, \
+                   a->mean != NULL, a->rstd != NULL, stop - first, a->cols, a->eps,    \
+                   a->streaming) != NLN_ENTRY_OK;                                      \
+    }                                                                                  \
+                                                                                       \
+    static nln_status nln__run_forward_##SUFFIX(                                       \
+        const char *fn, const T *x, int64_t ldx, const T *weight, const T *bias,       \
+        int32_t has_weight, int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd,     \
+        int64_t rows, int64_t cols, T eps)                                             \
+    {                                                                                  \
+        struct nln__forward_args_##SUFFIX args = {                                     \
+            .x = x, .weight = weight, .bias = bias, .y = y, .mean = mean,              \
+            .rstd = rstd, .ldx = ldx, .ldy = ldy, .rows = rows, .cols = cols,          \
+            .rows_per_chunk = rows, .has_weight = has_weight, .has_bias = has_bias,    \
+            /* Decided once for the whole call, as cpu.ln_fwd does. */                 \
+            .streaming = nln__streams_output(rows, cols, (int64_t)sizeof(T)),          \
+            .eps = eps};                                                               \
+        if (!nln__runs_parallel(rows, cols))                                           \
+            return nln__kernel_status(fn, nln__forward_chunk_##SUFFIX(&args, 0));      \
+        int64_t chunks = nln__pool_threads();                                          \
+        args.rows_per_chunk = (rows + chunks - 1) / chunks;                            \
+        return nln__kernel_status(                                                     \
+            fn, nln__parallel(nln__forward_chunk_##SUFFIX, &args, chunks));            \
     }
 
 NLN__DEFINE_FORWARD(float, f32)
@@ -442,10 +787,44 @@ NLN__DEFINE_FORWARD(double, f64)
  * blocks depend on the shape alone: bit-identical for any thread count. */
 #define NLN__REDUCE_COLS 512
 #define NLN__DEFINE_BACKWARD(T, SUFFIX)                                                 \
+    struct nln__backward_args_##SUFFIX {                                               \
+        const T *dy, *x, *mean, *rstd, *weight;                                        \
+        T *dx, *dweight, *dbias, *dweight_part, *dbias_part;                           \
+        int64_t lddy, ldx, lddx, rows, cols, blocks;                                   \
+        int32_t has_weight;                                                            \
+    };                                                                                 \
+                                                                                       \
+    /* One block of rows: its part of dx and its row of partial sums. */              \
+    static int nln__backward_block_##SUFFIX(void *args, int64_t block)                 \
+    {                                                                                  \
+        const struct nln__backward_args_##SUFFIX *a = args;                            \
+        return nln__backward_blocks_##SUFFIX(                                          \
+                   a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,          \
+                   a->has_weight, a->dx, a->lddx, a->dweight_part, a->dbias_part,      \
+                   a->rows, a->cols, block, block + 1) != NLN_ENTRY_OK;                \
+    }                                                                                  \
+                                                                                       \
+    /* NLN__REDUCE_COLS columns of dweight and dbias from the partial sums. */        \
+    static int nln__reduce_chunk_##SUFFIX(void *args, int64_t chunk)                   \
+    {                                                                                  \
+        const struct nln__backward_args_##SUFFIX *a = args;                            \
+        int64_t first = chunk * NLN__REDUCE_COLS;                                      \
+        int64_t stop = first + NLN__REDUCE_COLS < a->cols ? first + NLN__REDUCE_COLS   \
+                                                          : a->cols;                   \
+        int failed = 0;                                                                \
+        if (a->dweight)                                                                \
+            failed |= nln__reduce_##SUFFIX(a->dweight_part, a->blocks, a->cols,        \
+                                           a->dweight, first, stop) != NLN_ENTRY_OK;   \
+        if (a->dbias)                                                                  \
+            failed |= nln__reduce_##SUFFIX(a->dbias_part, a->blocks, a->cols,          \
+                                           a->dbias, first, stop) != NLN_ENTRY_OK;     \
+        return failed;                                                                 \
+    }                                                                                  \
+                                                                                       \
     static nln_status nln__run_backward_##SUFFIX(                                      \
-        const char *fn, const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,            \
-        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
-        T *dweight, T *dbias, int64_t rows, int64_t cols)                              \
+        const char *fn, const T *dy, int64_t lddy, const T *x, int64_t ldx,            \
+        const T *mean, const T *rstd, const T *weight, int32_t has_weight, T *dx,      \
+        int64_t lddx, T *dweight, T *dbias, int64_t rows, int64_t cols)                \
     {                                                                                  \
         if (!nln__runs_parallel(rows, cols))                                           \
             return nln__kernel_status(                                                 \
@@ -454,35 +833,30 @@ NLN__DEFINE_FORWARD(double, f64)
                                            dweight != NULL, dbias != NULL, rows,       \
                                            cols) != NLN_ENTRY_OK);                     \
         int64_t blocks = nln__backward_blocks(rows);                                   \
-        int64_t chunks = (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS;            \
-        T *dweight_part = malloc((size_t)(blocks * cols) * sizeof(T));                 \
-        T *dbias_part = malloc((size_t)(blocks * cols) * sizeof(T));                   \
-        int failed = 0;                                                                \
-        if (!dweight_part || !dbias_part) {                                            \
-            free(dweight_part);                                                        \
-            free(dbias_part);                                                          \
+        nln__count part_count = (nln__count)blocks * (nln__count)cols;                 \
+        /* Implied by dy's check (blocks <= rows, cols <= lddy); kept beside the       \
+           allocation it guards. */                                                    \
+        if (!nln__fits(NULL, part_count, sizeof(T)))                                   \
+            return nln__span_error(fn, "the partial sums of dweight and dbias", NULL,  \
+                                   "blocks * cols", part_count, sizeof(T));            \
+        struct nln__backward_args_##SUFFIX args = {                                    \
+            .dy = dy, .x = x, .mean = mean, .rstd = rstd, .weight = weight, .dx = dx,  \
+            .dweight = dweight, .dbias = dbias,                                        \
+            .dweight_part = malloc((size_t)part_count * sizeof(T)),                    \
+            .dbias_part = malloc((size_t)part_count * sizeof(T)),                      \
+            .lddy = lddy, .ldx = ldx, .lddx = lddx, .rows = rows, .cols = cols,        \
+            .blocks = blocks, .has_weight = has_weight};                               \
+        int failed;                                                                    \
+        if (!args.dweight_part || !args.dbias_part) {                                  \
+            free(args.dweight_part);                                                   \
+            free(args.dbias_part);                                                     \
             return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);                 \
         }                                                                              \
-        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
-        for (int64_t block = 0; block < blocks; ++block)                               \
-            failed = nln__backward_blocks_##SUFFIX(                                    \
-                dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,            \
-                dweight_part, dbias_part, rows, cols, block, block + 1)                \
-                != NLN_ENTRY_OK || failed;                                             \
-        _Pragma("omp parallel for schedule(static) reduction(|| : failed)")            \
-        for (int64_t chunk = 0; chunk < chunks; ++chunk) {                             \
-            int64_t first = chunk * NLN__REDUCE_COLS;                                  \
-            int64_t stop = first + NLN__REDUCE_COLS < cols ? first + NLN__REDUCE_COLS  \
-                                                           : cols;                     \
-            if (dweight)                                                               \
-                failed = nln__reduce_##SUFFIX(dweight_part, blocks, cols, dweight,     \
-                                              first, stop) != NLN_ENTRY_OK || failed;  \
-            if (dbias)                                                                 \
-                failed = nln__reduce_##SUFFIX(dbias_part, blocks, cols, dbias, first,  \
-                                              stop) != NLN_ENTRY_OK || failed;         \
-        }                                                                              \
-        free(dweight_part);                                                            \
-        free(dbias_part);                                                              \
+        failed = nln__parallel(nln__backward_block_##SUFFIX, &args, blocks);          \
+        failed |= nln__parallel(nln__reduce_chunk_##SUFFIX, &args,                     \
+                                (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS);     \
+        free(args.dweight_part);                                                       \
+        free(args.dbias_part);                                                         \
         return nln__kernel_status(fn, failed);                                         \
     }
 
@@ -499,7 +873,8 @@ NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
     static const char fn[] = "nln_layer_norm_f32";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
+        (status = nln__check_forward(fn, sizeof *x, x, ldx, weight, bias, y, ldy, mean,
+                                     rstd, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
     return nln__run_forward_f32(fn, x, ldx, weight ? weight : &nln__one_f32,
@@ -516,7 +891,8 @@ NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
     static const char fn[] = "nln_layer_norm_f64";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK ||
+        (status = nln__check_forward(fn, sizeof *x, x, ldx, weight, bias, y, ldy, mean,
+                                     rstd, rows, cols, eps)) != NLN_OK ||
         rows == 0)
         return status;
     return nln__run_forward_f64(fn, x, ldx, weight ? weight : &nln__one_f64,
@@ -535,8 +911,8 @@ NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
     static const char fn[] = "nln_layer_norm_backward_f32";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
-                                      rows, cols)) != NLN_OK)
+        (status = nln__check_backward(fn, sizeof *dy, dy, lddy, x, ldx, mean, rstd, weight,
+                                      dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
     if (rows == 0) { /* sums over no rows */
         nln__zero(dweight, cols, sizeof(float));
@@ -559,8 +935,8 @@ NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
     static const char fn[] = "nln_layer_norm_backward_f64";
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
-                                      rows, cols)) != NLN_OK)
+        (status = nln__check_backward(fn, sizeof *dy, dy, lddy, x, ldx, mean, rstd, weight,
+                                      dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
     if (rows == 0) { /* sums over no rows */
         nln__zero(dweight, cols, sizeof(double));
@@ -589,7 +965,8 @@ static nln_status nln__cuda_forward(const char *fn, int32_t bits, const void *x,
 {
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, x, ldx, y, ldy, rows, cols, eps)) != NLN_OK)
+        (status = nln__check_forward(fn, (size_t)bits / 8, x, ldx, weight, bias, y, ldy,
+                                     mean, rstd, rows, cols, eps)) != NLN_OK)
         return status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_forward(
@@ -607,8 +984,8 @@ static nln_status nln__cuda_backward(const char *fn, int32_t bits, const void *d
 {
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, dy, lddy, x, ldx, mean, rstd, dx, lddx,
-                                      rows, cols)) != NLN_OK)
+        (status = nln__check_backward(fn, (size_t)bits / 8, dy, lddy, x, ldx, mean, rstd,
+                                      weight, dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_backward(

@@ -8,15 +8,22 @@
  * that interpreter and loads the compiled kernels; after that, CPU calls run
  * compiled code only: they never execute Python and never take the
  * interpreter's lock (GIL). Calls of more than 32768 elements (rows * cols)
- * run on the library's OpenMP threads (OMP_NUM_THREADS sets how many), in a
- * fixed schedule: results do not depend on the thread count.
+ * run on the library's own threads (see OMP_NUM_THREADS below), in a fixed
+ * schedule: results do not depend on the thread count. The library is
+ * fork-safe: a child may call it at any time after a fork(), even one made
+ * while another thread was inside a call. From a Python program, threads may
+ * call with or without the GIL (ctypes.CDLL releases it, ctypes.PyDLL keeps
+ * it); one that holds it releases it while it waits for another thread's
+ * first call to start the library, and holds it again when it returns.
  *
  * Conventions
  * -----------
  * - A matrix has `rows` rows of `cols` elements; row r starts at element
  *   r * ld of its buffer (`ld*` = row stride in elements, >= cols). Elements
  *   between cols and ld of a row (padding) are never read or written.
- *   A buffer must hold at least (rows - 1) * ld + cols elements.
+ *   A buffer must hold at least (rows - 1) * ld + cols elements. A buffer
+ *   whose size in bytes exceeds PTRDIFF_MAX, or that would run past the end
+ *   of the address space, is NLN_ERR_INVALID_ARGUMENT.
  * - Inputs come first, then outputs. Inputs are const.
  * - For each row: y = (x - mean) * rstd * weight + bias, with
  *   mean = sum(x) / cols, var = sum((x - mean)^2) / cols (biased) and
@@ -36,6 +43,10 @@
  *   NUMBA_LN_PYTHON   the python executable whose environment (venv) holds
  *                     numba_ln; overrides the one recorded at build time.
  *   NUMBA_CACHE_DIR   where numba keeps compiled kernels (numba's own variable).
+ *   OMP_NUM_THREADS   how many threads a large call runs on, the caller's
+ *                     included (its leading integer, if positive); by default
+ *                     one per CPU the process may run on (sched_getaffinity).
+ *                     Read once, at the first large call.
  */
 #ifndef NUMBA_LN_H
 #define NUMBA_LN_H

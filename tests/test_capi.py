@@ -317,7 +317,9 @@ ERROR_CASES = {
     "fwd_eps_nan": "eps is NaN",
     "fwd_eps_inf": "eps is infinite",
     "fwd_eps_minus_inf": "eps is infinite",
-    "fwd_extent_overflow": "(rows - 1) * ldx + cols overflows int64",
+    "fwd_extent_overflow": "nln_layer_norm_f32: x spans (rows - 1) * ldx + cols = "
+                           f"{((1 << 40) - 1) * (1 << 40) + 4} elements of 4 bytes, more than "
+                           "the address space",
     "fwd64_x_null": "nln_layer_norm_f64: x is NULL",
     "fwd64_ldy_small": "ldy (2) must be >= cols (4)",
     "fwd64_eps_nan": "nln_layer_norm_f64: eps is NaN",
@@ -332,14 +334,57 @@ ERROR_CASES = {
     "bwd_lddx_small": "lddx (1) must be >= cols (4)",
     "bwd_rows_negative": "rows (-5) must be >= 0",
     "bwd_cols_zero": "cols (0) must be > 0",
-    "bwd_extent_overflow": "(rows - 1) * lddx + cols overflows int64",
+    "bwd_extent_overflow": "dx spans (rows - 1) * lddx + cols = "
+                           f"{((1 << 40) - 1) * (1 << 40) + 4} elements of 4 bytes, more",
     "bwd64_mean_null": "nln_layer_norm_backward_f64: mean is NULL",
     "bwd64_cols_negative": "cols (-1) must be > 0",
     "cuda_fwd_x_null": "nln_cuda_layer_norm_f32: x is NULL",
     "cuda_fwd64_eps_nan": "nln_cuda_layer_norm_f64: eps is NaN",
     "cuda_bwd_ldx_small": "nln_cuda_layer_norm_backward_f32: ldx (2) must be >= cols (4)",
     "cuda_bwd64_rstd_null": "nln_cuda_layer_norm_backward_f64: rstd is NULL",
+    "fwd_x_wraps": "nln_layer_norm_f32: x spans (rows - 1) * ldx + cols = 16 elements of 4 "
+                   "bytes from 0xfffffffffffffff8, past the end of the address space",
+    "fwd_weight_wraps": "weight spans cols = 4 elements of 4 bytes from 0xfffffffffffffff8, past",
+    "fwd64_rstd_wraps": "nln_layer_norm_f64: rstd spans rows = 3 elements of 8 bytes from 0xf",
+    "bwd_mean_wraps": "nln_layer_norm_backward_f32: mean spans rows = 3 elements of 4 bytes",
+    "bwd64_dbias_wraps": "dbias spans cols = 4 elements of 8 bytes from 0xfffffffffffffff8",
+    "cuda_bwd_dx_wraps": "nln_cuda_layer_norm_backward_f32: dx spans (rows - 1) * lddx + cols"
+                         " = 16 elements of 4 bytes from 0xfffffffffffffff8, past the end",
 }
+
+# capi_errors' overflow cases: each function with one matrix's stride past the
+# address space (2 rows of 4 columns), and with 2**62 rows of stride 4.
+OVERFLOW_FUNCTIONS = {  # label: (function, item size, its matrices and their strides)
+    "fwd": ("nln_layer_norm_f32", 4, [("x", "ldx"), ("y", "ldy")]),
+    "fwd64": ("nln_layer_norm_f64", 8, [("x", "ldx"), ("y", "ldy")]),
+    "bwd": ("nln_layer_norm_backward_f32", 4, [("dy", "lddy"), ("x", "ldx"), ("dx", "lddx")]),
+    "bwd64": ("nln_layer_norm_backward_f64", 8, [("dy", "lddy"), ("x", "ldx"), ("dx", "lddx")]),
+}
+OVERFLOW_FUNCTIONS.update({f"cuda_{label}": (function.replace("nln_", "nln_cuda_"), *rest)
+                           for label, (function, *rest) in OVERFLOW_FUNCTIONS.items()})
+OVERFLOW_LDS = {"ld62": 1 << 62, "ld61": 1 << 61, "ldmax": 2**63 - 1}
+
+
+def _overflow_cases():
+    """{case name: the message it must give} for capi_errors' overflow cases."""
+    def message(function, itemsize, matrix, ld_name, rows, ld):
+        count = (rows - 1) * ld + 4
+        assert count * itemsize > 2**63 - 1  # more bytes than PTRDIFF_MAX
+        return (f"{function}: {matrix} spans (rows - 1) * {ld_name} + cols = {count} "
+                f"elements of {itemsize} bytes, more than the address space")
+
+    cases = {}
+    for label, (function, itemsize, matrices) in OVERFLOW_FUNCTIONS.items():
+        for matrix, ld_name in matrices:
+            for name, ld in OVERFLOW_LDS.items():
+                cases[f"overflow_{label}_{matrix}_{name}"] = message(
+                    function, itemsize, matrix, ld_name, 2, ld)
+        # Every matrix has stride 4: the first one checked is named.
+        cases[f"overflow_{label}_rows"] = message(function, itemsize, *matrices[0], 1 << 62, 4)
+    return cases
+
+
+ERROR_CASES.update(_overflow_cases())
 NO_DEVICE_CASES = ["cuda_fwd_no_device", "cuda_fwd64_no_device", "cuda_bwd_no_device",
                    "cuda_bwd64_no_device", "cuda_fwd_rows_zero_no_device"]
 ROWS_ZERO_CASES = ["fwd_rows_zero", "fwd64_rows_zero", "bwd_rows_zero", "bwd64_rows_zero"]
@@ -370,6 +415,13 @@ def test_invalid_argument(error_report, name):
     assert status == INVALID
     assert ERROR_CASES[name] in message
     assert untouched, "an output was written by a failing call"
+
+
+def test_every_error_case_printed_is_checked(error_report):
+    expected = set(ERROR_CASES) | set(ROWS_ZERO_CASES)
+    if error_report["CUDA_AVAILABLE"] == "0":
+        expected |= set(NO_DEVICE_CASES)
+    assert set(error_report["CASE"]) == expected
 
 
 @pytest.mark.parametrize("name", ROWS_ZERO_CASES)
@@ -416,6 +468,21 @@ def test_eight_threads_match_serial_calls_bit_for_bit(compile_c):
     output = result.stdout.decode()
     assert result.returncode == 0, output + result.stderr.decode()
     assert re.fullmatch(r"OK \d+\n", output), output
+
+
+@pytest.mark.parametrize("threads", [None, "3"], ids=["one-per-cpu", "omp-num-threads-3"])
+def test_forked_children_call_with_the_parents_bits(compile_c, threads):
+    """A child forked after large calls, or while another thread is inside one,
+    calls the library (from 16 threads too) and gets the parent's bits.
+
+    A hang is a failure: each child stops itself with alarm(), and the
+    timeout stops the whole program.
+    """
+    env = {"OMP_NUM_THREADS": threads} if threads else {}
+    result = run_clean(compile_c(C_TESTS / "capi_fork.c"), env=env, timeout=300)
+    output = result.stdout.decode()
+    assert result.returncode == 0, output + result.stderr.decode()
+    assert output == "OK 5\n", output
 
 
 @pytest.mark.parametrize("scale", [1, 4], ids=["serial", "threaded"])
@@ -533,6 +600,67 @@ def test_python_host_after_a_capsule_lookup(libdir, tmp_path):
     result = subprocess.run([sys.executable, str(script), str(libdir / "libnumba_ln.so")],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and "HOST OK" in result.stdout, result.stderr
+
+
+PYTHON_HOST_RACE_SCRIPT = r"""
+import ctypes, sys, threading
+import numpy as np
+
+# PyDLL keeps the GIL during a call, as a C extension that does not release it
+# would. numba_ln is not imported yet: the library's start-up imports it, runs
+# Python for a good while, and so hands the GIL to the other threads.
+lib = ctypes.PyDLL(sys.argv[1])
+threads, init_every = int(sys.argv[2]), int(sys.argv[3])
+i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+lib.nln_layer_norm_f32.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, f32]
+x = np.random.default_rng(0).standard_normal((3, 40)).astype(np.float32)
+outputs = [np.zeros_like(x) for _ in range(threads)]
+statuses = [None] * threads
+start = threading.Barrier(threads)
+
+
+def first_call(i):
+    start.wait()
+    if init_every and i % init_every == 1:
+        statuses[i] = lib.nln_init()
+        outputs[i] = None
+    else:
+        statuses[i] = lib.nln_layer_norm_f32(x.ctypes.data, 40, None, None,
+                                             outputs[i].ctypes.data, 40, None, None, 3, 40,
+                                             1e-5)
+
+
+workers = [threading.Thread(target=first_call, args=(i,)) for i in range(threads)]
+for worker in workers:
+    worker.start()
+for worker in workers:
+    worker.join()
+import numba_ln
+
+assert statuses == [0] * threads, statuses
+expected = numba_ln.layer_norm(x)
+assert all(y is None or np.array_equal(y, expected) for y in outputs), "results differ"
+print("HOST OK", sum(y is None for y in outputs))
+"""
+
+
+@pytest.mark.parametrize("threads, init_every", [(2, 0), (8, 0), (2, 2), (8, 2)],
+                         ids=["2-calls", "8-calls", "2-init-and-call", "8-init-and-calls"])
+def test_python_threads_holding_the_gil_start_the_library_together(libdir, tmp_path,
+                                                                   threads, init_every):
+    """Python threads that keep the GIL (ctypes.PyDLL) make the first calls at once.
+
+    The start-up runs Python; a thread that waits for it must not hold the GIL
+    meanwhile, or the two wait for each other. The timeout is the failure.
+    With ``init_every = 2``, every second thread calls ``nln_init()`` instead.
+    """
+    script = tmp_path / "race.py"
+    script.write_text(PYTHON_HOST_RACE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(libdir / "libnumba_ln.so"),
+                             str(threads), str(init_every)],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"HOST OK {threads // 2 if init_every else 0}\n", result.stdout
 
 
 # --------------------------------------------------------------------------- GPU

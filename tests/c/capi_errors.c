@@ -11,6 +11,11 @@
  * "AFTER_SUCCESS <status> <message after a later successful call>",
  * "THREAD_ERROR <a second thread's message after its failed call>",
  * "OTHER_THREAD <status> <this thread's message after that>".
+ *
+ * Sizes past the address space: each function (CPU and GPU, forward and
+ * backward, float32 and float64) with one matrix's stride set to each of
+ * OVERFLOW_LDS in turn, "overflow_<function>_<matrix>_<stride>", and with
+ * OVERFLOW_ROWS rows of the smallest stride, "overflow_<function>_rows".
  */
 #include <math.h>
 #include <pthread.h>
@@ -153,6 +158,115 @@ static void report(const char *name, nln_status status, int untouched)
         report(name, s_, untouched_backward());                                         \
     } while (0)
 
+/* A buffer 8 bytes before the end of the address space. */
+#define NEAR_TOP(T) ((T *)(UINTPTR_MAX - 7))
+
+/* Strides and a row count whose span, (rows - 1) * ld + cols elements, does
+ * not fit in the address space with rows = ROWS_2 (ld) or ld = COLS (rows). */
+#define ROWS_2 2
+#define OVERFLOW_ROWS ((int64_t)1 << 62)
+static const struct {
+    const char *name;
+    int64_t ld;
+} overflow_lds[] = {{"ld62", (int64_t)1 << 62}, {"ld61", (int64_t)1 << 61},
+                    {"ldmax", INT64_MAX}};
+
+/* A function of numba_ln.h called with the three strides of its matrices
+ * (inputs first; forward has two) and a row count, on this file's buffers. */
+typedef nln_status (*strided_call)(const int64_t ld[3], int64_t rows);
+
+static nln_status fwd32_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_layer_norm_f32(xf, ld[0], wf, bf, yf, ld[1], meanf, rstdf, rows, COLS, 1e-5f);
+}
+
+static nln_status fwd64_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_layer_norm_f64(xd, ld[0], NULL, NULL, yd, ld[1], meand, rstdd, rows, COLS,
+                              1e-5);
+}
+
+static nln_status bwd32_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_layer_norm_backward_f32(dyf, ld[0], xf, ld[1], meanf, rstdf, wf, dxf, ld[2],
+                                       dwf, dbf, rows, COLS);
+}
+
+static nln_status bwd64_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_layer_norm_backward_f64(dyd, ld[0], xd, ld[1], meand, rstdd, NULL, dxd, ld[2],
+                                       dwd, dbd, rows, COLS);
+}
+
+/* The GPU functions check sizes before they look for a device: host
+ * pointers are never dereferenced. */
+static nln_status cuda_fwd32_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_cuda_layer_norm_f32(xf, ld[0], wf, bf, yf, ld[1], meanf, rstdf, rows, COLS,
+                                   1e-5f, NULL);
+}
+
+static nln_status cuda_fwd64_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_cuda_layer_norm_f64(xd, ld[0], NULL, NULL, yd, ld[1], meand, rstdd, rows,
+                                   COLS, 1e-5, NULL);
+}
+
+static nln_status cuda_bwd32_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_cuda_layer_norm_backward_f32(dyf, ld[0], xf, ld[1], meanf, rstdf, wf, dxf,
+                                            ld[2], dwf, dbf, rows, COLS, NULL);
+}
+
+static nln_status cuda_bwd64_strided(const int64_t ld[3], int64_t rows)
+{
+    return nln_cuda_layer_norm_backward_f64(dyd, ld[0], xd, ld[1], meand, rstdd, NULL, dxd,
+                                            ld[2], dwd, dbd, rows, COLS, NULL);
+}
+
+static const struct {
+    const char *name;
+    strided_call call;
+    int backward;
+} strided_functions[] = {
+    {"fwd", fwd32_strided, 0},           {"fwd64", fwd64_strided, 0},
+    {"bwd", bwd32_strided, 1},           {"bwd64", bwd64_strided, 1},
+    {"cuda_fwd", cuda_fwd32_strided, 0}, {"cuda_fwd64", cuda_fwd64_strided, 0},
+    {"cuda_bwd", cuda_bwd32_strided, 1}, {"cuda_bwd64", cuda_bwd64_strided, 1},
+};
+
+/* One strided call with its inputs reset; report its status and outputs. */
+static void report_strided(const char *name, int f, const int64_t ld[3], int64_t rows)
+{
+    int backward = strided_functions[f].backward;
+    if (backward)
+        reset_backward();
+    else
+        reset();
+    nln_status status = strided_functions[f].call(ld, rows);
+    report(name, status, backward ? untouched_backward() : untouched_forward());
+}
+
+static void overflow_cases(void)
+{
+    static const char *const matrices[2][3] = {{"x", "y"}, {"dy", "x", "dx"}};
+    char name[96];
+    for (int f = 0; f < (int)(sizeof strided_functions / sizeof strided_functions[0]); f++) {
+        int backward = strided_functions[f].backward;
+        const int64_t small[3] = {COLS, COLS, COLS};
+        for (int m = 0; m < 2 + backward; m++)
+            for (int k = 0; k < (int)(sizeof overflow_lds / sizeof overflow_lds[0]); k++) {
+                int64_t ld[3] = {LD, LD, LD};
+                ld[m] = overflow_lds[k].ld;
+                snprintf(name, sizeof name, "overflow_%s_%s_%s", strided_functions[f].name,
+                         matrices[backward][m], overflow_lds[k].name);
+                report_strided(name, f, ld, ROWS_2);
+            }
+        snprintf(name, sizeof name, "overflow_%s_rows", strided_functions[f].name);
+        report_strided(name, f, small, OVERFLOW_ROWS);
+    }
+}
+
 static char thread_error[1024];
 
 static void *fail_in_thread(void *arg)
@@ -267,6 +381,34 @@ int main(void)
                nln_cuda_layer_norm_f32(xf, LD, NULL, NULL, yf, LD, NULL, NULL, 0, COLS,
                                        1e-5f, NULL), untouched_forward());
     }
+
+    /* Sizes past the address space, and buffers that run past its end. */
+    overflow_cases();
+    reset();
+    CHECKED("fwd_x_wraps",
+            nln_layer_norm_f32(NEAR_TOP(const float), LD, NULL, NULL, yf, LD, NULL, NULL,
+                               ROWS, COLS, 1e-5f), untouched_forward());
+    reset();
+    CHECKED("fwd_weight_wraps",
+            nln_layer_norm_f32(xf, LD, NEAR_TOP(const float), NULL, yf, LD, NULL, NULL,
+                               ROWS, COLS, 1e-5f), untouched_forward());
+    reset();
+    CHECKED("fwd64_rstd_wraps",
+            nln_layer_norm_f64(xd, LD, NULL, NULL, yd, LD, meand, NEAR_TOP(double), ROWS,
+                               COLS, 1e-5), untouched_forward());
+    reset_backward();
+    CHECKED("bwd_mean_wraps",
+            nln_layer_norm_backward_f32(dyf, LD, xf, LD, NEAR_TOP(const float), rstdf, NULL,
+                                        dxf, LD, dwf, dbf, ROWS, COLS), untouched_backward());
+    reset_backward();
+    CHECKED("bwd64_dbias_wraps",
+            nln_layer_norm_backward_f64(dyd, LD, xd, LD, meand, rstdd, NULL, dxd, LD, dwd,
+                                        NEAR_TOP(double), ROWS, COLS), untouched_backward());
+    reset_backward();
+    CHECKED("cuda_bwd_dx_wraps",
+            nln_cuda_layer_norm_backward_f32(dyf, LD, xf, LD, meanf, rstdf, NULL,
+                                             NEAR_TOP(float), LD, NULL, NULL, ROWS, COLS,
+                                             NULL), untouched_backward());
 
     /* The last error survives a successful call... */
     nln_layer_norm_f32(NULL, LD, NULL, NULL, yf, LD, NULL, NULL, ROWS, COLS, 1e-5f);

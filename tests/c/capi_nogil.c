@@ -7,7 +7,7 @@
  * forward and backward, with and without the optional outputs. The test
  * runs it with ROWS at the largest serial size
  * (numba_ln._config.SERIAL_MAX_ELEMENTS) and at four times that, where the
- * library spreads a call over its OpenMP threads. A call that needed the GIL
+ * library spreads a call over its own threads. A call that needed the GIL
  * would wait forever; after 20 s the main thread gives up and reports it.
  * Prints "OK", or "BLOCKED" / "FAIL ...".
  * Usage: capi_nogil [ROWS]   (default 32)
