@@ -164,10 +164,11 @@ def cfunc(signature):
     def decorate(func):
         if mode != "shipped":
             return numba.cfunc(signature, cache=mode == "numba")(func)
+        from numba.core import sigutils
         from numba.core.ccallback import CFunc
 
         # numba.cfunc compiles before returning: the cache must be in place first.
-        callback = CFunc(func, signature, locals={}, options={})
+        callback = CFunc(func, sigutils.normalize_signature(signature), locals={}, options={})
         callback._cache = _ShippedCache(func)
         callback.compile()
         return callback

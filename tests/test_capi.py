@@ -8,6 +8,7 @@ for bit -- both run the same kernels.
 """
 
 import ctypes
+import os
 import pathlib
 import re
 import shlex
@@ -776,3 +777,39 @@ def test_readme_c_example_compiles_and_runs(compile_c, tmp_path):
     result = run_clean(compile_c(source))
     assert result.returncode == 0, result.stderr.decode()
     assert result.stdout.decode() == "-1.22474 0 1.22474 (mean 2)\n"
+
+
+def test_read_only_install(compile_c, tmp_path):
+    """The C library in a read-only install: no writable package, home or cache directory.
+
+    The embedded interpreter imports a read-only copy of numba_ln (PYTHONPATH)
+    as a process without the capabilities that let root ignore file modes;
+    the kernels come from the cache the copy ships, or are compiled in memory.
+    """
+    from test_readonly_install import _make_read_only, _unprivileged
+
+    if os.geteuid() == 0 and shutil.which("setpriv") is None:
+        pytest.skip("running as root, and no setpriv to drop the capabilities")
+    import numba_ln._cabi  # noqa: F401  (fills the package's cache with the entry points)
+
+    site, home = tmp_path / "site", tmp_path / "home"
+    shutil.copytree(ROOT / "numba_ln", site / "numba_ln",
+                    ignore=shutil.ignore_patterns("*.tmp.*"))
+    (home / ".cache").mkdir(parents=True)
+    _make_read_only(site)
+    _make_read_only(home)
+    x = np.random.default_rng(6).standard_normal((300, 200))  # threaded: 60000 elements
+    text = f"{x.shape[0]} {x.shape[1]}\n" + "\n".join(
+        " ".join(repr(float(v)) for v in row) for row in x)
+    exe = compile_c(ROOT / "capi" / "examples" / "normalize.c")
+    env = {"PYTHONPATH": str(site), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
+           "PYTHONDONTWRITEBYTECODE": "1"}
+    result = subprocess.run(_unprivileged([str(exe), "1e-3"]), input=text.encode(),
+                            capture_output=True, env=env, timeout=600)
+    for directory, _, _ in os.walk(tmp_path):
+        os.chmod(directory, 0o755)
+    assert result.returncode == 0, result.stderr.decode()
+    body = result.stdout.decode().split("# mean rstd\n")[0]
+    np.testing.assert_array_equal(np.loadtxt(body.splitlines(), ndmin=2),
+                                  numba_ln.layer_norm(x, eps=1e-3))
+    assert b"Warning" not in result.stderr, result.stderr.decode()
