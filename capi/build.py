@@ -161,7 +161,8 @@ def build(outdir, python=None, verbose=False):
         MODULE, source,
         include_dirs=[str(CAPI)],
         extra_compile_args=["-O2", "-Wall", "-fvisibility=hidden", "-pthread"],
-        extra_link_args=["-pthread"]
+        # nodelete: dlclose must not unmap code the pool's idle workers still run.
+        extra_link_args=["-pthread", "-Wl,-z,nodelete"]
         + ([f"-Wl,-rpath,{libdir}"] if libdir else []),
     )
     with tempfile.TemporaryDirectory(prefix="numba_ln_capi_") as tmp:

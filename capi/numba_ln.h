@@ -43,6 +43,10 @@
  *   NUMBA_LN_PYTHON   the python executable whose environment (venv) holds
  *                     numba_ln; overrides the one recorded at build time.
  *   NUMBA_CACHE_DIR   where numba keeps compiled kernels (numba's own variable).
+ *                     With no writable cache directory (a read-only install),
+ *                     the kernels cached in the package are used if they were
+ *                     built from its sources, else they are compiled in memory.
+ *   NUMBA_LN_NO_CACHE 1: compile in memory, never read or write a cache.
  *   OMP_NUM_THREADS   how many threads a large call runs on, the caller's
  *                     included (its leading integer, if positive); by default
  *                     one per CPU the process may run on (sched_getaffinity).

@@ -5,9 +5,9 @@ then calls the CPU kernels through the function pointers in
 :func:`entry_points`: numba ``@cfunc`` wrappers around the *serial* pieces of
 ``numba_ln.cpu`` (``ln_fwd_serial``, ``ln_bwd_serial``, ``ln_bwd_blocks``,
 ``ln_bwd_reduce``) and its decisions (``runs_parallel``, ``streams_output``). For a
-large call the C side runs those pieces on OpenMP threads of its own, the
-schedule of ``cpu.ln_fwd_parallel`` / ``cpu.ln_bwd_parallel``, instead of numba's
-parallel launcher, which takes the GIL around every parallel region. So a call
+large call the C side runs those pieces on a fork-safe thread pool of its own,
+in the schedule of ``cpu.ln_fwd_parallel`` / ``cpu.ln_bwd_parallel``, instead of
+numba's parallel launcher, which takes the GIL around every parallel region. So a call
 runs compiled code only: it never executes Python and never takes the GIL.
 If a kernel raises (an allocation failure), numba takes the GIL to print the
 error and the entry point returns 0.

@@ -813,3 +813,31 @@ def test_read_only_install(compile_c, tmp_path):
     np.testing.assert_array_equal(np.loadtxt(body.splitlines(), ndmin=2),
                                   numba_ln.layer_norm(x, eps=1e-3))
     assert b"Warning" not in result.stderr, result.stderr.decode()
+
+
+DLCLOSE_SCRIPT = r"""
+import ctypes, sys, time, _ctypes
+import numpy as np
+
+x = np.ones((4096, 64), np.float32)  # large: the pool's workers start, then spin
+y = np.empty_like(x)
+for cycle in range(5):
+    lib = ctypes.CDLL(sys.argv[1])
+    i64, ptr, f32 = ctypes.c_int64, ctypes.c_void_p, ctypes.c_float
+    lib.nln_layer_norm_f32.argtypes = [ptr, i64, ptr, ptr, ptr, i64, ptr, ptr, i64, i64, f32]
+    status = lib.nln_layer_norm_f32(x.ctypes.data, 64, None, None, y.ctypes.data, 64, None,
+                                    None, 4096, 64, 1e-5)
+    assert status == 0, status
+    _ctypes.dlclose(lib._handle)
+    time.sleep(0.05)  # the workers spin, then sleep: both in the library's code
+print("DLCLOSE OK")
+"""
+
+
+def test_dlclose_after_a_large_call(libdir, tmp_path):
+    """A host that unloads the library while its idle workers exist must not crash."""
+    script = tmp_path / "dlclose.py"
+    script.write_text(DLCLOSE_SCRIPT)
+    result = subprocess.run([sys.executable, str(script), str(libdir / "libnumba_ln.so")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and "DLCLOSE OK" in result.stdout, result.stderr
