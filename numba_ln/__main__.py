@@ -149,7 +149,12 @@ def bench(parser, args, argv):
         if not (args.from_json and json_path.resolve() == Path(args.from_json).resolve()):
             json_path.write_text(json.dumps(results, indent=1) + "\n")
         plot_path = out / "plot.png"
-        report.plot(results, plot_path)
+        try:
+            report.plot(results, plot_path)
+        except ImportError as exc:  # matplotlib is optional: the figures still count
+            print(f"note: no plot ({exc.name or 'matplotlib'} is not installed: "
+                  f"pip install matplotlib)", file=sys.stderr)
+            plot_path = None
 
     if args.markdown or args.update_readme:
         link = None
@@ -162,7 +167,8 @@ def bench(parser, args, argv):
     else:
         sys.stdout.write(report.format_text(results))
     if args.out:
-        print(f"wrote {json_path} and {plot_path}", file=sys.stderr)
+        print(f"wrote {json_path}" + (f" and {plot_path}" if plot_path else ""),
+              file=sys.stderr)
     if args.update_readme:
         try:
             report.update_readme(args.update_readme, markdown)

@@ -424,3 +424,23 @@ def test_gpu_rows_compute_the_right_thing_under_the_simulator():
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n").count("forward numba_ln ok") == 1
     assert "forward numba_ln_out ok" in done.stdout and "backward roofline ok" in done.stdout
+
+
+def test_without_matplotlib_the_run_still_prints_and_writes(tiny_run, tmp_path, monkeypatch,
+                                                            capsys):
+    """matplotlib is optional: a one-line note, the table, the JSON and the README; no plot."""
+    _, stdout, _, out = tiny_run
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    readme = tmp_path / "README.md"
+    readme.write_text("# x\n<!-- section: performance -->\nold\n"
+                      "<!-- end section: performance -->\n")
+    perf = tmp_path / "perf"
+    assert main(["bench", "--from-json", str(out / "results.json"), "--out", str(perf),
+                 "--update-readme", str(readme)]) == 0
+    captured = capsys.readouterr()
+    assert "== forward, float32" in captured.out
+    notes = [line for line in captured.err.splitlines() if line.startswith("note: no plot")]
+    assert notes == ["note: no plot (matplotlib is not installed: pip install matplotlib)"]
+    assert "Traceback" not in captured.err
+    assert (perf / "results.json").is_file() and not (perf / "plot.png").exists()
+    assert "old" not in readme.read_text() and "![" not in readme.read_text()
