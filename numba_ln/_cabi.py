@@ -74,7 +74,7 @@ def _make_forward(dtype):
         mean_buf = carray(mean, rows) if has_mean else np.empty(0, dtype)
         rstd_buf = carray(rstd, rows) if has_rstd else np.empty(0, dtype)
         cpu.ln_fwd_serial(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
-                          mean_buf, rstd_buf, rows, cols, eps, stream_out != 0)
+                          mean_buf, rstd_buf, rows, cols, np.float64(eps), stream_out != 0)
         return OK
 
     forward.__qualname__ = forward.__name__ = f"forward_{np.dtype(dtype).name}"

@@ -530,10 +530,13 @@ def ln_bwd_serial(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     blocks = backward_blocks(rows)
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
+    # int64 block and column bounds at every call site (a literal 0 or a prange
+    # index would each compile the callee once more).
+    first = np.int64(0)
     ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                  dweight_part, dbias_part, rows, cols, 0, blocks)
-    ln_bwd_reduce(dweight_part, dweight, 0, cols)
-    ln_bwd_reduce(dbias_part, dbias, 0, cols)
+                  dweight_part, dbias_part, rows, cols, first, blocks)
+    ln_bwd_reduce(dweight_part, dweight, first, cols)
+    ln_bwd_reduce(dbias_part, dbias, first, cols)
 
 
 @_parallel_kernel
@@ -547,11 +550,12 @@ def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
     for block in prange(blocks):
+        first_block = np.int64(block)  # as ln_bwd_serial calls it: one compilation
         ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                      dweight_part, dbias_part, rows, cols, block, block + 1)
+                      dweight_part, dbias_part, rows, cols, first_block, first_block + 1)
     chunks = (cols + _REDUCE_COLS - 1) // _REDUCE_COLS
     for chunk in prange(chunks):
-        first = chunk * _REDUCE_COLS
+        first = np.int64(chunk) * _REDUCE_COLS
         stop = min(cols, first + _REDUCE_COLS)
         ln_bwd_reduce(dweight_part, dweight, first, stop)
         ln_bwd_reduce(dbias_part, dbias, first, stop)
