@@ -786,24 +786,19 @@ def test_read_only_install(compile_c, tmp_path):
     as a process without the capabilities that let root ignore file modes;
     the kernels come from the cache the copy ships, or are compiled in memory.
     """
-    from test_readonly_install import _make_read_only, _unprivileged
+    from test_readonly_install import (_make_read_only, _unprivileged, copy_install,
+                                       install_environment)
 
-    if os.geteuid() == 0 and shutil.which("setpriv") is None:
-        pytest.skip("running as root, and no setpriv to drop the capabilities")
     import numba_ln._cabi  # noqa: F401  (fills the package's cache with the entry points)
 
-    site, home = tmp_path / "site", tmp_path / "home"
-    shutil.copytree(ROOT / "numba_ln", site / "numba_ln",
-                    ignore=shutil.ignore_patterns("*.tmp.*"))
-    (home / ".cache").mkdir(parents=True)
+    site, home = copy_install(tmp_path)
     _make_read_only(site)
     _make_read_only(home)
     x = np.random.default_rng(6).standard_normal((300, 200))  # threaded: 60000 elements
     text = f"{x.shape[0]} {x.shape[1]}\n" + "\n".join(
         " ".join(repr(float(v)) for v in row) for row in x)
     exe = compile_c(ROOT / "capi" / "examples" / "normalize.c")
-    env = {"PYTHONPATH": str(site), "HOME": str(home), "XDG_CACHE_HOME": str(home / ".cache"),
-           "PYTHONDONTWRITEBYTECODE": "1"}
+    env = install_environment(site, home)
     result = subprocess.run(_unprivileged([str(exe), "1e-3"]), input=text.encode(),
                             capture_output=True, env=env, timeout=600)
     for directory, _, _ in os.walk(tmp_path):

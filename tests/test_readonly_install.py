@@ -78,17 +78,33 @@ def _make_read_only(path):
         os.chmod(directory, 0o555)
 
 
-@pytest.fixture
-def read_only_site():
-    """``(site, home)``: a read-only copy of the package, with its cache, and a read-only home."""
+def copy_install(base):
+    """``(site, home)`` under ``base``: a copy of the package with its cache, and a home.
+
+    Skips the test where file modes cannot bind the child (root without setpriv).
+    """
     if os.geteuid() == 0 and shutil.which("setpriv") is None:
         pytest.skip("running as root, and no setpriv to drop the capabilities")
-    expected = _expected()  # also fills the source tree's cache for the child's calls
-    base = pathlib.Path(tempfile.mkdtemp(prefix="numba_ln_ro_"))
     site, home = base / "site", base / "home"
     shutil.copytree(ROOT / "numba_ln", site / "numba_ln",
                     ignore=shutil.ignore_patterns("*.tmp.*"))
     (home / ".cache").mkdir(parents=True)
+    return site, home
+
+
+def install_environment(site, home):
+    """The variables of a process that can import only ``site``'s numba_ln and write nothing."""
+    return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
+            "XDG_CACHE_HOME": str(home / ".cache"), "PYTHONPATH": str(site),
+            "PYTHONDONTWRITEBYTECODE": "1"}
+
+
+@pytest.fixture
+def read_only_site():
+    """``(site, home, expected)``: made read-only by ``_run_child``, after a test's edits."""
+    expected = _expected()  # also fills the source tree's cache for the child's calls
+    base = pathlib.Path(tempfile.mkdtemp(prefix="numba_ln_ro_"))
+    site, home = copy_install(base)
     yield site, home, expected
     for directory, dirs, _ in os.walk(base):
         os.chmod(directory, 0o755)
@@ -104,9 +120,7 @@ def _unprivileged(command):
 
 def _run_child(site, home, *args, extra_env=None):
     """Run CHILD with only the read-only copy of numba_ln importable and nothing writable."""
-    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home),
-           "XDG_CACHE_HOME": str(home / ".cache"), "PYTHONPATH": str(site),
-           "PYTHONDONTWRITEBYTECODE": "1", **(extra_env or {})}
+    env = {**install_environment(site, home), **(extra_env or {})}
     _make_read_only(site)
     _make_read_only(home)
     result = subprocess.run(_unprivileged([sys.executable, "-c", CHILD, *args]), env=env,
