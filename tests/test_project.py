@@ -1,4 +1,7 @@
-"""The project's promises about itself: README examples run, flags stay safe."""
+"""The project's promises about itself: README examples run, flags stay safe.
+
+Docstring examples are run by ``test_docs.py``.
+"""
 
 import pathlib
 import re
@@ -13,15 +16,6 @@ def test_readme_python_examples_run():
     assert blocks, "README.md has no Python example"
     for block in blocks:
         exec(compile(block, "README.md", "exec"), {})
-
-
-def test_docstring_examples_run():
-    import doctest
-
-    from numba_ln import api
-
-    failures, tried = doctest.testmod(api, optionflags=doctest.NORMALIZE_WHITESPACE)
-    assert tried > 0 and failures == 0
 
 
 def test_no_kernel_assumes_finite_math():
