@@ -32,6 +32,28 @@ def select(device, x, others, names):
 
     ``others`` are the remaining array arguments (None where absent), named by
     ``names`` for error messages; all must live where ``x`` lives.
+
+    Raises
+    ------
+    ValueError
+        An unknown ``device``; host and CUDA arrays mixed in one call;
+        ``device="cpu"`` with a CUDA ``x``.
+    TypeError
+        A masked array; a byte-swapped array where nothing converts it (a CUDA
+        array, or ``out`` with ``device="cuda"``).
+    CUDAUnavailableError
+        The call belongs on the GPU and none can run here.
+
+    Examples
+    --------
+    >>> from numba_ln import _dispatch
+    >>> backend, x, (weight,) = _dispatch.select(None, [[1.0, 2.0]], (None,), ("weight",))
+    >>> backend.__name__, type(x).__name__
+    ('numba_ln._cpu_backend', 'ndarray')
+    >>> _dispatch.select("gpu", x, (), ())
+    Traceback (most recent call last):
+    ...
+    ValueError: device must be None, 'cpu' or 'cuda', got 'gpu'
     """
     if (device is None or device == "cpu") and type(x) is np.ndarray:
         for other in others:  # the common case, decided cheaply

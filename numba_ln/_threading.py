@@ -70,7 +70,14 @@ def _after_fork_in_child():
 
 
 def parallel_allowed():
-    """False in a child forked after GNU OpenMP ran: such a child must stay serial."""
+    """False in a child forked after GNU OpenMP ran: such a child must stay serial.
+
+    Examples
+    --------
+    >>> from numba_ln import _threading
+    >>> _threading.parallel_allowed()   # in a process that was not forked after OpenMP
+    True
+    """
     return not _forked_after_openmp
 
 

@@ -1,9 +1,20 @@
-"""Validation at the door: every check, every error message, in one place.
+"""Validation at the door: the checks on dtypes, shapes, ``axis``, ``eps`` and ``out=``.
 
 The functions here see shapes, strides and dtypes only -- never data -- so the
 CPU and CUDA backends share them. ``forward_spec`` and ``backward_spec`` turn a
 call's arguments into a :class:`Spec`: any rank and ``axis`` become
-``(rows, cols)``, and every later layer works on that 2-D view.
+``(rows, cols)``, and every later layer works on that 2-D view. Where the data
+lives (``device=``, host or CUDA arrays) is checked by ``_dispatch``, which
+also calls :func:`check_not_masked` and :func:`check_native` from here.
+
+Examples
+--------
+>>> import numpy as np
+>>> from numba_ln import _validate
+>>> x = np.ones((2, 3, 4), np.float16)
+>>> spec, eps = _validate.forward_spec(x, None, None, 1, 1e-5, None)
+>>> spec.rows, spec.cols, spec.compute_dtype, spec.stats_shape
+(2, 12, dtype('float32'), (2, 1, 1))
 """
 
 import functools
@@ -41,7 +52,14 @@ class Spec(NamedTuple):
 
 
 def compute_dtype(dtype):
-    """float16 accumulates in float32; float32 and float64 in themselves."""
+    """float16 accumulates in float32; float32 and float64 in themselves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> compute_dtype(np.dtype(np.float16))
+    dtype('float32')
+    """
     return _COMPUTE[dtype]
 
 
@@ -55,6 +73,16 @@ def check_float_dtype(dtype, name):
 
     The kernels and every cache key see only these three objects, so how a
     dtype object was made (pickle, ``newbyteorder``) never changes a result.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_float_dtype(np.dtype(">f4"), "x") is np.dtype(np.float32)
+    True
+    >>> check_float_dtype(np.dtype(np.int64), "weight")
+    Traceback (most recent call last):
+    ...
+    TypeError: weight has dtype int64; supported dtypes are float16, float32, float64
     """
     # NumPy's native float dtypes are singletons: an identity test is the fast
     # path (a small call pays for every comparison of dtype objects).
@@ -107,7 +135,17 @@ def check_axis(axis):
 
 
 def normalize_axis(axis, ndim):
-    """ONNX axis: normalize over ``shape[axis:]``; negative counts from the end."""
+    """ONNX axis: normalize over ``shape[axis:]``; negative counts from the end.
+
+    Examples
+    --------
+    >>> normalize_axis(-1, 3)
+    2
+    >>> normalize_axis(3, 2)
+    Traceback (most recent call last):
+    ...
+    ValueError: axis 3 is out of range for an array of rank 2; expected -2 <= axis <= 1
+    """
     axis = check_axis(axis)
     if not -ndim <= axis < ndim:
         raise ValueError(
@@ -117,7 +155,18 @@ def normalize_axis(axis, ndim):
 
 
 def check_eps(eps):
-    """``eps`` must be a finite, non-negative real number (Python or NumPy; not bool)."""
+    """``eps`` must be a finite, non-negative real number (Python or NumPy; not bool).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> check_eps(np.float32(0.5))
+    0.5
+    >>> check_eps(True)
+    Traceback (most recent call last):
+    ...
+    TypeError: eps must be a real number, got bool: expected a Python or NumPy float or int
+    """
     if type(eps) is float and 0.0 <= eps <= sys.float_info.max:  # the usual case, fast
         return eps
     if isinstance(eps, (bool, np.bool_)) or not isinstance(eps, numbers.Real):
@@ -220,6 +269,15 @@ def row_stride(shape, strides, itemsize, axis):
     and in increasing memory order: the ``(rows, cols)`` matrix with leading
     dimension ``ld >= cols`` that the kernels and the C ABI take. ``strides``
     is in bytes; ``None`` means C-contiguous.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> x = np.zeros((4, 10), np.float32)[:, :6]   # padded rows: read in place
+    >>> row_stride(x.shape, x.strides, x.itemsize, 1)
+    10
+    >>> row_stride(x.T.shape, x.T.strides, x.itemsize, 1) is None   # must be copied
+    True
     """
     cols = math.prod(shape[axis:])
     if strides is None:
