@@ -14,6 +14,19 @@ E[x^2] - E[x]^2.
 
 Notation: ``n`` is the row length, ``offset = mean - shift``, ``xhat`` the
 normalized value, ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
+
+Examples
+--------
+One row's statistics as the kernels compute them (called from Python here,
+in float64):
+
+>>> from numba_ln import _math
+>>> row = [1.0, 2.0, 3.0, 6.0]
+>>> shift, n = row[0], float(len(row))
+>>> offset = _math.mean_offset(sum(_math.shifted(v, shift) for v in row), n)
+>>> sumsq = sum(_math.centered(v, shift, offset) ** 2 for v in row)
+>>> _math.row_mean(shift, offset), _math.reciprocal_std(sumsq, n, 0.0)
+(3.0, 0.5345224838248488)
 """
 
 import math

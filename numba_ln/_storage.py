@@ -16,6 +16,23 @@ float64 for float64) and write a compute value back in the storage type.
 of large forward outputs: a whole 64-byte line written straight to memory,
 with no read-for-ownership and no cache line taken from the rows still in use.
 ``prefetch_line`` asks for a line of the next row ahead of its use.
+
+Examples
+--------
+A kernel reads and writes float16 through the uint16 view, in float32:
+
+>>> import numpy as np
+>>> from numba import njit
+>>> from numba_ln import _storage
+>>> @njit
+... def double_all(a):
+...     for i in range(a.size):
+...         value = _storage.load(a, i)
+...         _storage.store(a, i, value + value)
+>>> h = np.array([1.5, -0.25, 65504.0], np.float16)
+>>> double_all(h.view(np.uint16))
+>>> h
+array([  3. ,  -0.5,   inf], dtype=float16)
 """
 
 from llvmlite import ir
