@@ -57,16 +57,21 @@ def test_no_compiled_function_calls_a_parallel_kernel():
     """Parallel kernels are entered from Python only.
 
     A cached @njit function that calls a parallel=True one can segfault once
-    it is loaded back from numba's cache (numba issue #8578); it happened in
-    this project with the old compiled ``ln_fwd`` wrapper. Every numba
-    function in the package is checked: none may name a parallel one.
+    it is loaded back from numba's cache (numba issue #8578). Every module of
+    the package is checked: no numba function may name a parallel one of its
+    module.
     """
+    import importlib
+    import pkgutil
+
     from numba.core.registry import CPUDispatcher
 
-    from numba_ln import _bench, _cabi, cpu
+    import numba_ln
+    from numba_ln import cpu
 
     offenders = []
-    for module in (cpu, _cabi, _bench):
+    for info in pkgutil.iter_modules(numba_ln.__path__):
+        module = importlib.import_module(f"numba_ln.{info.name}")
         functions = {name: value for name, value in vars(module).items()
                      if isinstance(value, CPUDispatcher)}
         parallel = {name for name, f in functions.items() if f.targetoptions.get("parallel")}
