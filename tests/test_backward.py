@@ -278,11 +278,9 @@ def test_large_wide_rows_stream_and_match_the_reference(rng):
 def test_large_streamed_dx_is_the_same_on_every_call(rng):
     """Repeated calls, fresh results and ``out=`` at several placements, give the same bits.
 
-    With fast-math flags on the ``dx`` loop, LLVM's versions of it rounded
-    differently and which one ran varied with where the arrays lay: fresh
-    results differed by an ulp in ~1.5 % of ``dx`` from call to call (this
-    test failed in about half of its runs then; ``test_capi`` compares the
-    same shape with the C ABI).
+    Where the arrays lie picks which of LLVM's versions of the ``dx`` loop
+    runs; they must all round alike (``test_capi`` compares the same shape
+    with the C ABI).
     """
     from numba_ln import cpu
 
