@@ -21,7 +21,10 @@ The header is the single description of the interface. Its declarations
 (preprocessor lines, comments and the export macro removed) are fed to cffi's
 ``cdef``, so cffi checks the C definitions against them; the private
 boundary between the C shim and the embedded Python is nln_shim.h, read the
-same way with ``NLN_PYTHON_SIDE`` as ``extern "Python"``. The public functions
+same way with ``NLN_PYTHON_SIDE`` as ``extern "Python"``. The table of compiled
+entry points (their function-pointer types, ``struct nln_runtime`` and the
+X-macros the shim is built with) is written from ``numba_ln._cabi``'s one
+list, before the shim's source and into the cdef. The public functions
 are not ``embedding_api`` declarations: cffi implements those by calling
 into Python, and the CPU functions must run without the interpreter.
 """
@@ -151,12 +154,17 @@ def build(outdir, python=None, verbose=False):
     outdir = pathlib.Path(outdir).resolve()
     outdir.mkdir(parents=True, exist_ok=True)
 
+    from numba_ln import _cabi
+
+    entry_points = _cabi.c_declarations()
     ffibuilder = cffi.FFI()
     ffibuilder.cdef(cdef_text(header))
+    ffibuilder.cdef(cdef_text(entry_points))
     ffibuilder.cdef(cdef_text((CAPI / "nln_shim.h").read_text(), 'extern "Python"'))
     ffibuilder.embedding_init_code((CAPI / "embedded_init.py").read_text())
     libdir = sysconfig.get_config_var("LIBDIR")
-    source = f"#define NLN_BUILD_PYTHON {c_string(python)}\n" + (CAPI / "nln_shim.c").read_text()
+    source = (f"#define NLN_BUILD_PYTHON {c_string(python)}\n#include <stdint.h>\n"
+              + entry_points + (CAPI / "nln_shim.c").read_text())
     ffibuilder.set_source(
         MODULE, source,
         include_dirs=[str(CAPI)],

@@ -96,50 +96,37 @@ static nln_status nln__fail_from_python(nln_status status, const char *fn)
 
 /* ------------------------------------------------------------------ start-up */
 
-/* The numba @cfunc entry points for one precision (numba_ln/_cabi.py has the
- * matching signatures). */
-#define NLN__DECLARE_ENTRY_TYPES(T, SUFFIX)                                             \
-    typedef int32_t (*nln__forward_##SUFFIX##_fn)(                                     \
-        const T *x, int64_t ldx, const T *weight, const T *bias, int32_t has_weight,   \
-        int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd, int32_t has_mean,       \
-        int32_t has_rstd, int64_t rows, int64_t cols, T eps, int32_t stream_out);      \
-    typedef int32_t (*nln__backward_##SUFFIX##_fn)(                                    \
-        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
-        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
-        T *dweight, T *dbias, int32_t has_dweight, int32_t has_dbias, int64_t rows,    \
-        int64_t cols);                                                                 \
-    typedef int32_t (*nln__backward_blocks_##SUFFIX##_fn)(                             \
-        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
-        const T *rstd, const T *weight, int32_t has_weight, T *dx, int64_t lddx,       \
-        T *dweight_part, T *dbias_part, int64_t rows, int64_t cols,                    \
-        int64_t first_block, int64_t stop_block);                                      \
-    typedef int32_t (*nln__reduce_##SUFFIX##_fn)(const T *part, int64_t blocks,        \
-                                                 int64_t cols, T *out,                 \
-                                                 int64_t first_col, int64_t stop_col);
+/* The compiled entry points. Their types, struct nln_runtime and the
+ * X-macros NLN__SHARED_ENTRIES, NLN__PRECISION_ENTRIES and NLN__PRECISIONS
+ * come from numba_ln._cabi.ENTRY_POINTS, written before this file by
+ * capi/build.py. */
+static struct {
+#define NLN__FIELD(name) nln__##name##_fn name;
+    NLN__SHARED_ENTRIES(NLN__FIELD)
+#undef NLN__FIELD
+} nln__shared;
 
-NLN__DECLARE_ENTRY_TYPES(float, f32)
-NLN__DECLARE_ENTRY_TYPES(double, f64)
+/* One precision: its element size, a stand-in for a NULL weight or bias (the
+ * kernels are then told to ignore it), and its entry points. */
+struct nln__precision {
+    size_t itemsize;
+    const void *one;
+#define NLN__FIELD(name, suffix) nln__##name##_fn name;
+    NLN__PRECISION_ENTRIES(NLN__FIELD, _)
+#undef NLN__FIELD
+};
 
-typedef int32_t (*nln__runs_parallel_fn)(int64_t rows, int64_t cols);
-typedef int32_t (*nln__streams_output_fn)(int64_t rows, int64_t cols, int64_t itemsize);
-typedef int64_t (*nln__backward_blocks_fn)(int64_t rows);
+#define NLN__DEFINE_PRECISION(suffix, T)                                                \
+    static const T nln__one_##suffix = 1;                                              \
+    static struct nln__precision nln__##suffix = {sizeof(T), &nln__one_##suffix};
+NLN__PRECISIONS(NLN__DEFINE_PRECISION)
+#undef NLN__DEFINE_PRECISION
 
 static pthread_once_t nln__once = PTHREAD_ONCE_INIT;
 static atomic_int nln__started;         /* start-up is over: its outcome below is final */
 static atomic_int nln__starting_python; /* start-up is starting an interpreter of its own */
 static nln_status nln__init_status = NLN_ERR_INIT;
 static char nln__init_message[NLN_MESSAGE_CAP];
-static nln__forward_f32_fn nln__forward_f32;
-static nln__forward_f64_fn nln__forward_f64;
-static nln__backward_f32_fn nln__backward_f32;
-static nln__backward_f64_fn nln__backward_f64;
-static nln__backward_blocks_f32_fn nln__backward_blocks_f32;
-static nln__backward_blocks_f64_fn nln__backward_blocks_f64;
-static nln__reduce_f32_fn nln__reduce_f32;
-static nln__reduce_f64_fn nln__reduce_f64;
-static nln__runs_parallel_fn nln__runs_parallel;
-static nln__streams_output_fn nln__streams_output;
-static nln__backward_blocks_fn nln__backward_blocks;
 static char nln__python[NLN_MESSAGE_CAP] = "the host program's Python";
 
 static void nln__init_failed(const char *format, ...) __attribute__((format(printf, 1, 2)));
@@ -233,6 +220,7 @@ static void nln__load(void)
 {
     struct nln_runtime runtime;
     int32_t rc;
+    int missing;
 
     if (nln__start_interpreter() != 0)
         return;
@@ -245,28 +233,26 @@ static void nln__load(void)
     memset(&runtime, 0, sizeof runtime);
     nln__error[0] = '\0';
     rc = nln__py_init(&runtime);
-    if (rc != 0 || runtime.ready != NLN_RUNTIME_READY || !runtime.forward_f32 ||
-        !runtime.forward_f64 || !runtime.backward_f32 || !runtime.backward_f64 ||
-        !runtime.backward_blocks_f32 || !runtime.backward_blocks_f64 ||
-        !runtime.reduce_f32 || !runtime.reduce_f64 || !runtime.runs_parallel ||
-        !runtime.streams_output || !runtime.backward_blocks) {
+    missing = rc != 0 || runtime.ready != NLN_RUNTIME_READY;
+#define NLN__BIND_SHARED(name)                                                          \
+    nln__shared.name = (nln__##name##_fn)runtime.name;                                 \
+    missing |= !runtime.name;
+#define NLN__BIND(name, suffix)                                                         \
+    nln__##suffix.name = (nln__##name##_fn)runtime.name##_##suffix;                    \
+    missing |= !runtime.name##_##suffix;
+#define NLN__BIND_PRECISION(suffix, T) NLN__PRECISION_ENTRIES(NLN__BIND, suffix)
+    NLN__SHARED_ENTRIES(NLN__BIND_SHARED)
+    NLN__PRECISIONS(NLN__BIND_PRECISION)
+#undef NLN__BIND_SHARED
+#undef NLN__BIND
+#undef NLN__BIND_PRECISION
+    if (missing) {
         nln__init_failed("%s", nln__error[0] ? nln__error
                                              : "the Python side failed to start "
                                                "(its traceback is on stderr)");
         nln__error[0] = '\0';
         return;
     }
-    nln__forward_f32 = (nln__forward_f32_fn)runtime.forward_f32;
-    nln__forward_f64 = (nln__forward_f64_fn)runtime.forward_f64;
-    nln__backward_f32 = (nln__backward_f32_fn)runtime.backward_f32;
-    nln__backward_f64 = (nln__backward_f64_fn)runtime.backward_f64;
-    nln__backward_blocks_f32 = (nln__backward_blocks_f32_fn)runtime.backward_blocks_f32;
-    nln__backward_blocks_f64 = (nln__backward_blocks_f64_fn)runtime.backward_blocks_f64;
-    nln__reduce_f32 = (nln__reduce_f32_fn)runtime.reduce_f32;
-    nln__reduce_f64 = (nln__reduce_f64_fn)runtime.reduce_f64;
-    nln__runs_parallel = (nln__runs_parallel_fn)runtime.runs_parallel;
-    nln__streams_output = (nln__streams_output_fn)runtime.streams_output;
-    nln__backward_blocks = (nln__backward_blocks_fn)runtime.backward_blocks;
     nln__init_status = NLN_OK;
 }
 
@@ -401,16 +387,20 @@ static nln_status nln__check_required(const char *fn, const char *name, const vo
     return NLN_OK;
 }
 
+/* numba_ln._validate.eps_fault decides; the messages are this library's. */
 static nln_status nln__check_eps(const char *fn, double eps)
 {
-    if (isnan(eps))
+    switch (nln__shared.eps_fault(eps)) {
+    case 0:
+        return NLN_OK;
+    case 1:
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "eps is NaN; it must be finite and >= 0");
-    if (isinf(eps))
+    case 2:
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn,
                          "eps is infinite; it must be finite and >= 0");
-    if (eps < 0)
+    default:
         return nln__fail(NLN_ERR_INVALID_ARGUMENT, fn, "eps (%g) must be >= 0", eps);
-    return NLN_OK;
+    }
 }
 
 static nln_status nln__check_forward(const char *fn, size_t itemsize,
@@ -460,17 +450,6 @@ static nln_status nln__check_backward(const char *fn, size_t itemsize,
 }
 
 /* ------------------------------------------------------------------ public API */
-
-/* dweight/dbias of zero rows: all zeros (IEEE +0.0 is all bits zero). */
-static void nln__zero(void *data, int64_t count, size_t itemsize)
-{
-    if (data != NULL)
-        memset(data, 0, (size_t)count * itemsize);
-}
-
-/* Stand-ins for a NULL weight or bias (the kernels then ignore them). */
-static const float nln__one_f32 = 1.0f;
-static const double nln__one_f64 = 1.0;
 
 NLN_API const char *nln_version(void)
 {
@@ -731,221 +710,164 @@ static nln_status nln__kernel_status(const char *fn, int failed)
     return failed ? nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED) : NLN_OK;
 }
 
-/* Forward: as many contiguous chunks of rows as the pool has threads, like
- * cpu.ln_fwd_parallel. A row's result does not depend on its chunk. */
-#define NLN__DEFINE_FORWARD(T, SUFFIX)                                                  \
-    struct nln__forward_args_##SUFFIX {                                                \
-        const T *x, *weight, *bias;                                                    \
-        T *y, *mean, *rstd;                                                            \
-        int64_t ldx, ldy, rows, cols, rows_per_chunk;                                  \
-        int32_t has_weight, has_bias, streaming;                                       \
-        T eps;                                                                         \
-    };                                                                                 \
-                                                                                       \
-    /* Rows chunk * rows_per_chunk onwards, at most rows_per_chunk of them. */         \
-    static int nln__forward_chunk_##SUFFIX(void *args, int64_t chunk)                  \
-    {                                                                                  \
-        const struct nln__forward_args_##SUFFIX *a = args;                             \
-        int64_t first = chunk * a->rows_per_chunk;                                     \
-        int64_t stop = first + a->rows_per_chunk < a->rows ? first + a->rows_per_chunk \
-                                                           : a->rows;                  \
-        if (stop <= first)                                                             \
-            return 0;                                                                  \
-        return nln__forward_##SUFFIX(                                                  \
-                   a->x + first * a->ldx, a->ldx, a->weight, a->bias, a->has_weight,   \
-                   a->has_bias, a->y + first * a->ldy, a->ldy,                         \
-                   a->mean ? a->mean + first : NULL, a->rstd ? a->rstd + first : NULL, \
-                   a->mean != NULL, a->rstd != NULL, stop - first, a->cols, a->eps,    \
-                   a->streaming) != NLN_ENTRY_OK;                                      \
-    }                                                                                  \
-                                                                                       \
-    static nln_status nln__run_forward_##SUFFIX(                                       \
-        const char *fn, const T *x, int64_t ldx, const T *weight, const T *bias,       \
-        int32_t has_weight, int32_t has_bias, T *y, int64_t ldy, T *mean, T *rstd,     \
-        int64_t rows, int64_t cols, T eps)                                             \
-    {                                                                                  \
-        struct nln__forward_args_##SUFFIX args = {                                     \
-            .x = x, .weight = weight, .bias = bias, .y = y, .mean = mean,              \
-            .rstd = rstd, .ldx = ldx, .ldy = ldy, .rows = rows, .cols = cols,          \
-            .rows_per_chunk = rows, .has_weight = has_weight, .has_bias = has_bias,    \
-            /* Decided once for the whole call, as cpu.ln_fwd does. */                 \
-            .streaming = nln__streams_output(rows, cols, (int64_t)sizeof(T)),          \
-            .eps = eps};                                                               \
-        if (!nln__runs_parallel(rows, cols))                                           \
-            return nln__kernel_status(fn, nln__forward_chunk_##SUFFIX(&args, 0));      \
-        int64_t chunks = nln__pool_threads();                                          \
-        args.rows_per_chunk = (rows + chunks - 1) / chunks;                            \
-        return nln__kernel_status(                                                     \
-            fn, nln__parallel(nln__forward_chunk_##SUFFIX, &args, chunks));            \
-    }
-
-NLN__DEFINE_FORWARD(float, f32)
-NLN__DEFINE_FORWARD(double, f64)
-
-/* Backward: the fixed blocks of cpu.ln_bwd_parallel across threads, then the
- * blocks' partial sums added in block order, columns across threads. The
- * blocks depend on the shape alone: bit-identical for any thread count. */
-#define NLN__REDUCE_COLS 512
-#define NLN__DEFINE_BACKWARD(T, SUFFIX)                                                 \
-    struct nln__backward_args_##SUFFIX {                                               \
-        const T *dy, *x, *mean, *rstd, *weight;                                        \
-        T *dx, *dweight, *dbias, *dweight_part, *dbias_part;                           \
-        int64_t lddy, ldx, lddx, rows, cols, blocks;                                   \
-        int32_t has_weight;                                                            \
-    };                                                                                 \
-                                                                                       \
-    /* One block of rows: its part of dx and its row of partial sums. */              \
-    static int nln__backward_block_##SUFFIX(void *args, int64_t block)                 \
-    {                                                                                  \
-        const struct nln__backward_args_##SUFFIX *a = args;                            \
-        return nln__backward_blocks_##SUFFIX(                                          \
-                   a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,          \
-                   a->has_weight, a->dx, a->lddx, a->dweight_part, a->dbias_part,      \
-                   a->rows, a->cols, block, block + 1) != NLN_ENTRY_OK;                \
-    }                                                                                  \
-                                                                                       \
-    /* NLN__REDUCE_COLS columns of dweight and dbias from the partial sums. */        \
-    static int nln__reduce_chunk_##SUFFIX(void *args, int64_t chunk)                   \
-    {                                                                                  \
-        const struct nln__backward_args_##SUFFIX *a = args;                            \
-        int64_t first = chunk * NLN__REDUCE_COLS;                                      \
-        int64_t stop = first + NLN__REDUCE_COLS < a->cols ? first + NLN__REDUCE_COLS   \
-                                                          : a->cols;                   \
-        int failed = 0;                                                                \
-        if (a->dweight)                                                                \
-            failed |= nln__reduce_##SUFFIX(a->dweight_part, a->blocks, a->cols,        \
-                                           a->dweight, first, stop) != NLN_ENTRY_OK;   \
-        if (a->dbias)                                                                  \
-            failed |= nln__reduce_##SUFFIX(a->dbias_part, a->blocks, a->cols,          \
-                                           a->dbias, first, stop) != NLN_ENTRY_OK;     \
-        return failed;                                                                 \
-    }                                                                                  \
-                                                                                       \
-    static nln_status nln__run_backward_##SUFFIX(                                      \
-        const char *fn, const T *dy, int64_t lddy, const T *x, int64_t ldx,            \
-        const T *mean, const T *rstd, const T *weight, int32_t has_weight, T *dx,      \
-        int64_t lddx, T *dweight, T *dbias, int64_t rows, int64_t cols)                \
-    {                                                                                  \
-        if (!nln__runs_parallel(rows, cols))                                           \
-            return nln__kernel_status(                                                 \
-                fn, nln__backward_##SUFFIX(dy, lddy, x, ldx, mean, rstd, weight,      \
-                                           has_weight, dx, lddx, dweight, dbias,       \
-                                           dweight != NULL, dbias != NULL, rows,       \
-                                           cols) != NLN_ENTRY_OK);                     \
-        int64_t blocks = nln__backward_blocks(rows);                                   \
-        nln__count part_count = (nln__count)blocks * (nln__count)cols;                 \
-        /* Implied by dy's check (blocks <= rows, cols <= lddy); kept beside the       \
-           allocation it guards. */                                                    \
-        if (!nln__fits(NULL, part_count, sizeof(T)))                                   \
-            return nln__span_error(fn, "the partial sums of dweight and dbias", NULL,  \
-                                   "blocks * cols", part_count, sizeof(T));            \
-        struct nln__backward_args_##SUFFIX args = {                                    \
-            .dy = dy, .x = x, .mean = mean, .rstd = rstd, .weight = weight, .dx = dx,  \
-            .dweight = dweight, .dbias = dbias,                                        \
-            .dweight_part = malloc((size_t)part_count * sizeof(T)),                    \
-            .dbias_part = malloc((size_t)part_count * sizeof(T)),                      \
-            .lddy = lddy, .ldx = ldx, .lddx = lddx, .rows = rows, .cols = cols,        \
-            .blocks = blocks, .has_weight = has_weight};                               \
-        int failed;                                                                    \
-        if (!args.dweight_part || !args.dbias_part) {                                  \
-            free(args.dweight_part);                                                   \
-            free(args.dbias_part);                                                     \
-            return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);                 \
-        }                                                                              \
-        failed = nln__parallel(nln__backward_block_##SUFFIX, &args, blocks);          \
-        failed |= nln__parallel(nln__reduce_chunk_##SUFFIX, &args,                     \
-                                (cols + NLN__REDUCE_COLS - 1) / NLN__REDUCE_COLS);     \
-        free(args.dweight_part);                                                       \
-        free(args.dbias_part);                                                         \
-        return nln__kernel_status(fn, failed);                                         \
-    }
-
-NLN__DEFINE_BACKWARD(float, f32)
-NLN__DEFINE_BACKWARD(double, f64)
-
-
-NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx,
-                                      const float *weight, const float *bias,
-                                      float *y, int64_t ldy,
-                                      float *mean, float *rstd,
-                                      int64_t rows, int64_t cols, float eps)
+/* Tasks 0 .. count - 1 of run(arg, task): on the pool when the plan says the
+ * call is threaded, else on the calling thread. Nonzero if a task failed. */
+static int nln__run(nln__task_fn run, void *arg, int64_t count, int64_t threaded)
 {
-    static const char fn[] = "nln_layer_norm_f32";
-    nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, sizeof *x, x, ldx, weight, bias, y, ldy, mean,
-                                     rstd, rows, cols, eps)) != NLN_OK ||
-        rows == 0)
-        return status;
-    return nln__run_forward_f32(fn, x, ldx, weight ? weight : &nln__one_f32,
-                                 bias ? bias : &nln__one_f32, weight != NULL, bias != NULL,
-                                 y, ldy, mean, rstd, rows, cols, eps);
+    int failed = 0;
+    if (threaded)
+        return nln__parallel(run, arg, count);
+    for (int64_t task = 0; task < count; ++task)
+        failed |= run(arg, task) != 0;
+    return failed;
 }
 
-NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx,
-                                      const double *weight, const double *bias,
-                                      double *y, int64_t ldy,
-                                      double *mean, double *rstd,
-                                      int64_t rows, int64_t cols, double eps)
+/* The plan of numba_ln.cpu.plan for this call. */
+static nln_status nln__plan(const char *fn, int32_t backward, int64_t rows, int64_t cols,
+                            size_t itemsize, struct nln__plan *plan)
 {
-    static const char fn[] = "nln_layer_norm_f64";
-    nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, sizeof *x, x, ldx, weight, bias, y, ldy, mean,
-                                     rstd, rows, cols, eps)) != NLN_OK ||
-        rows == 0)
-        return status;
-    return nln__run_forward_f64(fn, x, ldx, weight ? weight : &nln__one_f64,
-                                 bias ? bias : &nln__one_f64, weight != NULL, bias != NULL,
-                                 y, ldy, mean, rstd, rows, cols, eps);
+    if (nln__shared.plan(backward, rows, cols, (int64_t)itemsize, (int64_t *)plan) !=
+        NLN_ENTRY_OK)
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
+    return NLN_OK;
 }
 
-NLN_API nln_status nln_layer_norm_backward_f32(const float *dy, int64_t lddy,
-                                               const float *x, int64_t ldx,
-                                               const float *mean, const float *rstd,
-                                               const float *weight,
-                                               float *dx, int64_t lddx,
-                                               float *dweight, float *dbias,
-                                               int64_t rows, int64_t cols)
+/* `base` advanced by `elements` elements of `itemsize` bytes; NULL stays NULL. */
+static const void *nln__at(const void *base, int64_t elements, size_t itemsize)
 {
-    static const char fn[] = "nln_layer_norm_backward_f32";
+    return base ? (const char *)base + (size_t)elements * itemsize : NULL;
+}
+
+struct nln__forward_args {
+    const struct nln__precision *p;
+    const void *x, *weight, *bias;
+    void *y, *mean, *rstd;
+    int64_t ldx, ldy, rows, cols, task_rows;
+    int32_t has_weight, has_bias, stream;
+    double eps;
+};
+
+/* Rows task * task_rows onwards, at most task_rows of them. */
+static int nln__forward_task(void *args, int64_t task)
+{
+    const struct nln__forward_args *a = args;
+    size_t size = a->p->itemsize;
+    int64_t first = task * a->task_rows;
+    int64_t stop = first + a->task_rows < a->rows ? first + a->task_rows : a->rows;
+    return a->p->forward(nln__at(a->x, first * a->ldx, size), a->ldx, a->weight, a->bias,
+                         a->has_weight, a->has_bias, (void *)nln__at(a->y, first * a->ldy, size),
+                         a->ldy, (void *)nln__at(a->mean, first, size),
+                         (void *)nln__at(a->rstd, first, size), a->mean != NULL,
+                         a->rstd != NULL, stop - first, a->cols, a->eps,
+                         a->stream) != NLN_ENTRY_OK;
+}
+
+static nln_status nln__layer_norm(const char *fn, const struct nln__precision *p,
+                                  const void *x, int64_t ldx, const void *weight,
+                                  const void *bias, void *y, int64_t ldy, void *mean,
+                                  void *rstd, int64_t rows, int64_t cols, double eps)
+{
+    struct nln__plan plan;
     nln_status status;
     if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, sizeof *dy, dy, lddy, x, ldx, mean, rstd, weight,
+        (status = nln__check_forward(fn, p->itemsize, x, ldx, weight, bias, y, ldy, mean,
+                                     rstd, rows, cols, eps)) != NLN_OK ||
+        rows == 0 || (status = nln__plan(fn, 0, rows, cols, p->itemsize, &plan)) != NLN_OK)
+        return status;
+    struct nln__forward_args args = {
+        .p = p, .x = x, .weight = weight ? weight : p->one, .bias = bias ? bias : p->one,
+        .y = y, .mean = mean, .rstd = rstd, .ldx = ldx, .ldy = ldy, .rows = rows,
+        .cols = cols, .task_rows = plan.task_rows, .has_weight = weight != NULL,
+        .has_bias = bias != NULL, .stream = (int32_t)plan.stream, .eps = eps};
+    return nln__kernel_status(
+        fn, nln__run(nln__forward_task, &args, plan.tasks, plan.threaded));
+}
+
+struct nln__backward_args {
+    const struct nln__precision *p;
+    const void *dy, *x, *mean, *rstd, *weight;
+    void *dx, *dweight, *dbias, *dweight_part, *dbias_part;
+    int64_t lddy, ldx, lddx, rows, cols, blocks, block_rows, reduce_cols;
+    int32_t has_weight, wide, stream;
+};
+
+/* One block of rows: its part of dx and its row of partial sums. */
+static int nln__backward_task(void *args, int64_t block)
+{
+    const struct nln__backward_args *a = args;
+    return a->p->backward_blocks(a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,
+                                 a->has_weight, a->dx, a->lddx, a->dweight_part,
+                                 a->dbias_part, a->rows, a->cols, a->block_rows, block,
+                                 block + 1, a->wide, a->stream) != NLN_ENTRY_OK;
+}
+
+/* reduce_cols columns of dweight and dbias: the blocks' partial sums in block order. */
+static int nln__reduce_task(void *args, int64_t chunk)
+{
+    const struct nln__backward_args *a = args;
+    int64_t first = chunk * a->reduce_cols;
+    int64_t stop = first + a->reduce_cols < a->cols ? first + a->reduce_cols : a->cols;
+    int failed = 0;
+    if (a->dweight)
+        failed |= a->p->reduce(a->dweight_part, a->blocks, a->cols, a->dweight, first,
+                               stop) != NLN_ENTRY_OK;
+    if (a->dbias)
+        failed |= a->p->reduce(a->dbias_part, a->blocks, a->cols, a->dbias, first,
+                               stop) != NLN_ENTRY_OK;
+    return failed;
+}
+
+/* The blocks of the plan, then their sums: the partition depends on the shape
+ * alone, so the bits do not depend on the thread count. */
+static nln_status nln__layer_norm_backward(const char *fn, const struct nln__precision *p,
+                                           const void *dy, int64_t lddy, const void *x,
+                                           int64_t ldx, const void *mean, const void *rstd,
+                                           const void *weight, void *dx, int64_t lddx,
+                                           void *dweight, void *dbias, int64_t rows,
+                                           int64_t cols)
+{
+    struct nln__plan plan;
+    nln_status status;
+    if ((status = nln__ready(fn)) != NLN_OK ||
+        (status = nln__check_backward(fn, p->itemsize, dy, lddy, x, ldx, mean, rstd, weight,
                                       dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
         return status;
-    if (rows == 0) { /* sums over no rows */
-        nln__zero(dweight, cols, sizeof(float));
-        nln__zero(dbias, cols, sizeof(float));
+    if (rows == 0) { /* sums over no rows: +0.0, all bits zero */
+        if (dweight)
+            memset(dweight, 0, (size_t)cols * p->itemsize);
+        if (dbias)
+            memset(dbias, 0, (size_t)cols * p->itemsize);
         return NLN_OK;
     }
-    return nln__run_backward_f32(fn, dy, lddy, x, ldx, mean, rstd,
-                                  weight ? weight : &nln__one_f32, weight != NULL, dx, lddx,
-                                  dweight, dbias, rows, cols);
-}
-
-NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
-                                               const double *x, int64_t ldx,
-                                               const double *mean, const double *rstd,
-                                               const double *weight,
-                                               double *dx, int64_t lddx,
-                                               double *dweight, double *dbias,
-                                               int64_t rows, int64_t cols)
-{
-    static const char fn[] = "nln_layer_norm_backward_f64";
-    nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, sizeof *dy, dy, lddy, x, ldx, mean, rstd, weight,
-                                      dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
+    if ((status = nln__plan(fn, 1, rows, cols, p->itemsize, &plan)) != NLN_OK)
         return status;
-    if (rows == 0) { /* sums over no rows */
-        nln__zero(dweight, cols, sizeof(double));
-        nln__zero(dbias, cols, sizeof(double));
-        return NLN_OK;
+    nln__count part_count = (nln__count)plan.tasks * (nln__count)cols;
+    /* Implied by dy's check (blocks <= rows, cols <= lddy); kept beside the
+       allocation it guards. */
+    if (!nln__fits(NULL, part_count, p->itemsize))
+        return nln__span_error(fn, "the partial sums of dweight and dbias", NULL,
+                               "blocks * cols", part_count, p->itemsize);
+    struct nln__backward_args args = {
+        .p = p, .dy = dy, .x = x, .mean = mean, .rstd = rstd,
+        .weight = weight ? weight : p->one, .dx = dx, .dweight = dweight, .dbias = dbias,
+        .dweight_part = malloc((size_t)part_count * p->itemsize),
+        .dbias_part = malloc((size_t)part_count * p->itemsize),
+        .lddy = lddy, .ldx = ldx, .lddx = lddx, .rows = rows, .cols = cols,
+        .blocks = plan.tasks, .block_rows = plan.task_rows, .reduce_cols = plan.reduce_cols,
+        .has_weight = weight != NULL, .wide = (int32_t)plan.wide,
+        .stream = (int32_t)plan.stream};
+    int failed;
+    if (!args.dweight_part || !args.dbias_part) {
+        free(args.dweight_part);
+        free(args.dbias_part);
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
     }
-    return nln__run_backward_f64(fn, dy, lddy, x, ldx, mean, rstd,
-                                  weight ? weight : &nln__one_f64, weight != NULL, dx, lddx,
-                                  dweight, dbias, rows, cols);
+    failed = nln__run(nln__backward_task, &args, plan.tasks, plan.threaded);
+    failed |= nln__run(nln__reduce_task, &args,
+                       (cols + plan.reduce_cols - 1) / plan.reduce_cols, plan.threaded);
+    free(args.dweight_part);
+    free(args.dbias_part);
+    return nln__kernel_status(fn, failed);
 }
 
 /* ------------------------------------------------------------------ GPU */
@@ -995,52 +917,47 @@ static nln_status nln__cuda_backward(const char *fn, int32_t bits, const void *d
     return status == NLN_OK ? NLN_OK : nln__fail_from_python(status, fn);
 }
 
-NLN_API nln_status nln_cuda_layer_norm_f32(const float *x, int64_t ldx,
-                                           const float *weight, const float *bias,
-                                           float *y, int64_t ldy,
-                                           float *mean, float *rstd,
-                                           int64_t rows, int64_t cols, float eps,
-                                           void *stream)
-{
-    return nln__cuda_forward("nln_cuda_layer_norm_f32", 32, x, ldx, weight, bias, y, ldy,
-                             mean, rstd, rows, cols, eps, stream);
-}
+/* ------------------------------------------------------------------ exported functions
+ *
+ * One set per precision: each names itself and hands its precision's table
+ * to the bodies above.
+ */
+#define NLN__DEFINE_EXPORTS(suffix, T)                                                  \
+    NLN_API nln_status nln_layer_norm_##suffix(                                        \
+        const T *x, int64_t ldx, const T *weight, const T *bias, T *y, int64_t ldy,    \
+        T *mean, T *rstd, int64_t rows, int64_t cols, T eps)                           \
+    {                                                                                  \
+        return nln__layer_norm("nln_layer_norm_" #suffix, &nln__##suffix, x, ldx,     \
+                               weight, bias, y, ldy, mean, rstd, rows, cols, eps);     \
+    }                                                                                  \
+                                                                                       \
+    NLN_API nln_status nln_layer_norm_backward_##suffix(                               \
+        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
+        const T *rstd, const T *weight, T *dx, int64_t lddx, T *dweight, T *dbias,     \
+        int64_t rows, int64_t cols)                                                    \
+    {                                                                                  \
+        return nln__layer_norm_backward("nln_layer_norm_backward_" #suffix,           \
+                                        &nln__##suffix, dy, lddy, x, ldx, mean, rstd,  \
+                                        weight, dx, lddx, dweight, dbias, rows, cols); \
+    }                                                                                  \
+                                                                                       \
+    NLN_API nln_status nln_cuda_layer_norm_##suffix(                                   \
+        const T *x, int64_t ldx, const T *weight, const T *bias, T *y, int64_t ldy,    \
+        T *mean, T *rstd, int64_t rows, int64_t cols, T eps, void *stream)             \
+    {                                                                                  \
+        return nln__cuda_forward("nln_cuda_layer_norm_" #suffix, 8 * sizeof(T), x, ldx, \
+                                 weight, bias, y, ldy, mean, rstd, rows, cols, eps,    \
+                                 stream);                                              \
+    }                                                                                  \
+                                                                                       \
+    NLN_API nln_status nln_cuda_layer_norm_backward_##suffix(                          \
+        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
+        const T *rstd, const T *weight, T *dx, int64_t lddx, T *dweight, T *dbias,     \
+        int64_t rows, int64_t cols, void *stream)                                      \
+    {                                                                                  \
+        return nln__cuda_backward("nln_cuda_layer_norm_backward_" #suffix,             \
+                                  8 * sizeof(T), dy, lddy, x, ldx, mean, rstd, weight, \
+                                  dx, lddx, dweight, dbias, rows, cols, stream);       \
+    }
 
-NLN_API nln_status nln_cuda_layer_norm_f64(const double *x, int64_t ldx,
-                                           const double *weight, const double *bias,
-                                           double *y, int64_t ldy,
-                                           double *mean, double *rstd,
-                                           int64_t rows, int64_t cols, double eps,
-                                           void *stream)
-{
-    return nln__cuda_forward("nln_cuda_layer_norm_f64", 64, x, ldx, weight, bias, y, ldy,
-                             mean, rstd, rows, cols, eps, stream);
-}
-
-NLN_API nln_status nln_cuda_layer_norm_backward_f32(const float *dy, int64_t lddy,
-                                                    const float *x, int64_t ldx,
-                                                    const float *mean, const float *rstd,
-                                                    const float *weight,
-                                                    float *dx, int64_t lddx,
-                                                    float *dweight, float *dbias,
-                                                    int64_t rows, int64_t cols,
-                                                    void *stream)
-{
-    return nln__cuda_backward("nln_cuda_layer_norm_backward_f32", 32, dy, lddy, x, ldx,
-                              mean, rstd, weight, dx, lddx, dweight, dbias, rows, cols,
-                              stream);
-}
-
-NLN_API nln_status nln_cuda_layer_norm_backward_f64(const double *dy, int64_t lddy,
-                                                    const double *x, int64_t ldx,
-                                                    const double *mean, const double *rstd,
-                                                    const double *weight,
-                                                    double *dx, int64_t lddx,
-                                                    double *dweight, double *dbias,
-                                                    int64_t rows, int64_t cols,
-                                                    void *stream)
-{
-    return nln__cuda_backward("nln_cuda_layer_norm_backward_f64", 64, dy, lddy, x, ldx,
-                              mean, rstd, weight, dx, lddx, dweight, dbias, rows, cols,
-                              stream);
-}
+NLN__PRECISIONS(NLN__DEFINE_EXPORTS)

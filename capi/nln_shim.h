@@ -25,21 +25,8 @@
  * 0 when the compiled code raised. Equals numba_ln._cabi.OK. */
 #define NLN_ENTRY_OK 1
 
-/* The addresses of the numba @cfunc entry points (numba_ln/_cabi.py). */
-struct nln_runtime {
-    int32_t ready;
-    uintptr_t forward_f32;
-    uintptr_t forward_f64;
-    uintptr_t backward_f32;
-    uintptr_t backward_f64;
-    uintptr_t backward_blocks_f32;
-    uintptr_t backward_blocks_f64;
-    uintptr_t reduce_f32;
-    uintptr_t reduce_f64;
-    uintptr_t runs_parallel;
-    uintptr_t streams_output;
-    uintptr_t backward_blocks;
-};
+/* struct nln_runtime, the addresses of the compiled entry points, is written
+ * by capi/build.py from numba_ln._cabi.ENTRY_POINTS, before this file. */
 
 /* Implemented in C, called from Python: set the calling thread's
  * nln_last_error() message (UTF-8, truncated to fit). */

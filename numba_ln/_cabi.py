@@ -1,203 +1,260 @@
-"""The C ABI's Python half: ``@cfunc`` entry points and the GPU glue.
+"""The C library's compiled entry points, listed once, and its GPU glue.
 
 ``libnumba_ln.so`` (built by ``capi/build.py``) checks every argument in C,
-then calls the CPU kernels through the function pointers in
-:func:`entry_points`: numba ``@cfunc`` wrappers around the *serial* pieces of
-``numba_ln.cpu`` (``ln_fwd_serial``, ``ln_bwd_serial``, ``ln_bwd_blocks``,
-``ln_bwd_reduce``) and its decisions (``runs_parallel``, ``streams_output``). For a
-large call the C side runs those pieces on a fork-safe thread pool of its own,
-in the schedule of ``cpu.ln_fwd_parallel`` / ``cpu.ln_bwd_parallel``, instead of
-numba's parallel launcher, which takes the GIL around every parallel region. So a call
-runs compiled code only: it never executes Python and never takes the GIL.
-If a kernel raises (an allocation failure), numba takes the GIL to print the
-error and the entry point returns 0.
+then calls compiled code through the function pointers of
+:func:`entry_points`: numba ``@cfunc`` wrappers around ``numba_ln.cpu``'s
+kernels (``ln_fwd_rows``, ``ln_bwd_blocks``, ``ln_bwd_reduce``), its
+:func:`~numba_ln.cpu.plan` and the ``eps`` rule. For a threaded call (the
+plan says so) the C side runs the kernels on a fork-safe thread pool of its
+own, in the plan's tasks, instead of numba's parallel launcher, which takes
+the GIL around every parallel region. So a call runs compiled code only: it
+never executes Python and never takes the GIL. If a kernel raises (an
+allocation failure), numba takes the GIL to print the error and the entry
+point returns 0.
+
+:data:`ENTRY_POINTS` is the one list of them. ``capi/build.py`` writes the
+shim's function-pointer types, its ``struct nln_runtime`` and the X-macros
+its per-precision table is built with (:func:`c_declarations`); the
+``@cfunc`` signatures are parsed from the same C parameter lists.
 
 The entry points see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
 kernels take. The C side replaces a NULL ``weight``/``bias`` with a pointer
-to one element and clears the matching ``has_*`` flag. A NULL ``mean`` or
-``rstd`` becomes an empty array (that statistic is not stored); a NULL
-``dweight`` or ``dbias`` becomes scratch allocated here.
-
-Every entry point returns ``OK`` (1) on success; numba's wrapper returns 0
-when the compiled code raised, so 0 can never read as success.
+to one element and clears the matching ``has_*`` flag; a NULL ``mean`` or
+``rstd`` becomes an empty array (that statistic is not stored).
 
 The GPU functions (:func:`cuda_forward`, :func:`cuda_backward`) are called
 with the GIL held, from the embedded interpreter: they wrap device pointers
 in objects exposing ``__cuda_array_interface__`` and call the public API.
 """
 
+import inspect
+
 import numpy as np
-from numba import carray, from_dtype, njit, types
+from numba import carray, njit, types
 
 from . import cpu  # first: it empties numba's cache if a kernel source changed
 from ._cache import cfunc
+from ._validate import eps_fault as _eps_rule
 
 #: What an entry point returns on success (numba's wrapper returns 0 on error).
 OK = 1
 
+#: The C library's compiled entry points: ``(name, C result, C parameters,
+#: one per precision)``. A per-precision entry ``forward`` is exported as
+#: ``forward_f32`` and ``forward_f64``; data pointers are ``void *`` so that
+#: one C body serves both precisions.
+ENTRY_POINTS = (
+    ("plan", "int32_t", "int32_t backward, int64_t rows, int64_t cols, int64_t itemsize, "
+                        "int64_t *fields", False),
+    ("eps_fault", "int32_t", "double eps", False),
+    ("forward", "int32_t", "const void *x, int64_t ldx, const void *weight, const void *bias, "
+                           "int32_t has_weight, int32_t has_bias, void *y, int64_t ldy, "
+                           "void *mean, void *rstd, int32_t has_mean, int32_t has_rstd, "
+                           "int64_t rows, int64_t cols, double eps, int32_t stream", True),
+    ("backward_blocks", "int32_t",
+     "const void *dy, int64_t lddy, const void *x, int64_t ldx, const void *mean, "
+     "const void *rstd, const void *weight, int32_t has_weight, void *dx, int64_t lddx, "
+     "void *dweight_part, void *dbias_part, int64_t rows, int64_t cols, int64_t block_rows, "
+     "int64_t first_block, int64_t stop_block, int32_t wide, int32_t stream", True),
+    ("reduce", "int32_t", "const void *part, int64_t blocks, int64_t cols, void *out, "
+                          "int64_t first_col, int64_t stop_col", True),
+)
 
-_i32 = types.int32
-_i64 = types.int64
+#: The C library's precisions: ``(suffix, C type, NumPy dtype)``.
+PRECISIONS = (("f32", "float", np.float32), ("f64", "double", np.float64))
 
-
-@njit(inline="always")
-def _rows(pointer, rows, ld, cols):
-    """The kernels' 1-D view of a ``rows x cols`` matrix with row stride ``ld``."""
-    return carray(pointer, (rows - 1) * ld + cols)
-
-
-def _forward_signature(scalar):
-    ptr = types.CPointer(scalar)
-    #   x    ldx   weight bias has_w has_b y    ldy   mean rstd has_m has_r rows cols eps
-    return _i32(ptr, _i64, ptr, ptr, _i32, _i32, ptr, _i64, ptr, ptr, _i32, _i32,
-                #  eps     stream_out
-                _i64, _i64, scalar, _i32)
-
-
-def _backward_signature(scalar):
-    ptr = types.CPointer(scalar)
-    #   dy   lddy  x    ldx   mean rstd weight has_w dx   lddx  dweight dbias
-    return _i32(ptr, _i64, ptr, _i64, ptr, ptr, ptr, _i32, ptr, _i64, ptr, ptr,
-                #  has_dw has_db rows cols
-                _i32, _i32, _i64, _i64)
-
-
-def _make_forward(dtype):
-    """The forward entry point for one dtype (float32 or float64)."""
-    def forward(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                has_mean, has_rstd, rows, cols, eps, stream_out):
-        x_buf = _rows(x, rows, ldx, cols)
-        y_buf = _rows(y, rows, ldy, cols)
-        w = carray(weight, cols if has_weight else 1)
-        b = carray(bias, cols if has_bias else 1)
-        mean_buf = carray(mean, rows) if has_mean else np.empty(0, dtype)
-        rstd_buf = carray(rstd, rows) if has_rstd else np.empty(0, dtype)
-        cpu.ln_fwd_serial(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
-                          mean_buf, rstd_buf, rows, cols, np.float64(eps), stream_out != 0)
-        return OK
-
-    forward.__qualname__ = forward.__name__ = f"forward_{np.dtype(dtype).name}"
-    return cfunc(_forward_signature(from_dtype(dtype)))(forward)
+_C_TYPES = {"int32_t": types.int32, "int64_t": types.int64, "double": types.float64,
+            "void *": types.voidptr, "int64_t *": types.CPointer(types.int64)}
 
 
-def _make_backward(dtype):
-    """The backward entry point for one dtype (float32 or float64)."""
-    def backward(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                 dweight, dbias, has_dweight, has_dbias, rows, cols):
-        dy_buf = _rows(dy, rows, lddy, cols)
-        x_buf = _rows(x, rows, ldx, cols)
-        dx_buf = _rows(dx, rows, lddx, cols)
-        mean_buf = carray(mean, rows)
-        rstd_buf = carray(rstd, rows)
-        w = carray(weight, cols if has_weight else 1)
-        dweight_buf = carray(dweight, cols) if has_dweight else np.empty(cols, dtype)
-        dbias_buf = carray(dbias, cols) if has_dbias else np.empty(cols, dtype)
-        cpu.ln_bwd_serial(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w,
-                          has_weight != 0, dx_buf, lddx, dweight_buf, dbias_buf, rows, cols)
-        return OK
-
-    backward.__qualname__ = backward.__name__ = f"backward_{np.dtype(dtype).name}"
-    return cfunc(_backward_signature(from_dtype(dtype)))(backward)
+def _parameters(text):
+    """``[(C type, name)]`` of a C parameter list such as ``"const void *x, int64_t n"``."""
+    pairs = []
+    for declaration in text.split(","):
+        ctype, name = declaration.replace("const ", "").replace("*", "* ").rsplit(None, 1)
+        pairs.append((" ".join(ctype.split()), name))
+    return pairs
 
 
-def _blocks_signature(scalar):
-    ptr = types.CPointer(scalar)
-    #   dy   lddy  x    ldx   mean rstd weight has_w dx   lddx  dw_part db_part
-    return _i32(ptr, _i64, ptr, _i64, ptr, ptr, ptr, _i32, ptr, _i64, ptr, ptr,
-                #  rows cols first_block stop_block
-                _i64, _i64, _i64, _i64)
+def _signature(result, parameters):
+    """The numba signature of a C prototype."""
+    return _C_TYPES[result](*(_C_TYPES[ctype] for ctype, _ in _parameters(parameters)))
 
 
-def _make_backward_blocks(dtype):
-    """Backward blocks ``first .. stop - 1`` into the caller's partial-sum rows."""
-    def backward_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                        dweight_part, dbias_part, rows, cols, first_block, stop_block):
-        blocks = cpu.backward_blocks(rows)
-        cpu.ln_bwd_blocks(_rows(dy, rows, lddy, cols), lddy,
-                          _rows(x, rows, ldx, cols), ldx,
-                          carray(mean, rows), carray(rstd, rows),
-                          carray(weight, cols if has_weight else 1), has_weight != 0,
-                          _rows(dx, rows, lddx, cols), lddx,
-                          carray(dweight_part, (blocks, cols)),
-                          carray(dbias_part, (blocks, cols)), rows, cols,
-                          first_block, stop_block)
-        return OK
-
-    backward_blocks.__qualname__ = backward_blocks.__name__ = (
-        f"backward_blocks_{np.dtype(dtype).name}")
-    return cfunc(_blocks_signature(from_dtype(dtype)))(backward_blocks)
-
-
-def _make_reduce(dtype):
-    """Columns ``first .. stop - 1`` of the partial-sum rows, summed in block order."""
-    ptr = types.CPointer(from_dtype(dtype))
-
-    def reduce(part, blocks, cols, out, first_col, stop_col):
-        cpu.ln_bwd_reduce(carray(part, (blocks, cols)), carray(out, cols), first_col,
-                          stop_col)
-        return OK
-
-    reduce.__qualname__ = reduce.__name__ = f"reduce_{np.dtype(dtype).name}"
-    return cfunc(_i32(ptr, _i64, _i64, ptr, _i64, _i64))(reduce)
-
-
-@cfunc(_i32(_i64, _i64))
-def runs_parallel(rows, cols):
-    """``cpu.runs_parallel`` for C: 1 when a call is worth spreading over threads."""
-    return 1 if cpu.runs_parallel(rows, cols) else 0
-
-
-@cfunc(_i32(_i64, _i64, _i64))
-def streams_output(rows, cols, itemsize):
-    """``cpu.streams_output`` for C: 1 when a forward's ``y`` is written with streaming stores."""
-    return 1 if cpu.streams_output(rows, cols, itemsize) else 0
-
-
-@cfunc(_i64(_i64))
-def backward_blocks(rows):
-    """``cpu.backward_blocks`` for C: rows of partial sums a backward pass needs."""
-    return cpu.backward_blocks(rows)
-
-
-forward_float32 = _make_forward(np.float32)
-forward_float64 = _make_forward(np.float64)
-backward_float32 = _make_backward(np.float32)
-backward_float64 = _make_backward(np.float64)
-backward_blocks_float32 = _make_backward_blocks(np.float32)
-backward_blocks_float64 = _make_backward_blocks(np.float64)
-reduce_float32 = _make_reduce(np.float32)
-reduce_float64 = _make_reduce(np.float64)
-
-
-def entry_points():
-    """The addresses of the compiled CPU entry points.
+def c_declarations():
+    """The C text ``capi/build.py`` puts before the shim: types, runtime struct, X-macros.
 
     Returns
     -------
-    dict of str to int
-        Each address is a C function pointer: ``forward_*`` / ``backward_*``
-        (a whole call on the calling thread), ``backward_blocks_*`` and
-        ``reduce_*`` (the pieces a threaded backward runs), ``runs_parallel``,
-        ``streams_output`` and ``backward_blocks`` (the schedule's decisions).
+    str
+        A function-pointer type ``nln__NAME_fn`` per entry point, ``struct
+        nln__plan`` (the fields of :data:`numba_ln.cpu.PLAN_FIELDS`),
+        ``struct nln_runtime`` (one address per exported entry point, the
+        struct the Python side fills in) and the X-macros
+        ``NLN__SHARED_ENTRIES(X)``, ``NLN__PRECISION_ENTRIES(X, suffix)`` and
+        ``NLN__PRECISIONS(X)`` (``X(suffix, C type)``).
 
     Examples
     --------
     >>> from numba_ln import _cabi
-    >>> sorted(_cabi.entry_points())[:4]
-    ['backward_blocks', 'backward_blocks_f32', 'backward_blocks_f64', 'backward_f32']
+    >>> print(_cabi.c_declarations().splitlines()[1])
+    typedef int32_t (*nln__plan_fn)(int32_t backward, int64_t rows, int64_t cols, int64_t itemsize, int64_t *fields);
     """
-    return {"forward_f32": forward_float32.address,
-            "forward_f64": forward_float64.address,
-            "backward_f32": backward_float32.address,
-            "backward_f64": backward_float64.address,
-            "backward_blocks_f32": backward_blocks_float32.address,
-            "backward_blocks_f64": backward_blocks_float64.address,
-            "reduce_f32": reduce_float32.address,
-            "reduce_f64": reduce_float64.address,
-            "runs_parallel": runs_parallel.address,
-            "streams_output": streams_output.address,
-            "backward_blocks": backward_blocks.address}
+    lines = ["/* Written by capi/build.py from numba_ln._cabi.ENTRY_POINTS. */"]
+    for name, result, parameters, _ in ENTRY_POINTS:
+        lines.append(f"typedef {result} (*nln__{name}_fn)({parameters});")
+    lines.append("struct nln__plan {")
+    lines += [f"    int64_t {field};" for field in cpu.PLAN_FIELDS]
+    lines.append("};")
+    lines.append("struct nln_runtime {")
+    lines.append("    int32_t ready;")
+    lines += [f"    uintptr_t {name};" for name in exported_names()]
+    lines.append("};")
+    shared = " ".join(f"X({name})" for name, _, _, each in ENTRY_POINTS if not each)
+    lines.append(f"#define NLN__SHARED_ENTRIES(X) {shared}")
+    each = " ".join(f"X({name}, suffix)" for name, _, _, each in ENTRY_POINTS if each)
+    lines.append(f"#define NLN__PRECISION_ENTRIES(X, suffix) {each}")
+    precisions = " ".join(f"X({suffix}, {ctype})" for suffix, ctype, _ in PRECISIONS)
+    lines.append(f"#define NLN__PRECISIONS(X) {precisions}")
+    return "\n".join(lines) + "\n"
+
+
+def exported_names():
+    """The name of every compiled entry point the C library loads, in table order.
+
+    Examples
+    --------
+    >>> from numba_ln import _cabi
+    >>> _cabi.exported_names()[:4]
+    ['plan', 'eps_fault', 'forward_f32', 'forward_f64']
+    """
+    return [f"{name}_{suffix}" if each else name
+            for name, _, _, each in ENTRY_POINTS
+            for suffix in ([s for s, _, _ in PRECISIONS] if each else [""])]
+
+
+@njit(inline="always")
+def _rows(pointer, rows, ld, cols, dtype):
+    """The kernels' 1-D view of a ``rows x cols`` matrix with row stride ``ld``."""
+    return carray(pointer, (rows - 1) * ld + cols, dtype)
+
+
+def _plan():
+    def plan(backward, rows, cols, itemsize, fields):
+        decided = cpu.plan(backward, rows, cols, itemsize)
+        out = carray(fields, len(decided))
+        for i in range(len(decided)):
+            out[i] = decided[i]
+        return OK
+    return plan
+
+
+_eps_rule_compiled = njit(_eps_rule)
+
+
+def _eps_fault():
+    def eps_fault(eps):
+        return _eps_rule_compiled(eps)
+    return eps_fault
+
+
+def _forward(dtype):
+    def forward(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                has_mean, has_rstd, rows, cols, eps, stream):
+        x_buf = _rows(x, rows, ldx, cols, dtype)
+        y_buf = _rows(y, rows, ldy, cols, dtype)
+        w = carray(weight, cols if has_weight else 1, dtype)
+        b = carray(bias, cols if has_bias else 1, dtype)
+        mean_buf = carray(mean, rows, dtype) if has_mean else np.empty(0, dtype)
+        rstd_buf = carray(rstd, rows, dtype) if has_rstd else np.empty(0, dtype)
+        if stream:
+            stage = np.empty(cpu.stage_elements(y_buf), dtype)
+            cpu.ln_fwd_rows(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
+                            mean_buf, rstd_buf, rows, cols, eps, stage)
+        else:
+            cpu.ln_fwd_rows(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
+                            mean_buf, rstd_buf, rows, cols, eps, None)
+        return OK
+    return forward
+
+
+def _backward_blocks(dtype):
+    def backward_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                        dweight_part, dbias_part, rows, cols, block_rows, first_block,
+                        stop_block, wide, stream):
+        blocks = (rows + block_rows - 1) // block_rows
+        dy_buf = _rows(dy, rows, lddy, cols, dtype)
+        x_buf = _rows(x, rows, ldx, cols, dtype)
+        dx_buf = _rows(dx, rows, lddx, cols, dtype)
+        mean_buf = carray(mean, rows, dtype)
+        rstd_buf = carray(rstd, rows, dtype)
+        w = carray(weight, cols if has_weight else 1, dtype)
+        dweight_parts = carray(dweight_part, (blocks, cols), dtype)
+        dbias_parts = carray(dbias_part, (blocks, cols), dtype)
+        no_sums = np.empty(0, dtype)  # the C side sums the blocks with `reduce`
+        if wide:
+            stage = np.empty(cpu.stage_elements(dx_buf) if stream else 0, dtype)
+            cpu.ln_bwd_blocks(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w,
+                              has_weight != 0, dx_buf, lddx, dweight_parts, dbias_parts,
+                              no_sums, no_sums, rows, cols, block_rows, first_block,
+                              stop_block, stage)
+        else:
+            cpu.ln_bwd_blocks(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w,
+                              has_weight != 0, dx_buf, lddx, dweight_parts, dbias_parts,
+                              no_sums, no_sums, rows, cols, block_rows, first_block,
+                              stop_block, None)
+        return OK
+    return backward_blocks
+
+
+def _reduce(dtype):
+    def reduce(part, blocks, cols, out, first_col, stop_col):
+        cpu.ln_bwd_reduce(carray(part, (blocks, cols), dtype), carray(out, cols, dtype),
+                          first_col, stop_col)
+        return OK
+    return reduce
+
+
+_MAKERS = {"plan": _plan, "eps_fault": _eps_fault, "forward": _forward,
+           "backward_blocks": _backward_blocks, "reduce": _reduce}
+_compiled = {}
+
+
+def _compile(name, result, parameters, dtype=None, suffix=""):
+    """The ``@cfunc`` of one table entry, its parameter names checked against the table."""
+    python = _MAKERS[name](dtype) if dtype is not None else _MAKERS[name]()
+    expected = [name for _, name in _parameters(parameters)]
+    if list(inspect.signature(python).parameters) != expected:
+        raise TypeError(f"_cabi.{name} takes {list(inspect.signature(python).parameters)}, "
+                        f"the table says {expected}")
+    python.__name__ = python.__qualname__ = f"{name}_{suffix}" if suffix else name
+    return cfunc(_signature(result, parameters))(python)
+
+
+def entry_points():
+    """The addresses of the compiled CPU entry points, compiling (or loading) them once.
+
+    Returns
+    -------
+    dict of str to int
+        C function pointers, keyed by :func:`exported_names`.
+
+    Examples
+    --------
+    >>> from numba_ln import _cabi
+    >>> list(_cabi.entry_points()) == _cabi.exported_names()
+    True
+    """
+    if not _compiled:
+        for name, result, parameters, each in ENTRY_POINTS:
+            if each:
+                for suffix, _, dtype in PRECISIONS:
+                    _compiled[f"{name}_{suffix}"] = _compile(name, result, parameters,
+                                                             dtype, suffix)
+            else:
+                _compiled[name] = _compile(name, result, parameters)
+    return {name: _compiled[name].address for name in exported_names()}
 
 
 # --------------------------------------------------------------------------- GPU

@@ -67,6 +67,10 @@ BACKWARD_BLOCKS = 64
 #: and streaming alone 0.79 -> 0.67; (131072, 512) 23-26 against 33-34 GB/s.
 BACKWARD_WIDE_COLS = 2048
 
+#: Columns each task sums when a threaded backward adds up its blocks' partial
+#: ``dweight``/``dbias`` rows: a few KiB of each partial row per task.
+BACKWARD_REDUCE_COLS = 512
+
 #: numba's on-disk cache of compiled kernels. Off with NUMBA_LN_NO_CACHE=1
 #: (useful while editing kernels: numba does not notice edits to the helper
 #: functions a cached kernel calls).

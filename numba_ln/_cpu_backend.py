@@ -7,18 +7,22 @@ any other layout (transposed, Fortran-order, strided within a row) is copied
 once to C order.
 """
 
-import sys
 
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from . import cpu
 from ._config import SERIAL_MAX_ELEMENTS
-from ._validate import row_stride
+from ._validate import eps_fault, row_stride
 
 _FLOAT16 = np.dtype(np.float16)  # stored in the kernels' buffers as its raw bits
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _NO_PARAM = {dt: np.ones(1, dt) for dt in (_FLOAT32, _FLOAT64)}
+_NO_STATS = {dt: np.empty(0, dt) for dt in (_FLOAT32, _FLOAT64)}
+
+# small_forward skips the plan: a call of its size runs on one thread, unstreamed.
+_threaded, _, _, _streamed, _, _ = cpu.plan.py_func(0, SERIAL_MAX_ELEMENTS, 1, 8)
+assert not (_threaded or _streamed), "small forward calls must be serial and unstreamed"
 
 
 def _row_buffer(a, spec):
@@ -137,7 +141,7 @@ def small_forward(x, weight, bias, axis, eps, out=None):
     """
     found = _small_rows(x)
     if (found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1)
-            or type(eps) is not float or not 0.0 <= eps <= sys.float_info.max):
+            or type(eps) is not float or eps_fault(eps)):
         return None
     dtype, _, cols = found
     w = _small_param(weight, dtype, cols)
@@ -148,7 +152,8 @@ def small_forward(x, weight, bias, axis, eps, out=None):
         out = np.empty_like(x)
     elif not _small_out(out, x, (x, weight, bias)):
         return None
-    cpu.ln_fwd_small(x.ravel(), w[0], b[0], w[1], b[1], out.ravel(), cols, eps)
+    cpu.ln_fwd_rows(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols,
+                    _NO_STATS[dtype], _NO_STATS[dtype], x.size // cols, cols, eps, None)
     return out
 
 
@@ -197,8 +202,8 @@ def small_backward(dy, x, mean, rstd, weight, axis, out):
     axis; ``mean``/``rstd`` contiguous arrays of that dtype with one element
     per row; ``weight`` None or a contiguous 1-D array of that dtype; ``out``
     as :func:`small_forward` takes it (``dy`` or ``x`` itself allowed). It
-    calls the one compiled ``ln_bwd_serial`` that the general path runs for
-    the same shape, so the bits are the same. Anything else, every error
+    calls the same ``cpu.ln_bwd`` as the general path, so the bits are the
+    same. Anything else, every error
     included, returns None and takes the general path.
     """
     found = _small_rows(x)
@@ -218,8 +223,8 @@ def small_backward(dy, x, mean, rstd, weight, axis, out):
         return None
     dweight = np.empty(cols, dtype)
     dbias = np.empty(cols, dtype)
-    cpu.ln_bwd_serial(dy.ravel(), cols, x.ravel(), cols, mean.ravel(), rstd.ravel(), w[0],
-                      w[1], out.ravel(), cols, dweight, dbias, rows, cols)
+    cpu.ln_bwd(dy.ravel(), cols, x.ravel(), cols, mean.ravel(), rstd.ravel(), w[0], w[1],
+               out.ravel(), cols, dweight, dbias, rows, cols)
     return out, dweight, dbias
 
 

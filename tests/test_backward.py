@@ -222,7 +222,7 @@ def test_other_calls_take_the_general_path(rng, general_calls):
 def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
     """A block of rows with and without streaming stores for ``dx``, at every alignment.
 
-    Five rows: from ``BACKWARD_WIDE_COLS`` on, two pairs and a single row.
+    Five rows, taken as wide ones (an array ``stage``): two pairs and a single row.
     ``offset`` shifts every buffer and pads each row, so row starts fall
     anywhere in a cache line; the padding must come back untouched.
     """
@@ -241,29 +241,35 @@ def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
         dx = np.full(rows * ld + offset, FILL, dtype)[offset:].view(storage)
         parts = np.empty((1, cols), compute), np.empty((1, cols), compute)
         stage = np.empty(stage_bytes // dx.itemsize, storage)
-        cpu._ln_bwd_block(0, rows, dy, ld, x, ld, mean, rstd, weight, True, dx, ld, *parts,
-                          rows, cols, stage)
+        no_sums = np.empty(0, compute)
+        cpu.ln_bwd_blocks(dy, ld, x, ld, mean, rstd, weight, True, dx, ld, *parts, no_sums,
+                          no_sums, rows, cols, rows, 0, 1, stage)
         results.append((dx, *parts))
     assert_streamed_like_plain(*results, rows, cols, ld, dtype)
 
 
+def _streams(rows, cols, itemsize):
+    """The backward plan's streaming decision, from the compiled plan the C library asks."""
+    from numba_ln import cpu
+
+    return cpu.Plan(*cpu.plan(1, rows, cols, itemsize)).stream
+
+
 def test_streaming_decision_depends_on_the_shape_only():
-    from numba_ln import _config, cpu
+    from numba_ln import _config
 
     wide = _config.BACKWARD_WIDE_COLS
     rows = _config.STREAM_MIN_BYTES // 4 // wide
-    assert cpu.streams_input_gradient(rows, wide, 4)
-    assert not cpu.streams_input_gradient(rows - 1, wide, 4)
-    assert not cpu.streams_input_gradient(rows * 2, wide // 2, 4)
-    assert cpu.streams_input_gradient(rows // 2, wide, 8)
+    assert _streams(rows, wide, 4)
+    assert not _streams(rows - 1, wide, 4)
+    assert not _streams(rows * 2, wide // 2, 4)
+    assert _streams(rows // 2, wide, 8)
 
 
 def test_large_wide_rows_stream_and_match_the_reference(rng):
     """A backward big enough to stream ``dx``, rows not aligned to a cache line."""
-    from numba_ln import cpu
-
     shape = (2048, 2051)
-    assert cpu.streams_input_gradient(*shape, 4)
+    assert _streams(*shape, 4)
     x = rng.standard_normal(shape).astype(np.float32)
     dy = rng.standard_normal(shape).astype(np.float32)
     weight = rng.standard_normal(shape[1]).astype(np.float32)
@@ -282,10 +288,8 @@ def test_large_streamed_dx_is_the_same_on_every_call(rng):
     runs; they must all round alike (``test_capi`` compares the same shape
     with the C ABI).
     """
-    from numba_ln import cpu
-
     rows, cols = 2048, 2051  # >= 16 MiB of float32 dx: streamed, rows in pairs
-    assert cpu.streams_input_gradient(rows, cols, 4)
+    assert _streams(rows, cols, 4)
     x = rng.standard_normal((rows, cols)).astype(np.float32)
     dy = rng.standard_normal((rows, cols)).astype(np.float32)
     weight = rng.standard_normal(cols).astype(np.float32)

@@ -199,22 +199,30 @@ def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
     for stream_out in (False, True):
         y = np.full(rows * ld + offset, FILL, dtype)[offset:].view(storage)
         mean, rstd = np.empty(rows, compute), np.empty(rows, compute)
-        cpu.ln_fwd_serial(x, ld, weight, bias, True, True, y, ld, mean, rstd, rows, cols,
-                          1e-5, stream_out)
+        stage = cpu.new_stage(y, True) if stream_out else None
+        cpu.ln_fwd_rows(x, ld, weight, bias, True, True, y, ld, mean, rstd, rows, cols,
+                        1e-5, stage)
         results.append((y, mean, rstd))
     assert_streamed_like_plain(*results, rows, cols, ld, dtype)
 
 
+def _streams(rows, cols, itemsize):
+    """The forward plan's streaming decision, from the compiled plan the C library asks."""
+    from numba_ln import cpu
+
+    return cpu.Plan(*cpu.plan(0, rows, cols, itemsize)).stream
+
+
 def test_streaming_decision_depends_on_the_shape_only():
-    from numba_ln import _config, cpu
+    from numba_ln import _config
 
     big = _config.STREAM_MIN_BYTES // 4
-    assert cpu.streams_output(big // 1024, 1024, 4)
-    assert not cpu.streams_output(big // 1024 - 1, 1024, 4)
-    assert cpu.streams_output(big // 1024, 1024, 8)
+    assert _streams(big // 1024, 1024, 4)
+    assert not _streams(big // 1024 - 1, 1024, 4)
+    assert _streams(big // 1024, 1024, 8)
     half_rows = _config.STREAM_MIN_BYTES // 2 // _config.STREAM_MIN_HALF_COLS
-    assert cpu.streams_output(half_rows, _config.STREAM_MIN_HALF_COLS, 2)
-    assert not cpu.streams_output(half_rows * 4, _config.STREAM_MIN_HALF_COLS // 4, 2)
+    assert _streams(half_rows, _config.STREAM_MIN_HALF_COLS, 2)
+    assert not _streams(half_rows * 4, _config.STREAM_MIN_HALF_COLS // 4, 2)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -228,7 +236,7 @@ def test_public_api_streams_large_outputs_to_the_same_bits(rng, dtype, monkeypat
     expected = numba_ln.layer_norm(x, weight, weight, return_stats=True)
     monkeypatch.setattr(cpu, "STREAM_MIN_BYTES", 0)
     monkeypatch.setattr(cpu, "STREAM_MIN_HALF_COLS", 0)
-    assert cpu._streams(37, 1030, np.dtype(dtype).itemsize)
+    assert cpu.Plan(*cpu._plan(0, 37, 1030, np.dtype(dtype).itemsize)).stream
     got = numba_ln.layer_norm(x, weight, weight, return_stats=True)
     raw = np.zeros(x.nbytes + 1, np.uint8)
     misaligned = raw[1:].view(dtype).reshape(x.shape)
