@@ -431,15 +431,16 @@ def _build_capi(case, inputs, workspace):
 
     rows, cols = case.shape
     result = np.empty_like(inputs.x)  # y, or dx
+    # Output vectors start as zeros: converted to the header's type, garbage could overflow.
     data = {"x": inputs.x, "weight": inputs.weight, "ldx": cols, "rows": rows, "cols": cols,
             "eps": EPS}
     if case.operation == "forward":
-        data.update(bias=inputs.bias, y=result, ldy=cols, mean=np.empty(rows),
-                    rstd=np.empty(rows))
+        data.update(bias=inputs.bias, y=result, ldy=cols, mean=np.zeros(rows),
+                    rstd=np.zeros(rows))
     else:
         data.update(dy=inputs.dy, lddy=cols, dx=result, lddx=cols,
                     mean=inputs.mean.reshape(-1), rstd=inputs.rstd.reshape(-1),
-                    dweight=np.empty(cols), dbias=np.empty(cols))
+                    dweight=np.zeros(cols), dbias=np.zeros(cols))
     names = _C_PARAMETERS[case.operation]
     kinds = ffi.typeof(fn).args
     if len(kinds) != len(names):
