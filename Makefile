@@ -42,16 +42,16 @@ bench-deps: $(TORCH_STAMP)
 
 # The benchmark table; JSON and PNG in bench-results/ (gitignored).
 bench: $(STAMP) bench-deps
-	$(PY) -m numba_ln bench --out bench-results
+	$(PY) -m bench --out bench-results
 
 # The same cases timed by pytest-benchmark (about 5 minutes on 2 cores).
 bench-pytest: $(STAMP) bench-deps
 	mkdir -p bench-results
 	$(PY) -m pytest bench --benchmark-enable --benchmark-json=bench-results/pytest-benchmark.json
 
-# Regenerate docs/perf/ and README's Performance section on the development machine.
+# Regenerate docs/perf/ and docs/benchmarks.md on the development machine.
 bench-readme: $(STAMP) bench-deps
-	$(PY) -m numba_ln bench --out docs/perf --update-readme README.md
+	$(PY) -m bench --out docs/perf --update-docs docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) build .pytest_cache .benchmarks

@@ -2,10 +2,11 @@
 
 import pytest
 
-from numba_ln import _bench
+from bench.cases import Case
+from bench.competitors import competitors
 
 
-@pytest.mark.parametrize("impl", _bench.implementations("backward"), ids=lambda i: i.id)
+@pytest.mark.parametrize("competitor", competitors(), ids=lambda c: c.id)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_backward(benchmark, case_runner, throughput_shape, dtype, impl):
-    case_runner(benchmark, _bench.Case("backward", *throughput_shape, dtype), impl)
+def test_backward(benchmark, case_runner, throughput_shape, dtype, competitor):
+    case_runner(benchmark, Case("backward", *throughput_shape, dtype), competitor)

@@ -1,15 +1,16 @@
 """Forward layer norm at transformer widths, odd widths and very long rows.
 
-Implementations per group: the copy roofline, numba-ln with ``out=`` and
+Competitors per group: the copy roofline, numba-ln with ``out=`` and
 allocating, the C ABI, PyTorch, NumPy (and their CUDA counterparts on a GPU).
 """
 
 import pytest
 
-from numba_ln import _bench
+from bench.cases import Case
+from bench.competitors import competitors
 
 
-@pytest.mark.parametrize("impl", _bench.implementations("forward"), ids=lambda i: i.id)
+@pytest.mark.parametrize("competitor", competitors(), ids=lambda c: c.id)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-def test_forward(benchmark, case_runner, throughput_shape, dtype, impl):
-    case_runner(benchmark, _bench.Case("forward", *throughput_shape, dtype), impl)
+def test_forward(benchmark, case_runner, throughput_shape, dtype, competitor):
+    case_runner(benchmark, Case("forward", *throughput_shape, dtype), competitor)

@@ -2,13 +2,12 @@
 
 import pytest
 
-from numba_ln import _bench
+from bench.cases import OPERATIONS, Case
+from bench.competitors import competitors
 
 
-@pytest.mark.parametrize("impl", _bench.implementations(), ids=lambda i: i.id)
+@pytest.mark.parametrize("competitor", competitors(), ids=lambda c: c.id)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("operation", _bench.OPERATIONS)
-def test_small(benchmark, case_runner, small_shape, operation, dtype, impl):
-    if operation not in impl.operations:
-        pytest.skip(f"{impl.label} has no {operation}")
-    case_runner(benchmark, _bench.Case(operation, *small_shape, dtype), impl)
+@pytest.mark.parametrize("operation", OPERATIONS)
+def test_small(benchmark, case_runner, small_shape, operation, dtype, competitor):
+    case_runner(benchmark, Case(operation, *small_shape, dtype), competitor)

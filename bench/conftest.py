@@ -1,33 +1,35 @@
-"""The pytest-benchmark suite: the command line's cases, timed by pytest-benchmark.
+"""The pytest-benchmark suite: the cases of ``python -m bench``, timed by pytest-benchmark.
 
-Cases, implementations, bytes moved, the roofline and the correctness check
-come from ``numba_ln._bench`` -- the code ``python -m numba_ln bench`` runs --
-so the two can never disagree about what a figure means.
+Cases, competitors, bytes moved, the roofline and the correctness check come
+from the modules ``python -m bench`` runs, so the two can never disagree
+about what a figure means.
 
 - ``pytest bench --benchmark-enable`` (``make bench-pytest``) times the full
   shapes. Each benchmark's group is ``"operation|ROWSxCOLS|dtype"``, so one
-  table holds every implementation of one case; ``extra_info`` carries the
-  bytes moved, GB/s, the roofline's GB/s and the fraction of it reached. The
-  roofline is timed once per case and device by the shared timer
-  (``_bench.measure``), and its own row keeps the better of that figure and
-  pytest-benchmark's.
+  table holds every competitor of one case; ``extra_info`` carries the bytes
+  moved, GB/s, the roofline's GB/s and the fraction of it reached. The
+  roofline's kernels are timed once per case and device by
+  :func:`bench.timer.measure`, interleaved as in ``python -m bench``; the
+  fastest is the roofline row, and that row keeps the better of its two
+  figures.
 - Under ``--benchmark-disable`` (the default in ``pyproject.toml``, so
   ``make test``) every benchmark runs once as a test, on small shapes.
 
-An implementation that cannot run here (no PyTorch, no GPU, the simulator,
-no built C library) is skipped with the reason.
+A competitor that cannot run here (no PyTorch, no GPU, the simulator, no
+built C library) is skipped with the reason.
 """
 
 import pytest
 
-from numba_ln import _bench
+from bench import cases, timer
+from bench.competitors import Unavailable, Workspace, competitors, prepare
 
 
 def pytest_addoption(parser):
     """``--capi-lib PATH``: the built ``libnumba_ln.so`` for the C ABI rows."""
     parser.addoption("--capi-lib", default=None, metavar="PATH",
                      help="libnumba_ln.so to benchmark through the C ABI (default: "
-                          "$NUMBA_LN_CAPI_LIB or build/libnumba_ln.so when present)")
+                          "$NUMBA_LN_CAPI_LIB, else build/libnumba_ln.so)")
 
 
 def benchmarks_disabled(config):
@@ -40,11 +42,11 @@ def benchmarks_disabled(config):
 def pytest_generate_tests(metafunc):
     """Parametrize ``throughput_shape`` (small under --benchmark-disable) and ``small_shape``."""
     if "throughput_shape" in metafunc.fixturenames:
-        shapes = (_bench.SMOKE_SHAPES if benchmarks_disabled(metafunc.config)
-                  else _bench.THROUGHPUT_SHAPES)
+        shapes = (cases.SMOKE_SHAPES if benchmarks_disabled(metafunc.config)
+                  else cases.THROUGHPUT_SHAPES)
         metafunc.parametrize("throughput_shape", shapes, ids=[f"{r}x{c}" for r, c in shapes])
     if "small_shape" in metafunc.fixturenames:
-        shapes = _bench.SMALL_SHAPES
+        shapes = cases.SMALL_SHAPES
         metafunc.parametrize("small_shape", shapes, ids=[f"{r}x{c}" for r, c in shapes])
 
 
@@ -58,56 +60,73 @@ class CaseRunner:
 
     def __init__(self, config):
         self.enabled = not benchmarks_disabled(config)
-        self.options = _bench.Options(capi_lib=config.getoption("--capi-lib"),
-                                      choose_roofline=self.enabled)
-        self._inputs_key = None
-        self._inputs = None
+        self.workspace = Workspace(config.getoption("--capi-lib"))
         self._rooflines = {}
 
-    def inputs(self, case):
-        """The inputs of ``case``'s shape and dtype (made once, while they are in use)."""
-        key = (case.shape, case.dtype)
-        if key != self._inputs_key:
-            self._inputs = None
-            self.options._cache.clear()
-            self._inputs_key, self._inputs = key, _bench.make_inputs(case.shape, case.dtype)
-        return self._inputs
-
     def roofline(self, case, device):
-        """The roofline's timing for a case and device, measured once per session."""
+        """The roofline's fastest kernel on a case and device, and its timing.
+
+        Measured once per case and device; the timing is None under
+        ``--benchmark-disable``, where nothing is timed.
+
+        Returns
+        -------
+        (Prepared, Timing or None)
+
+        Raises
+        ------
+        Unavailable
+            No roofline on ``device`` here.
+        """
         key = (case, device)
         if key not in self._rooflines:
-            impl = next(i for i in _bench.implementations(case.operation, (device,))
-                        if i.roofline)
+            competitor = next(c for c in competitors((device,)) if c.roofline)
             try:
-                prepared = _bench.prepare(impl, case, self.inputs(case), self.options)
-                self._rooflines[key] = _bench.measure(prepared.call)
-            except _bench.Unavailable:
-                self._rooflines[key] = None
-        return self._rooflines[key]
+                kernels = prepare(competitor, case, self.workspace)
+            except Unavailable as exc:
+                self._rooflines[key] = exc
+            else:
+                timings = (timer.measure([k.call for k in kernels]) if self.enabled
+                           else [None] * len(kernels))
+                self._rooflines[key] = min(
+                    zip(kernels, timings), key=lambda pair: pair[1].best_s if pair[1] else 0)
+        found = self._rooflines[key]
+        if isinstance(found, Unavailable):
+            raise found
+        return found
 
-    def __call__(self, benchmark, case, impl):
-        """Benchmark ``impl`` on ``case`` (skipping with the reason if it cannot run)."""
+    def __call__(self, benchmark, case, competitor):
+        """Benchmark ``competitor`` on ``case`` (skipping with the reason if it cannot run)."""
         benchmark.group = case.group
-        inputs = self.inputs(case)
+        device = competitor.device
         try:
-            prepared = _bench.prepare(impl, case, inputs, self.options)
-        except _bench.Unavailable as exc:
-            pytest.skip(f"{impl.label} ({impl.device}): {exc}")
+            if competitor.roofline:
+                prepared, _ = self.roofline(case, device)
+            else:
+                [prepared] = prepare(competitor, case, self.workspace)
+        except Unavailable as exc:
+            pytest.skip(f"{competitor.label} ({device}): {exc}")
         result = benchmark(prepared.call)
-        if not impl.roofline:
-            _bench.check_output(case, inputs, result)
-        timed = benchmark.enabled and benchmark.stats is not None
-        seconds = benchmark.stats.stats.min if timed else None
-        roofline = self.roofline(case, impl.device) if seconds else None
-        if impl.roofline and seconds and (roofline is None or seconds < roofline.best_s):
-            # The roofline row itself ran faster than the session's measurement:
-            # keep the better figure, for this row and the rest of its group.
-            stats = benchmark.stats.stats
-            roofline = _bench.Timing(seconds, stats.median, stats.rounds, 1)
-            self._rooflines[(case, impl.device)] = roofline
+        if not competitor.roofline:
+            cases.check_output(case, self.workspace.inputs(case), result)
+        benchmark.extra_info.update(bytes=case.bytes_moved, operation=case.operation,
+                                    shape=case.label, dtype=case.dtype)
+        if prepared.kernel:
+            benchmark.extra_info["kernel"] = prepared.kernel
+        if not (benchmark.enabled and benchmark.stats is not None):
+            return
+        stats = benchmark.stats.stats
+        try:
+            fastest, roofline = self.roofline(case, device)
+        except Unavailable:
+            fastest, roofline = None, None
+        if competitor.roofline and stats.min < roofline.best_s:
+            # This row ran faster than the roofline's own measurement: keep the
+            # better figure, for this row and the rest of its group.
+            roofline = timer.Timing(stats.min, stats.median, stats.rounds, 1)
+            self._rooflines[(case, device)] = (fastest, roofline)
         benchmark.extra_info.update(
-            _bench.extra_info(case, seconds, roofline, prepared.kernel))
+            cases.figures(case, stats.min, roofline.best_s if roofline else None))
 
 
 @pytest.fixture(scope="session")

@@ -1,25 +1,35 @@
-"""The benchmark command (``python -m numba_ln bench``) and its shared machinery.
+"""The benchmark command (``python -m bench``, from the checkout) and its modules.
 
 No test asserts a time: only that the figures exist, are consistent with
-each other, and land in the table, the JSON and the plot.
+each other, and land in the table, the JSON, the plot and the docs page, and
+that a missing optional part is a note, not a failure.
 """
 
+import contextlib
 import io
-import os
 import json
+import os
+import re
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 import numba_ln
-from numba_ln import _bench, _bench_capi, _bench_report, _bench_timing
-from numba_ln.__main__ import main
 
-TINY = ["bench", "--shapes", "4x64", "--dtype", "float32", "--budget", "0.01"]
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench/ is a checkout's package, never installed
+    sys.path.insert(0, str(ROOT))
+
+from bench import cases, competitors, report, runner, timer  # noqa: E402
+from bench.__main__ import main  # noqa: E402
+
+TINY = ["--shapes", "4x64", "--dtype", "float32", "--budget", "0.01", "--device", "cpu"]
+PROCESS_TIMEOUT_S = 600  # a cold numba cache compiles the kernels first
 
 
 def usage_error(capsys, argv):
@@ -30,49 +40,80 @@ def usage_error(capsys, argv):
     return capsys.readouterr().err
 
 
+def run_main(argv):
+    """``main(argv)`` with stdout and stderr captured: ``(status, stdout, stderr)``."""
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(stdout), contextlib.redirect_stderr(stderr):
+        status = main(argv)
+    return status, stdout.getvalue(), stderr.getvalue()
+
+
+def prepare(key, case, workspace=None, device="cpu"):
+    """Prepare the competitor ``key`` on ``device`` for ``case``."""
+    competitor = next(c for c in competitors.competitors((device,)) if c.key == key)
+    return competitors.prepare(competitor, case, workspace or competitors.Workspace())
+
+
 # ----------------------------------------------------------------------------- arguments
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["bench", "--device", "tpu"], "--device: unknown device 'tpu'; choose from cpu, cuda, all"),
-    (["bench", "--dtype", "float8"], "--dtype: unknown dtype 'float8'; choose from float32"),
-    (["bench", "--dtype", "float32,int8"], "unknown dtype 'int8'"),
-    (["bench", "--shapes", "1024"], "--shapes: '1024' is not ROWSxCOLS"),
-    (["bench", "--shapes", "0x768"], "--shapes: '0x768' is not ROWSxCOLS with positive"),
-    (["bench", "--shapes", "8x768,axb"], "'axb' is not ROWSxCOLS"),
-    (["bench", "--ops", "sideways"], "--ops: unknown operation 'sideways'"),
-    (["bench", "--budget", "0"], "--budget: must be a positive number"),
-    (["bench", "--update-readme", "README.md"], "--update-readme needs --out"),
+    (["--device", "tpu"], "--device: unknown device 'tpu'; choose from cpu, cuda, all"),
+    (["--dtype", "float8"],
+     "--dtype: unknown dtype 'float8'; choose from float32, float16, float64"),
+    (["--dtype", "float32,int8"], "unknown dtype 'int8'"),
+    (["--shapes", "1024"], "--shapes: '1024' is not ROWSxCOLS with positive integers "
+                           "(e.g. 65536x1024)"),
+    (["--shapes", "0x768"], "--shapes: '0x768' is not ROWSxCOLS with positive"),
+    (["--shapes", "8x768,axb"], "'axb' is not ROWSxCOLS"),
+    (["--ops", "sideways"], "--ops: unknown operation 'sideways'; choose from forward, backward"),
+    (["--budget", "0"], "--budget: must be a positive number"),
+    (["--update-docs", "docs.md"], "--update-docs needs --out"),
+    (["--from-json", "/nonexistent/results.json"], "--from-json: cannot read"),
 ])
 def test_bad_options_exit_2_with_a_clear_message(capsys, argv, message):
     assert message in usage_error(capsys, argv)
 
 
-def test_no_command_is_a_usage_error(capsys):
-    assert "COMMAND" in usage_error(capsys, [])
-
-
 def test_cuda_without_a_gpu_says_why(capsys):
-    if _bench.gpu_unavailable_reason() is None:
+    if competitors.gpu_unavailable_reason() is None:
         pytest.skip("a GPU can be timed here")
-    assert "--device cuda: no GPU can be timed here" in usage_error(
-        capsys, ["bench", "--device", "cuda"])
+    assert "--device cuda: no GPU can be timed here" in usage_error(capsys, ["--device", "cuda"])
 
 
 def test_parse_shapes_and_choices():
-    assert _bench.parse_shapes("65536x1024, 1X768") == ((65536, 1024), (1, 768))
-    assert _bench.parse_choices("float16,float32,float16", _bench.DTYPES, "dtype") == (
+    assert cases.parse_shapes("65536x1024, 1X768") == ((65536, 1024), (1, 768))
+    assert cases.parse_choices("float16,float32,float16", cases.DTYPES, "dtype") == (
         "float16", "float32")
 
 
 def test_help_lists_every_option(capsys):
     with pytest.raises(SystemExit) as exit_info:
-        main(["bench", "--help"])
+        main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for option in ("--device", "--dtype", "--shapes", "--quick", "--out", "--capi-lib",
-                   "--markdown", "--update-readme"):
+    for option in ("--device", "--dtype", "--shapes", "--ops", "--quick", "--budget", "--out",
+                   "--capi-lib", "--markdown", "--from-json", "--update-docs"):
         assert option in text
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--dtype", "nope"], "--dtype: unknown dtype 'nope'; choose from float32, float16, float64"),
+    (["--shapes", "8by768"], "--shapes: '8by768' is not ROWSxCOLS with positive integers"),
+])
+def test_module_entry_point_from_the_checkout(argv, message):
+    done = subprocess.run([sys.executable, "-m", "bench", *argv], cwd=ROOT,
+                          capture_output=True, text=True, timeout=PROCESS_TIMEOUT_S)
+    assert done.returncode == 2
+    assert message in done.stderr and "Traceback" not in done.stderr
+
+
+def test_the_package_ships_no_benchmark_code():
+    package = ROOT / "numba_ln"
+    assert not list(package.glob("_bench*")) and not (package / "__main__.py").exists()
+    imports_bench = re.compile(r"^\s*(from|import)\s+(bench\b|\.*_bench)", re.M)
+    for source in package.rglob("*.py"):
+        assert not imports_bench.search(source.read_text()), f"{source} imports bench"
 
 
 # ----------------------------------------------------------------------------- a real run
@@ -82,14 +123,7 @@ def test_help_lists_every_option(capsys):
 def tiny_run(tmp_path_factory):
     """One tiny measured run, written with --out; shared by the checks below."""
     out = tmp_path_factory.mktemp("bench")
-    stdout, stderr = io.StringIO(), io.StringIO()
-    real = sys.stdout, sys.stderr
-    sys.stdout, sys.stderr = stdout, stderr
-    try:
-        status = main(TINY + ["--out", str(out)])
-    finally:
-        sys.stdout, sys.stderr = real
-    return status, stdout.getvalue(), stderr.getvalue(), out
+    return (*run_main(TINY + ["--out", str(out)]), out)
 
 
 def test_run_prints_the_table(tiny_run):
@@ -109,14 +143,15 @@ def test_run_prints_the_table(tiny_run):
 def test_run_writes_json_with_every_figure(tiny_run):
     _, _, _, out = tiny_run
     results = json.loads((out / "results.json").read_text())
-    assert results["schema"] == _bench.SCHEMA
-    assert results["command"].startswith("python -m numba_ln bench --shapes 4x64")
+    assert results["schema"] == runner.SCHEMA
+    assert results["command"].startswith("python -m bench --shapes 4x64")
     machine, versions = results["machine"], results["versions"]
     assert machine["cores"] >= 1 and machine["cpu_model"] and machine["numba_threads"] >= 1
     assert versions["numba_ln"] == numba_ln.__version__
     assert versions["numba"] and versions["numpy"] and "torch" in versions
     assert results["date"].startswith("20")
     assert results["settings"]["shapes"] == [[4, 64]]
+    assert results["settings"]["devices"] == ["cpu"]
     records = results["results"]
     keys = {(r["operation"], r["key"]) for r in records}
     assert {(operation, key) for operation in ("forward", "backward")
@@ -128,8 +163,9 @@ def test_run_writes_json_with_every_figure(tiny_run):
         assert r["roofline_fraction"] == pytest.approx(r["gbps"] / r["roofline_gbps"])
         assert r["speedup_vs_numpy"] > 0
         assert r["group"] == f"{r['operation']}|4x64|float32"
-    roofline = next(r for r in records if r["key"] == "roofline")
-    assert roofline["kernel"] and roofline["roofline_fraction"] == pytest.approx(1.0)
+    roofline = [r for r in records if r["key"] == "roofline"]
+    assert len(roofline) == 2  # one per operation: the faster kernel stands for it
+    assert all(r["kernel"] and r["roofline_fraction"] == pytest.approx(1.0) for r in roofline)
     if versions["torch"] is None:
         assert any("PyTorch" in name for name in results["skipped"])
     else:
@@ -141,50 +177,75 @@ def test_run_writes_a_png(tiny_run):
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
-def test_markdown_and_readme_from_saved_json(tiny_run, tmp_path, capsys):
+def test_docs_page_from_saved_json(tiny_run, tmp_path):
     _, _, _, out = tiny_run
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n\nbefore\n\n<!-- section: performance -->\nold\n"
-                      "<!-- end section: performance -->\n\nafter\n")
-    assert main(["bench", "--from-json", str(out / "results.json"), "--markdown",
-                 "--out", str(tmp_path / "perf"), "--update-readme", str(readme)]) == 0
-    printed = capsys.readouterr().out
-    assert printed.startswith("## Performance")
+    page = tmp_path / "docs" / "benchmarks.md"
+    page.parent.mkdir()
+    status, printed, _ = run_main(["--from-json", str(out / "results.json"), "--markdown",
+                                   "--out", str(tmp_path / "docs" / "perf"),
+                                   "--update-docs", str(page)])
+    assert status == 0
+    assert printed.startswith("# Benchmarks\n")
     assert "| shape | device | implementation | time | GB/s | % roofline |" in printed
-    text = readme.read_text()
-    assert text.startswith("# x\n\nbefore\n\n<!-- section: performance -->\n## Performance")
-    assert text.endswith("<!-- end section: performance -->\n\nafter\n")
-    assert "old" not in text and "![GB/s against hidden size](perf/plot.png)" in text
-    assert (tmp_path / "perf" / "plot.png").is_file()
+    assert page.read_text() == printed
+    assert "![GB/s against hidden size](perf/plot.png)" in printed
+    assert (tmp_path / "docs" / "perf" / "plot.png").is_file()
+    assert json.loads((tmp_path / "docs" / "perf" / "results.json").read_text()) == (
+        json.loads((out / "results.json").read_text()))
 
 
-def test_readme_without_markers_is_an_error(tiny_run, tmp_path, capsys):
-    _, _, _, out = tiny_run
-    readme = tmp_path / "README.md"
-    readme.write_text("# no markers\n")
-    message = usage_error(capsys, ["bench", "--from-json", str(out / "results.json"),
-                                   "--update-readme", str(readme)])
-    assert "has no '<!-- section: performance -->'" in message
+def test_docs_page_text_is_dedented():
+    # The page starts at column 0 so it renders as Markdown.
+    results = {"date": "2026-01-01T00:00:00+00:00", "command": "python -m bench",
+               "machine": {"cpu_model": "CPU", "cores": 2, "numba_threads": 2,
+                           "threading_layer": "omp", "system": "Linux", "gpu": None},
+               "versions": {"numba_ln": "0", "numba": "0", "numpy": "0", "torch": None,
+                            "python": "3"},
+               "settings": {"budget_s": 0.3}, "skipped": {"GPU": "none here"},
+               "results": []}
+    text = report.format_markdown(results)
+    assert text == textwrap.dedent(text)
+    assert "- GPU: none here" in text and "PyTorch not installed" in text
 
 
-def test_module_entry_point_runs():
-    done = subprocess.run([sys.executable, "-m", "numba_ln", "bench", "--dtype", "nope"],
-                          capture_output=True, text=True)
-    assert done.returncode == 2 and "unknown dtype 'nope'" in done.stderr
+def test_missing_optional_parts_are_notes_and_the_run_completes(tmp_path, monkeypatch):
+    """No PyTorch, no matplotlib, no C library, no GPU: one line each; table, JSON, page."""
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    monkeypatch.setattr("bench.__main__.gpu_unavailable_reason", lambda: "no GPU in this test")
+    out, page = tmp_path / "perf", tmp_path / "benchmarks.md"
+    status, stdout, stderr = run_main(
+        ["--shapes", "4x64", "--dtype", "float32", "--ops", "forward", "--budget", "0.01",
+         "--capi-lib", str(tmp_path / "nope.so"), "--out", str(out),
+         "--update-docs", str(page)])
+    assert status == 0 and "Traceback" not in stdout + stderr
+    assert "== forward, float32" in stdout and "  numba-ln  " in stdout
+    notes = [line for line in stdout.splitlines() if line.startswith("not measured: ")]
+    assert sorted(line.split(":")[1].strip() for line in notes) == [
+        "GPU rows (numba-ln CUDA, PyTorch CUDA)", "PyTorch (cpu)", "numba-ln C ABI (cpu)"]
+    assert any("PyTorch is not installed" in line for line in notes)
+    assert any("no C library at" in line and "nope.so" in line for line in notes)
+    plot_notes = [line for line in stderr.splitlines() if line.startswith("note: ")]
+    assert plot_notes == ["note: no plot (matplotlib is not installed: pip install matplotlib)"]
+    results = json.loads((out / "results.json").read_text())
+    assert results["versions"]["torch"] is None and len(results["skipped"]) == 3
+    assert not (out / "plot.png").exists()
+    assert "## Every implementation and shape" in page.read_text()
+    assert "![" not in page.read_text()
 
 
-# ----------------------------------------------------------------------------- machinery
+# ----------------------------------------------------------------------------- the modules
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
 def test_numpy_baseline_matches_numba_ln(dtype):
-    inputs = _bench.make_inputs((5, 33), dtype)
-    y, mean, rstd = _bench.numpy_forward(inputs.x, inputs.weight, inputs.bias)
-    expected = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=_bench.EPS)
+    inputs = cases.make_inputs((5, 33), dtype)
+    y, mean, rstd = cases.numpy_forward(inputs.x, inputs.weight, inputs.bias)
+    expected = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=cases.EPS)
     tolerance = {"float16": 2e-3, "float32": 2e-5, "float64": 1e-12}[dtype]
     np.testing.assert_allclose(y.astype(np.float64), expected.astype(np.float64),
                                rtol=tolerance, atol=tolerance * 10)
-    grads = _bench.numpy_backward(inputs.dy, inputs.x, mean, rstd, inputs.weight)
+    grads = cases.numpy_backward(inputs.dy, inputs.x, mean, rstd, inputs.weight)
     expected = numba_ln.layer_norm_backward(inputs.dy, inputs.x, inputs.mean, inputs.rstd,
                                             inputs.weight)
     for got, want in zip(grads, expected):
@@ -193,24 +254,33 @@ def test_numpy_baseline_matches_numba_ln(dtype):
 
 
 def test_check_output_rejects_a_wrong_result():
-    case = _bench.Case("forward", 8, 16, "float32")
-    inputs = _bench.make_inputs(case.shape, case.dtype)
-    good = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=_bench.EPS)
-    _bench.check_output(case, inputs, good)
+    case = cases.Case("forward", 8, 16, "float32")
+    inputs = cases.make_inputs(case.shape, case.dtype)
+    good = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=cases.EPS)
+    cases.check_output(case, inputs, good)
     bad = good.copy()
     bad[-1, 3] += 0.5
     with pytest.raises(AssertionError, match="differs from the float64 reference"):
-        _bench.check_output(case, inputs, bad)
+        cases.check_output(case, inputs, bad)
 
 
-@pytest.mark.parametrize("operation", _bench.OPERATIONS)
+def test_workspace_keeps_one_case_of_inputs():
+    workspace = competitors.Workspace()
+    f32 = workspace.inputs(cases.Case("forward", 3, 8, "float32"))
+    assert workspace.inputs(cases.Case("backward", 3, 8, "float32")) is f32
+    f16 = workspace.inputs(cases.Case("forward", 3, 8, "float16"))
+    np.testing.assert_array_equal(f16.x, f32.x.astype(np.float16))  # the same draws
+    assert workspace.inputs(cases.Case("forward", 4, 8, "float32")).x.shape == (4, 8)
+
+
+@pytest.mark.parametrize("operation", cases.OPERATIONS)
 def test_roofline_candidates_move_the_bytes(operation):
-    case = _bench.Case(operation, 3, 1001, "float16")
-    inputs = _bench.make_inputs(case.shape, case.dtype)
+    case = cases.Case(operation, 3, 1001, "float16")
+    inputs = cases.make_inputs(case.shape, case.dtype)
     raw_x = inputs.x.view(np.uint16)
     expected = raw_x if operation == "forward" else raw_x ^ inputs.dy.view(np.uint16)
     out = np.zeros_like(raw_x)
-    candidates = _bench.roofline_candidates(case, inputs, out)
+    candidates = competitors.roofline_candidates(case, inputs, out)
     assert len(candidates) == 2 and any("prange" in name for name in candidates)
     for call in candidates.values():
         out[...] = 0
@@ -218,17 +288,22 @@ def test_roofline_candidates_move_the_bytes(operation):
         np.testing.assert_array_equal(out, expected)
 
 
-def test_measure_and_extra_info():
-    case = _bench.Case("backward", 2, 8, "float32")
-    timing = _bench.measure(lambda: None, budget_s=0.001)
-    assert timing.samples >= _bench_timing.MIN_SAMPLES and timing.loops > 1
+def test_roofline_prepares_every_kernel():
+    prepared = prepare("roofline", cases.Case("backward", 2, 8, "float32"))
+    assert [p.kernel for p in prepared][1] == "np.bitwise_xor" and len(prepared) == 2
+
+
+def test_timer_and_figures():
+    [timing] = timer.measure([lambda: None], budget_s=0.001)
+    assert timing.samples >= timer.MIN_SAMPLES and timing.loops > 1
     assert 0 < timing.best_s <= timing.median_s
-    info = _bench.extra_info(case, 2e-6, _bench.Timing(1e-6, 1e-6, 3, 1), kernel=None)
-    assert info["bytes"] == 3 * 2 * 8 * 4
-    assert info["gbps"] == pytest.approx(192 / 2e-6 / 1e9)
-    assert info["roofline_fraction"] == pytest.approx(0.5)
-    assert _bench.extra_info(case) == {"bytes": 192, "operation": "backward",
-                                       "shape": "2x8", "dtype": "float32"}
+    case = cases.Case("backward", 2, 8, "float32")
+    assert case.bytes_moved == 3 * 2 * 8 * 4
+    found = cases.figures(case, 2e-6, 1e-6)
+    assert found["gbps"] == pytest.approx(192 / 2e-6 / 1e9)
+    assert found["roofline_gbps"] == pytest.approx(192 / 1e-6 / 1e9)
+    assert found["roofline_fraction"] == pytest.approx(0.5)
+    assert cases.figures(case, 2e-6)["roofline_fraction"] is None
 
 
 def test_interleaved_rounds_keep_the_roofline_sampling():
@@ -241,8 +316,8 @@ def test_interleaved_rounds_keep_the_roofline_sampling():
     def follower():
         calls["follower"] += 1
 
-    timings = _bench.measure_interleaved([follower, leader], budget_s=0.02, followers={0},
-                                         min_samples=3, max_samples=5)
+    timings = timer.measure([follower, leader], budget_s=0.02, followers={0},
+                            min_samples=3, max_samples=5)
     assert timings[1].samples >= 3
     # The follower was sampled in every round the leader was (loops calls each time).
     assert timings[0].samples >= timings[1].samples
@@ -251,15 +326,13 @@ def test_interleaved_rounds_keep_the_roofline_sampling():
 
 def test_torch_missing_is_a_skip_with_a_reason(monkeypatch):
     monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
-    case = _bench.Case("forward", 2, 8, "float32")
-    impl = next(i for i in _bench.implementations("forward", ("cpu",)) if i.key == "torch")
-    with pytest.raises(_bench.Unavailable, match="PyTorch is not installed"):
-        _bench.prepare(impl, case, _bench.make_inputs(case.shape, case.dtype))
+    with pytest.raises(competitors.Unavailable, match="PyTorch is not installed"):
+        prepare("torch", cases.Case("forward", 2, 8, "float32"))
 
 
 def test_progress_without_a_terminal_prints_one_line_per_case():
     stream = io.StringIO()
-    progress = _bench.Progress(2, stream)
+    progress = runner.Progress(2, stream)
     progress.show("forward|8x8|float32")
     progress.show("forward|8x8|float32", "NumPy (cpu)")
     progress.step()
@@ -269,17 +342,19 @@ def test_progress_without_a_terminal_prints_one_line_per_case():
     assert len(lines) == 2 and "0/2" in lines[0] and "1/2" in lines[1]
 
 
-def test_skip_reasons_are_listed_once_each():
+def test_skip_reasons_are_listed_once_each_on_one_line():
     skipped = {}
-    for reason in ("no library (looked in a; b)", "no library (looked in a; b)", "other"):
-        _bench._note(skipped, "numba-ln C ABI (cpu)", reason)
-    assert skipped == {"numba-ln C ABI (cpu)": "no library (looked in a; b); other"}
+    for reason in ("no library (looked in a; b)", "no library (looked in a; b)",
+                   "other\nreason:  spread over lines"):
+        runner.note(skipped, "numba-ln C ABI (cpu)", reason)
+    assert skipped == {"numba-ln C ABI (cpu)":
+                       "no library (looked in a; b); other reason: spread over lines"}
 
 
 def test_format_time():
-    assert _bench_report.format_time(1.5) == "1.50 s"
-    assert _bench_report.format_time(0.01234) == "12.34 ms"
-    assert _bench_report.format_time(3.2e-6) == "3.2 us"
+    assert report.format_time(1.5) == "1.50 s"
+    assert report.format_time(0.01234) == "12.34 ms"
+    assert report.format_time(3.2e-6) == "3.2 us"
 
 
 # ----------------------------------------------------------------------------- the C ABI rows
@@ -290,20 +365,29 @@ FAKE_HEADER = """
 #include <stdint.h>
 #define NLN_API __attribute__((visibility("default")))
 typedef enum nln_status { NLN_OK = 0, NLN_ERROR = 1 } nln_status;
+/* The calling thread's last error message. */
+NLN_API const char *nln_last_error(void);
 /* Forward, float32: y = (x - mean) * rstd * weight + bias, row by row. */
 NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx, const float *weight,
                                       const float *bias, float *y, int64_t ldy,
                                       float *mean, float *rstd, int64_t rows,
                                       int64_t cols, float eps);
+/* Declared, but missing from the fake library. */
+NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx, const double *weight,
+                                      const double *bias, double *y, int64_t ldy,
+                                      double *mean, double *rstd, int64_t rows,
+                                      int64_t cols, double eps);
 #endif
 """
 
 FAKE_SOURCE = """
 #include <math.h>
 #include "numba_ln.h"
+const char *nln_last_error(void) { return "rows must be >= 0"; }
 nln_status nln_layer_norm_f32(const float *x, int64_t ldx, const float *weight,
                               const float *bias, float *y, int64_t ldy, float *mean,
                               float *rstd, int64_t rows, int64_t cols, float eps) {
+    if (rows < 0) return NLN_ERROR;
     for (int64_t r = 0; r < rows; ++r) {
         double s = 0, ss = 0;
         for (int64_t j = 0; j < cols; ++j) s += x[r * ldx + j];
@@ -321,7 +405,7 @@ nln_status nln_layer_norm_f32(const float *x, int64_t ldx, const float *weight,
 
 @pytest.fixture(scope="module")
 def fake_capi(tmp_path_factory):
-    """A tiny C library with the C ABI's forward prototype, built with the system cc."""
+    """A tiny C library with the C ABI's float32 forward, built with the system cc."""
     compiler = shutil.which("cc") or shutil.which("gcc")
     if compiler is None:
         pytest.skip("no C compiler")
@@ -330,117 +414,79 @@ def fake_capi(tmp_path_factory):
     (folder / "fake.c").write_text(FAKE_SOURCE)
     library = folder / "libnumba_ln.so"
     subprocess.run([compiler, "-O1", "-shared", "-fPIC", "-o", str(library),
-                    str(folder / "fake.c"), "-lm"], check=True)
+                    str(folder / "fake.c"), "-lm"], check=True, timeout=120)
     return library
 
 
-def test_parse_prototype_reads_the_header():
-    returns, params = _bench_capi.parse_prototype(FAKE_HEADER, "nln_layer_norm_f32")
-    assert returns == "nln_status"
-    assert params[:3] == [("float *", "x"), ("int64_t", "ldx"), ("float *", "weight")]
-    assert params[-1] == ("float", "eps")
-    assert _bench_capi.parse_prototype(FAKE_HEADER, "nln_layer_norm_f16") is None
-
-
-def test_capi_rows_call_the_library_by_its_header(fake_capi):
-    case = _bench.Case("forward", 7, 33, "float32")
-    inputs = _bench.make_inputs(case.shape, case.dtype)
-    impl = next(i for i in _bench.implementations("forward", ("cpu",)) if i.key == "capi")
-    prepared = _bench.prepare(impl, case, inputs, _bench.Options(capi_lib=str(fake_capi)))
-    y = prepared.call()
-    np.testing.assert_allclose(y, numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias),
+def test_capi_rows_call_the_library_through_its_header(fake_capi):
+    workspace = competitors.Workspace(fake_capi)
+    case = cases.Case("forward", 7, 33, "float32")
+    [prepared] = prepare("capi", case, workspace)
+    inputs = workspace.inputs(case)
+    np.testing.assert_allclose(prepared.call(),
+                               numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias),
                                rtol=1e-5, atol=1e-5)
-    missing = _bench.Case("forward", 7, 33, "float16")
-    with pytest.raises(_bench.Unavailable, match="declares no nln_layer_norm_f16"):
-        _bench.prepare(impl, missing, _bench.make_inputs(missing.shape, missing.dtype),
-                       _bench.Options(capi_lib=str(fake_capi)))
+    with pytest.raises(competitors.Unavailable, match="declares no nln_layer_norm_f16"):
+        prepare("capi", cases.Case("forward", 7, 33, "float16"), workspace)
+    with pytest.raises(competitors.Unavailable, match="nln_layer_norm_f64"):
+        prepare("capi", cases.Case("forward", 7, 33, "float64"), workspace)
 
 
-def test_capi_missing_library_is_a_skip_with_a_reason(tmp_path):
-    with pytest.raises(_bench.Unavailable, match="no such file"):
-        _bench_capi.find_capi_library(tmp_path / "nope.so")
+def test_capi_library_default_and_missing(tmp_path, monkeypatch):
+    monkeypatch.delenv("NUMBA_LN_CAPI_LIB", raising=False)
+    assert competitors.default_capi_library() == ROOT / "build" / "libnumba_ln.so"
+    monkeypatch.setenv("NUMBA_LN_CAPI_LIB", str(tmp_path / "elsewhere.so"))
+    assert competitors.default_capi_library() == tmp_path / "elsewhere.so"
+    with pytest.raises(competitors.Unavailable, match="no C library at .*elsewhere.so"):
+        competitors.find_capi_library()
+    with pytest.raises(competitors.Unavailable, match="no C library at .*nope.so"):
+        competitors.find_capi_library(tmp_path / "nope.so")
 
 
-def test_cli_table_includes_capi_rows(fake_capi, capsys):
-    assert main(TINY + ["--ops", "forward", "--capi-lib", str(fake_capi)]) == 0
-    assert "numba-ln C ABI" in capsys.readouterr().out
-
-
-def test_readme_section_text_is_dedented():
-    # The generated section starts at column 0 so it renders as Markdown.
-    results = {"date": "2026-01-01T00:00:00+00:00", "command": "python -m numba_ln bench",
-               "machine": {"cpu_model": "CPU", "cores": 2, "numba_threads": 2,
-                           "threading_layer": "omp", "system": "Linux", "gpu": None},
-               "versions": {"numba_ln": "0", "numba": "0", "numpy": "0", "torch": None,
-                            "python": "3"},
-               "settings": {"budget_s": 0.3}, "skipped": {"GPU": "none here"},
-               "results": []}
-    text = _bench_report.format_markdown(results)
-    assert text == textwrap.dedent(text)
-    assert "- GPU: none here" in text and "PyTorch not installed" in text
+def test_cli_table_includes_capi_rows(fake_capi):
+    status, stdout, _ = run_main(TINY + ["--ops", "forward", "--capi-lib", str(fake_capi)])
+    assert status == 0 and "  numba-ln C ABI  " in stdout
 
 
 # ----------------------------------------------------------------------------- the GPU rows
 
 SIMULATED_GPU_ROWS = """
-import numba_ln
-from numba_ln import _bench
-from numba_ln.__main__ import main
+from bench import cases, competitors
+from bench.__main__ import main
 
 # Under the simulator GPU rows are never timed ...
-reason = _bench.gpu_unavailable_reason()
+reason = competitors.gpu_unavailable_reason()
 assert reason is not None and "simulator" in reason, reason
 try:
-    main(["bench", "--device", "cuda"])
+    main(["--device", "cuda"])
 except SystemExit as exc:
     assert exc.code == 2
 else:
     raise AssertionError("--device cuda ran under the simulator")
 
 # ... but the callables they would time compute the right thing.
-_bench.gpu_unavailable_reason = lambda: None
-options = _bench.Options()
-for operation in _bench.OPERATIONS:
-    case = _bench.Case(operation, 5, 40, "float32")
-    inputs = _bench.make_inputs(case.shape, case.dtype)
-    for impl in _bench.implementations(operation, ("cuda",)):
-        if impl.key == "torch":
+competitors.gpu_unavailable_reason = lambda: None
+workspace = competitors.Workspace()
+for operation in cases.OPERATIONS:
+    case = cases.Case(operation, 5, 40, "float32")
+    for competitor in competitors.competitors(("cuda",)):
+        if competitor.key == "torch":
             continue
-        prepared = _bench.prepare(impl, case, inputs, options)  # checks the result
-        print(operation, impl.key, "ok")
+        competitors.prepare(competitor, case, workspace)  # checks the result
+        print(operation, competitor.key, "ok")
 """
 
 
 def test_gpu_rows_compute_the_right_thing_under_the_simulator():
-    if _bench.gpu_unavailable_reason() is None:
+    if competitors.gpu_unavailable_reason() is None:
         pytest.skip("a real GPU is here: the GPU rows run in the benchmark itself")
     try:
         import numba_cuda  # noqa: F401
     except ImportError:
         pytest.skip("numba-cuda is not installed")
     env = {**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}
-    done = subprocess.run([sys.executable, "-c", SIMULATED_GPU_ROWS], capture_output=True,
-                          text=True, env=env)
+    done = subprocess.run([sys.executable, "-c", SIMULATED_GPU_ROWS], cwd=ROOT,
+                          capture_output=True, text=True, env=env, timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.split("\n").count("forward numba_ln ok") == 1
     assert "forward numba_ln_out ok" in done.stdout and "backward roofline ok" in done.stdout
-
-
-def test_without_matplotlib_the_run_still_prints_and_writes(tiny_run, tmp_path, monkeypatch,
-                                                            capsys):
-    """matplotlib is optional: a one-line note, the table, the JSON and the README; no plot."""
-    _, stdout, _, out = tiny_run
-    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
-    readme = tmp_path / "README.md"
-    readme.write_text("# x\n<!-- section: performance -->\nold\n"
-                      "<!-- end section: performance -->\n")
-    perf = tmp_path / "perf"
-    assert main(["bench", "--from-json", str(out / "results.json"), "--out", str(perf),
-                 "--update-readme", str(readme)]) == 0
-    captured = capsys.readouterr()
-    assert "== forward, float32" in captured.out
-    notes = [line for line in captured.err.splitlines() if line.startswith("note: no plot")]
-    assert notes == ["note: no plot (matplotlib is not installed: pip install matplotlib)"]
-    assert "Traceback" not in captured.err
-    assert (perf / "results.json").is_file() and not (perf / "plot.png").exists()
-    assert "old" not in readme.read_text() and "![" not in readme.read_text()

@@ -1,7 +1,8 @@
-"""The benchmark timer: best-of-samples, batched for short calls, interleaved for rivals.
+"""The benchmark timer: best of samples, batched for short calls, rivals interleaved.
 
-Shared by ``python -m numba_ln bench`` and the pytest-benchmark suite
-(through ``numba_ln._bench``).
+``python -m bench`` times every case with it; the pytest-benchmark suite
+times its rows with pytest-benchmark and the roofline they are compared
+with here.
 """
 
 import gc
@@ -72,48 +73,30 @@ class _Sampler:
                       len(self.samples), self.loops)
 
 
-def measure(call, budget_s=DEFAULT_BUDGET_S, min_samples=MIN_SAMPLES,
+def measure(calls, budget_s=DEFAULT_BUDGET_S, followers=(), min_samples=MIN_SAMPLES,
             max_samples=MAX_SAMPLES):
-    """Time a warmed-up zero-argument callable.
+    """Time warmed-up zero-argument callables in rounds, one sample of each per round.
 
-    Samples are taken until there are at least ``min_samples`` and either
-    ``budget_s`` seconds have been spent or there are ``max_samples``; a
-    call slower than the budget stops the clock after two samples once twice
-    the budget is spent (never after one: a single hiccup of the machine
-    must not become the figure). Calls under a millisecond are
+    Each callable is sampled until it has at least ``min_samples`` samples
+    and either ``budget_s`` seconds have been spent on it or it has
+    ``max_samples``; a call slower than the budget stops after two samples
+    once twice the budget is spent (never after one: a single hiccup of the
+    machine must not become the figure). Calls under a millisecond are
     looped and the loop time divided by the count. The garbage collector is
     off while the clock runs.
 
-    Parameters
-    ----------
-    call : callable
-    budget_s : float
-    min_samples, max_samples : int
-
-    Returns
-    -------
-    Timing
-    """
-    return measure_interleaved([call], budget_s, (), min_samples, max_samples)[0]
-
-
-def measure_interleaved(calls, budget_s=DEFAULT_BUDGET_S, followers=(),
-                        min_samples=MIN_SAMPLES, max_samples=MAX_SAMPLES):
-    """Time several callables in rounds, one sample of each per round.
-
     Interleaving puts every competitor through the same moments of the
     machine (another process waking, the clock frequency changing), so their
-    ratios hold even where absolute times drift. Each callable stops by the
-    rule of :func:`measure`; a *follower* (the roofline) keeps sampling as
-    long as any other callable does, so its best time is drawn from the whole
-    window the others were measured in.
+    ratios hold even where absolute times drift. A *follower* (the roofline)
+    keeps sampling as long as any other callable does, so its best time is
+    drawn from the whole window the others were measured in.
 
     Parameters
     ----------
     calls : list of callable
-        Warmed up.
+        Warmed up (run once, so compilation and first-touch are behind them).
     budget_s : float
-        Per callable.
+        Seconds per callable.
     followers : collection of int
         Indices into ``calls``.
     min_samples, max_samples : int
@@ -122,6 +105,12 @@ def measure_interleaved(calls, budget_s=DEFAULT_BUDGET_S, followers=(),
     -------
     list of Timing
         In the order of ``calls``.
+
+    Examples
+    --------
+    >>> [timing] = measure([lambda: None], budget_s=0.001)
+    >>> timing.samples >= MIN_SAMPLES and timing.best_s <= timing.median_s
+    True
     """
     enabled = gc.isenabled()
     gc.disable()

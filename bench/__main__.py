@@ -1,0 +1,175 @@
+"""``python -m bench``: measure numba-ln against its competitors and report.
+
+Run from the repository root. Prints the tables; ``--out DIR`` also writes
+``results.json`` and ``plot.png``, and ``--update-docs FILE`` the benchmarks
+page. See ``python -m bench --help``.
+"""
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from . import report, runner, timer
+from .cases import (DTYPES, OPERATIONS, QUICK_SHAPES, cases, default_shapes, parse_choices,
+                    parse_shapes)
+from .competitors import Workspace, gpu_unavailable_reason
+
+#: Seconds of timed calls per figure with ``--quick``.
+QUICK_BUDGET_S = 0.1
+
+
+def _shapes_text(shapes):
+    return ",".join(f"{r}x{c}" for r, c in shapes)
+
+
+def parser():
+    """The command's argument parser."""
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=(
+            "Time layer norm (forward and backward) in numba-ln, plain NumPy, PyTorch (when "
+            "installed), the numba-ln C ABI (when built) and, with a GPU, numba-ln CUDA and "
+            "PyTorch CUDA; beside them a copy moving the same bytes (the roofline). Prints "
+            "time, GB/s, % of roofline and speedups; --out also writes JSON and a plot."),
+        epilog=(f"default shapes: {_shapes_text(default_shapes())}; "
+                f"--quick: {_shapes_text(QUICK_SHAPES)}"))
+    p.add_argument("--device", default="all", metavar="{cpu,cuda,all}",
+                   help="where to run: cpu, cuda, or all (default: all = the CPU, and the "
+                        "GPU when one can be timed)")
+    p.add_argument("--dtype", default="float32,float16", metavar="LIST",
+                   help=f"comma-separated dtypes from {', '.join(DTYPES)} "
+                        f"(default: float32,float16)")
+    p.add_argument("--shapes", metavar="LIST",
+                   help="comma-separated ROWSxCOLS, e.g. 65536x1024,1x768 "
+                        "(default: the default or --quick set)")
+    p.add_argument("--ops", default="forward,backward", metavar="LIST",
+                   help="comma-separated operations: forward, backward (default: both)")
+    p.add_argument("--quick", action="store_true",
+                   help="a small set and shorter timings (under a minute on 2 cores)")
+    p.add_argument("--budget", type=float, metavar="SECONDS",
+                   help=f"seconds of timed calls per figure (default "
+                        f"{timer.DEFAULT_BUDGET_S}, --quick {QUICK_BUDGET_S})")
+    p.add_argument("--out", metavar="DIR",
+                   help="write DIR/results.json (every figure, machine, versions, date) "
+                        "and DIR/plot.png")
+    p.add_argument("--capi-lib", metavar="PATH",
+                   help="the built libnumba_ln.so to benchmark through the C ABI "
+                        "(default: $NUMBA_LN_CAPI_LIB, else build/libnumba_ln.so)")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the benchmarks page (Markdown) instead of the text tables")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="report a saved results.json instead of measuring")
+    p.add_argument("--update-docs", metavar="FILE",
+                   help="write the benchmarks page (docs/benchmarks.md) to FILE; needs "
+                        "--out (for the plot) or --from-json")
+    return p
+
+
+def settings(p, args):
+    """Validate the options; return the run settings or exit with a usage error."""
+    def parse(function, *extra, option):
+        try:
+            return function(*extra)
+        except ValueError as exc:
+            p.error(f"{option}: {exc}")
+
+    if args.device not in ("cpu", "cuda", "all"):
+        p.error(f"--device: unknown device {args.device!r}; choose from cpu, cuda, all")
+    dtypes = parse(parse_choices, args.dtype, DTYPES, "dtype", option="--dtype")
+    operations = parse(parse_choices, args.ops, OPERATIONS, "operation", option="--ops")
+    if args.shapes is not None:
+        shapes = parse(parse_shapes, args.shapes, option="--shapes")
+    else:
+        shapes = QUICK_SHAPES if args.quick else default_shapes()
+    budget = args.budget if args.budget is not None else (
+        QUICK_BUDGET_S if args.quick else timer.DEFAULT_BUDGET_S)
+    if not budget > 0:
+        p.error(f"--budget: must be a positive number of seconds, got {args.budget}")
+    gpu_reason = gpu_unavailable_reason()
+    if args.device == "cuda" and gpu_reason is not None:
+        p.error(f"--device cuda: no GPU can be timed here ({gpu_reason})")
+    if args.device == "cpu" or (args.device == "all" and gpu_reason is not None):
+        devices = ("cpu",)
+    else:
+        devices = ("cuda",) if args.device == "cuda" else ("cpu", "cuda")
+    return {"devices": devices, "dtypes": dtypes, "operations": operations,
+            "shapes": [list(s) for s in shapes], "budget_s": budget, "quick": args.quick,
+            "capi_lib": args.capi_lib, "gpu_reason": gpu_reason}
+
+
+def measure(chosen, argv):
+    """Run the benchmark with the settings :func:`settings` chose; return the results."""
+    case_list = cases([tuple(s) for s in chosen["shapes"]], chosen["dtypes"],
+                      chosen["operations"])
+    skipped = {}
+    if "cuda" not in chosen["devices"] and chosen["gpu_reason"] is not None:
+        skipped["GPU rows (numba-ln CUDA, PyTorch CUDA)"] = chosen["gpu_reason"]
+    load_before = runner.load_average()  # before our own threads add to it
+    records = runner.run(case_list, chosen["devices"], Workspace(chosen["capi_lib"]),
+                         chosen["budget_s"], runner.Progress(len(case_list)), skipped)
+    results = {"schema": runner.SCHEMA,
+               "command": " ".join(["python -m bench"] + [shlex.quote(a) for a in argv]),
+               **runner.environment(),
+               "settings": {k: v for k, v in chosen.items() if k != "gpu_reason"},
+               "skipped": skipped, "results": records}
+    results["machine"]["load_average_before"] = load_before
+    return results
+
+
+def main(argv=None):
+    """Measure (or load), print, and write what was asked for.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        The arguments (default: ``sys.argv[1:]``).
+
+    Returns
+    -------
+    int
+        The exit status: 0 on success. Usage errors exit with status 2 and a
+        message on stderr; a missing optional part (PyTorch, the C library, a
+        GPU, matplotlib) is a note, and the rest of the run goes on.
+    """
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.update_docs and not (args.out or args.from_json):
+        p.error("--update-docs needs --out DIR (where the plot goes) or --from-json")
+    if args.from_json:
+        try:
+            results = json.loads(Path(args.from_json).read_text())
+        except (OSError, ValueError) as exc:
+            p.error(f"--from-json: cannot read {args.from_json}: {exc}")
+        if args.update_docs and not args.out:
+            args.out = str(Path(args.from_json).parent)
+    else:
+        results = measure(settings(p, args), argv)
+
+    plot_path = None
+    if args.out:
+        json_path = Path(args.out) / "results.json"
+        fresh = not (args.from_json and json_path.resolve() == Path(args.from_json).resolve())
+        plot_path = report.save(results, args.out, write_json=fresh)
+    if args.markdown or args.update_docs:
+        page = Path(args.update_docs).parent if args.update_docs else Path.cwd()
+        link = report.relative_link(plot_path, page) if plot_path else None
+        markdown = report.format_markdown(results, link)
+    sys.stdout.write(markdown if args.markdown else report.format_text(results))
+    if args.out:
+        written = [str(path) for path in (json_path if fresh else None, plot_path) if path]
+        if written:
+            print(f"wrote {' and '.join(written)}", file=sys.stderr)
+    if args.update_docs:
+        try:
+            Path(args.update_docs).write_text(markdown)
+        except OSError as exc:
+            p.error(f"--update-docs: {exc}")
+        print(f"wrote {args.update_docs}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

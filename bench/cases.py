@@ -1,0 +1,394 @@
+"""The benchmark cases: what is measured, on which inputs, and what a right answer is.
+
+Conventions
+-----------
+- **Bytes moved** count the big arrays once each: forward reads ``x`` and
+  writes ``y`` (``2 * x.nbytes``); backward reads ``x`` and ``dy`` and writes
+  ``dx`` (``3 * x.nbytes``). ``weight``, ``bias``, the per-row statistics and
+  ``dweight``/``dbias`` are not counted (they are at most ``1 / rows`` of the
+  traffic).
+- Every implementation's output is checked against a float64 reference on a
+  sample of rows before it is timed: a wrong result never becomes a number.
+"""
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from numba_ln import layer_norm
+
+OPERATIONS = ("forward", "backward")
+DTYPES = ("float32", "float16", "float64")
+EPS = 1e-5
+
+#: Transformer hidden sizes with many rows, odd sizes, and very long rows with
+#: few rows. The two 64 Mi-element shapes (256 MiB per float32 array) are the
+#: follow-up issue's CPU targets; the others hold about 32 Mi elements (64 MiB
+#: per float16 array), so even float16 streams several times a large L3 cache,
+#: while the default run stays short.
+THROUGHPUT_SHAPES = ((32768, 768), (65536, 1024), (16384, 4096), (4096, 8192),
+                     (32768, 1000), (8192, 4097), (512, 65536))
+#: Where the call overhead dominates: latency, not bandwidth.
+SMALL_SHAPES = ((1, 64), (1, 768), (8, 768))
+#: The shapes at which the follow-up issue sets its CPU targets.
+TARGET_SHAPES = ((65536, 1024), (16384, 4096))
+
+#: ``--quick``: one target shape, one odd shape, one long-row shape, and latency.
+QUICK_SHAPES = ((16384, 1024), (4096, 4097), (128, 65536), (1, 768))
+#: Under ``pytest --benchmark-disable`` every benchmark runs once, as a test:
+#: shapes small enough that the whole suite takes seconds, still covering the
+#: serial and parallel kernels, an odd width and a long row.
+SMOKE_SHAPES = ((64, 768), (256, 1000), (2, 4097))
+
+
+# --------------------------------------------------------------------------- cases
+
+
+@dataclass(frozen=True)
+class Case:
+    """One benchmark table: an operation on one shape and dtype.
+
+    Attributes
+    ----------
+    operation : {"forward", "backward"}
+    rows, cols : int
+        The 2-D problem: ``rows`` independent rows of ``cols`` elements.
+    dtype : {"float32", "float16", "float64"}
+    """
+
+    operation: str
+    rows: int
+    cols: int
+    dtype: str
+
+    @property
+    def shape(self):
+        """``(rows, cols)``."""
+        return (self.rows, self.cols)
+
+    @property
+    def label(self):
+        """The shape as ``"ROWSxCOLS"``."""
+        return f"{self.rows}x{self.cols}"
+
+    @property
+    def group(self):
+        """pytest-benchmark group: ``"operation|ROWSxCOLS|dtype"``."""
+        return f"{self.operation}|{self.label}|{self.dtype}"
+
+    @property
+    def bytes_moved(self):
+        """Bytes the operation must move: ``x`` and ``y``, or ``x``, ``dy`` and ``dx``."""
+        streams = 2 if self.operation == "forward" else 3
+        return streams * self.rows * self.cols * np.dtype(self.dtype).itemsize
+
+    @property
+    def small(self):
+        """True for the latency group, where bandwidth figures mean little."""
+        return self.shape in SMALL_SHAPES or self.rows * self.cols < 1 << 14
+
+
+def cases(shapes, dtypes=("float32", "float16"), operations=OPERATIONS):
+    """Every (operation, shape, dtype) combination, shapes outermost.
+
+    Parameters
+    ----------
+    shapes : iterable of (int, int)
+    dtypes, operations : iterable of str
+
+    Returns
+    -------
+    list of Case
+        Ordered shape, then dtype, then operation, so that consecutive cases
+        share their input arrays.
+    """
+    return [Case(op, rows, cols, dt) for rows, cols in shapes for dt in dtypes
+            for op in operations]
+
+
+def default_shapes():
+    """The shapes of the default command-line run: throughput, then latency."""
+    return THROUGHPUT_SHAPES + SMALL_SHAPES
+
+
+def parse_shapes(text):
+    """Parse ``"ROWSxCOLS,ROWSxCOLS,..."``.
+
+    Parameters
+    ----------
+    text : str
+
+    Returns
+    -------
+    tuple of (int, int)
+
+    Raises
+    ------
+    ValueError
+        An entry that is not two positive integers joined by ``x``.
+
+    Examples
+    --------
+    >>> parse_shapes("65536x1024, 1x768")
+    ((65536, 1024), (1, 768))
+    """
+    shapes = []
+    for item in text.split(","):
+        item = item.strip().lower()
+        match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", item)
+        if not match or int(match[1]) < 1 or int(match[2]) < 1:
+            raise ValueError(f"{item!r} is not ROWSxCOLS with positive integers "
+                             f"(e.g. 65536x1024)")
+        shapes.append((int(match[1]), int(match[2])))
+    return tuple(shapes)
+
+
+def parse_choices(text, allowed, what):
+    """Parse a comma-separated subset of ``allowed``.
+
+    Parameters
+    ----------
+    text : str
+    allowed : sequence of str
+    what : str
+        The option's name, for the error message.
+
+    Returns
+    -------
+    tuple of str
+        In the order given, without repeats.
+
+    Raises
+    ------
+    ValueError
+        An entry not in ``allowed`` (the message lists the allowed values).
+
+    Examples
+    --------
+    >>> parse_choices("float16,float32", DTYPES, "dtype")
+    ('float16', 'float32')
+    """
+    chosen = []
+    for item in text.split(","):
+        item = item.strip()
+        if item not in allowed:
+            raise ValueError(f"unknown {what} {item!r}; choose from {', '.join(allowed)}")
+        if item not in chosen:
+            chosen.append(item)
+    return tuple(chosen)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass
+class Inputs:
+    """The host arrays a case reads; ``mean``/``rstd`` come from numba-ln's forward."""
+
+    x: np.ndarray
+    weight: np.ndarray
+    bias: np.ndarray
+    dy: np.ndarray
+    mean: np.ndarray
+    rstd: np.ndarray
+
+
+def draw(shape, seed=0):
+    """The float32 numbers every dtype of a shape is made from.
+
+    Parameters
+    ----------
+    shape : (int, int)
+    seed : int, optional
+
+    Returns
+    -------
+    tuple of ndarray
+        ``(x, dy, weight, bias)`` in float32, values of order 1 shifted off zero.
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = shape
+    draws = []
+    for size, scale, offset in (((rows, cols), 4.0, -1.5), ((rows, cols), 2.0, -1.0),
+                                (cols, 1.0, 0.5), (cols, 1.0, -0.5)):
+        values = rng.random(size, dtype=np.float32)
+        values *= scale
+        values += offset
+        draws.append(values)
+    return tuple(draws)
+
+
+def make_inputs(shape, dtype, seed=0, draws=None):
+    """Random inputs for one shape and dtype.
+
+    Parameters
+    ----------
+    shape : (int, int)
+    dtype : str
+    seed : int, optional
+    draws : tuple of ndarray, optional
+        What :func:`draw` returned for ``shape`` and ``seed``, to reuse them.
+
+    Returns
+    -------
+    Inputs
+        The same numbers (rounded to ``dtype``) for every dtype of a shape.
+    """
+    dt = np.dtype(dtype)
+    draws = draw(shape, seed) if draws is None else draws
+    x, dy, weight, bias = (a.astype(dt, copy=False) for a in draws)
+    _, mean, rstd = layer_norm(x, weight, bias, eps=EPS, return_stats=True)
+    return Inputs(x, weight, bias, dy, mean, rstd)
+
+
+# --------------------------------------------------------------------------- references
+
+
+def numpy_forward(x, weight, bias, eps=EPS):
+    """Layer norm in plain NumPy: the baseline a user would write.
+
+    float16 is computed in float32, as numba-ln and PyTorch do. Temporaries
+    are reused in place, so this is a fair NumPy program, not a slow one.
+
+    Parameters
+    ----------
+    x : ndarray, shape (rows, cols)
+    weight, bias : ndarray, shape (cols,)
+    eps : float
+
+    Returns
+    -------
+    y, mean, rstd : ndarray
+        ``y`` in ``x``'s dtype; ``mean``/``rstd`` of shape ``(rows, 1)``.
+    """
+    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    mean = x.mean(axis=-1, keepdims=True, dtype=compute)
+    xhat = np.subtract(x, mean, dtype=compute)
+    var = np.einsum("ij,ij->i", xhat, xhat)[:, None]
+    var /= x.shape[-1]
+    var += eps
+    rstd = np.sqrt(var)
+    np.reciprocal(rstd, out=rstd)
+    xhat *= rstd
+    xhat *= weight
+    xhat += bias
+    return xhat.astype(x.dtype, copy=False), mean, rstd
+
+
+def numpy_backward(dy, x, mean, rstd, weight):
+    """Layer-norm gradients in plain NumPy (float16 computed in float32).
+
+    Parameters
+    ----------
+    dy, x : ndarray, shape (rows, cols)
+    mean, rstd : ndarray, one element per row
+    weight : ndarray, shape (cols,)
+
+    Returns
+    -------
+    dx, dweight, dbias : ndarray
+    """
+    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    mean = mean.reshape(-1, 1).astype(compute, copy=False)
+    rstd = rstd.reshape(-1, 1).astype(compute, copy=False)
+    xhat = np.subtract(x, mean, dtype=compute)
+    xhat *= rstd
+    dyc = dy.astype(compute, copy=False)
+    dbias = dyc.sum(axis=0)
+    dweight = np.einsum("ij,ij->j", dyc, xhat)
+    g = dyc * weight.astype(compute, copy=False)
+    cols = x.shape[-1]
+    c1 = g.sum(axis=-1, keepdims=True) / cols
+    c2 = np.einsum("ij,ij->i", g, xhat)[:, None] / cols
+    g -= c1
+    xhat *= c2
+    g -= xhat
+    g *= rstd
+    return g.astype(x.dtype, copy=False), dweight, dbias
+
+
+def _reference_rows(case, inputs):
+    """Row indices checked, and the float64 reference output on them."""
+    picks = np.unique(np.linspace(0, case.rows - 1, min(case.rows, 16)).astype(np.int64))
+    x = inputs.x[picks].astype(np.float64)
+    w = inputs.weight.astype(np.float64)
+    b = inputs.bias.astype(np.float64)
+    if case.operation == "forward":
+        expected, _, _ = numpy_forward(x, w, b)
+    else:
+        mean = inputs.mean.reshape(-1)[picks].astype(np.float64)
+        rstd = inputs.rstd.reshape(-1)[picks].astype(np.float64)
+        expected, _, _ = numpy_backward(inputs.dy[picks].astype(np.float64), x, mean, rstd, w)
+    return picks, expected
+
+
+_TOLERANCE = {"float16": 2e-2, "float32": 2e-4, "float64": 1e-9}
+
+
+def check_output(case, inputs, output):
+    """Raise if ``output`` (an implementation's result) is wrong on sample rows.
+
+    Parameters
+    ----------
+    case : Case
+    inputs : Inputs
+    output : array or tuple
+        What the implementation returned (host or device arrays); the first
+        element of a tuple is ``y`` or ``dx``.
+
+    Raises
+    ------
+    AssertionError
+        With the largest error and where it occurred.
+    """
+    first = output[0] if isinstance(output, (tuple, list)) else output
+    picks, expected = _reference_rows(case, inputs)
+    got = to_host(first).reshape(case.shape)[picks].astype(np.float64)
+    scale = max(1.0, float(np.max(np.abs(expected))))
+    error = np.abs(got - expected)
+    worst = float(np.nanmax(error)) if error.size else 0.0
+    if not np.all(np.isfinite(got)) or worst > _TOLERANCE[case.dtype] * scale:
+        raise AssertionError(f"{case.group}: result differs from the float64 reference "
+                             f"by {worst:.3g} (tolerance {_TOLERANCE[case.dtype] * scale:.3g})")
+
+
+def to_host(array):
+    """A NumPy copy of a NumPy, numba-device or PyTorch array."""
+    if isinstance(array, np.ndarray):
+        return array
+    if hasattr(array, "copy_to_host"):
+        return array.copy_to_host()
+    if hasattr(array, "detach"):
+        return array.detach().cpu().numpy()
+    return np.asarray(array)
+
+
+
+
+def figures(case, seconds, roofline_s=None):
+    """The rates of a case done in ``seconds``, beside the roofline's.
+
+    Parameters
+    ----------
+    case : Case
+    seconds : float
+        The implementation's best time.
+    roofline_s : float, optional
+        The roofline's best time in the same run.
+
+    Returns
+    -------
+    dict
+        ``gbps`` (10**9 bytes moved per second), ``roofline_gbps`` and
+        ``roofline_fraction`` (the roofline's time over this one; None
+        without a roofline).
+
+    Examples
+    --------
+    >>> figures(Case("forward", 1, 1000, "float32"), 4e-6, 2e-6)["roofline_fraction"]
+    0.5
+    """
+    return {"gbps": case.bytes_moved / seconds / 1e9,
+            "roofline_gbps": case.bytes_moved / roofline_s / 1e9 if roofline_s else None,
+            "roofline_fraction": roofline_s / seconds if roofline_s else None}
