@@ -33,7 +33,8 @@ from . import _config
 _PACKAGE = pathlib.Path(__file__).resolve().parent
 _STAMP = "numba_ln.sources"
 #: The modules whose code other modules' cached kernels inline.
-_SHARED_SOURCES = ("_config.py", "_math.py", "_storage.py", "_validate.py", "cpu.py")
+_SHARED_SOURCES = ("_config.py", "_math.py", "_native.py", "_storage.py", "_validate.py",
+                   "cpu.py")
 
 
 def source_digest():

@@ -27,7 +27,9 @@ assert not (_threaded or _streamed), "small forward calls must be serial and uns
 
 def _row_buffer(a, spec):
     """``a`` as (1-D kernel buffer, row stride in elements), copying only if needed."""
-    if a.dtype is not spec.dtype:  # an equal dtype object (a view), or byte-swapped (a copy)
+    if not a.flags.aligned:  # the kernels take aligned arrays only (``_native``)
+        a = np.array(a, dtype=spec.dtype)
+    elif a.dtype is not spec.dtype:  # an equal dtype object (a view), or byte-swapped (a copy)
         a = a.view(spec.dtype) if a.dtype == spec.dtype else np.ascontiguousarray(
             a, dtype=spec.dtype)
     if a.flags.c_contiguous:  # the common case, and the cheapest view to make
@@ -55,8 +57,8 @@ def _param(param, dtype):
     """A weight/bias as a contiguous 1-D array of the compute dtype, or a placeholder."""
     if param is None:
         return _NO_PARAM[dtype], False
-    if param.dtype is not dtype or not param.flags.c_contiguous:
-        param = np.ascontiguousarray(param, dtype=dtype)
+    if param.dtype is not dtype or not param.flags.c_contiguous or not param.flags.aligned:
+        param = np.array(param, dtype=dtype, order="C")
     return (param if param.ndim == 1 else param.reshape(-1)), True
 
 
@@ -68,7 +70,7 @@ def _writes_directly(out, inputs, spec):
     by element, so in place is safe. Any other overlap is not. A byte-swapped
     ``out`` receives a copy.
     """
-    if not out.dtype.isnative:
+    if not (out.dtype.isnative and out.flags.aligned):
         return False
     if not out.flags.c_contiguous and row_stride(
             out.shape, out.strides, out.itemsize, spec.axis) is None:

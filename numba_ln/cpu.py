@@ -43,7 +43,7 @@ import numpy as np
 from numba import njit, prange, types
 from numba.extending import overload
 
-from . import _cache, _math, _threading
+from . import _cache, _math, _native, _threading
 from ._config import (BACKWARD_BLOCKS, BACKWARD_REDUCE_COLS, BACKWARD_WIDE_COLS, FASTMATH,
                       FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES,
                       STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
@@ -285,18 +285,31 @@ def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, 
 
 
 @_parallel_kernel
-def ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                    rows, cols, eps, stage, tasks, task_rows):
+def ln_fwd_parallel(rows_kernel, x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
+                    rstd, rows, cols, eps, stage, tasks, task_rows):
     """Forward pass, ``tasks`` chunks of ``task_rows`` rows across threads.
 
-    Each chunk runs the compiled ``ln_fwd_rows`` with a staging row of its own.
+    Each chunk calls the compiled ``ln_fwd_rows`` at address ``rows_kernel``
+    (:func:`rows_kernel`) with a staging row of its own.
     """
+    as_mutable = _native.as_mutable
     for task in prange(tasks):
         first = task * task_rows
         count = min(rows, first + task_rows) - first
-        ln_fwd_rows(x[first * ldx:], ldx, weight, bias, has_weight, has_bias,
-                    y[first * ldy:], ldy, mean[first:], rstd[first:], count, cols, eps,
-                    own_stage(stage))
+        _native.call(rows_kernel, (
+            as_mutable(x[first * ldx:]), ldx, as_mutable(weight), as_mutable(bias),
+            has_weight, has_bias, y[first * ldy:], ldy, mean[first:], rstd[first:], count,
+            cols, eps, own_stage(stage)))
+
+
+def rows_kernel(storage, compute, stage):
+    """The address of ``ln_fwd_rows`` as ``ln_fwd_parallel`` calls it, for these dtypes."""
+    array = _native.array
+    stage_type = types.none if stage is None else array(storage)
+    return _native.address(ln_fwd_rows, (
+        array(storage), types.int64, array(compute), array(compute), types.boolean,
+        types.boolean, array(storage), types.int64, array(compute), array(compute),
+        types.int64, types.int64, types.float64, stage_type))
 
 
 def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps):
@@ -304,8 +317,9 @@ def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
     threaded, tasks, task_rows, stream, _, _ = _plan(0, rows, cols, y.itemsize)
     stage = new_stage(y, True) if stream else None
     if threaded and _threading.parallel_allowed():
-        ln_fwd_parallel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                        rows, cols, eps, stage, tasks, task_rows)
+        ln_fwd_parallel(rows_kernel(x.dtype, mean.dtype, stage), x, ldx, weight, bias,
+                        has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps, stage,
+                        tasks, task_rows)
     else:
         ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
                     cols, eps, stage)
@@ -467,21 +481,41 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
 
 
 @_parallel_kernel
-def ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                    dweight_part, dbias_part, dweight, dbias, rows, cols, block_rows,
-                    stage, reduce_cols):
-    """Backward pass: blocks across threads, then the block sums, columns across threads."""
-    blocks = dweight_part.shape[0]
-    for block in prange(blocks):
+def ln_bwd_parallel(blocks_kernel, reduce_kernel, dy, lddy, x, ldx, mean, rstd, weight,
+                    has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias, rows,
+                    cols, block_rows, stage, reduce_cols):
+    """Backward pass: blocks across threads, then the block sums, columns across threads.
+
+    The blocks and the sums are the compiled ``ln_bwd_blocks`` and
+    ``ln_bwd_reduce``, called at the addresses :func:`blocks_kernel` gives.
+    """
+    as_mutable = _native.as_mutable
+    dy, x, mean, rstd, weight = (as_mutable(dy), as_mutable(x), as_mutable(mean),
+                                 as_mutable(rstd), as_mutable(weight))
+    for block in prange(dweight_part.shape[0]):
         first = np.int64(block)
-        ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                      dweight_part, dbias_part, dweight[:0], dbias[:0], rows, cols,
-                      block_rows, first, first + 1, own_stage(stage))
+        _native.call(blocks_kernel, (
+            dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
+            dbias_part, dweight[:0], dbias[:0], rows, cols, block_rows, first, first + 1,
+            own_stage(stage)))
     for chunk in prange((cols + reduce_cols - 1) // reduce_cols):
         first = np.int64(chunk) * reduce_cols
         stop = min(cols, first + reduce_cols)
-        ln_bwd_reduce(dweight_part, dweight, first, stop)
-        ln_bwd_reduce(dbias_part, dbias, first, stop)
+        _native.call(reduce_kernel, (dweight_part, dweight, first, stop))
+        _native.call(reduce_kernel, (dbias_part, dbias, first, stop))
+
+
+def blocks_kernel(storage, compute, stage):
+    """The addresses of ``ln_bwd_blocks`` and ``ln_bwd_reduce`` as ``ln_bwd_parallel`` calls them."""
+    array, int64 = _native.array, types.int64
+    stage_type = types.none if stage is None else array(storage)
+    blocks = _native.address(ln_bwd_blocks, (
+        array(storage), int64, array(storage), int64, array(compute), array(compute),
+        array(compute), types.boolean, array(storage), int64, array(compute, 2),
+        array(compute, 2), array(compute), array(compute), int64, int64, int64, int64, int64,
+        stage_type))
+    return blocks, _native.address(ln_bwd_reduce, (array(compute, 2), array(compute), int64,
+                                                   int64))
 
 
 def backward_stage(dx, wide, stream):
@@ -497,9 +531,9 @@ def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
     if threaded and _threading.parallel_allowed():
-        ln_bwd_parallel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                        dweight_part, dbias_part, dweight, dbias, rows, cols, block_rows,
-                        stage, reduce_cols)
+        ln_bwd_parallel(*blocks_kernel(dx.dtype, dweight.dtype, stage), dy, lddy, x, ldx, mean,
+                        rstd, weight, has_weight, dx, lddx, dweight_part, dbias_part, dweight,
+                        dbias, rows, cols, block_rows, stage, reduce_cols)
     else:
         ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                       dweight_part, dbias_part, dweight, dbias, rows, cols, block_rows, 0,

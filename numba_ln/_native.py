@@ -1,0 +1,77 @@
+"""Calling compiled kernels by address from a parallel kernel.
+
+A parallel kernel that calls a jitted kernel the usual way links that
+kernel's machine code into its own and has LLVM optimize all of it again,
+twice (the loop body and the launcher are separate modules): most of a
+parallel kernel's compile time. Calling the kernel through its address
+instead keeps the parallel kernel a small loop; the address is a run-time
+argument, so the parallel kernel is still cached.
+
+The callee's argument types must be exactly those it was compiled for.
+:func:`address` compiles (or loads) it for a signature built from dtypes
+alone, and :func:`as_mutable` gives the arguments that signature's types
+inside the parallel kernel: every array is ``C``-contiguous and aligned
+(``_cpu_backend`` copies an unaligned one before it reaches a kernel).
+"""
+
+import functools
+
+from numba import from_dtype, types
+from numba.core import cgutils
+from numba.core.imputils import impl_ret_borrowed
+from numba.extending import intrinsic
+
+
+@intrinsic
+def call(typingctx, address, args):
+    """Call the compiled function at ``address`` with the tuple ``args``; it returns nothing."""
+    if not isinstance(address, types.Integer) or not isinstance(args, types.BaseTuple):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        argtypes = list(args.types)
+        function = context.call_conv.get_function_type(types.none, argtypes)
+        callee = builder.inttoptr(llargs[0], function.as_pointer())
+        status, _ = context.call_conv.call_function(
+            builder, callee, types.none, argtypes, cgutils.unpack_tuple(builder, llargs[1]))
+        with cgutils.if_unlikely(builder, status.is_error):
+            context.call_conv.return_status_propagate(builder, status)
+        return context.get_dummy_value()
+
+    return types.none(address, args), codegen
+
+
+@intrinsic
+def as_mutable(typingctx, array):
+    """``array`` typed as writable: the kernels only read it, and one type means one callee."""
+    if not isinstance(array, types.Array):
+        return None
+    target = array.copy(readonly=False)
+
+    def codegen(context, builder, signature, llargs):
+        return impl_ret_borrowed(context, builder, target, llargs[0])
+
+    return target(array), codegen
+
+
+def array(dtype, ndim=1):
+    """The numba type of a writable, aligned, C-contiguous array of ``dtype``."""
+    return types.Array(from_dtype(dtype), ndim, "C")
+
+
+@functools.lru_cache(maxsize=None)
+def address(kernel, signature):
+    """The address of ``kernel``'s machine code for ``signature``, compiled or loaded now.
+
+    Parameters
+    ----------
+    kernel : numba dispatcher
+    signature : tuple of numba types
+
+    Returns
+    -------
+    int
+    """
+    kernel.compile(signature)
+    result = kernel.overloads[signature]
+    return result.library.get_pointer_to_function(result.fndesc.llvm_func_name)
