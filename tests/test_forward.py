@@ -314,3 +314,29 @@ def test_small_calls_with_a_bad_weight_get_the_general_error(rng, weight_shape, 
     weight = np.ones(weight_shape, np.float32)
     with pytest.raises(ValueError, match=message):
         numba_ln.layer_norm(x, weight)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_threaded_calls_take_read_only_and_unaligned_inputs(rng, dtype):
+    """The threaded kernels call compiled code for writable, aligned arrays: a
+    read-only or unaligned input must reach them as one, with the same bits."""
+    x = rng.standard_normal((512, 1030)).astype(dtype)
+    weight = rng.standard_normal(1030).astype(dtype)
+    dy = rng.standard_normal(x.shape).astype(dtype)
+    assert x.size > numba_ln._config.SERIAL_MAX_ELEMENTS  # threaded
+    expected = numba_ln.layer_norm(x, weight, weight, return_stats=True)
+    expected_grads = numba_ln.layer_norm_backward(dy, x, *expected[1:], weight)
+    frozen = [a.copy() for a in (x, weight, dy, *expected[1:])]
+    for a in frozen:
+        a.flags.writeable = False
+    raw = np.zeros(x.nbytes + 1, np.uint8)
+    unaligned = raw[1:].view(dtype).reshape(x.shape)
+    unaligned[...] = x
+    assert not unaligned.flags.aligned
+    for inputs in ((frozen[0], frozen[1]), (unaligned, weight)):
+        got = numba_ln.layer_norm(inputs[0], inputs[1], inputs[1], return_stats=True)
+        for a, b in zip(expected, got):
+            np.testing.assert_array_equal(a, b)
+    grads = numba_ln.layer_norm_backward(frozen[2], frozen[0], frozen[3], frozen[4], frozen[1])
+    for a, b in zip(expected_grads, grads):
+        np.testing.assert_array_equal(a, b)
