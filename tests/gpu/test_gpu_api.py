@@ -276,8 +276,8 @@ def test_device_arrays_are_recognised_and_cuda_is_available():
 
 def test_default_configuration():
     """The shipped tunables: a 300-wide row gets a 64-thread block and a shared cache."""
-    from numba_ln import cuda as kernels
-    assert kernels.plan("forward", 2, 300, np.float32)[:4] == ("block_per_row_shared", 2,
+    from numba_ln import gpu
+    assert gpu.plan("forward", 2, 300, np.float32)[:4] == ("block_per_row_shared", 2,
                                                               64, 64)
     x = _data((2, 300))
     y, mean, rstd = numba_ln.layer_norm(cuda.to_device(x), return_stats=True)
@@ -362,7 +362,7 @@ def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, co
     """Every launch passes exactly the types tests/test_ptx.py compiles and checks."""
     from numba import typeof
 
-    from numba_ln import cuda as kernels
+    from numba_ln import gpu
     launched = []
     real = _cuda_backend._launch
 
@@ -377,11 +377,10 @@ def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, co
     _, mean, rstd = numba_ln.layer_norm(x, weight, weight, return_stats=True)
     numba_ln.layer_norm_backward(x, x, mean, rstd, weight)
     compute = np.float64 if dtype == "float64" else np.float32
-    forward, backward = (kernels.plan(direction, 2, cols, compute)
+    forward, backward = (gpu.plan(direction, 2, cols, compute)
                          for direction in ("forward", "backward"))
-    expected = kernels.signatures(dtype)
-    names = {id(getattr(forward.kernels, name)): name for name in kernels.Kernels._fields}
-    assert [names[id(kernel)] for kernel, _ in launched] == [
-        "fwd_" + forward.variant, "bwd_" + backward.variant, "bwd_reduce_partials"]
-    for kernel, types in launched:
-        assert types == expected[names[id(kernel)]]
+    planned = (forward, backward, backward.reduction)
+    assert [kernel for kernel, _ in launched] == [launch.kernel for launch in planned]
+    expected = gpu.signatures(dtype)
+    for (_, types), launch in zip(launched, planned):
+        assert types == expected[launch.kernel_name]
