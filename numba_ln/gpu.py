@@ -217,10 +217,9 @@ def forward3_block_per_row_streaming(compute, row_threads, fastmath):
     return _forward_block_per_row(compute, row_threads, fastmath, cached=False)
 
 
-# Backward 1. Rows as forward 1. Caches xhat and w * dy in registers between the row sums and dx,
-# and the column sums of dy * xhat and dy across all rows the group serves. Reduces the row sums
-# with a paired tree over the lanes; the groups' column sums go in group order into the block's
-# partial row.
+# Backward 1. Rows as forward 1. Caches in registers xhat and w * dy (row sums to dx) and the
+# column sums of dy * xhat and dy (over the group's rows). Reduces rows with a paired tree over
+# the lanes; the groups' column sums are added in group order into the block's partial row.
 def backward1_warp_per_row(compute, items, warp_threads, fastmath):
     """Backward kernel 1, ``_ln_bwd_warp_per_row``."""
     @cuda.jit(fastmath=fastmath)
