@@ -77,7 +77,7 @@ BACKWARD_REDUCE_COLS = 512
 CACHE = os.environ.get("NUMBA_LN_NO_CACHE", "") in ("", "0")
 
 # ---------------------------------------------------------------------------
-# CUDA (numba_ln/cuda.py). ``cuda.plan`` reads these at every call, so a test
+# CUDA (numba_ln/gpu.py). ``gpu.plan`` reads these at every call, so a test
 # may monkeypatch them small and the simulator runs every kernel variant fast.
 # The block sizes must be powers of two: the reductions are shared-memory
 # trees.

@@ -1,11 +1,11 @@
-"""The CUDA backend: availability, device-array detection, host glue for ``cuda.py``.
+"""The CUDA backend: availability, device-array detection, host glue for ``gpu.py``.
 
 numba.cuda is imported lazily: a CPU-only user never pays for it.
 
 ``forward`` and ``backward`` mirror ``_cpu_backend``: they turn validated
 arrays into the kernels' layout (a 1-D buffer and a row stride, viewing the
 caller's device memory without a copy), allocate results, launch the kernels
-``cuda.plan`` chose on the caller's stream, and shape the results. Any array
+``gpu.plan`` chose on the caller's stream, and shape the results. Any array
 exposing ``__cuda_array_interface__`` is viewed as a numba device array;
 under numba's CUDA simulator its own device arrays stand in. Layouts the
 kernels cannot take (rows not contiguous, parameters of another dtype) are
@@ -20,7 +20,6 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import _config
 from ._validate import row_stride
 
 
@@ -256,7 +255,7 @@ def _launch(kernel, grid, block, stream, shared_bytes, args):
 def _forward_device(spec, x, weight, bias, eps, out, stream):
     from numba import cuda
 
-    from . import cuda as kernels
+    from . import gpu
     compute = spec.compute_dtype
     x = as_numba_array(x)
     out_array = None if out is None else as_numba_array(out)
@@ -265,7 +264,7 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
     mean = cuda.device_array(spec.rows, compute, stream=stream)
     rstd = cuda.device_array(spec.rows, compute, stream=stream)
     if spec.rows:
-        launch = kernels.plan("forward", spec.rows, spec.cols, compute)
+        launch = gpu.plan("forward", spec.rows, spec.cols, compute)
         x_buf, ldx = _row_buffer(x, spec, stream)
         y_buf, ldy = _row_buffer(y, spec, stream)
         w, has_w = _param(weight, spec, stream)
@@ -274,8 +273,7 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
                 spec.rows, spec.cols, compute.type(eps))
         if launch.variant == "warp_per_row":
             args += (launch.lanes,)
-        _launch(getattr(launch.kernels, "fwd_" + launch.variant), launch.grid, launch.block,
-                stream, launch.shared_bytes, args)
+        _launch(launch.kernel, launch.grid, launch.block, stream, launch.shared_bytes, args)
         if out_array is not None and not direct:
             _assign(out_array, y, stream)
     return (out if out is not None else y, mean.reshape(spec.stats_shape),
@@ -285,9 +283,9 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
 def _backward_device(spec, dy, x, mean, rstd, weight, out, stream):
     from numba import cuda
 
-    from . import cuda as kernels
+    from . import gpu
     compute = spec.compute_dtype
-    launch = kernels.plan("backward", spec.rows, spec.cols, compute)
+    launch = gpu.plan("backward", spec.rows, spec.cols, compute)
     blocks = launch.grid if spec.rows else 0
     out_array = None if out is None else as_numba_array(out)
     direct = out_array is not None and _writes_directly(
@@ -308,10 +306,9 @@ def _backward_device(spec, dy, x, mean, rstd, weight, out, stream):
                 dweight_part, dbias_part, spec.rows, spec.cols)
         if launch.variant == "warp_per_row":
             args += (launch.lanes,)
-        _launch(getattr(launch.kernels, "bwd_" + launch.variant), launch.grid, launch.block,
-                stream, launch.shared_bytes, args)
-    _launch(launch.kernels.bwd_reduce_partials, kernels.reduce_grid(spec.cols),
-            _config.CUDA_REDUCE_THREADS, stream, 0,
+        _launch(launch.kernel, launch.grid, launch.block, stream, launch.shared_bytes, args)
+    reduction = launch.reduction
+    _launch(reduction.kernel, reduction.grid, reduction.block, stream, reduction.shared_bytes,
             (dweight_part, dbias_part, blocks, spec.cols, dweight, dbias))
     if out_array is not None and not direct:
         _assign(out_array, dx, stream)

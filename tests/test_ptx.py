@@ -5,7 +5,7 @@ without asking a driver, and ``ptxas`` (from the ``nvidia-cuda-nvcc-cu12``
 wheel, found through the installed package, never PATH) assembles the PTX
 and reports registers, stack frame and spill bytes per kernel. The kernels
 compiled are the ones the backend launches -- the shipped tunables and the
-exact argument types of ``numba_ln.cuda.signatures``.
+exact argument types of ``numba_ln.gpu.signatures``.
 
 ``python tests/test_ptx.py`` prints the register table of docs/gpu.md.
 """
@@ -21,9 +21,10 @@ import pytest
 
 DTYPES = ("float16", "float32", "float64")
 ARCHES = ((8, 0), (9, 0))
-KERNELS = ("fwd_warp_per_row", "fwd_block_per_row_shared", "fwd_block_per_row_streaming",
-           "bwd_warp_per_row", "bwd_block_per_row_shared", "bwd_block_per_row_streaming",
-           "bwd_reduce_partials")
+KERNELS = ("forward1_warp_per_row", "forward2_block_per_row_shared",
+           "forward3_block_per_row_streaming", "backward1_warp_per_row",
+           "backward2_block_per_row_shared", "backward3_block_per_row_streaming",
+           "reduce1_thread_per_column")
 
 _USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
                     r"(\d+) bytes spill loads")
@@ -45,18 +46,25 @@ def find_ptxas():
     return None
 
 
+def shipped_kernel(dtype, kernel):
+    """The kernel launched for ``x`` of ``dtype`` under the shipped tunables (not compiled)."""
+    from numba_ln import _config, gpu
+    from numba_ln._validate import compute_dtype
+    kernel_set = gpu.build_kernel_set(compute_dtype(np.dtype(dtype)),
+                                      _config.CUDA_WARP_ITEMS_PER_THREAD,
+                                      _config.CUDA_WARP_BLOCK_THREADS,
+                                      _config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_FASTMATH)
+    return getattr(kernel_set, kernel)
+
+
 def assemble(dtype, kernel, cc, ptxas, workdir):
     """Compile one kernel to PTX for ``cc``, assemble it; return ptxas's numbers."""
     from numba import cuda
 
-    from numba_ln import _config
-    from numba_ln import cuda as kernels
-    compute = np.dtype(np.float64 if dtype == "float64" else np.float32)
-    kernel_set = kernels.kernels(compute, _config.CUDA_WARP_ITEMS_PER_THREAD,
-                                 _config.CUDA_WARP_BLOCK_THREADS,
-                                 _config.CUDA_ROW_BLOCK_THREADS)
-    signature = kernels.signatures(dtype)[kernel]
-    ptx, _ = cuda.compile_ptx(getattr(kernel_set, kernel).py_func, signature, cc=cc)
+    from numba_ln import _config, gpu
+    signature = gpu.signatures(dtype)[kernel]
+    ptx, _ = cuda.compile_ptx(shipped_kernel(dtype, kernel).py_func, signature, cc=cc,
+                              fastmath=_config.CUDA_FASTMATH)
     arch = f"sm_{cc[0]}{cc[1]}"
     source = pathlib.Path(workdir, f"{kernel}_{dtype}_{arch}.ptx")
     source.write_text(ptx)
@@ -91,9 +99,9 @@ def test_kernel_compiles_without_spills(kernel, dtype, cc, ptxas, tmp_path):
 
 
 def test_signatures_cover_every_kernel():
-    from numba_ln import cuda as kernels
+    from numba_ln import gpu
     for dtype in DTYPES:
-        assert set(kernels.signatures(dtype)) == set(KERNELS) == set(kernels.Kernels._fields)
+        assert set(gpu.signatures(dtype)) == set(KERNELS) == set(gpu.KernelSet._fields)
 
 
 def main():
@@ -114,7 +122,8 @@ def main():
                     numbers = assemble(dtype, kernel, cc, ptxas, workdir)
                     cells += [str(numbers["registers"]),
                               str(numbers["spill_stores"] + numbers["spill_loads"])]
-                print(f"| `_ln_{kernel}` | {dtype} | " + " | ".join(cells) + " |")
+                name = shipped_kernel(dtype, kernel).py_func.__name__
+                print(f"| `{kernel}` (`{name}`) | {dtype} | " + " | ".join(cells) + " |")
 
 
 if __name__ == "__main__":

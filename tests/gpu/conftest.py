@@ -12,6 +12,7 @@ marked ``real_gpu`` add the default configuration at realistic sizes.
 """
 
 import os
+import sys
 
 import pytest
 
@@ -47,6 +48,23 @@ def pytest_collection_modifyitems(config, items):
                 reason=f"no GPU ({reason}); run with NUMBA_ENABLE_CUDASIM=1"))
         elif SIMULATOR and item.get_closest_marker("real_gpu"):
             item.add_marker(pytest.mark.skip(reason="needs a real GPU, not the simulator"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def simulator_hands_over_the_gil_sooner():
+    """Under the simulator, a 0.1 ms GIL switch interval instead of 5 ms.
+
+    The simulator's block manager polls for threads blocked in
+    ``syncthreads`` while holding the GIL, so each simulated barrier waits out
+    switch intervals; the kernels and their results are the same either way.
+    """
+    if not SIMULATOR:
+        yield
+        return
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-4)
+    yield
+    sys.setswitchinterval(interval)
 
 
 @pytest.fixture

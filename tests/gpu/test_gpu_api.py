@@ -153,12 +153,14 @@ def test_nan_and_inf_stay_in_their_row(small_launch, cols):
     assert rel_error(dx[clean], ref) <= TOL32
 
 
-@pytest.mark.parametrize("cols", [5, 50, 150])
-def test_gradients_are_bit_identical_across_calls(small_launch, cols):
+@pytest.mark.parametrize("rows, cols", [(9, 5), (3, 50), (3, 150)])
+def test_gradients_are_bit_identical_across_calls(small_launch, rows, cols):
+    """Warp kernels (5 columns: 4 rows a block; 50: one) and streaming; blocks loop over rows."""
     small_launch("backward", "float32")
-    x = cuda.to_device(_data((9, cols)))
-    dy = cuda.to_device(_data((9, cols), seed=1))
-    _, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
+    x = _data((rows, cols))
+    dy = cuda.to_device(_data((rows, cols), seed=1))
+    mean, rstd = (cuda.to_device(stat) for stat in layer_norm(x)[1:])
+    x = cuda.to_device(x)
     first = [_host(a) for a in numba_ln.layer_norm_backward(dy, x, mean, rstd)]
     second = [_host(a) for a in numba_ln.layer_norm_backward(dy, x, mean, rstd)]
     for a, b in zip(first, second):
@@ -213,8 +215,7 @@ def test_backward_out_in_place_and_aside(small_launch, cols):
     x, dy = _data((5, cols)), _data((5, cols), seed=1)
     mean, rstd = (s.reshape(-1) for s in layer_norm(x)[1:])
     expected = layer_norm_backward(dy, x, mean, rstd)[0]
-    d_x, d_dy = cuda.to_device(x), cuda.to_device(dy)
-    _, d_mean, d_rstd = numba_ln.layer_norm(d_x, return_stats=True)
+    d_x, d_dy, d_mean, d_rstd = (cuda.to_device(a) for a in (x, dy, mean, rstd))
     dx = numba_ln.layer_norm_backward(d_dy, d_x, d_mean, d_rstd, out=d_dy)[0]
     assert dx is d_dy
     assert rel_error(d_dy.copy_to_host(), expected) <= TOL32
@@ -276,8 +277,8 @@ def test_device_arrays_are_recognised_and_cuda_is_available():
 
 def test_default_configuration():
     """The shipped tunables: a 300-wide row gets a 64-thread block and a shared cache."""
-    from numba_ln import cuda as kernels
-    assert kernels.plan("forward", 2, 300, np.float32)[:4] == ("block_per_row_shared", 2,
+    from numba_ln import gpu
+    assert gpu.plan("forward", 2, 300, np.float32)[:4] == ("block_per_row_shared", 2,
                                                               64, 64)
     x = _data((2, 300))
     y, mean, rstd = numba_ln.layer_norm(cuda.to_device(x), return_stats=True)
@@ -362,7 +363,7 @@ def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, co
     """Every launch passes exactly the types tests/test_ptx.py compiles and checks."""
     from numba import typeof
 
-    from numba_ln import cuda as kernels
+    from numba_ln import gpu
     launched = []
     real = _cuda_backend._launch
 
@@ -372,16 +373,15 @@ def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, co
 
     monkeypatch.setattr(_cuda_backend, "_launch", spy)
     small_launch("forward", dtype)
-    x = cuda.to_device(_data((2, cols), dtype))
+    x = cuda.to_device(_data((1, cols), dtype))
     weight = cuda.to_device(_data(cols, dtype, seed=1))
     _, mean, rstd = numba_ln.layer_norm(x, weight, weight, return_stats=True)
     numba_ln.layer_norm_backward(x, x, mean, rstd, weight)
     compute = np.float64 if dtype == "float64" else np.float32
-    forward, backward = (kernels.plan(direction, 2, cols, compute)
+    forward, backward = (gpu.plan(direction, 1, cols, compute)
                          for direction in ("forward", "backward"))
-    expected = kernels.signatures(dtype)
-    names = {id(getattr(forward.kernels, name)): name for name in kernels.Kernels._fields}
-    assert [names[id(kernel)] for kernel, _ in launched] == [
-        "fwd_" + forward.variant, "bwd_" + backward.variant, "bwd_reduce_partials"]
-    for kernel, types in launched:
-        assert types == expected[names[id(kernel)]]
+    planned = (forward, backward, backward.reduction)
+    assert [kernel for kernel, _ in launched] == [launch.kernel for launch in planned]
+    expected = gpu.signatures(dtype)
+    for (_, types), launch in zip(launched, planned):
+        assert types == expected[launch.kernel_name]

@@ -8,8 +8,7 @@ import pytest
 from numba import cuda
 
 import numba_ln
-from numba_ln import _config
-from numba_ln import cuda as kernels
+from numba_ln import _config, gpu
 
 from .gpu_reference import TOLERANCE, layer_norm, layer_norm_backward, rel_error
 
@@ -51,11 +50,11 @@ def test_launches_use_the_compiled_signatures():
         test_shipped_configuration(2, 9000, dtype)
         test_shipped_configuration(2, 300, dtype)
         compute = np.dtype(np.float64 if dtype == "float64" else np.float32)
-        kernel_set = kernels.kernels(compute, _config.CUDA_WARP_ITEMS_PER_THREAD,
-                                     _config.CUDA_WARP_BLOCK_THREADS,
-                                     _config.CUDA_ROW_BLOCK_THREADS)
-        expected = kernels.signatures(dtype)
-        for name in kernels.Kernels._fields:
+        kernel_set = gpu.build_kernel_set(compute, _config.CUDA_WARP_ITEMS_PER_THREAD,
+                                          _config.CUDA_WARP_BLOCK_THREADS,
+                                          _config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_FASTMATH)
+        expected = gpu.signatures(dtype)
+        for name in gpu.KernelSet._fields:
             assert expected[name] in set(getattr(kernel_set, name).overloads), name
 
 

@@ -1,4 +1,4 @@
-"""CUDA kernels: how rows map onto warps and blocks.
+"""CUDA kernels, and the plan that picks one: how rows map onto warps and blocks.
 
 Every kernel sees the problem in the layout the CPU kernels see (``cpu.py``):
 1-D contiguous buffers and a row stride (``ldx``: row ``r`` starts at
@@ -14,42 +14,52 @@ Row reductions are fixed-order shared-memory trees (``_group_sum``), never
 warp shuffles and never atomics: the simulator runs these very kernels, and
 the results are bit-identical from run to run.
 
-Schedules (``plan`` picks one, and its launch configuration, in one place):
+One factory per kernel, numbered per pass as in llm.c's
+``dev/cuda/layernorm_forward.cu``; ``plan`` picks one, and its launch
+configuration, in one place:
 
-1. ``warp_per_row`` -- rows of up to ``32 * CUDA_WARP_ITEMS_PER_THREAD``
-   elements. A group of ``lanes`` threads (a warp, or a power-of-two part of
-   one for rows shorter than 32) owns a row; each thread holds its elements
-   in registers (a fully unrolled local array), so the row is read from
-   device memory once.
-2. ``block_per_row_shared`` -- longer rows that fit in
-   ``CUDA_SHARED_CACHE_BYTES``: a block owns a row and caches it in dynamic
-   shared memory.
-3. ``block_per_row_streaming`` -- rows too long to cache: a block owns a row
-   and re-reads it from global memory (L2) for each pass.
+1. ``forward1_warp_per_row``, ``backward1_warp_per_row`` -- rows of up to
+   ``32 * CUDA_WARP_ITEMS_PER_THREAD`` elements. A group of ``lanes``
+   threads (a warp, or a power-of-two part of one for rows shorter than 32)
+   owns a row; each thread holds its elements in registers (a fully
+   unrolled local array), so the row is read from device memory once.
+2. ``forward2_block_per_row_shared``, ``backward2_block_per_row_shared`` --
+   longer rows that fit in ``CUDA_SHARED_CACHE_BYTES``: a block owns a row
+   and caches it in dynamic shared memory.
+3. ``forward3_block_per_row_streaming``, ``backward3_block_per_row_streaming``
+   -- rows too long to cache: a block owns a row and re-reads it from global
+   memory (L2) for each pass.
 
 The forward kernels compute the exact shifted two-pass statistics of
 ``_math`` from the cached copy. The backward kernels compute ``dx`` and, in
 the same read of ``x`` and ``dy``, each block's partial ``dweight``/``dbias``
-row; ``_ln_bwd_reduce_partials`` then sums the partial rows in block order.
+row; ``reduce1_thread_per_column`` then sums the partial rows in block order.
 
-Kernels are built per compute type and per tunable set (``kernels``): the
-register-cache length and the static shared-memory sizes are compile-time
-constants.
+A factory returns a numba CUDA kernel for one compute type and one set of
+tunables (the register-cache length and the static shared-memory sizes are
+compile-time constants). Nothing compiles until a kernel is launched, then
+once per argument types; ``build_kernel_set`` assembles the seven for a
+configuration, once.
 """
 
 import functools
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 from numba import boolean, cuda, float32, float64, from_dtype, int64
 
 from . import _config, _math
+from ._validate import compute_dtype as _compute_dtype
 
 #: Threads in a warp; a warp-per-row group never spans more than one.
 WARP_SIZE = 32
 
 _COMPUTE = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
 
+
+# --------------------------------------------------------------------------
+# Device helpers shared by the kernels
+# --------------------------------------------------------------------------
 
 @cuda.jit(device=True, inline="always")
 def _group_sum(buf, tid, lane, lanes, value):
@@ -92,45 +102,22 @@ def _group_sum2(buf, buf2, tid, lane, lanes, first, second):
     return first_total, second_total
 
 
-class Kernels(NamedTuple):
-    """The CUDA kernels for one compute type and one set of tunables."""
+# --------------------------------------------------------------------------
+# Kernel factories: one per numbered kernel. Each returns a numba CUDA kernel
+# for the numba type ``compute`` (float32 or float64) and the tunables it
+# names, compiled on its first launch; see :func:`build_kernel_set`.
+# --------------------------------------------------------------------------
 
-    fwd_warp_per_row: object
-    fwd_block_per_row_shared: object
-    fwd_block_per_row_streaming: object
-    bwd_warp_per_row: object
-    bwd_block_per_row_shared: object
-    bwd_block_per_row_streaming: object
-    bwd_reduce_partials: object
+# Forward 1. Rows of up to 32 * items elements, a group of `lanes` threads each (several rows per
+# block). Caches the row in registers, `items` per thread. Reduces with a shared-memory tree over
+# the group's lanes.
+def forward1_warp_per_row(compute, items, warp_threads, fastmath):
+    """Forward kernel 1, ``_ln_fwd_warp_per_row``.
 
-
-@functools.cache
-def kernels(compute_dtype, items, warp_threads, row_threads):
-    """Build (once) the kernels for a compute dtype and a set of tunables.
-
-    Parameters
-    ----------
-    compute_dtype : numpy.dtype
-        float32 (for float16 and float32 data) or float64.
-    items : int
-        Register-cached elements per thread of the warp-per-row kernels.
-    warp_threads, row_threads : int
-        Threads per block of the warp-per-row kernels, and the most threads
-        per block of the block-per-row kernels (static shared-memory sizes).
-
-    Returns
-    -------
-    Kernels
-        numba CUDA dispatchers; each compiles on first launch per dtype.
+    Thread ``lane`` of a group holds elements ``lane, lane + lanes, ...``
+    (coalesced loads).
     """
-    compute = _COMPUTE[np.dtype(compute_dtype)]
-    jit = cuda.jit(fastmath=_config.CUDA_FASTMATH)
-
-    # 1. Forward, warp per row. Rows: cols <= 32 * items. A group of `lanes`
-    #    threads owns a row (several groups, hence rows, per block); thread
-    #    `lane` holds elements lane, lane + lanes, ... in registers (coalesced
-    #    loads). Reduces with a shared-memory tree over the group's lanes.
-    @jit
+    @cuda.jit(fastmath=fastmath)
     def _ln_fwd_warp_per_row(x, ldx, weight, bias, has_weight, has_bias, y, ldy,
                              mean, rstd, rows, cols, eps, lanes):
         buf = cuda.shared.array(warp_threads, compute)
@@ -169,62 +156,73 @@ def kernels(compute_dtype, items, warp_threads, row_threads):
             if lane == 0:
                 mean[r] = _math.row_mean(shift, offset)
                 rstd[r] = row_rstd
+    return _ln_fwd_warp_per_row
 
-    # 2. and 3. Forward, block per row. Rows: longer than a warp caches.
-    #    `cached` (a compile-time constant): the row is cached in dynamic
-    #    shared memory (cols * itemsize <= CUDA_SHARED_CACHE_BYTES) -- thread
-    #    t caches (and alone reads back) elements t, t + threads, ...,
-    #    coalesced and bank-conflict free -- or, for rows too long to cache,
-    #    each pass re-reads the row from global memory (three reads, mostly
-    #    from L2). Block-wide shared-memory tree.
-    def _fwd_block_per_row(cached):
-        def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
-                   cols, eps):
-            buf = cuda.shared.array(row_threads, compute)
-            cache = cuda.shared.array(0, compute)  # 0 bytes when not `cached`
-            tid = cuda.threadIdx.x
-            threads = cuda.blockDim.x
-            n = compute(cols)
-            for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-                shift = compute(x[r * ldx])
-                total = compute(0)
-                for j in range(tid, cols, threads):
-                    value = compute(x[r * ldx + j])
-                    if cached:
-                        cache[j] = value
-                    total += _math.shifted(value, shift)
-                offset = _math.mean_offset(_group_sum(buf, tid, tid, threads, total), n)
-                sumsq = compute(0)
-                for j in range(tid, cols, threads):
-                    value = cache[j] if cached else compute(x[r * ldx + j])
-                    deviation = _math.centered(value, shift, offset)
-                    sumsq += deviation * deviation
-                row_rstd = _math.reciprocal_std(_group_sum(buf, tid, tid, threads, sumsq),
-                                                n, eps)
-                for j in range(tid, cols, threads):
-                    w = weight[j] if has_weight else compute(1)
-                    b = bias[j] if has_bias else compute(0)
-                    value = cache[j] if cached else compute(x[r * ldx + j])
-                    deviation = _math.centered(value, shift, offset)
-                    y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
-                if tid == 0:
-                    mean[r] = _math.row_mean(shift, offset)
-                    rstd[r] = row_rstd
-        # A name of its own in profiles and PTX.
-        kernel.__name__ = kernel.__qualname__ = (
-            "_ln_fwd_block_per_row_" + ("shared" if cached else "streaming"))
-        return jit(kernel)
 
-    _ln_fwd_block_per_row_shared = _fwd_block_per_row(True)
-    _ln_fwd_block_per_row_streaming = _fwd_block_per_row(False)
+def _forward_block_per_row(compute, row_threads, fastmath, cached):
+    """Forward kernel 2 (``cached``, a compile-time constant) or 3: one body, two kernels.
 
-    # 4. Backward, warp per row. Rows: as kernel 1. A group owns a row; each
-    #    thread holds its elements' xhat and w * dy in registers between the
-    #    row sums and dx, and accumulates dy * xhat and dy for its columns
-    #    over all the rows its group serves (registers too). At the end the
-    #    groups' accumulators are summed in group order into the block's
-    #    partial row. Row sums: a paired shared-memory tree over the group.
-    @jit
+    Thread ``t`` touches elements ``t, t + threads, ...`` (coalesced); cached,
+    it alone reads back what it wrote, so only the reductions need barriers.
+    """
+    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
+               cols, eps):
+        buf = cuda.shared.array(row_threads, compute)
+        cache = cuda.shared.array(0, compute)  # 0 bytes when not `cached`
+        tid = cuda.threadIdx.x
+        threads = cuda.blockDim.x
+        n = compute(cols)
+        for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
+            shift = compute(x[r * ldx])
+            total = compute(0)
+            for j in range(tid, cols, threads):
+                value = compute(x[r * ldx + j])
+                if cached:
+                    cache[j] = value
+                total += _math.shifted(value, shift)
+            offset = _math.mean_offset(_group_sum(buf, tid, tid, threads, total), n)
+            sumsq = compute(0)
+            for j in range(tid, cols, threads):
+                value = cache[j] if cached else compute(x[r * ldx + j])
+                deviation = _math.centered(value, shift, offset)
+                sumsq += deviation * deviation
+            row_rstd = _math.reciprocal_std(_group_sum(buf, tid, tid, threads, sumsq),
+                                            n, eps)
+            for j in range(tid, cols, threads):
+                w = weight[j] if has_weight else compute(1)
+                b = bias[j] if has_bias else compute(0)
+                value = cache[j] if cached else compute(x[r * ldx + j])
+                deviation = _math.centered(value, shift, offset)
+                y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
+            if tid == 0:
+                mean[r] = _math.row_mean(shift, offset)
+                rstd[r] = row_rstd
+    # A name of its own in profiles and PTX.
+    kernel.__name__ = kernel.__qualname__ = (
+        "_ln_fwd_block_per_row_" + ("shared" if cached else "streaming"))
+    return cuda.jit(fastmath=fastmath)(kernel)
+
+
+# Forward 2. Rows longer than a warp caches, of at most CUDA_SHARED_CACHE_BYTES: a block each.
+# Caches the row in dynamic shared memory. Reduces with a block-wide shared-memory tree.
+def forward2_block_per_row_shared(compute, row_threads, fastmath):
+    """Forward kernel 2, ``_ln_fwd_block_per_row_shared``."""
+    return _forward_block_per_row(compute, row_threads, fastmath, cached=True)
+
+
+# Forward 3. Rows too long to cache: a block each. Caches nothing: each pass re-reads the row
+# (three reads, mostly from L2). Reduces with a block-wide shared-memory tree.
+def forward3_block_per_row_streaming(compute, row_threads, fastmath):
+    """Forward kernel 3, ``_ln_fwd_block_per_row_streaming``."""
+    return _forward_block_per_row(compute, row_threads, fastmath, cached=False)
+
+
+# Backward 1. Rows as forward 1. Caches in registers xhat and w * dy (row sums to dx) and the
+# column sums of dy * xhat and dy (over the group's rows). Reduces rows with a paired tree over
+# the lanes; the groups' column sums are added in group order into the block's partial row.
+def backward1_warp_per_row(compute, items, warp_threads, fastmath):
+    """Backward kernel 1, ``_ln_bwd_warp_per_row``."""
+    @cuda.jit(fastmath=fastmath)
     def _ln_bwd_warp_per_row(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                              dweight_part, dbias_part, rows, cols, lanes):
         buf = cuda.shared.array(warp_threads, compute)
@@ -288,14 +286,19 @@ def kernels(compute_dtype, items, warp_threads, row_threads):
                 dweight_part[part + j] = dweight_sum
                 dbias_part[part + j] = dbias_sum
             cuda.syncthreads()
+    return _ln_bwd_warp_per_row
 
-    # 5. Backward, block per row, shared memory. Rows: as kernel 2 with four
-    #    cached values per element. Dynamic shared memory holds
-    #    [xhat | w * dy | dweight acc | dbias acc], `cols` each; thread t owns
-    #    elements t, t + threads, ... of all four, so only the row sums need
-    #    barriers (a paired block-wide tree). The accumulators run over the
-    #    block's rows and become its partial row.
-    @jit
+
+# Backward 2. Rows as forward 2, with 4 * cols values cached. Caches [xhat | w * dy | dweight acc |
+# dbias acc] in dynamic shared memory; the accumulators become the block's partial row. Reduces
+# with a paired block-wide tree.
+def backward2_block_per_row_shared(compute, row_threads, fastmath):
+    """Backward kernel 2, ``_ln_bwd_block_per_row_shared``.
+
+    Thread ``t`` owns elements ``t, t + threads, ...`` of all four cached
+    rows, so only the row sums need barriers.
+    """
+    @cuda.jit(fastmath=fastmath)
     def _ln_bwd_block_per_row_shared(dy, lddy, x, ldx, mean, rstd, weight, has_weight,
                                      dx, lddx, dweight_part, dbias_part, rows, cols):
         buf = cuda.shared.array(row_threads, compute)
@@ -332,12 +335,19 @@ def kernels(compute_dtype, items, warp_threads, row_threads):
         for j in range(tid, cols, threads):
             dweight_part[part + j] = cache[2 * cols + j]
             dbias_part[part + j] = cache[3 * cols + j]
+    return _ln_bwd_block_per_row_shared
 
-    # 6. Backward, block per row, streaming. Rows: too long for kernel 5's
-    #    cache. Reads x and dy twice (row sums, then dx); the accumulators are
-    #    the block's own partial row in global memory (thread t owns columns
-    #    t, t + threads, ...: no two threads touch one element).
-    @jit
+
+# Backward 3. Rows too long for backward 2's cache. Caches nothing: reads x and dy twice (row sums,
+# then dx); the accumulators are the block's own partial row in global memory. Reduces with a
+# paired block-wide tree.
+def backward3_block_per_row_streaming(compute, row_threads, fastmath):
+    """Backward kernel 3, ``_ln_bwd_block_per_row_streaming``.
+
+    Thread ``t`` owns columns ``t, t + threads, ...`` of the partial row, so
+    no two threads touch one element.
+    """
+    @cuda.jit(fastmath=fastmath)
     def _ln_bwd_block_per_row_streaming(dy, lddy, x, ldx, mean, rstd, weight,
                                         has_weight, dx, lddx, dweight_part, dbias_part,
                                         rows, cols):
@@ -371,11 +381,14 @@ def kernels(compute_dtype, items, warp_threads, row_threads):
                 dx[r * lddx + j] = _math.grad_input(g, xhat, row_rstd, mean_g, mean_gxhat)
                 dweight_part[part + j] += grad * xhat
                 dbias_part[part + j] += grad
+    return _ln_bwd_block_per_row_streaming
 
-    # 7. Backward, second stage: one thread per column sums the `blocks`
-    #    partial rows in block order (coalesced across threads) and stores
-    #    dweight/dbias in the parameter dtype.
-    @jit
+
+# Reduce 1. The backward's second stage: one thread per column sums the `blocks` partial rows in
+# block order (coalesced across threads) and stores dweight/dbias in the parameter dtype.
+def reduce1_thread_per_column(compute, fastmath):
+    """Reduction kernel 1, ``_ln_bwd_reduce_partials``."""
+    @cuda.jit(fastmath=fastmath)
     def _ln_bwd_reduce_partials(dweight_part, dbias_part, blocks, cols, dweight, dbias):
         j = cuda.grid(1)
         if j < cols:
@@ -386,25 +399,76 @@ def kernels(compute_dtype, items, warp_threads, row_threads):
                 dbias_sum += dbias_part[block * cols + j]
             dweight[j] = dweight_sum
             dbias[j] = dbias_sum
-
-    return Kernels(_ln_fwd_warp_per_row, _ln_fwd_block_per_row_shared,
-                   _ln_fwd_block_per_row_streaming, _ln_bwd_warp_per_row,
-                   _ln_bwd_block_per_row_shared, _ln_bwd_block_per_row_streaming,
-                   _ln_bwd_reduce_partials)
+    return _ln_bwd_reduce_partials
 
 
+# --------------------------------------------------------------------------
+# Assembly, plan, signatures
+# --------------------------------------------------------------------------
+
+class KernelSet(NamedTuple):
+    """The seven kernels for one compute type and one set of tunables, by factory name."""
+
+    forward1_warp_per_row: object
+    forward2_block_per_row_shared: object
+    forward3_block_per_row_streaming: object
+    backward1_warp_per_row: object
+    backward2_block_per_row_shared: object
+    backward3_block_per_row_streaming: object
+    reduce1_thread_per_column: object
+
+
+@functools.cache
+def build_kernel_set(compute_dtype, items, warp_threads, row_threads, fastmath):
+    """Assemble (once per configuration) the kernels for a compute dtype and a set of tunables.
+
+    Cheap: nothing is compiled here. Each kernel compiles on its first
+    launch, once per argument types (so once per storage dtype).
+
+    Parameters
+    ----------
+    compute_dtype : numpy.dtype
+        float32 (for float16 and float32 data) or float64.
+    items : int
+        Register-cached elements per thread of the warp-per-row kernels.
+    warp_threads, row_threads : int
+        Threads per block of the warp-per-row kernels, and the most threads
+        per block of the block-per-row kernels (static shared-memory sizes).
+    fastmath : bool
+        numba-cuda's ``fastmath`` flag.
+
+    Returns
+    -------
+    KernelSet
+        numba CUDA kernels, not yet compiled.
+    """
+    compute = _COMPUTE[np.dtype(compute_dtype)]
+    return KernelSet(
+        forward1_warp_per_row(compute, items, warp_threads, fastmath),
+        forward2_block_per_row_shared(compute, row_threads, fastmath),
+        forward3_block_per_row_streaming(compute, row_threads, fastmath),
+        backward1_warp_per_row(compute, items, warp_threads, fastmath),
+        backward2_block_per_row_shared(compute, row_threads, fastmath),
+        backward3_block_per_row_streaming(compute, row_threads, fastmath),
+        reduce1_thread_per_column(compute, fastmath))
+
+
+#: The row schedules; forward and backward kernel ``i + 1`` serve ``VARIANTS[i]``.
 VARIANTS = ("warp_per_row", "block_per_row_shared", "block_per_row_streaming")
 
 
 class Launch(NamedTuple):
-    """How one forward or backward call runs: the schedule and its launch configuration."""
+    """One kernel launch that :func:`plan` chose: the schedule, the kernel, its configuration."""
 
-    variant: str       #: one of ``VARIANTS``
-    grid: int          #: blocks (backward: also the number of partial rows)
-    block: int         #: threads per block
-    lanes: int         #: threads per row
-    shared_bytes: int  #: dynamic shared memory per block
-    kernels: Kernels   #: the kernel set built for these tunables
+    variant: str        #: one of ``VARIANTS``; ``"thread_per_column"`` for the reduction
+    grid: int           #: blocks (backward: also the number of partial rows)
+    block: int          #: threads per block
+    lanes: int          #: threads per row
+    shared_bytes: int   #: dynamic shared memory per block
+    kernel_name: str    #: the kernel's field in :class:`KernelSet` and key in :func:`signatures`
+    kernel: object      #: the numba CUDA kernel to launch
+    #: backward: the launch that sums the partial rows into dweight/dbias; None for forward
+    reduction: Optional["Launch"] = None
 
 
 def _next_pow2(value):
@@ -418,7 +482,7 @@ def _check_pow2(name, value, least):
 
 
 def plan(direction, rows, cols, compute_dtype):
-    """Choose the schedule and launch configuration for a call (the only place that does).
+    """Choose the kernel and launch configuration for a call (the only place that does).
 
     Parameters
     ----------
@@ -437,12 +501,21 @@ def plan(direction, rows, cols, compute_dtype):
         thread at most ``CUDA_WARP_ITEMS_PER_THREAD`` elements (at most
         ``CUDA_ROW_BLOCK_THREADS``), cached in shared memory when they fit
         ``CUDA_SHARED_CACHE_BYTES``, streamed otherwise. Backward grids are
-        capped at ``CUDA_BACKWARD_MAX_BLOCKS``.
+        capped at ``CUDA_BACKWARD_MAX_BLOCKS``, and ``reduction`` sums their
+        partial rows with ``CUDA_REDUCE_THREADS``-thread blocks.
 
     Raises
     ------
     ValueError
-        A block size in ``_config`` that is not a power of two >= 32.
+        A block size in ``_config`` that is not a power of two >= 32, or an
+        unknown ``direction``.
+
+    Examples
+    --------
+    >>> from numba_ln import gpu
+    >>> launch = gpu.plan("forward", 4, 300, "float32")
+    >>> launch.kernel_name, launch.grid, launch.block, launch.shared_bytes
+    ('forward2_block_per_row_shared', 4, 64, 1200)
     """
     items = _config.CUDA_WARP_ITEMS_PER_THREAD
     warp_threads = _config.CUDA_WARP_BLOCK_THREADS
@@ -451,8 +524,11 @@ def plan(direction, rows, cols, compute_dtype):
         raise ValueError(f"_config.CUDA_WARP_ITEMS_PER_THREAD must be >= 1, got {items}")
     _check_pow2("CUDA_WARP_BLOCK_THREADS", warp_threads, WARP_SIZE)
     _check_pow2("CUDA_ROW_BLOCK_THREADS", row_threads, WARP_SIZE)
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
     compute_dtype = np.dtype(compute_dtype)
-    kernel_set = kernels(compute_dtype, items, warp_threads, row_threads)
+    kernel_set = build_kernel_set(compute_dtype, items, warp_threads, row_threads,
+                                  _config.CUDA_FASTMATH)
     if cols <= WARP_SIZE * items:
         lanes = min(WARP_SIZE, _next_pow2(cols))
         block = warp_threads
@@ -467,16 +543,15 @@ def plan(direction, rows, cols, compute_dtype):
             variant, shared_bytes = "block_per_row_shared", cached
         else:
             variant, shared_bytes = "block_per_row_streaming", 0
+    kernel_name = f"{direction}{VARIANTS.index(variant) + 1}_{variant}"
+    reduction = None
     if direction == "backward":
         grid = min(grid, _config.CUDA_BACKWARD_MAX_BLOCKS)
-    elif direction != "forward":
-        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
-    return Launch(variant, grid, block, lanes, shared_bytes, kernel_set)
-
-
-def reduce_grid(cols):
-    """Blocks (of ``CUDA_REDUCE_THREADS``) for ``_ln_bwd_reduce_partials``."""
-    return -(-cols // _config.CUDA_REDUCE_THREADS)
+        reduce_threads = _config.CUDA_REDUCE_THREADS
+        reduction = Launch("thread_per_column", -(-cols // reduce_threads), reduce_threads, 1,
+                           0, "reduce1_thread_per_column", kernel_set.reduce1_thread_per_column)
+    return Launch(variant, grid, block, lanes, shared_bytes, kernel_name,
+                  getattr(kernel_set, kernel_name), reduction)
 
 
 def signatures(dtype, param_dtype=None):
@@ -496,11 +571,18 @@ def signatures(dtype, param_dtype=None):
     Returns
     -------
     dict of str to tuple
-        Kernel name (a field of :class:`Kernels`) to its numba argument types.
+        Kernel name (a field of :class:`KernelSet`) to its numba argument types.
+
+    Examples
+    --------
+    >>> from numba_ln import gpu
+    >>> partials, _, blocks, _, dweight, _ = gpu.signatures("float16")["reduce1_thread_per_column"]
+    >>> print(partials, blocks, dweight)
+    array(float32, 1d, C) int64 array(float16, 1d, C)
     """
     dtype = np.dtype(dtype)
     storage = from_dtype(dtype)
-    compute = float64 if dtype == np.float64 else float32
+    compute = _COMPUTE[_compute_dtype(dtype)]
     param = from_dtype(np.dtype(dtype if param_dtype is None else param_dtype))
     data, values = storage[::1], compute[::1]
     forward = (data, int64, values, values, boolean, boolean, data, int64, values, values,
@@ -508,11 +590,11 @@ def signatures(dtype, param_dtype=None):
     backward = (data, int64, data, int64, values, values, values, boolean, data, int64,
                 values, values, int64, int64)
     return {
-        "fwd_warp_per_row": forward + (int64,),
-        "fwd_block_per_row_shared": forward,
-        "fwd_block_per_row_streaming": forward,
-        "bwd_warp_per_row": backward + (int64,),
-        "bwd_block_per_row_shared": backward,
-        "bwd_block_per_row_streaming": backward,
-        "bwd_reduce_partials": (values, values, int64, int64, param[::1], param[::1]),
+        "forward1_warp_per_row": forward + (int64,),
+        "forward2_block_per_row_shared": forward,
+        "forward3_block_per_row_streaming": forward,
+        "backward1_warp_per_row": backward + (int64,),
+        "backward2_block_per_row_shared": backward,
+        "backward3_block_per_row_streaming": backward,
+        "reduce1_thread_per_column": (values, values, int64, int64, param[::1], param[::1]),
     }
