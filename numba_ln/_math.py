@@ -1,7 +1,7 @@
 """The per-element math of layer normalization, written once.
 
 These small ``@njit`` functions are the only place the formulas live. The CPU
-kernels (``cpu.py``) and the CUDA kernels (``cuda.py``) call the same
+kernels (``cpu.py``) and the CUDA kernels (``gpu.py``) call the same
 functions; the kernels only decide how rows map onto threads.
 
 Statistics use a *shifted* two-pass scheme. Pass one sums ``x - shift`` where
