@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test bench bench-deps bench-pytest bench-readme clean
+.PHONY: venv test test-python test-c-and-gpu bench bench-deps bench-pytest bench-readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,10 +16,21 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# The second run executes the GPU kernels under numba's CUDA simulator (the
-# first skips them unless a real GPU is present; it compiles them to PTX).
+# Two groups run side by side (-O prints each one's output when it is done).
+# The C and GPU group starts with the PTX checks, which compile no CPU kernel,
+# so the C tests find the CPU kernels in the cache the Python group fills; its
+# second run executes the GPU kernels under numba's CUDA simulator (the main
+# runs skip them unless a real GPU is present).
+C_AND_GPU_TESTS := tests/test_ptx.py tests/test_capi.py
+
 test: $(STAMP)
-	$(PY) -m pytest
+	@$(MAKE) --no-print-directory -j2 -O test-python test-c-and-gpu
+
+test-python: $(STAMP)
+	$(PY) -m pytest $(addprefix --ignore=,$(C_AND_GPU_TESTS))
+
+test-c-and-gpu: $(STAMP)
+	$(PY) -m pytest $(C_AND_GPU_TESTS)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/gpu
 
 # PyTorch is an optional competitor in the benchmarks: never a dependency, never

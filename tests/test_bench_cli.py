@@ -451,6 +451,10 @@ def test_cli_table_includes_capi_rows(fake_capi):
 # ----------------------------------------------------------------------------- the GPU rows
 
 SIMULATED_GPU_ROWS = """
+import sys
+
+sys.setswitchinterval(1e-4)  # simulated threads hand over the GIL at every barrier
+
 from bench import cases, competitors
 from bench.__main__ import main
 
