@@ -6,32 +6,41 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test test-python test-c-and-gpu bench bench-deps bench-pytest bench-readme clean
+.PHONY: venv test test-kernels test-c test-rest test-simulator bench bench-deps bench-pytest bench-readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e ".[test]"
+	$(PY) -m pip install --quiet "pip>=21.3"  # editable installs of a pyproject project
+	$(PY) -m pip install --quiet --no-compile -e ".[test]"  # bytecode as modules load
 	touch $(STAMP)
 
 venv: $(STAMP)
 
-# Two groups run side by side (-O prints each one's output when it is done).
-# The C and GPU group starts with the PTX checks, which compile no CPU kernel,
-# so the C tests find the CPU kernels in the cache the Python group fills; its
-# second run executes the GPU kernels under numba's CUDA simulator (the main
-# runs skip them unless a real GPU is present).
-C_AND_GPU_TESTS := tests/test_ptx.py tests/test_capi.py
+# Four groups, two at a time, in this order (-O prints each group's output when
+# it is done): a cold run is compilation, one core per process. The kernels'
+# tests go first and fill numba's cache for the groups after them; the C
+# group starts with the PTX checks, which compile no CPU kernel, so its C tests
+# load what the kernels' tests compiled. The simulator group runs the GPU
+# kernels under numba's CUDA simulator (the others skip them unless a real GPU
+# is present).
+KERNEL_TESTS := tests/test_backward.py tests/test_forward.py
+C_TESTS      := tests/test_ptx.py tests/test_capi.py
+GPU_TESTS    := tests/gpu
 
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 -O test-python test-c-and-gpu
+	@$(MAKE) --no-print-directory -j2 -O test-kernels test-c test-rest test-simulator
 
-test-python: $(STAMP)
-	$(PY) -m pytest $(addprefix --ignore=,$(C_AND_GPU_TESTS))
+test-kernels: $(STAMP)
+	$(PY) -m pytest $(KERNEL_TESTS)
 
-test-c-and-gpu: $(STAMP)
-	$(PY) -m pytest $(C_AND_GPU_TESTS)
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest tests/gpu
+test-c: $(STAMP)
+	$(PY) -m pytest $(C_TESTS)
+
+test-rest: $(STAMP)
+	$(PY) -m pytest $(addprefix --ignore=,$(KERNEL_TESTS) $(C_TESTS) $(GPU_TESTS))
+
+test-simulator: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(GPU_TESTS)
 
 # PyTorch is an optional competitor in the benchmarks: never a dependency, never
 # installed by `make test`. bench-deps tries once to install it and carries on

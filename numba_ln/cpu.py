@@ -238,7 +238,7 @@ def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset
     head = _line_head(y)
     _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd, head)
     start = head
-    tile = stage_elements(stage)
+    tile = np.int64(stage_elements(stage))  # int64 like every other count: one compilation
     while start + tile <= cols:
         _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
                    shift, offset, rstd, tile)
@@ -410,7 +410,7 @@ def _ln_bwd_dx(dy, x, mean, rstd, weight, has_weight, dx, sum_g, sum_gxhat, stag
         return
     start = _line_head(dx)
     _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, start)
-    tile = stage_elements(stage)
+    tile = np.int64(stage_elements(stage))  # int64 like every other count: one compilation
     while start + tile <= cols:
         _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight,
                         stage, mean_g, mean_gxhat, tile)
