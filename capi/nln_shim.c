@@ -98,8 +98,8 @@ static nln_status nln__fail_from_python(nln_status status, const char *fn)
 
 /* The compiled entry points. Their types, struct nln_runtime and the
  * X-macros NLN__SHARED_ENTRIES, NLN__PRECISION_ENTRIES and NLN__PRECISIONS
- * come from numba_ln._cabi.ENTRY_POINTS, written before this file by
- * capi/build.py. */
+ * (and NLN__PRECISION_KERNELS) come from numba_ln._cabi.ENTRY_POINTS and
+ * KERNELS, written before this file by capi/build.py. */
 static struct {
 #define NLN__FIELD(name) nln__##name##_fn name;
     NLN__SHARED_ENTRIES(NLN__FIELD)
@@ -107,12 +107,16 @@ static struct {
 } nln__shared;
 
 /* One precision: its element size, a stand-in for a NULL weight or bias (the
- * kernels are then told to ignore it), and its entry points. */
+ * kernels are then told to ignore it), its entry points, and the addresses of
+ * the compiled kernels they call (opaque to C). */
 struct nln__precision {
     size_t itemsize;
     const void *one;
 #define NLN__FIELD(name, suffix) nln__##name##_fn name;
     NLN__PRECISION_ENTRIES(NLN__FIELD, _)
+#undef NLN__FIELD
+#define NLN__FIELD(name, suffix) uintptr_t name;
+    NLN__PRECISION_KERNELS(NLN__FIELD, _)
 #undef NLN__FIELD
 };
 
@@ -240,11 +244,16 @@ static void nln__load(void)
 #define NLN__BIND(name, suffix)                                                         \
     nln__##suffix.name = (nln__##name##_fn)runtime.name##_##suffix;                    \
     missing |= !runtime.name##_##suffix;
-#define NLN__BIND_PRECISION(suffix, T) NLN__PRECISION_ENTRIES(NLN__BIND, suffix)
+#define NLN__BIND_KERNEL(name, suffix)                                                  \
+    nln__##suffix.name = runtime.name##_##suffix;                                      \
+    missing |= !runtime.name##_##suffix;
+#define NLN__BIND_PRECISION(suffix, T)                                                  \
+    NLN__PRECISION_ENTRIES(NLN__BIND, suffix) NLN__PRECISION_KERNELS(NLN__BIND_KERNEL, suffix)
     NLN__SHARED_ENTRIES(NLN__BIND_SHARED)
     NLN__PRECISIONS(NLN__BIND_PRECISION)
 #undef NLN__BIND_SHARED
 #undef NLN__BIND
+#undef NLN__BIND_KERNEL
 #undef NLN__BIND_PRECISION
     if (missing) {
         nln__init_failed("%s", nln__error[0] ? nln__error
@@ -754,7 +763,8 @@ static int nln__forward_task(void *args, int64_t task)
     size_t size = a->p->itemsize;
     int64_t first = task * a->task_rows;
     int64_t stop = first + a->task_rows < a->rows ? first + a->task_rows : a->rows;
-    return a->p->forward(nln__at(a->x, first * a->ldx, size), a->ldx, a->weight, a->bias,
+    return a->p->forward(a->stream ? a->p->forward_rows_streaming : a->p->forward_rows,
+                         nln__at(a->x, first * a->ldx, size), a->ldx, a->weight, a->bias,
                          a->has_weight, a->has_bias, (void *)nln__at(a->y, first * a->ldy, size),
                          a->ldy, (void *)nln__at(a->mean, first, size),
                          (void *)nln__at(a->rstd, first, size), a->mean != NULL,
@@ -795,7 +805,8 @@ struct nln__backward_args {
 static int nln__backward_task(void *args, int64_t block)
 {
     const struct nln__backward_args *a = args;
-    return a->p->backward_blocks(a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,
+    return a->p->backward_blocks(a->wide ? a->p->backward_rows_wide : a->p->backward_rows,
+                                 a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,
                                  a->has_weight, a->dx, a->lddx, a->dweight_part,
                                  a->dbias_part, a->rows, a->cols, a->block_rows, block,
                                  block + 1, a->wide, a->stream) != NLN_ENTRY_OK;
@@ -809,11 +820,11 @@ static int nln__reduce_task(void *args, int64_t chunk)
     int64_t stop = first + a->reduce_cols < a->cols ? first + a->reduce_cols : a->cols;
     int failed = 0;
     if (a->dweight)
-        failed |= a->p->reduce(a->dweight_part, a->blocks, a->cols, a->dweight, first,
-                               stop) != NLN_ENTRY_OK;
+        failed |= a->p->reduce(a->p->block_sums, a->dweight_part, a->blocks, a->cols,
+                               a->dweight, first, stop) != NLN_ENTRY_OK;
     if (a->dbias)
-        failed |= a->p->reduce(a->dbias_part, a->blocks, a->cols, a->dbias, first,
-                               stop) != NLN_ENTRY_OK;
+        failed |= a->p->reduce(a->p->block_sums, a->dbias_part, a->blocks, a->cols,
+                               a->dbias, first, stop) != NLN_ENTRY_OK;
     return failed;
 }
 

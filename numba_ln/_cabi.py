@@ -1,9 +1,11 @@
 """The C library's compiled entry points, listed once, and its GPU glue.
 
 ``libnumba_ln.so`` (built by ``capi/build.py``) checks every argument in C,
-then calls compiled code through the function pointers of
-:func:`entry_points`: numba ``@cfunc`` wrappers around ``numba_ln.cpu``'s
-kernels (``ln_fwd_rows``, ``ln_bwd_blocks``, ``ln_bwd_reduce``), its
+then calls compiled code through the addresses :func:`entry_points` gives:
+``numba_ln.cpu``'s kernels (``ln_fwd_rows``, ``ln_bwd_blocks``,
+``ln_bwd_reduce``, each variant compiled for the precision's arrays), small
+numba ``@cfunc`` adapters that turn C pointers into the kernels' arrays and
+call the kernel whose address the C side hands them, the
 :func:`~numba_ln.cpu.plan` and the ``eps`` rule. For a threaded call (the
 plan says so) the C side runs the kernels on a fork-safe thread pool of its
 own, in the plan's tasks, instead of numba's parallel launcher, which takes
@@ -12,12 +14,14 @@ never executes Python and never takes the GIL. If a kernel raises (an
 allocation failure), numba takes the GIL to print the error and the entry
 point returns 0.
 
-:data:`ENTRY_POINTS` is the one list of them. ``capi/build.py`` writes the
-shim's function-pointer types, its ``struct nln_runtime`` and the X-macros
-its per-precision table is built with (:func:`c_declarations`); the
-``@cfunc`` signatures are parsed from the same C parameter lists.
+:data:`ENTRY_POINTS` and :data:`KERNELS` are the one list of them.
+``capi/build.py`` writes the shim's function-pointer types, its ``struct
+nln_runtime`` and the X-macros its per-precision table is built with
+(:func:`c_declarations`); the ``@cfunc`` signatures are parsed from the same
+C parameter lists. An adapter calls its kernel by address, not by linking
+it, so each is compiled in a fraction of a second.
 
-The entry points see raw pointers. Each buffer becomes a 1-D array of
+The adapters see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
 kernels take. The C side replaces a NULL ``weight``/``bias`` with a pointer
 to one element and clears the matching ``has_*`` flag; a NULL ``mean`` or
@@ -33,7 +37,7 @@ import inspect
 import numpy as np
 from numba import carray, njit, types
 
-from . import cpu  # first: it empties numba's cache if a kernel source changed
+from . import _native, cpu  # cpu first: it empties numba's cache if a kernel source changed
 from ._cache import cfunc
 from ._validate import eps_fault as _eps_rule
 
@@ -43,29 +47,44 @@ OK = 1
 #: The C library's compiled entry points: ``(name, C result, C parameters,
 #: one per precision)``. A per-precision entry ``forward`` is exported as
 #: ``forward_f32`` and ``forward_f64``; data pointers are ``void *`` so that
-#: one C body serves both precisions.
+#: one C body serves both precisions. ``kernel`` is one of :data:`KERNELS`.
 ENTRY_POINTS = (
     ("plan", "int32_t", "int32_t backward, int64_t rows, int64_t cols, int64_t itemsize, "
                         "int64_t *fields", False),
     ("eps_fault", "int32_t", "double eps", False),
-    ("forward", "int32_t", "const void *x, int64_t ldx, const void *weight, const void *bias, "
-                           "int32_t has_weight, int32_t has_bias, void *y, int64_t ldy, "
-                           "void *mean, void *rstd, int32_t has_mean, int32_t has_rstd, "
-                           "int64_t rows, int64_t cols, double eps, int32_t stream", True),
+    ("forward", "int32_t",
+     "uintptr_t kernel, const void *x, int64_t ldx, const void *weight, const void *bias, "
+     "int32_t has_weight, int32_t has_bias, void *y, int64_t ldy, void *mean, void *rstd, "
+     "int32_t has_mean, int32_t has_rstd, int64_t rows, int64_t cols, double eps, "
+     "int32_t stream", True),
     ("backward_blocks", "int32_t",
-     "const void *dy, int64_t lddy, const void *x, int64_t ldx, const void *mean, "
-     "const void *rstd, const void *weight, int32_t has_weight, void *dx, int64_t lddx, "
-     "void *dweight_part, void *dbias_part, int64_t rows, int64_t cols, int64_t block_rows, "
-     "int64_t first_block, int64_t stop_block, int32_t wide, int32_t stream", True),
-    ("reduce", "int32_t", "const void *part, int64_t blocks, int64_t cols, void *out, "
-                          "int64_t first_col, int64_t stop_col", True),
+     "uintptr_t kernel, const void *dy, int64_t lddy, const void *x, int64_t ldx, "
+     "const void *mean, const void *rstd, const void *weight, int32_t has_weight, void *dx, "
+     "int64_t lddx, void *dweight_part, void *dbias_part, int64_t rows, int64_t cols, "
+     "int64_t block_rows, int64_t first_block, int64_t stop_block, int32_t wide, "
+     "int32_t stream", True),
+    ("reduce", "int32_t", "uintptr_t kernel, const void *part, int64_t blocks, int64_t cols, "
+                          "void *out, int64_t first_col, int64_t stop_col", True),
+)
+
+#: The kernels the C side hands to the per-precision entry points, by the
+#: address of their machine code: ``(name, entry point, variant)``. The
+#: variant picks ``stage``'s type (``numba_ln.cpu``): ``None``, or an array
+#: (streaming stores; for the backward, wide rows).
+KERNELS = (
+    ("forward_rows", "forward", None),
+    ("forward_rows_streaming", "forward", "stage"),
+    ("backward_rows", "backward_blocks", None),
+    ("backward_rows_wide", "backward_blocks", "stage"),
+    ("block_sums", "reduce", None),
 )
 
 #: The C library's precisions: ``(suffix, C type, NumPy dtype)``.
 PRECISIONS = (("f32", "float", np.float32), ("f64", "double", np.float64))
 
-_C_TYPES = {"int32_t": types.int32, "int64_t": types.int64, "double": types.float64,
-            "void *": types.voidptr, "int64_t *": types.CPointer(types.int64)}
+_C_TYPES = {"int32_t": types.int32, "int64_t": types.int64, "uintptr_t": types.uintp,
+            "double": types.float64, "void *": types.voidptr,
+            "int64_t *": types.CPointer(types.int64)}
 
 
 def _parameters(text):
@@ -90,18 +109,19 @@ def c_declarations():
     str
         A function-pointer type ``nln__NAME_fn`` per entry point, ``struct
         nln__plan`` (the fields of :data:`numba_ln.cpu.PLAN_FIELDS`),
-        ``struct nln_runtime`` (one address per exported entry point, the
-        struct the Python side fills in) and the X-macros
-        ``NLN__SHARED_ENTRIES(X)``, ``NLN__PRECISION_ENTRIES(X, suffix)`` and
+        ``struct nln_runtime`` (one address per name of
+        :func:`exported_names`, the struct the Python side fills in) and the
+        X-macros ``NLN__SHARED_ENTRIES(X)``, ``NLN__PRECISION_ENTRIES(X,
+        suffix)``, ``NLN__PRECISION_KERNELS(X, suffix)`` and
         ``NLN__PRECISIONS(X)`` (``X(suffix, C type)``).
 
     Examples
     --------
     >>> from numba_ln import _cabi
-    >>> print(_cabi.c_declarations().splitlines()[1])
-    typedef int32_t (*nln__plan_fn)(int32_t backward, int64_t rows, int64_t cols, int64_t itemsize, int64_t *fields);
+    >>> print(_cabi.c_declarations().splitlines()[2])
+    typedef int32_t (*nln__eps_fault_fn)(double eps);
     """
-    lines = ["/* Written by capi/build.py from numba_ln._cabi.ENTRY_POINTS. */"]
+    lines = ["/* Written by capi/build.py from numba_ln._cabi.ENTRY_POINTS and KERNELS. */"]
     for name, result, parameters, _ in ENTRY_POINTS:
         lines.append(f"typedef {result} (*nln__{name}_fn)({parameters});")
     lines.append("struct nln__plan {")
@@ -115,23 +135,43 @@ def c_declarations():
     lines.append(f"#define NLN__SHARED_ENTRIES(X) {shared}")
     each = " ".join(f"X({name}, suffix)" for name, _, _, each in ENTRY_POINTS if each)
     lines.append(f"#define NLN__PRECISION_ENTRIES(X, suffix) {each}")
+    kernels = " ".join(f"X({name}, suffix)" for name, _, _ in KERNELS)
+    lines.append(f"#define NLN__PRECISION_KERNELS(X, suffix) {kernels}")
     precisions = " ".join(f"X({suffix}, {ctype})" for suffix, ctype, _ in PRECISIONS)
     lines.append(f"#define NLN__PRECISIONS(X) {precisions}")
     return "\n".join(lines) + "\n"
 
 
 def exported_names():
-    """The name of every compiled entry point the C library loads, in table order.
+    """The name of every address the C library loads, in table order: the ``@cfunc``
+    entry points (:func:`entry_point_names`), then the kernels they call.
 
     Examples
     --------
     >>> from numba_ln import _cabi
     >>> _cabi.exported_names()[:4]
     ['plan', 'eps_fault', 'forward_f32', 'forward_f64']
+    >>> _cabi.exported_names()[-1]
+    'block_sums_f64'
     """
-    return [f"{name}_{suffix}" if each else name
-            for name, _, _, each in ENTRY_POINTS
-            for suffix in ([s for s, _, _ in PRECISIONS] if each else [""])]
+    suffixes = [suffix for suffix, _, _ in PRECISIONS]
+    return entry_point_names() + [f"{name}_{suffix}" for name, _, _ in KERNELS
+                                  for suffix in suffixes]
+
+
+def entry_point_names():
+    """The names of the ``@cfunc`` entry points, in table order.
+
+    Examples
+    --------
+    >>> from numba_ln import _cabi
+    >>> _cabi.entry_point_names()[-2:]
+    ['reduce_f32', 'reduce_f64']
+    """
+    suffixes = [suffix for suffix, _, _ in PRECISIONS]
+    names = [name for name, _, _, each in ENTRY_POINTS if not each]
+    return names + [f"{name}_{suffix}" for name, _, _, each in ENTRY_POINTS if each
+                    for suffix in suffixes]
 
 
 @njit(inline="always")
@@ -160,7 +200,7 @@ def _eps_fault():
 
 
 def _forward(dtype):
-    def forward(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+    def forward(kernel, x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
                 has_mean, has_rstd, rows, cols, eps, stream):
         x_buf = _rows(x, rows, ldx, cols, dtype)
         y_buf = _rows(y, rows, ldy, cols, dtype)
@@ -169,49 +209,42 @@ def _forward(dtype):
         mean_buf = carray(mean, rows, dtype) if has_mean else np.empty(0, dtype)
         rstd_buf = carray(rstd, rows, dtype) if has_rstd else np.empty(0, dtype)
         if stream:
-            stage = np.empty(cpu.stage_elements(y_buf), dtype)
-            cpu.ln_fwd_rows(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
-                            mean_buf, rstd_buf, rows, cols, eps, stage)
+            _native.call(kernel, (x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf,
+                                  ldy, mean_buf, rstd_buf, rows, cols, eps,
+                                  np.empty(cpu.stage_elements(y_buf), dtype)))
         else:
-            cpu.ln_fwd_rows(x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf, ldy,
-                            mean_buf, rstd_buf, rows, cols, eps, None)
+            _native.call(kernel, (x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf,
+                                  ldy, mean_buf, rstd_buf, rows, cols, eps, None))
         return OK
     return forward
 
 
 def _backward_blocks(dtype):
-    def backward_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+    def backward_blocks(kernel, dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                         dweight_part, dbias_part, rows, cols, block_rows, first_block,
                         stop_block, wide, stream):
         blocks = (rows + block_rows - 1) // block_rows
-        dy_buf = _rows(dy, rows, lddy, cols, dtype)
-        x_buf = _rows(x, rows, ldx, cols, dtype)
         dx_buf = _rows(dx, rows, lddx, cols, dtype)
-        mean_buf = carray(mean, rows, dtype)
-        rstd_buf = carray(rstd, rows, dtype)
-        w = carray(weight, cols if has_weight else 1, dtype)
-        dweight_parts = carray(dweight_part, (blocks, cols), dtype)
-        dbias_parts = carray(dbias_part, (blocks, cols), dtype)
         no_sums = np.empty(0, dtype)  # the C side sums the blocks with `reduce`
+        arrays = (_rows(dy, rows, lddy, cols, dtype), lddy, _rows(x, rows, ldx, cols, dtype),
+                  ldx, carray(mean, rows, dtype), carray(rstd, rows, dtype),
+                  carray(weight, cols if has_weight else 1, dtype), has_weight != 0, dx_buf,
+                  lddx, carray(dweight_part, (blocks, cols), dtype),
+                  carray(dbias_part, (blocks, cols), dtype), no_sums, no_sums, rows, cols,
+                  block_rows, first_block, stop_block)
         if wide:
             stage = np.empty(cpu.stage_elements(dx_buf) if stream else 0, dtype)
-            cpu.ln_bwd_blocks(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w,
-                              has_weight != 0, dx_buf, lddx, dweight_parts, dbias_parts,
-                              no_sums, no_sums, rows, cols, block_rows, first_block,
-                              stop_block, stage)
+            _native.call(kernel, arrays + (stage,))
         else:
-            cpu.ln_bwd_blocks(dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w,
-                              has_weight != 0, dx_buf, lddx, dweight_parts, dbias_parts,
-                              no_sums, no_sums, rows, cols, block_rows, first_block,
-                              stop_block, None)
+            _native.call(kernel, arrays + (None,))
         return OK
     return backward_blocks
 
 
 def _reduce(dtype):
-    def reduce(part, blocks, cols, out, first_col, stop_col):
-        cpu.ln_bwd_reduce(carray(part, (blocks, cols), dtype), carray(out, cols, dtype),
-                          first_col, stop_col)
+    def reduce(kernel, part, blocks, cols, out, first_col, stop_col):
+        _native.call(kernel, (carray(part, (blocks, cols), dtype), carray(out, cols, dtype),
+                              first_col, stop_col))
         return OK
     return reduce
 
@@ -232,13 +265,23 @@ def _compile(name, result, parameters, dtype=None, suffix=""):
     return cfunc(_signature(result, parameters))(python)
 
 
+def _kernel_address(entry, variant, dtype):
+    """The address of the kernel an entry point of ``dtype`` calls, in one variant."""
+    stage = None if variant is None else np.empty(0, dtype)
+    if entry == "forward":
+        return cpu.rows_kernel(np.dtype(dtype), np.dtype(dtype), stage)
+    blocks, block_sums = cpu.blocks_kernel(np.dtype(dtype), np.dtype(dtype), stage)
+    return blocks if entry == "backward_blocks" else block_sums
+
+
 def entry_points():
-    """The addresses of the compiled CPU entry points, compiling (or loading) them once.
+    """The addresses the C library calls, compiling (or loading) them once.
 
     Returns
     -------
     dict of str to int
-        C function pointers, keyed by :func:`exported_names`.
+        Keyed by :func:`exported_names`: the ``@cfunc`` entry points (C
+        function pointers) and the kernels they call.
 
     Examples
     --------
@@ -254,7 +297,11 @@ def entry_points():
                                                              dtype, suffix)
             else:
                 _compiled[name] = _compile(name, result, parameters)
-    return {name: _compiled[name].address for name in exported_names()}
+    addresses = {name: entry.address for name, entry in _compiled.items()}
+    for name, entry, variant in KERNELS:
+        for suffix, _, dtype in PRECISIONS:
+            addresses[f"{name}_{suffix}"] = _kernel_address(entry, variant, dtype)
+    return {name: addresses[name] for name in exported_names()}
 
 
 # --------------------------------------------------------------------------- GPU

@@ -303,7 +303,11 @@ def ln_fwd_parallel(rows_kernel, x, ldx, weight, bias, has_weight, has_bias, y, 
 
 
 def rows_kernel(storage, compute, stage):
-    """The address of ``ln_fwd_rows`` as ``ln_fwd_parallel`` calls it, for these dtypes."""
+    """The address of ``ln_fwd_rows`` for writable, aligned arrays of these dtypes.
+
+    What ``ln_fwd_parallel`` and the C library call; ``stage`` picks the
+    variant (``None`` or an array).
+    """
     array = _native.array
     stage_type = types.none if stage is None else array(storage)
     return _native.address(ln_fwd_rows, (
@@ -506,7 +510,11 @@ def ln_bwd_parallel(blocks_kernel, reduce_kernel, dy, lddy, x, ldx, mean, rstd, 
 
 
 def blocks_kernel(storage, compute, stage):
-    """The addresses of ``ln_bwd_blocks`` and ``ln_bwd_reduce`` as ``ln_bwd_parallel`` calls them."""
+    """The addresses of ``ln_bwd_blocks`` and ``ln_bwd_reduce`` for writable, aligned arrays.
+
+    What ``ln_bwd_parallel`` and the C library call; ``stage`` picks the
+    variant of ``ln_bwd_blocks`` (``None`` or an array).
+    """
     array, int64 = _native.array, types.int64
     stage_type = types.none if stage is None else array(storage)
     blocks = _native.address(ln_bwd_blocks, (

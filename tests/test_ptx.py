@@ -10,6 +10,7 @@ exact argument types of ``numba_ln.gpu.signatures``.
 ``python tests/test_ptx.py`` prints the register table of docs/gpu.md.
 """
 
+import functools
 import importlib.util
 import pathlib
 import re
@@ -57,17 +58,41 @@ def shipped_kernel(dtype, kernel):
     return getattr(kernel_set, kernel)
 
 
-def assemble(dtype, kernel, cc, ptxas, workdir):
-    """Compile one kernel to PTX for ``cc``, assemble it; return ptxas's numbers."""
+@functools.lru_cache(maxsize=None)
+def _library(dtype, kernel):
+    """One kernel typed and lowered once, for NVVM to compile per architecture; None
+    where numba-cuda lacks the internal function (``ptx`` then compiles from scratch)."""
+    try:
+        from numba.cuda.compiler import _compile_pyfunc_with_fixup
+    except ImportError:
+        return None
+    from numba_ln import _config, gpu
+    library, _ = _compile_pyfunc_with_fixup(
+        shipped_kernel(dtype, kernel).py_func, gpu.signatures(dtype)[kernel], device=False,
+        fastmath=_config.CUDA_FASTMATH, cc=ARCHES[0], abi="numba")
+    return library
+
+
+def ptx(dtype, kernel, cc):
+    """The PTX of one shipped kernel for compute capability ``cc``."""
+    library = _library(dtype, kernel)
+    if library is not None:
+        (code,) = library.get_asm_strs(cc=cc)
+        return code
     from numba import cuda
 
     from numba_ln import _config, gpu
-    signature = gpu.signatures(dtype)[kernel]
-    ptx, _ = cuda.compile_ptx(shipped_kernel(dtype, kernel).py_func, signature, cc=cc,
-                              fastmath=_config.CUDA_FASTMATH)
+    code, _ = cuda.compile_ptx(shipped_kernel(dtype, kernel).py_func,
+                               gpu.signatures(dtype)[kernel], cc=cc,
+                               fastmath=_config.CUDA_FASTMATH)
+    return code
+
+
+def assemble(dtype, kernel, cc, ptxas, workdir):
+    """Compile one kernel to PTX for ``cc``, assemble it; return ptxas's numbers."""
     arch = f"sm_{cc[0]}{cc[1]}"
     source = pathlib.Path(workdir, f"{kernel}_{dtype}_{arch}.ptx")
-    source.write_text(ptx)
+    source.write_text(ptx(dtype, kernel, cc))
     run = subprocess.run([str(ptxas), "-v", f"-arch={arch}", str(source), "-o", "/dev/null"],
                          capture_output=True, text=True, check=True)
     usage = _USAGE.findall(run.stderr)
