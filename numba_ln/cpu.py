@@ -154,6 +154,12 @@ def _own_stage_impl(stage):
 
 
 @_piece
+def _smaller(a, b):
+    """``min(a, b)`` of two integers, without compiling numba's generic ``min``."""
+    return a if a < b else b
+
+
+@_piece
 def _line_head(y):
     """Elements of ``y`` before its first 64-byte boundary.
 
@@ -164,7 +170,7 @@ def _line_head(y):
     address = y.ctypes.data
     if address % size:
         return y.shape[0]
-    return min(y.shape[0], (-address % LINE_BYTES) // size)
+    return _smaller(y.shape[0], (-address % LINE_BYTES) // size)
 
 
 @_piece
@@ -273,7 +279,7 @@ def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, 
             _normalize(x_row, y_row, weight, bias, has_weight, has_bias, shift, offset,
                        row_rstd, cols)
         else:
-            ahead = min(r + 1, rows - 1) * ldx
+            ahead = _smaller(r + 1, rows - 1) * ldx
             _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, shift,
                                  offset, row_rstd, stage, x[ahead:ahead + cols])
         if keep_mean:
@@ -295,7 +301,7 @@ def ln_fwd_parallel(rows_kernel, x, ldx, weight, bias, has_weight, has_bias, y, 
     as_mutable = _native.as_mutable
     for task in prange(tasks):
         first = task * task_rows
-        count = min(rows, first + task_rows) - first
+        count = _smaller(rows, first + task_rows) - first
         _native.call(rows_kernel, (
             as_mutable(x[first * ldx:]), ldx, as_mutable(weight), as_mutable(bias),
             has_weight, has_bias, y[first * ldy:], ldy, mean[first:], rstd[first:], count,
@@ -455,7 +461,7 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
         dweight_acc[:] = 0
         dbias_acc[:] = 0
         r = block * block_rows
-        stop = min(rows, r + block_rows)
+        stop = _smaller(rows, r + block_rows)
         if stage is not None:
             while r + 1 < stop:
                 s = r + 1
@@ -485,28 +491,31 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
 
 
 @_parallel_kernel
-def ln_bwd_parallel(blocks_kernel, reduce_kernel, dy, lddy, x, ldx, mean, rstd, weight,
-                    has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias, rows,
-                    cols, block_rows, stage, reduce_cols):
-    """Backward pass: blocks across threads, then the block sums, columns across threads.
+def ln_bwd_parallel(blocks_kernel, reduce_kernel, phase, tasks, dy, lddy, x, ldx, mean, rstd,
+                    weight, has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias,
+                    rows, cols, block_rows, stage, reduce_cols):
+    """One phase of a threaded backward pass, ``tasks`` tasks across threads.
 
-    The blocks and the sums are the compiled ``ln_bwd_blocks`` and
-    ``ln_bwd_reduce``, called at the addresses :func:`blocks_kernel` gives.
+    Phase 0: the blocks (``ln_bwd_blocks``), one per task. Phase 1: the
+    blocks' sums (``ln_bwd_reduce``), ``reduce_cols`` columns per task. The
+    two are one kernel, launched twice, so numba builds one parallel loop.
+    The kernels are called at the addresses :func:`blocks_kernel` gives.
     """
     as_mutable = _native.as_mutable
     dy, x, mean, rstd, weight = (as_mutable(dy), as_mutable(x), as_mutable(mean),
                                  as_mutable(rstd), as_mutable(weight))
-    for block in prange(dweight_part.shape[0]):
-        first = np.int64(block)
-        _native.call(blocks_kernel, (
-            dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
-            dbias_part, dweight[:0], dbias[:0], rows, cols, block_rows, first, first + 1,
-            own_stage(stage)))
-    for chunk in prange((cols + reduce_cols - 1) // reduce_cols):
-        first = np.int64(chunk) * reduce_cols
-        stop = min(cols, first + reduce_cols)
-        _native.call(reduce_kernel, (dweight_part, dweight, first, stop))
-        _native.call(reduce_kernel, (dbias_part, dbias, first, stop))
+    for task in prange(tasks):
+        first = np.int64(task)
+        if phase == 0:
+            _native.call(blocks_kernel, (
+                dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
+                dbias_part, dweight[:0], dbias[:0], rows, cols, block_rows, first,
+                first + 1, own_stage(stage)))
+        else:
+            first_col = first * reduce_cols
+            stop_col = _smaller(cols, first_col + reduce_cols)
+            _native.call(reduce_kernel, (dweight_part, dweight, first_col, stop_col))
+            _native.call(reduce_kernel, (dbias_part, dbias, first_col, stop_col))
 
 
 def blocks_kernel(storage, compute, stage):
@@ -539,9 +548,11 @@ def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
     if threaded and _threading.parallel_allowed():
-        ln_bwd_parallel(*blocks_kernel(dx.dtype, dweight.dtype, stage), dy, lddy, x, ldx, mean,
-                        rstd, weight, has_weight, dx, lddx, dweight_part, dbias_part, dweight,
-                        dbias, rows, cols, block_rows, stage, reduce_cols)
+        kernels = blocks_kernel(dx.dtype, dweight.dtype, stage)
+        for phase, tasks in ((0, blocks), (1, (cols + reduce_cols - 1) // reduce_cols)):
+            ln_bwd_parallel(*kernels, phase, tasks, dy, lddy, x, ldx, mean, rstd, weight,
+                            has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias,
+                            rows, cols, block_rows, stage, reduce_cols)
     else:
         ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                       dweight_part, dbias_part, dweight, dbias, rows, cols, block_rows, 0,
