@@ -281,13 +281,9 @@ def entry_points():
     -------
     dict of str to int
         Keyed by :func:`exported_names`: the ``@cfunc`` entry points (C
-        function pointers) and the kernels they call.
-
-    Examples
-    --------
-    >>> from numba_ln import _cabi
-    >>> list(_cabi.entry_points()) == _cabi.exported_names()
-    True
+        function pointers) and the kernels they call. ``embedded_init.py``
+        stores them in the C library's ``struct nln_runtime``;
+        ``tests/test_capi.py`` calls one through ctypes.
     """
     if not _compiled:
         for name, result, parameters, each in ENTRY_POINTS:

@@ -13,62 +13,39 @@ import os
 #: NaN in a row still turns that row -- and only that row -- into NaN.
 FASTMATH = {"reassoc", "contract"}
 
-#: Below this many elements (rows * cols) the serial CPU kernel runs: the
-#: parallel launch costs a few microseconds, more than it saves on small work.
+#: Calls of at most this many elements (rows * cols) run on the calling
+#: thread: a parallel launch costs more than it saves on less work.
 SERIAL_MAX_ELEMENTS = 1 << 15
 
-#: The parallel forward kernel splits the rows into this many contiguous chunks
-#: (fewer for fewer rows) and threads take them in order: enough to balance
-#: 256 threads, few enough that a chunk is many rows. A constant, because a
-#: kernel that read the thread count could not be cached.
+#: A threaded forward cuts its rows into at most this many contiguous chunks:
+#: enough to balance 256 threads, and a constant so that the kernels cache.
 FORWARD_CHUNKS = 256
 
-#: A forward whose output has at least this many bytes writes it with
-#: non-temporal (streaming) stores: each 64-byte line goes to memory without
-#: first being read into the cache and without evicting the input rows the
-#: kernel is still working on. On the development machine (2 cores, 32 MiB
-#: L3), interleaved with the copy roofline: float32 (65536, 1024) 0.74 -> 1.1,
-#: (16384, 4096) 0.68 -> 0.9, (131072, 512) 0.78 -> 0.94; float64 (65536,
-#: 1024) 0.74 -> 0.94. At 4 MiB outputs the two were level and below that
-#: ordinary stores win, as they leave ``y`` in cache for whatever reads it
-#: next. The results are bit-identical either way (``cpu.streams_output``).
+#: Outputs of at least this many bytes are written with streaming stores,
+#: which neither read ``y`` into the cache nor evict the rows in use; smaller
+#: ones stay in cache for whoever reads them next (bench/NOTES.md).
 STREAM_MIN_BYTES = 16 << 20
 
-#: float16 outputs stream only from this many columns. Streamed float16 rows
-#: prefetch the next row while writing (``cpu._normalize_streaming``); with
-#: that, on 2 threads, (65536, 1024) went 0.94 -> 1.04 of the roofline
-#: (median of 30 interleaved rounds) and (32768, 2048) 0.79 -> 1.11, while
-#: (32768, 768) lost (0.75 -> 0.65): a 768-column row is one staging tile and
-#: a ragged half, and its arithmetic, not memory, is the limit there.
+#: float16 forwards stream only rows this wide: narrower ones are limited by
+#: their arithmetic, not by memory (bench/NOTES.md).
 STREAM_MIN_HALF_COLS = 1024
 
-#: Bytes of the small staging row a streaming forward fills (in cache) before
-#: copying it out with non-temporal stores. Short tiles keep the streaming
-#: stores flowing while the next tile is computed (4 KiB tiles measured
-#: 10-20 % slower than 1 KiB ones).
+#: Bytes of the staging row a streaming pass fills in cache before writing it
+#: out: short tiles keep the streaming stores flowing.
 STREAM_STAGE_BYTES = 1024
 
-#: The backward pass sums ``dweight``/``dbias`` over fixed blocks of rows, then
-#: sums the blocks in order: rows are split into at most this many blocks of
-#: equal size. The partition depends only on the shape, never on the thread
-#: count, so the result is bit-identical whatever ``numba.set_num_threads``
-#: says. 64 blocks keep up to 64 threads busy while the partial rows stay
-#: small next to the data (64 * cols elements each for dweight and dbias).
+#: A backward sums ``dweight``/``dbias`` over at most this many fixed blocks of
+#: rows, then adds the blocks in order. The partition depends on the shape
+#: alone, so the bits never depend on the thread count.
 BACKWARD_BLOCKS = 64
 
-#: Backward rows at least this long are "wide": pass one takes them in pairs
-#: (each load of ``weight`` and of the partial ``dweight``/``dbias``, from L2
-#: at this width, serves two rows), and large outputs of them write ``dx``
-#: with streaming stores (``cpu.streams_input_gradient``). On the development
-#: machine, float32, in one process against the same roofline: (16384, 4096)
-#: 0.69 -> 0.83-0.85 (pairs alone 0.74, streaming alone 0.62-0.74); (32768,
-#: 2048) 0.71 -> 0.77 with streaming. Narrower rows lost: (65536, 1024) with
-#: both, 20.6-32.5 GB/s against 16.7-33.8 in five A/B runs, no clear winner,
-#: and streaming alone 0.79 -> 0.67; (131072, 512) 23-26 against 33-34 GB/s.
+#: Backward rows at least this wide take pass one in pairs (one load of
+#: ``weight`` and of the partial sums serves two rows) and may stream ``dx``;
+#: narrower rows lost with either (bench/NOTES.md).
 BACKWARD_WIDE_COLS = 2048
 
 #: Columns each task sums when a threaded backward adds up its blocks' partial
-#: ``dweight``/``dbias`` rows: a few KiB of each partial row per task.
+#: ``dweight``/``dbias`` rows.
 BACKWARD_REDUCE_COLS = 512
 
 #: numba's on-disk cache of compiled kernels. Off with NUMBA_LN_NO_CACHE=1
