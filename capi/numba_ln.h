@@ -7,9 +7,10 @@
  * Python and no environment variables. The first call (or nln_init()) starts
  * that interpreter and loads the compiled kernels; after that, CPU calls run
  * compiled code only: they never execute Python and never take the
- * interpreter's lock (GIL). Calls of more than 32768 elements (rows * cols)
- * run on the library's own threads (see OMP_NUM_THREADS below), in a fixed
- * schedule: results do not depend on the thread count. The library is
+ * interpreter's lock (GIL). Large calls -- numba-ln's one plan decides which,
+ * for this library and its Python API alike -- run on the library's own
+ * threads (see OMP_NUM_THREADS below), in a fixed schedule: results do not
+ * depend on the thread count. The library is
  * fork-safe: a child may call it at any time after a fork(), even one made
  * while another thread was inside a call. From a Python program, threads may
  * call with or without the GIL (ctypes.CDLL releases it, ctypes.PyDLL keeps
