@@ -6,7 +6,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: venv test test-kernels test-c test-rest test-simulator bench bench-deps bench-pytest bench-readme clean
+.PHONY: venv test test-kernels test-ptx test-simulator test-rest test-c bench bench-deps bench-pytest bench-readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,31 +16,35 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Four groups, two at a time, in this order (-O prints each group's output when
+# Five groups, two at a time, in this order (-O prints each group's output when
 # it is done): a cold run is compilation, one core per process. The kernels'
-# tests go first and fill numba's cache for the groups after them; the C
-# group starts with the PTX checks, which compile no CPU kernel, so its C tests
-# load what the kernels' tests compiled. The simulator group runs the GPU
-# kernels under numba's CUDA simulator (the others skip them unless a real GPU
-# is present).
+# tests go first and fill numba's cache; beside them run the PTX checks and
+# the GPU kernels under numba's CUDA simulator, which compile no CPU kernel;
+# the Python tests that remain and the C tests then load the CPU kernels from
+# the cache. (Outside the simulator group, GPU tests skip unless a real GPU is
+# present.)
 KERNEL_TESTS := tests/test_backward.py tests/test_forward.py
-C_TESTS      := tests/test_ptx.py tests/test_capi.py
+PTX_TESTS    := tests/test_ptx.py
 GPU_TESTS    := tests/gpu
+C_TESTS      := tests/test_capi.py
 
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 -O test-kernels test-c test-rest test-simulator
+	@$(MAKE) --no-print-directory -j2 -O test-kernels test-ptx test-simulator test-rest test-c
 
 test-kernels: $(STAMP)
 	$(PY) -m pytest $(KERNEL_TESTS)
 
-test-c: $(STAMP)
-	$(PY) -m pytest $(C_TESTS)
-
-test-rest: $(STAMP)
-	$(PY) -m pytest $(addprefix --ignore=,$(KERNEL_TESTS) $(C_TESTS) $(GPU_TESTS))
+test-ptx: $(STAMP)
+	$(PY) -m pytest $(PTX_TESTS)
 
 test-simulator: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(GPU_TESTS)
+
+test-rest: $(STAMP)
+	$(PY) -m pytest $(addprefix --ignore=,$(KERNEL_TESTS) $(PTX_TESTS) $(GPU_TESTS) $(C_TESTS))
+
+test-c: $(STAMP)
+	$(PY) -m pytest $(C_TESTS)
 
 # PyTorch is an optional competitor in the benchmarks: never a dependency, never
 # installed by `make test`. bench-deps tries once to install it and carries on
