@@ -20,7 +20,7 @@ venv: $(STAMP)
 # it is done): a cold run is compilation, one core per process. The kernels'
 # tests go first and fill numba's cache; beside them run the PTX checks and
 # the GPU kernels under numba's CUDA simulator, which compile no CPU kernel;
-# the Python tests that remain and the C tests then load the CPU kernels from
+# the C tests and the Python tests that remain then load the CPU kernels from
 # the cache. (Outside the simulator group, GPU tests skip unless a real GPU is
 # present.)
 KERNEL_TESTS := tests/test_backward.py tests/test_forward.py
@@ -29,7 +29,7 @@ GPU_TESTS    := tests/gpu
 C_TESTS      := tests/test_capi.py
 
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 -O test-kernels test-ptx test-simulator test-rest test-c
+	@$(MAKE) --no-print-directory -j2 -O test-kernels test-ptx test-simulator test-c test-rest
 
 test-kernels: $(STAMP)
 	$(PY) -m pytest $(KERNEL_TESTS)

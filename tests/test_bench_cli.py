@@ -454,6 +454,13 @@ SIMULATED_GPU_ROWS = """
 import sys
 
 sys.setswitchinterval(1e-4)  # simulated threads hand over the GIL at every barrier
+sys.path.insert(0, "tests/gpu")
+
+from gpu_launch import SMALL  # the GPU tests' small launches: fewer simulated threads
+from numba_ln import _config
+
+for name, value in SMALL.items():
+    setattr(_config, name, value)
 
 from bench import cases, competitors
 from bench.__main__ import main
