@@ -6,12 +6,30 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
+# When $(PYTHON)'s own pip can install into another environment (--python,
+# pip >= 22.3) it installs everything, the venv's own pip last and without
+# bytecode: venv's copy of pip takes 8 s. Otherwise the venv's pip does it.
+OUTER_PIP := $(shell $(PYTHON) -c "import pip; print(tuple(map(int, pip.__version__.split('.')[:2])) >= (22, 3))" 2>/dev/null)
+ifeq ($(OUTER_PIP),True)
+VENV_FLAGS := --without-pip
+PIP        := $(PYTHON) -m pip --python $(PY)
+PIP_SETUP  := true
+PIP_LAST   := $(PIP) install --quiet --no-compile pip
+else
+VENV_FLAGS :=
+PIP        := $(PY) -m pip
+# pip >= 21.3 installs a pyproject project in editable mode.
+PIP_SETUP  := $(PIP) install --quiet "pip>=21.3"
+PIP_LAST   := true
+endif
+
 .PHONY: venv test test-kernels test-ptx test-simulator test-rest test-c bench bench-deps bench-pytest bench-readme clean
 
 $(STAMP): pyproject.toml
-	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet "pip>=21.3"  # editable installs of a pyproject project
-	$(PY) -m pip install --quiet --no-compile -e ".[test]"  # bytecode as modules load
+	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
+	$(PIP_SETUP)
+	$(PIP) install --quiet --no-compile -e ".[test]"  # bytecode as modules load
+	$(PIP_LAST)
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -56,7 +74,7 @@ TORCH_STAMP := $(VENV)/.torch-stamp
 
 $(TORCH_STAMP): $(STAMP)
 	@if [ "$(BENCH_TORCH)" = 1 ]; then \
-	  $(PY) -m pip install --quiet --retries 0 "$(TORCH_SPEC)" \
+	  $(PIP) install --quiet --retries 0 "$(TORCH_SPEC)" \
 	  || echo "note: PyTorch could not be installed; the benchmarks run without its rows"; \
 	fi
 	@touch $(TORCH_STAMP)
