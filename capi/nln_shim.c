@@ -16,9 +16,10 @@
  *   2. cffi_start_python() sets this library up as a Python module and runs
  *      embedded_init.py, which binds the Python side of nln_shim.h
  *      (nln__start_cffi says why it runs with the GIL held).
- *   3. nln__py_init() imports numba_ln._cabi (loading the compiled @cfunc
- *      entry points from numba's cache, or compiling them) and returns
- *      their addresses. They are kept as C function pointers.
+ *   3. nln__py_init() asks numba_ln._cabi.entry_points() for the addresses
+ *      (loaded from numba's cache, or compiled) of the plan, the eps rule,
+ *      the @cfunc adapters and the kernels they call, and they are kept in
+ *      the per-precision tables below.
  * Any failure is recorded once; every later call returns NLN_ERR_INIT with
  * the recorded message. A call cffi could not deliver to Python returns 0,
  * so success is recognised only by runtime.ready == NLN_RUNTIME_READY.
@@ -26,16 +27,16 @@
  * start-up (nln__await_start says why); once start-up is over, a call only
  * reads an atomic flag.
  *
- * Steady state: a CPU call checks its arguments here, then calls the entry
- * points through their pointers: compiled code only, no Python executed, no
- * GIL. The entry points are numba_ln.cpu's serial pieces; for a call that
- * cpu.runs_parallel says is large, this file runs them on a thread pool of
- * its own (pthreads, started on the first large call, reset in a forked
- * child) in the schedule of cpu.ln_fwd_parallel / cpu.ln_bwd_parallel (row
- * chunks; fixed backward blocks, then a column-parallel sum of the blocks in
- * order), so results are bit-identical to the Python API's. numba's own
- * parallel launcher is not used: it takes the GIL around every parallel
- * region. Neither is OpenMP: GNU OpenMP hangs a forked child that uses it.
+ * Steady state: a CPU call checks its arguments here, asks the compiled
+ * numba_ln.cpu.plan how to run it, then calls the entry points through their
+ * pointers: compiled code only, no Python executed, no GIL. The plan cuts
+ * the call into tasks (row chunks; fixed backward blocks, then a sum of the
+ * blocks in order, columns split) that run on the calling thread or, for a
+ * threaded call, on a pool of this file's own (pthreads, started on the
+ * first threaded call, reset in a forked child): the schedule of the Python
+ * API, so results are bit-identical to it. numba's own parallel launcher is
+ * not used: it takes the GIL around every parallel region. Neither is
+ * OpenMP: GNU OpenMP hangs a forked child that uses it.
  */
 #include <errno.h>
 #include <math.h>
