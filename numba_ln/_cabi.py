@@ -267,10 +267,10 @@ def _compile(name, result, parameters, dtype=None, suffix=""):
 
 def _kernel_address(entry, variant, dtype):
     """The address of the kernel an entry point of ``dtype`` calls, in one variant."""
-    stage = None if variant is None else np.empty(0, dtype)
+    with_stage = variant is not None
     if entry == "forward":
-        return cpu.rows_kernel(np.dtype(dtype), np.dtype(dtype), stage)
-    blocks, block_sums = cpu.blocks_kernel(np.dtype(dtype), np.dtype(dtype), stage)
+        return cpu.rows_kernel(np.dtype(dtype), np.dtype(dtype), with_stage)
+    blocks, block_sums = cpu.blocks_kernel(np.dtype(dtype), np.dtype(dtype), with_stage)
     return blocks if entry == "backward_blocks" else block_sums
 
 

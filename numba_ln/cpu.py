@@ -37,6 +37,7 @@ call first needs it. Every other argument has one type per dtype: int64
 counts, bool flags, a float64 ``eps``.
 """
 
+import functools
 from collections import namedtuple
 
 import numpy as np
@@ -308,14 +309,15 @@ def ln_fwd_parallel(rows_kernel, x, ldx, weight, bias, has_weight, has_bias, y, 
             cols, eps, own_stage(stage)))
 
 
-def rows_kernel(storage, compute, stage):
+@functools.lru_cache(maxsize=None)  # numba types are slow to build: once per variant
+def rows_kernel(storage, compute, streaming):
     """The address of ``ln_fwd_rows`` for writable, aligned arrays of these dtypes.
 
-    What ``ln_fwd_parallel`` and the C library call; ``stage`` picks the
-    variant (``None`` or an array).
+    What ``ln_fwd_parallel`` and the C library call; ``streaming`` picks the
+    variant (``stage`` an array, or ``None``).
     """
     array = _native.array
-    stage_type = types.none if stage is None else array(storage)
+    stage_type = array(storage) if streaming else types.none
     return _native.address(ln_fwd_rows, (
         array(storage), types.int64, array(compute), array(compute), types.boolean,
         types.boolean, array(storage), types.int64, array(compute), array(compute),
@@ -327,7 +329,7 @@ def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
     threaded, tasks, task_rows, stream, _, _ = _plan(0, rows, cols, y.itemsize)
     stage = new_stage(y, True) if stream else None
     if threaded and _threading.parallel_allowed():
-        ln_fwd_parallel(rows_kernel(x.dtype, mean.dtype, stage), x, ldx, weight, bias,
+        ln_fwd_parallel(rows_kernel(x.dtype, mean.dtype, stream), x, ldx, weight, bias,
                         has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps, stage,
                         tasks, task_rows)
     else:
@@ -434,11 +436,12 @@ def _ln_bwd_dx(dy, x, mean, rstd, weight, has_weight, dx, sum_g, sum_gxhat, stag
 @_kernel
 def ln_bwd_reduce(part, out, first_col, stop_col):
     """``out[j] = sum over blocks of part[block, j]``, blocks in order, for a column range."""
-    for j in range(first_col, stop_col):
-        out[j] = 0
+    sums = out[first_col:stop_col]
+    sums[:] = 0
     for block in range(part.shape[0]):
-        for j in range(first_col, stop_col):
-            out[j] += part[block, j]
+        row = part[block, first_col:stop_col]  # a contiguous row: one vector loop
+        for j in range(row.shape[0]):
+            sums[j] += row[j]
 
 
 @_kernel
@@ -518,14 +521,15 @@ def ln_bwd_parallel(blocks_kernel, reduce_kernel, phase, tasks, dy, lddy, x, ldx
             _native.call(reduce_kernel, (dbias_part, dbias, first_col, stop_col))
 
 
-def blocks_kernel(storage, compute, stage):
+@functools.lru_cache(maxsize=None)  # numba types are slow to build: once per variant
+def blocks_kernel(storage, compute, wide):
     """The addresses of ``ln_bwd_blocks`` and ``ln_bwd_reduce`` for writable, aligned arrays.
 
-    What ``ln_bwd_parallel`` and the C library call; ``stage`` picks the
-    variant of ``ln_bwd_blocks`` (``None`` or an array).
+    What ``ln_bwd_parallel`` and the C library call; ``wide`` picks the
+    variant of ``ln_bwd_blocks`` (``stage`` an array, or ``None``).
     """
     array, int64 = _native.array, types.int64
-    stage_type = types.none if stage is None else array(storage)
+    stage_type = array(storage) if wide else types.none
     blocks = _native.address(ln_bwd_blocks, (
         array(storage), int64, array(storage), int64, array(compute), array(compute),
         array(compute), types.boolean, array(storage), int64, array(compute, 2),
@@ -548,7 +552,7 @@ def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
     if threaded and _threading.parallel_allowed():
-        kernels = blocks_kernel(dx.dtype, dweight.dtype, stage)
+        kernels = blocks_kernel(dx.dtype, dweight.dtype, wide)
         for phase, tasks in ((0, blocks), (1, (cols + reduce_cols - 1) // reduce_cols)):
             ln_bwd_parallel(*kernels, phase, tasks, dy, lddy, x, ldx, mean, rstd, weight,
                             has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias,
