@@ -34,13 +34,14 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Five groups, two at a time, in this order (-O prints each group's output when
-# it is done): a cold run is compilation, one core per process. The kernels'
-# tests go first and fill numba's cache; beside them run the PTX checks and
-# the GPU kernels under numba's CUDA simulator, which compile no CPU kernel;
-# the C tests and the Python tests that remain then load the CPU kernels from
-# the cache. (Outside the simulator group, GPU tests skip unless a real GPU is
-# present.)
+# Five groups, two at a time (-O prints each group's output when it is done):
+# a cold run is compilation, one core per process. The kernels' tests fill
+# numba's cache while the PTX checks and the GPU kernels under numba's CUDA
+# simulator run beside them; the C tests and the remaining Python tests start
+# once the kernels' tests are done and load the CPU kernels from the cache
+# (two processes that add different signatures of one function to numba's
+# cache at once can leave its index pointing at the wrong code). Outside the
+# simulator group, GPU tests skip unless a real GPU is present.
 KERNEL_TESTS := tests/test_backward.py tests/test_forward.py
 PTX_TESTS    := tests/test_ptx.py
 GPU_TESTS    := tests/gpu
@@ -58,11 +59,11 @@ test-ptx: $(STAMP)
 test-simulator: $(STAMP)
 	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(GPU_TESTS)
 
-test-rest: $(STAMP)
-	$(PY) -m pytest $(addprefix --ignore=,$(KERNEL_TESTS) $(PTX_TESTS) $(GPU_TESTS) $(C_TESTS))
-
-test-c: $(STAMP)
+test-c: $(STAMP) | test-kernels
 	$(PY) -m pytest $(C_TESTS)
+
+test-rest: $(STAMP) | test-kernels
+	$(PY) -m pytest $(addprefix --ignore=,$(KERNEL_TESTS) $(PTX_TESTS) $(GPU_TESTS) $(C_TESTS))
 
 # PyTorch is an optional competitor in the benchmarks: never a dependency, never
 # installed by `make test`. bench-deps tries once to install it and carries on
