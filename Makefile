@@ -9,7 +9,8 @@ STAMP  := $(VENV)/.installed-stamp
 # When $(PYTHON)'s own pip can install into another environment (--python,
 # pip >= 22.3) it installs everything, the venv's own pip last and without
 # bytecode: venv's copy of pip takes 8 s. Otherwise the venv's pip does it.
-OUTER_PIP := $(shell $(PYTHON) -c "import pip; print(tuple(map(int, pip.__version__.split('.')[:2])) >= (22, 3))" 2>/dev/null)
+OUTER_PIP := $(shell $(PYTHON) -c "import pip; \
+  print(tuple(map(int, pip.__version__.split('.')[:2])) >= (22, 3))" 2>/dev/null)
 ifeq ($(OUTER_PIP),True)
 VENV_FLAGS := --without-pip
 PIP        := $(PYTHON) -m pip --python $(PY)
@@ -23,7 +24,8 @@ PIP_SETUP  := $(PIP) install --quiet "pip>=21.3"
 PIP_LAST   := true
 endif
 
-.PHONY: venv test test-kernels test-ptx test-simulator test-rest test-c bench bench-deps bench-pytest bench-readme clean
+.PHONY: venv test test-kernels test-ptx test-simulator test-rest test-c
+.PHONY: bench bench-deps bench-pytest bench-readme clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)

@@ -1,11 +1,11 @@
-"""Calling compiled kernels by address from a parallel kernel.
+"""Calling compiled kernels by address: from the parallel kernels and the C adapters.
 
-A parallel kernel that calls a jitted kernel the usual way links that
-kernel's machine code into its own and has LLVM optimize all of it again,
-twice (the loop body and the launcher are separate modules): most of a
-parallel kernel's compile time. Calling the kernel through its address
-instead keeps the parallel kernel a small loop; the address is a run-time
-argument, so the parallel kernel is still cached.
+A jitted function that calls a kernel the usual way links the kernel's
+machine code into its own and has LLVM optimize all of it again (a parallel
+kernel twice: its loop body and its launcher are separate modules). That was
+most of a parallel kernel's compile time, and of a C entry point's. Calling
+the kernel through its address keeps the caller small; the address is a
+run-time argument, so the caller is still cached.
 
 The callee's argument types must be exactly those it was compiled for.
 :func:`address` compiles (or loads) it for a signature built from dtypes
