@@ -7,7 +7,6 @@ any other layout (transposed, Fortran-order, strided within a row) is copied
 once to C order.
 """
 
-
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
@@ -21,8 +20,8 @@ _NO_PARAM = {dt: np.ones(1, dt) for dt in (_FLOAT32, _FLOAT64)}
 _NO_STATS = {dt: np.empty(0, dt) for dt in (_FLOAT32, _FLOAT64)}
 
 # small_forward skips the plan: a call of its size runs on one thread, unstreamed.
-_threaded, _, _, _streamed, _, _ = cpu.plan.py_func(0, SERIAL_MAX_ELEMENTS, 1, 8)
-assert not (_threaded or _streamed), "small forward calls must be serial and unstreamed"
+_SMALL_PLAN = cpu.Plan(*cpu.plan.py_func(0, SERIAL_MAX_ELEMENTS, 1, 8))
+assert not (_SMALL_PLAN.threaded or _SMALL_PLAN.stream), "small calls must be serial, unstreamed"
 
 
 def _row_buffer(a, spec):
@@ -205,8 +204,8 @@ def small_backward(dy, x, mean, rstd, weight, axis, out):
     per row; ``weight`` None or a contiguous 1-D array of that dtype; ``out``
     as :func:`small_forward` takes it (``dy`` or ``x`` itself allowed). It
     calls the same ``cpu.ln_bwd`` as the general path, so the bits are the
-    same. Anything else, every error
-    included, returns None and takes the general path.
+    same. Anything else, every error included, returns None and takes the
+    general path.
     """
     found = _small_rows(x)
     if found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1):

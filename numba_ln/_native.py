@@ -14,8 +14,6 @@ inside the parallel kernel: every array is ``C``-contiguous and aligned
 (``_cpu_backend`` copies an unaligned one before it reaches a kernel).
 """
 
-import functools
-
 from numba import from_dtype, types
 from numba.core import cgutils
 from numba.core.imputils import impl_ret_borrowed
@@ -59,9 +57,11 @@ def array(dtype, ndim=1):
     return types.Array(from_dtype(dtype), ndim, "C")
 
 
-@functools.lru_cache(maxsize=None)
 def address(kernel, signature):
     """The address of ``kernel``'s machine code for ``signature``, compiled or loaded now.
+
+    Callers keep the address (``cpu.rows_kernel`` and ``cpu.blocks_kernel``
+    cache it per dtype and variant).
 
     Parameters
     ----------
