@@ -1,31 +1,36 @@
 """The per-element math of layer normalization, written once.
 
 These small ``@njit`` functions are the only place the formulas live. The CPU
-kernels (``cpu.py``) and the CUDA kernels (``gpu.py``) call the same
-functions; the kernels only decide how rows map onto threads.
+kernels (``cpu.py``) and the CUDA kernels (``gpu.py``) call them; the kernels
+only decide how rows map onto threads.
 
-Statistics use a *shifted* two-pass scheme. Pass one sums ``x - shift`` where
-``shift`` is the row's first element; pass two sums the squares of the
-centered values. Shifting by a value of the row keeps float32 accurate for
-rows whose mean is large compared with their spread (mean 1e4, std 1e-2):
-``x - shift`` is then exact, so the mean offset and the deviations carry the
-row's spread, not the rounding of its magnitude. It never computes
-E[x^2] - E[x]^2.
+The CPU statistics use a *corrected two-pass* algorithm. Pass one sums the
+row in float64, so the mean is as accurate as its float allows; ``center``
+is that mean rounded to the compute type and ``correction = mean - center``
+(exact in float64). Pass two sums the squares of the deviations ``d = x *
+scale - center``, and the variance is ``sum(d*d) / n - correction**2``.
+``x - center`` is exact when ``center`` is within a factor of two of ``x``,
+so a row whose mean is large compared with its spread (mean 1e4, std 1e-2)
+keeps its spread's precision. ``scale`` is 1, or a power of two that brings
+a row whose squares or sums would overflow back into range. The CUDA kernels
+still use the older *shifted* two-pass scheme (``shift`` = the row's first
+element, ``offset = mean - shift``): :func:`shifted`, :func:`mean_offset`,
+:func:`centered` and :func:`reciprocal_std`.
 
-Notation: ``n`` is the row length, ``offset = mean - shift``, ``xhat`` the
-normalized value, ``rstd = 1 / sqrt(var + eps)`` with the biased variance.
+Notation: ``n`` is the row length, ``xhat`` the normalized value, ``rstd =
+1 / sqrt(var + eps)`` with the biased variance.
 
 Examples
 --------
-One row's statistics as the kernels compute them (called from Python here,
-in float64):
+One row's statistics as the CPU kernels compute them (called from Python
+here, in float64):
 
 >>> from numba_ln import _math
->>> row = [1.0, 2.0, 3.0, 6.0]
->>> shift, n = row[0], float(len(row))
->>> offset = _math.mean_offset(sum(_math.shifted(v, shift) for v in row), n)
->>> sumsq = sum(_math.centered(v, shift, offset) ** 2 for v in row)
->>> _math.row_mean(shift, offset), _math.reciprocal_std(sumsq, n, 0.0)
+>>> row, scale = [1.0, 2.0, 3.0, 6.0], 1.0
+>>> center = sum(v * scale for v in row) / len(row)  # kernels: the float64 mean, rounded
+>>> d = [_math.scaled_deviation(v, scale, center) for v in row]
+>>> correction, variance = _math.corrected_moments(0.0, sum(v * v for v in d), len(row))
+>>> _math.scaled_mean(center, correction, scale), _math.scaled_rstd(variance, 0.0, scale)
 (3.0, 0.5345224838248488)
 """
 
@@ -39,6 +44,45 @@ from numba import njit
 # with no GPU: a call to a separately compiled device function asks the
 # driver for the current device's compute capability.
 _jit = njit(inline="always", error_model="numpy")
+
+
+@_jit
+def scaled_deviation(value, scale, center):
+    """``value * scale - center``: pass two sums these and their squares."""
+    return value * scale - center
+
+
+@_jit
+def corrected_moments(correction, deviation_sumsq, n):
+    """``(correction, variance)`` from the second pass's sum of squares, in float64.
+
+    ``correction`` is the mean minus the center the deviations were taken
+    from; the variance is never negative, whatever the rounding.
+    """
+    variance = deviation_sumsq / n - correction * correction
+    return correction, 0.0 if variance < 0.0 else variance  # NaN stays NaN
+
+
+@_jit
+def scaled_mean(center, correction, scale):
+    """The row mean reported to the caller, undoing the scale (float64)."""
+    return (center + correction) / scale
+
+
+@_jit
+def scaled_rstd(variance, eps, scale):
+    """``rstd`` of the scaled row, ``1 / sqrt(var + eps * scale**2)`` (float64).
+
+    Times ``scale`` it is the row's own ``rstd``. A zero variance with
+    ``eps = 0`` gives ``inf``.
+    """
+    return 1.0 / math.sqrt(variance + eps * scale * scale)
+
+
+@_jit
+def deviation(value, scale, center, correction):
+    """``(value - mean) * scale``, as ``(value * scale - center) - correction``."""
+    return (value * scale - center) - correction
 
 
 @_jit

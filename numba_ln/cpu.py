@@ -38,6 +38,7 @@ counts, bool flags, a float64 ``eps``.
 """
 
 import functools
+import math
 from collections import namedtuple
 
 import numpy as np
@@ -193,30 +194,87 @@ def _stream_rest(stage, y, start, count):
 # --------------------------------------------------------------------------- forward
 
 @_piece
-def _ln_fwd_stats(x, eps):
-    """Statistics of one row ``x`` (a 1-D view): ``(shift, offset, rstd)``.
+def _row_sum(x, scale):
+    """``sum(x * scale)``, added in float64.
 
-    Two passes while the row is in cache: the shifted sum, then the sum of
-    squared deviations (see ``_math``). The mean is ``shift + offset``.
+    float32 lanes would round the mean to about an ulp of the elements, not
+    of the mean; a float64 sum of float32 values cannot overflow.
     """
-    cols = x.shape[0]
-    n = to_compute(x, cols)
-    shift = load(x, 0)
-    total = to_compute(x, 0)
-    for j in range(cols):
-        total += _math.shifted(load(x, j), shift)
-    offset = _math.mean_offset(total, n)
-    sumsq = to_compute(x, 0)
-    for j in range(cols):
-        d = _math.centered(load(x, j), shift, offset)
-        sumsq += d * d
-    return shift, offset, _math.reciprocal_std(sumsq, n, eps)
+    total = 0.0
+    for j in range(x.shape[0]):
+        total += load(x, j) * scale
+    return total
 
 
 @_piece
-def _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd, count):
+def _row_sumsq(x, scale, center):
+    """``sum((x * scale - center) ** 2)``, the squares added in float64.
+
+    In float32 lanes the sum's rounding alone cost ``rstd`` (and ``y`` on
+    heavy-tailed rows) up to twice PyTorch's error (bench/NOTES.md).
+    """
+    total = 0.0
+    for j in range(x.shape[0]):
+        d = np.float64(_math.scaled_deviation(load(x, j), scale, center))
+        total += d * d
+    return total
+
+
+@_shared
+def _row_moments(x, scale):
+    """``(center, correction, variance)`` of the row ``x * scale`` (see ``_math``).
+
+    ``center`` is the mean rounded to the compute type, so that the second
+    pass and the output subtract it in one operation; ``correction`` (what
+    that rounding lost) and ``variance`` are float64.
+    """
+    n = x.shape[0]
+    mean = _row_sum(x, scale) / n
+    center = to_compute(x, mean)
+    correction, variance = _math.corrected_moments(mean - center, _row_sumsq(x, scale, center), n)
+    return center, correction, variance
+
+
+@_shared
+def _overflow_scale(x):
+    """A power of two that brings ``max|x|`` into [0.5, 1), or 1 if the row is not finite."""
+    largest = to_compute(x, 0)
+    for j in range(x.shape[0]):
+        magnitude = abs(load(x, j))
+        largest = magnitude if magnitude > largest else largest
+    if not (math.isfinite(largest) and largest > 0):
+        return 1.0
+    return math.ldexp(1.0, -math.frexp(largest)[1])
+
+
+@_piece
+def _ln_fwd_stats(x, eps):
+    """Statistics of one row ``x`` (a 1-D view), corrected two-pass (see ``_math``).
+
+    Returns ``(scale, center, correction, scaled_rstd, mean, rstd)``: the
+    first four, in the compute type, are what :func:`_normalize` needs; the
+    last two are reported. A finite row whose sums or squares overflow is
+    measured again, scaled by a power of two (exact); a row with a NaN or an
+    infinity gives NaN statistics.
+    """
+    scale = 1.0
+    center, correction, variance = _row_moments(x, to_compute(x, scale))
+    if not (math.isfinite(center) and math.isfinite(variance)):
+        scale = _overflow_scale(x)
+        if scale != 1.0:
+            center, correction, variance = _row_moments(x, to_compute(x, scale))
+    scaled_rstd = _math.scaled_rstd(variance, eps, scale)
+    return (to_compute(x, scale), center, to_compute(x, correction), to_compute(x, scaled_rstd),
+            to_compute(x, _math.scaled_mean(center, correction, scale)),
+            to_compute(x, scaled_rstd * scale))
+
+
+@_piece
+def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd,
+               count):
     """``y[j] = (x[j] - mean) * rstd * weight[j] + bias[j]`` for ``j < count``.
 
+    The statistics are :func:`_ln_fwd_stats`'s (``rstd`` the scaled row's).
     Inlined where ``count`` is a staging tile's constant length, LLVM emits
     one straight vector loop with no remainder.
     """
@@ -225,13 +283,13 @@ def _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd, co
     for j in range(count):
         w = weight[j] if has_weight else one
         b = bias[j] if has_bias else zero
-        d = _math.centered(load(x, j), shift, offset)
+        d = _math.deviation(load(x, j), scale, center, correction)
         store(y, j, _math.normalize_affine(d, rstd, w, b))
 
 
 @_shared
-def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd,
-                         stage, x_next):
+def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
+                         rstd, stage, x_next):
     """``_normalize`` of a row, ``y`` written with streaming stores a line at a time.
 
     Tiles of the row are computed into ``stage`` (in cache) and copied out
@@ -243,19 +301,19 @@ def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, shift, offset
     """
     cols = x.shape[0]
     head = _line_head(y)
-    _normalize(x, y, weight, bias, has_weight, has_bias, shift, offset, rstd, head)
+    _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd, head)
     start = head
     tile = np.int64(stage_elements(stage))  # int64 like every other count: one compilation
     while start + tile <= cols:
         _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
-                   shift, offset, rstd, tile)
+                   scale, center, correction, rstd, tile)
         if element_bytes(x) == 2:
             for k in range(0, tile, line_elements(x)):
                 prefetch_line(x_next, start + k)
         _stream_lines(stage, y, start, tile)
         start += tile
-    _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias, shift,
-               offset, rstd, cols - start)
+    _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias, scale,
+               center, correction, rstd, cols - start)
     _stream_rest(stage, y, start, cols - start)
 
 
@@ -269,22 +327,21 @@ def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, 
     staging row (:func:`new_stage`) to write ``y`` with streaming stores; the
     values are the same bits either way.
     """
-    eps = to_compute(x, eps)
     keep_mean = mean.shape[0] > 0
     keep_rstd = rstd.shape[0] > 0
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
         y_row = y[r * ldy:r * ldy + cols]
-        shift, offset, row_rstd = _ln_fwd_stats(x_row, eps)
+        scale, center, correction, scaled_rstd, row_mean, row_rstd = _ln_fwd_stats(x_row, eps)
         if stage is None:
-            _normalize(x_row, y_row, weight, bias, has_weight, has_bias, shift, offset,
-                       row_rstd, cols)
+            _normalize(x_row, y_row, weight, bias, has_weight, has_bias, scale, center,
+                       correction, scaled_rstd, cols)
         else:
             ahead = _smaller(r + 1, rows - 1) * ldx
-            _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, shift,
-                                 offset, row_rstd, stage, x[ahead:ahead + cols])
+            _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, scale,
+                                 center, correction, scaled_rstd, stage, x[ahead:ahead + cols])
         if keep_mean:
-            mean[r] = _math.row_mean(shift, offset)
+            mean[r] = row_mean
         if keep_rstd:
             rstd[r] = row_rstd
     if stage is not None:
