@@ -19,10 +19,6 @@ _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _NO_PARAM = {dt: np.ones(1, dt) for dt in (_FLOAT32, _FLOAT64)}
 _NO_STATS = {dt: np.empty(0, dt) for dt in (_FLOAT32, _FLOAT64)}
 
-# small_forward skips the plan: a call of its size runs on one thread, unstreamed.
-_SMALL_PLAN = cpu.Plan(*cpu.plan.py_func(0, SERIAL_MAX_ELEMENTS, 1, 8))
-assert not (_SMALL_PLAN.threaded or _SMALL_PLAN.stream), "small calls must be serial, unstreamed"
-
 
 def _row_buffer(a, spec):
     """``a`` as (1-D kernel buffer, row stride in elements), copying only if needed."""
@@ -115,65 +111,80 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
     return _deliver(y, out), mean, rstd
 
 
-def _small_param(param, dtype, cols):
-    """``(array, given)`` for the small path, or None if ``param`` needs the general one."""
+def _direct_param(param, dtype, cols):
+    """``(array, given)`` for the direct paths, or None if ``param`` needs the general one."""
     if param is None:
         return _NO_PARAM[dtype], False
     if (type(param) is np.ndarray and param.dtype is dtype and param.ndim == 1
-            and param.shape[0] == cols and param.flags.c_contiguous):
+            and param.shape[0] == cols and _contiguous_aligned(param)):
         return param, True
     return None
 
 
-def small_forward(x, weight, bias, axis, eps, out=None):
-    """``layer_norm(x, weight, bias, axis=axis, eps=eps, out=out)`` for a small call, or None.
+def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False):
+    """``layer_norm(x, weight, bias, axis=axis, eps=eps, out=out, return_stats=...)``, or None.
 
-    A small call is the common case of a latency-bound caller: ``x`` a
-    C-contiguous float32 or float64 NumPy array of at most
-    ``SERIAL_MAX_ELEMENTS`` elements, normalized over its last axis,
-    ``weight`` and ``bias`` None or contiguous 1-D arrays of ``x``'s dtype,
-    ``eps`` a valid float, no statistics wanted, and ``out`` None or a
-    writeable C-contiguous array of ``x``'s shape and dtype that is ``x``
-    itself or shares no memory with the inputs. Such a call needs no views,
-    no :class:`~numba_ln._validate.Spec` and no statistics arrays: this
-    path runs the same compiled serial kernel as every other forward (the
-    same bits) for about half the Python overhead. Anything else, every error
-    included, returns None and takes the general path.
+    The common case of a NumPy pipeline, for about half the Python overhead
+    of the general path: ``x`` a C-contiguous float32 or float64 NumPy array
+    (:func:`_direct_rows`) normalized over its last axis, ``weight`` and
+    ``bias`` None or aligned contiguous 1-D arrays of ``x``'s dtype, ``eps`` a
+    valid float, and ``out`` None or a writeable, aligned C-contiguous array of ``x``'s
+    shape and dtype that is ``x`` itself or shares no memory with the
+    inputs. Such a call needs no views and no
+    :class:`~numba_ln._validate.Spec`; it runs the same kernels as every
+    other forward (the same bits). Anything else, every error included,
+    returns None and takes the general path.
     """
-    found = _small_rows(x)
+    found = _direct_rows(x)
     if (found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1)
             or type(eps) is not float or eps_fault(eps)):
         return None
-    dtype, _, cols = found
-    w = _small_param(weight, dtype, cols)
-    b = _small_param(bias, dtype, cols)
+    dtype, rows, cols = found
+    w = _direct_param(weight, dtype, cols)
+    b = _direct_param(bias, dtype, cols)
     if w is None or b is None:
         return None
     if out is None:
         out = np.empty_like(x)
-    elif not _small_out(out, x, (x, weight, bias)):
+    elif not _direct_out(out, x, (x, weight, bias)):
         return None
-    cpu.ln_fwd_rows(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols,
-                    _NO_STATS[dtype], _NO_STATS[dtype], x.size // cols, cols, eps, None)
-    return out
+    if return_stats:
+        mean, rstd = np.empty(rows, dtype), np.empty(rows, dtype)
+    else:
+        mean = rstd = _NO_STATS[dtype]
+    if x.size <= SERIAL_MAX_ELEMENTS:  # the plan's answer at this size, without asking
+        cpu.ln_fwd_rows(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols, mean, rstd,
+                        rows, cols, eps, None)
+    else:
+        cpu.ln_fwd(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols, mean, rstd,
+                   rows, cols, eps)
+    if not return_stats:
+        return out
+    stats_shape = x.shape[:-1] + (1,)
+    return out, mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
-def _small_rows(x):
-    """``(dtype, rows, cols)`` if ``x`` is small enough for the small paths, else None.
+def _direct_rows(x):
+    """``(dtype, rows, cols)`` if ``x`` suits the direct paths, else None.
 
-    Small: a C-contiguous float32 or float64 NumPy array of 1 to
-    ``SERIAL_MAX_ELEMENTS`` elements, at least 1-D.
+    That is a non-empty, aligned, C-contiguous float32 or float64 NumPy array,
+    at least 1-D (the kernels take aligned arrays only, see ``_native``).
     """
     dtype = x.dtype
-    shape = x.shape
-    if ((dtype is not _FLOAT32 and dtype is not _FLOAT64) or not shape
-            or not 0 < x.size <= SERIAL_MAX_ELEMENTS or not x.flags.c_contiguous):
+    if ((dtype is not _FLOAT32 and dtype is not _FLOAT64) or not x.shape or not x.size
+            or not _contiguous_aligned(x)):
         return None
-    return dtype, x.size // shape[-1], shape[-1]
+    return dtype, x.size // x.shape[-1], x.shape[-1]
 
 
-def _small_out(out, like, inputs):
-    """Can a small path write into the caller's ``out``? (Else the general path decides.)
+def _contiguous_aligned(a):
+    """Is the NumPy array ``a`` C-contiguous and aligned? (One flags object, not two.)"""
+    flags = a.flags
+    return flags.c_contiguous and flags.aligned
+
+
+def _direct_out(out, like, inputs):
+    """Can a direct path write into the caller's ``out``? (Else the general path decides.)
 
     ``out`` must be a writeable C-contiguous array of ``like``'s shape and
     dtype that is one of ``inputs`` exactly or shares memory with none of
@@ -182,45 +193,45 @@ def _small_out(out, like, inputs):
     overlap; only views cost a ``may_share_memory`` call.
     """
     if not (type(out) is np.ndarray and out.dtype is like.dtype and out.shape == like.shape
-            and out.flags.c_contiguous and out.flags.writeable):
+            and _contiguous_aligned(out) and out.flags.writeable):
         return False
     owner = out.base is None
     return all(a is None or out is a or (owner and a.base is None)
                or not np.may_share_memory(out, a) for a in inputs)
 
 
-def _small_stat(stat, dtype, rows):
-    """Is a ``mean``/``rstd`` fit for the small backward path as it is?"""
+def _direct_stat(stat, dtype, rows):
+    """Is a ``mean``/``rstd`` fit for the direct backward path as it is?"""
     return (type(stat) is np.ndarray and stat.dtype is dtype and stat.size == rows
-            and stat.flags.c_contiguous)
+            and _contiguous_aligned(stat))
 
 
-def small_backward(dy, x, mean, rstd, weight, axis, out):
-    """``layer_norm_backward(dy, x, mean, rstd, weight, axis=axis, out=out)``, small calls only.
+def direct_backward(dy, x, mean, rstd, weight, axis, out):
+    """``layer_norm_backward(dy, x, mean, rstd, weight, axis=axis, out=out)``, or None.
 
-    The backward twin of :func:`small_forward`: ``x`` and ``dy`` small
-    (:func:`_small_rows`) of one shape and dtype, normalized over the last
+    The backward twin of :func:`direct_forward`: ``x`` and ``dy`` of one
+    shape and dtype (:func:`_direct_rows`), normalized over the last
     axis; ``mean``/``rstd`` contiguous arrays of that dtype with one element
     per row; ``weight`` None or a contiguous 1-D array of that dtype; ``out``
-    as :func:`small_forward` takes it (``dy`` or ``x`` itself allowed). It
+    as :func:`direct_forward` takes it (``dy`` or ``x`` itself allowed). It
     calls the same ``cpu.ln_bwd`` as the general path, so the bits are the
     same. Anything else, every error included, returns None and takes the
     general path.
     """
-    found = _small_rows(x)
+    found = _direct_rows(x)
     if found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1):
         return None
     dtype, rows, cols = found
     if (type(dy) is not np.ndarray or dy.dtype is not dtype or dy.shape != x.shape
-            or not dy.flags.c_contiguous or not _small_stat(mean, dtype, rows)
-            or not _small_stat(rstd, dtype, rows)):
+            or not _contiguous_aligned(dy) or not _direct_stat(mean, dtype, rows)
+            or not _direct_stat(rstd, dtype, rows)):
         return None
-    w = _small_param(weight, dtype, cols)
+    w = _direct_param(weight, dtype, cols)
     if w is None:
         return None
     if out is None:
         out = np.empty_like(x)
-    elif not _small_out(out, x, (dy, x, mean, rstd, weight)):
+    elif not _direct_out(out, x, (dy, x, mean, rstd, weight)):
         return None
     dweight = np.empty(cols, dtype)
     dbias = np.empty(cols, dtype)

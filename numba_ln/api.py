@@ -91,10 +91,10 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     >>> mean.ravel()
     array([ 2., 20.], dtype=float32)
     """
-    if not return_stats and device is None and type(x) is np.ndarray:
-        y = _cpu_backend.small_forward(x, weight, bias, axis, eps, out)
-        if y is not None:
-            return y
+    if device is None and type(x) is np.ndarray:
+        result = _cpu_backend.direct_forward(x, weight, bias, axis, eps, out, return_stats)
+        if result is not None:
+            return result
     given_out = out
     backend, x, (weight, bias, out) = _dispatch.select(
         device, x, (weight, bias, out), _FORWARD_ARRAYS)
@@ -168,7 +168,7 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
     True
     """
     if device is None and type(x) is np.ndarray:
-        grads = _cpu_backend.small_backward(dy, x, mean, rstd, weight, axis, out)
+        grads = _cpu_backend.direct_backward(dy, x, mean, rstd, weight, axis, out)
         if grads is not None:
             return grads
     given_out = out

@@ -149,10 +149,11 @@ def test_out_with_another_layout_or_overlapping_an_input(rng):
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024)], ids=str)
+@pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024), (33, 1024)],
+                         ids=str)
 @pytest.mark.parametrize("with_weight", [False, True])
-def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, with_weight,
-                                                          general_calls):
+def test_direct_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, with_weight,
+                                                           general_calls):
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     dy = rng.standard_normal(shape).astype(dtype)
     weight = rng.standard_normal(shape[-1]).astype(dtype) if with_weight else None
@@ -174,14 +175,14 @@ def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, wit
         for a, b in zip(expected, got):
             assert a.dtype == b.dtype
             np.testing.assert_array_equal(a, b)
-    assert not general, "a small call took the general path"
+    assert not general, "a direct call took the general path"
 
 
 class _Subclass(np.ndarray):
     """An ndarray subclass: the short paths take exact ndarrays only."""
 
 
-def _not_small_backward_calls(rng):
+def _general_backward_calls(rng):
     """Calls the short path must leave to the general one: (name, args, kwargs)."""
     x = rng.standard_normal((6, 40)).astype(np.float32)
     dy = rng.standard_normal((6, 40)).astype(np.float32)
@@ -189,6 +190,8 @@ def _not_small_backward_calls(rng):
     _, mean, rstd = numba_ln.layer_norm(x, w, return_stats=True)
     half = x.astype(np.float16)
     shifted = np.concatenate([dy, dy[:1]])  # out=shifted[1:] overlaps dy=shifted[:6]
+    unaligned = np.zeros(x.nbytes + 1, np.uint8)[1:].view(np.float32).reshape(x.shape)
+    unaligned[...] = x
     return [
         ("float16", (half, half, mean, rstd, None), {}),
         ("float64 statistics", (dy, x, mean.astype(np.float64), rstd, w), {}),
@@ -201,8 +204,7 @@ def _not_small_backward_calls(rng):
         ("Fortran-ordered out", (dy, x, mean, rstd, w), {"out": np.empty_like(x, order="F")}),
         ("out overlapping dy", (shifted[:6], x, mean, rstd, w), {"out": shifted[1:]}),
         ("device given", (dy, x, mean, rstd, w), {"device": "cpu"}),
-        ("above the serial size", (np.zeros((33, 1024), np.float32),) * 2
-         + (np.zeros(33, np.float32), np.ones(33, np.float32), None), {}),
+        ("unaligned x", (dy, unaligned, mean, rstd, w), {}),
         ("empty", (np.zeros((0, 40), np.float32),) * 2 + (np.zeros(0, np.float32),) * 2
          + (None,), {}),
     ]
@@ -210,7 +212,7 @@ def _not_small_backward_calls(rng):
 
 def test_other_calls_take_the_general_path(rng, general_calls):
     general = general_calls("backward_spec")
-    for name, args, kwargs in _not_small_backward_calls(rng):
+    for name, args, kwargs in _general_backward_calls(rng):
         before = len(general)
         numba_ln.layer_norm_backward(*args, **kwargs)
         assert len(general) == before + 1, name

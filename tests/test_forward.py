@@ -251,28 +251,41 @@ def test_public_api_streams_large_outputs_to_the_same_bits(rng, dtype, monkeypat
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024)], ids=str)
+@pytest.mark.parametrize("shape", [(768,), (1, 768), (3, 5, 7), (4, 1), (32, 1024), (33, 1024)],
+                         ids=str)
 @pytest.mark.parametrize("params", PARAMS)
-def test_small_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, params,
-                                                          general_calls):
+def test_direct_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, params,
+                                                           general_calls):
     x = (rng.standard_normal(shape) * 3 + 1).astype(dtype)
     weight, bias = _params(rng, shape[-1:], params, dtype)
-    expected = numba_ln.layer_norm(x, weight, bias, eps=1e-3, return_stats=True)[0]
+    stats = numba_ln.layer_norm(x, weight, bias, eps=1e-3, return_stats=True, device="cpu")
+    expected = stats[0]
     general = general_calls("forward_spec")
     for axis in (-1, len(shape) - 1):
         y = numba_ln.layer_norm(x, weight, bias, axis=axis, eps=1e-3)
         assert y.dtype == dtype and y.shape == shape and y.flags.c_contiguous
         np.testing.assert_array_equal(y, expected)
+    got = numba_ln.layer_norm(x, weight, bias, eps=1e-3, return_stats=True)
+    for a, b in zip(stats, got):
+        assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
     out = np.full_like(x, np.nan)
     assert numba_ln.layer_norm(x, weight, bias, eps=1e-3, out=out) is out
     np.testing.assert_array_equal(out, expected)
     in_place = x.copy()
     assert numba_ln.layer_norm(in_place, weight, bias, eps=1e-3, out=in_place) is in_place
     np.testing.assert_array_equal(in_place, expected)
-    assert not general, "a small call took the general path"
+    assert not general, "a direct call took the general path"
 
 
-def _not_small_calls(rng):
+def _unaligned(a):
+    """A copy of ``a`` whose data does not start on an element boundary."""
+    raw = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
+    raw[...] = a
+    return raw
+
+
+def _general_calls(rng):
     """Calls the short path must leave to the general one: (name, args, kwargs)."""
     x = rng.standard_normal((6, 40)).astype(np.float32)
     w = rng.standard_normal(40).astype(np.float32)
@@ -289,19 +302,18 @@ def _not_small_calls(rng):
         ("transposed x", (np.ascontiguousarray(x.T).T, w, w), {}),
         ("list input", (x.tolist(), None, None), {}),
         ("numpy float eps", (x, w, w), {"eps": np.float32(1e-3)}),
-        ("statistics wanted", (x, w, w), {"return_stats": True}),
         ("Fortran-ordered out", (x, w, w), {"out": np.empty_like(x, order="F")}),
         ("out overlapping x", (shifted[:6], w, w), {"out": shifted[1:]}),
         ("out holding the weight", (x, holder[3], w), {"out": holder}),
         ("device given", (x, w, w), {"device": "cpu"}),
-        ("above the serial size", (np.zeros((33, 1024), np.float32), None, None), {}),
+        ("unaligned x", (_unaligned(x), w, w), {}),
         ("empty", (np.zeros((0, 40), np.float32), None, None), {}),
     ]
 
 
 def test_other_calls_take_the_general_path(rng, general_calls):
     general = general_calls("forward_spec")
-    for name, args, kwargs in _not_small_calls(rng):
+    for name, args, kwargs in _general_calls(rng):
         before = len(general)
         numba_ln.layer_norm(*args, **kwargs)
         assert len(general) == before + 1, name
@@ -309,7 +321,7 @@ def test_other_calls_take_the_general_path(rng, general_calls):
 
 @pytest.mark.parametrize("weight_shape, message", [((39,), r"weight has shape \(39,\)"),
                                                    ((), r"weight has shape \(\)")])
-def test_small_calls_with_a_bad_weight_get_the_general_error(rng, weight_shape, message):
+def test_direct_calls_with_a_bad_weight_get_the_general_error(rng, weight_shape, message):
     x = rng.standard_normal((2, 40)).astype(np.float32)
     weight = np.ones(weight_shape, np.float32)
     with pytest.raises(ValueError, match=message):
