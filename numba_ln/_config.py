@@ -21,6 +21,11 @@ SERIAL_MAX_ELEMENTS = 1 << 15
 #: enough to balance 256 threads, and a constant so that the kernels cache.
 FORWARD_CHUNKS = 256
 
+#: The forward's sum of squares adds blocks of this many elements in vector
+#: lanes of the compute type, then the blocks' sums in float64: accurate at
+#: any row length for less than float64 lanes cost (bench/NOTES.md).
+STATS_BLOCK = 128
+
 #: Outputs of at least this many bytes are written with streaming stores,
 #: which neither read ``y`` into the cache nor evict the rows in use; smaller
 #: ones stay in cache for whoever reads them next (bench/NOTES.md).
@@ -38,6 +43,10 @@ STREAM_STAGE_BYTES = 1024
 #: rows, then adds the blocks in order. The partition depends on the shape
 #: alone, so the bits never depend on the thread count.
 BACKWARD_BLOCKS = 64
+
+#: Fewest rows in a backward block: each block zeroes, fills and hands on a
+#: partial ``dweight``/``dbias`` row, which costs as much as a row's own work.
+BACKWARD_MIN_BLOCK_ROWS = 16
 
 #: Backward rows at least this wide take pass one in pairs (one load of
 #: ``weight`` and of the partial sums serves two rows) and may stream ``dx``;

@@ -46,9 +46,9 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from . import _cache, _math, _native, _threading
-from ._config import (BACKWARD_BLOCKS, BACKWARD_REDUCE_COLS, BACKWARD_WIDE_COLS, FASTMATH,
-                      FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS, STREAM_MIN_BYTES,
-                      STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+from ._config import (BACKWARD_BLOCKS, BACKWARD_MIN_BLOCK_ROWS, BACKWARD_REDUCE_COLS,
+                      BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS,
+                      STATS_BLOCK, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
 from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_line, store,
                        stream_fence, stream_line, to_compute)
 
@@ -111,7 +111,7 @@ def plan(backward, rows, cols, itemsize):
     if backward:
         wide = cols >= BACKWARD_WIDE_COLS
         stream = wide and size >= STREAM_MIN_BYTES
-        task_rows = max(1, (rows + BACKWARD_BLOCKS - 1) // BACKWARD_BLOCKS)
+        task_rows = max(BACKWARD_MIN_BLOCK_ROWS, (rows + BACKWARD_BLOCKS - 1) // BACKWARD_BLOCKS)
         reduce_cols = BACKWARD_REDUCE_COLS
     else:
         wide = False
@@ -195,10 +195,10 @@ def _stream_rest(stage, y, start, count):
 
 @_piece
 def _row_sum(x, scale):
-    """``sum(x * scale)``, added in float64.
+    """``sum(x * scale)``, added in float64 lanes.
 
-    float32 lanes would round the mean to about an ulp of the elements, not
-    of the mean; a float64 sum of float32 values cannot overflow.
+    The center's rounding is then the only error in the mean, and it is
+    known exactly (``_math``); a float64 sum of float32 values cannot overflow.
     """
     total = 0.0
     for j in range(x.shape[0]):
@@ -208,15 +208,19 @@ def _row_sum(x, scale):
 
 @_piece
 def _row_sumsq(x, scale, center):
-    """``sum((x * scale - center) ** 2)``, the squares added in float64.
+    """``sum((x * scale - center) ** 2)``: blocks of ``STATS_BLOCK`` elements, added in float64.
 
-    In float32 lanes the sum's rounding alone cost ``rstd`` (and ``y`` on
-    heavy-tailed rows) up to twice PyTorch's error (bench/NOTES.md).
+    Short blocks in vector lanes keep each block's rounding near an ulp of its
+    sum; float64 between blocks keeps a long row as accurate as a short one.
     """
+    cols = x.shape[0]
     total = 0.0
-    for j in range(x.shape[0]):
-        d = np.float64(_math.scaled_deviation(load(x, j), scale, center))
-        total += d * d
+    for start in range(0, cols, STATS_BLOCK):
+        part = to_compute(x, 0)
+        for j in range(start, _smaller(cols, start + STATS_BLOCK)):
+            d = _math.scaled_deviation(load(x, j), scale, center)
+            part += d * d
+        total += part
     return total
 
 
