@@ -331,6 +331,7 @@ def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, 
     staging row (:func:`new_stage`) to write ``y`` with streaming stores; the
     values are the same bits either way.
     """
+    eps = to_compute(x, eps)  # as the C library's float32 functions receive it
     keep_mean = mean.shape[0] > 0
     keep_rstd = rstd.shape[0] > 0
     for r in range(rows):
