@@ -2,7 +2,8 @@
 
 Inputs are rounded to the tested dtype first and the float64 reference
 (``reference.py``) computes from those rounded values, so every difference
-measured here is the kernels'.
+measured here is the kernels'. The fixed bounds below always run; the
+comparisons with PyTorch's own CPU kernels run where PyTorch is installed.
 
 Bounds are per row, in units of the compute type (float32 for float16 and
 float32 inputs, float64 for float64 inputs):
@@ -197,3 +198,64 @@ def test_dx_within_eps_of_the_row_scale(dtype, kind, cols):
     assert_within("dx", dx, dx_ref, dx_bound(dx_ref, x, dy, weight, mean_ref, rstd_ref, dtype),
                   f"{DX_EPS} float32 eps of the row's max |dx|, plus one mean ulp's effect "
                   "and half a float16 ulp")
+
+
+# --------------------------------------------------------------------------- beside PyTorch
+
+@functools.lru_cache(maxsize=None)
+def _torch_results(dtype, kind, cols):
+    """PyTorch's y, mean, rstd and dx (from its own statistics) as float64 NumPy arrays.
+
+    float16 x and dy go in as float16 with float32 weight and bias, as numba-ln gets them.
+    """
+    import torch
+
+    x, weight, bias, dy = (torch.from_numpy(a.copy()) for a in _inputs(dtype, kind, cols))
+    y, mean, rstd = torch.ops.aten.native_layer_norm(x, [cols], weight, bias, EPS)
+    dx, _, _ = torch.ops.aten.native_layer_norm_backward(dy, x, [cols], mean, rstd, weight,
+                                                        bias, [True, True, True])
+    y, mean, rstd, dx = (t.double().numpy() for t in (y, mean, rstd, dx))
+    return y, mean.ravel(), rstd.ravel(), dx
+
+
+def _largest(actual, expected, relative=False):
+    error = np.abs(np.asarray(actual, np.float64) - expected)
+    return (error / np.abs(expected) if relative else error).max()
+
+
+def _worst_ulps(actual, expected):
+    """The largest distance of ``actual`` from the true values, in float32 ulps of each."""
+    return (np.abs(np.asarray(actual, np.float64) - expected) / _ulp(expected, np.float32)).max()
+
+
+def _ours_and_reference(quantity, dtype, kind, cols):
+    if quantity == "dx":
+        (dx, _, _), (dx_ref, _, _) = _backward(dtype, kind, cols)
+        return dx, dx_ref
+    index = ("y", "mean", "rstd").index(quantity)
+    ours, reference = _forward(dtype, kind, cols)
+    return ours[index], reference[index]
+
+
+#: Per quantity: at most this many times PyTorch's largest error, relative or
+#: absolute, or (where allowed) every row within one float32 ulp of the truth.
+BESIDE_TORCH = {"mean": (2, False, True), "rstd": (2, True, True),
+                "y": (1.25, False, False), "dx": (1.25, False, False)}
+
+
+@pytest.mark.parametrize("quantity", list(BESIDE_TORCH))
+@pytest.mark.parametrize("dtype,kind,cols", CASES)
+def test_beside_pytorch(quantity, dtype, kind, cols):
+    pytest.importorskip("torch")
+    factor, relative, one_ulp_will_do = BESIDE_TORCH[quantity]
+    ours, reference = _ours_and_reference(quantity, dtype, kind, cols)
+    theirs = dict(zip(("y", "mean", "rstd", "dx"), _torch_results(dtype, kind, cols)))[quantity]
+    error = _largest(ours, reference, relative)
+    torch_error = _largest(theirs, reference, relative)
+    ulps = _worst_ulps(ours, reference) if one_ulp_will_do else None
+    if error <= factor * torch_error or (ulps is not None and ulps <= 1):
+        return
+    also = "" if ulps is None else f", and the worst row is {ulps:.3g} float32 ulps away (> 1)"
+    raise AssertionError(
+        f"{quantity}: numba-ln's largest {'relative ' if relative else ''}error {error:.3g} > "
+        f"{factor} x PyTorch's {torch_error:.3g}{also}")
