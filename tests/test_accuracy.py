@@ -275,3 +275,93 @@ def test_rows_of_mean_1e4_keep_their_accuracy(cols):
     assert_within("y on 1e4 + 1e-2 * randn rows", y, y_ref,
                   OFFSET_Y_EPS * float(np.finfo(np.float32).eps) * row_scale,
                   f"{OFFSET_Y_EPS} float32 eps of the row's max |y|")
+
+
+# --------------------------------------------------------------------------- overflowing squares
+
+def scaled_reference(x, weight, bias):
+    """The reference on each row of ``x`` scaled by a power of two (exact), so no square overflows.
+
+    Returns (y, mean, rstd) with one mean and rstd per row, scaled back.
+    """
+    results = []
+    for row in np.asarray(x, np.float64):
+        finite = np.abs(row[np.isfinite(row)])
+        exponent = int(np.frexp(finite.max())[1]) if finite.size else 0
+        y, mean, rstd = ref_layer_norm(np.ldexp(row, -exponent)[None], weight, bias,
+                                       eps=np.ldexp(EPS, -2 * exponent))
+        results.append((y[0], np.ldexp(mean.item(), exponent), np.ldexp(rstd.item(), -exponent)))
+    y, mean, rstd = zip(*results)
+    return np.array(y), np.array(mean), np.array(rstd)
+
+
+def _random_signs(rng, shape):
+    return rng.choice([-1.0, 1.0], shape)
+
+
+def _with_extremes(rng, shape):
+    """Rows of +-1e38 that each hold float32's largest value and its negative."""
+    x = 1e38 * _random_signs(rng, shape)
+    x[:, 1], x[:, 2] = np.finfo(np.float32).max, -np.finfo(np.float32).max
+    return x
+
+
+#: Rows whose squares overflow their own dtype: (dtype, how a row is drawn).
+HUGE = {
+    "float32-1e19": (np.float32, lambda rng, shape: 1e19 * rng.standard_normal(shape)),
+    "float32-pm1e38": (np.float32, lambda rng, shape: 1e38 * _random_signs(rng, shape)),
+    "float32-max": (np.float32, _with_extremes),
+    "float64-1e160": (np.float64, lambda rng, shape: 1e160 * rng.standard_normal(shape)),
+    "float64-1e300": (np.float64, lambda rng, shape: 1e300 * rng.standard_normal(shape)),
+}
+
+
+def _huge_inputs(name, cols, rows=4):
+    dtype, draw = HUGE[name]
+    rng = np.random.default_rng([cols, list(HUGE).index(name)])
+    x = draw(rng, (rows, cols)).astype(dtype)
+    weight = rng.standard_normal(cols).astype(dtype)
+    bias = rng.standard_normal(cols).astype(dtype)
+    return x, weight, bias
+
+
+def assert_like_the_reference(x, y, mean, rstd, y_ref, mean_ref, rstd_ref):
+    """Finite results within the ordinary rows' bounds, in x's own compute type."""
+    compute = _compute_type(x.dtype)
+    name = np.dtype(compute).name
+    for label, values in (("y", y), ("mean", mean), ("rstd", rstd)):
+        finite = np.isfinite(values)
+        assert finite.all(), (f"{label}: {np.count_nonzero(~finite)} of {finite.size} values "
+                              f"are not finite, e.g. {values[~finite].ravel()[:3]}")
+    assert_within("y", y, y_ref, y_bound(y_ref, x.dtype),
+                  f"{Y_EPS} {name} eps of the row's max |y|")
+    assert (rstd > 0).all(), f"rstd must be positive: {rstd.ravel()}"
+    assert_within("mean", mean, mean_ref, mean_bound(mean_ref, rstd_ref, x.shape[-1], compute),
+                  f"{MEAN_ULPS} {name} ulps of |mean| + std/sqrt(n)")
+    assert_within("rstd", rstd, rstd_ref, rstd_bound(rstd_ref, compute),
+                  f"{RSTD_EPS} {name} eps relative")
+
+
+@pytest.mark.parametrize("cols", [768, 65536])
+@pytest.mark.parametrize("name", list(HUGE))
+def test_rows_whose_squares_overflow(name, cols):
+    x, weight, bias = _huge_inputs(name, cols)
+    y, mean, rstd = numba_ln.layer_norm(x, weight, bias, eps=EPS, return_stats=True)
+    assert_like_the_reference(x, y, mean.ravel(), rstd.ravel(), *scaled_reference(x, weight, bias))
+
+
+@pytest.mark.parametrize("name", ["float32-pm1e38", "float64-1e300"])
+def test_nan_and_inf_rows_beside_an_overflowing_row(name):
+    x, weight, bias = _huge_inputs(name, 768, rows=1)
+    rng = np.random.default_rng(1)
+    ordinary = rng.standard_normal((3, 768)).astype(x.dtype)
+    ordinary[0, 5], ordinary[1, 700] = np.inf, np.nan
+    x = np.vstack([x, ordinary])  # rows: huge, one inf, one NaN, ordinary
+    y, mean, rstd = numba_ln.layer_norm(x, weight, bias, eps=EPS, return_stats=True)
+    assert np.isnan(y[1:3]).all(), "a row holding an inf or a NaN must be all NaN"
+    clean = [0, 3]
+    alone = numba_ln.layer_norm(x[clean], weight, bias, eps=EPS)
+    np.testing.assert_array_equal(y[clean], alone, "rows beside a NaN row must not change")
+    y_ref, mean_ref, rstd_ref = scaled_reference(x[clean], weight, bias)
+    assert_like_the_reference(x[clean], y[clean], mean.ravel()[clean], rstd.ravel()[clean],
+                              y_ref, mean_ref, rstd_ref)
