@@ -365,3 +365,35 @@ def test_nan_and_inf_rows_beside_an_overflowing_row(name):
     y_ref, mean_ref, rstd_ref = scaled_reference(x[clean], weight, bias)
     assert_like_the_reference(x[clean], y[clean], mean.ravel()[clean], rstd.ravel()[clean],
                               y_ref, mean_ref, rstd_ref)
+
+
+# --------------------------------------------------------------------------- one long row
+
+@functools.lru_cache(maxsize=None)
+def _long_row_draws(cols):
+    """A float32 randn row, weight and bias of ``cols`` columns, drawn once for both offsets."""
+    rng = np.random.default_rng(cols)
+    return [rng.standard_normal(cols, dtype=np.float32) for _ in range(3)]
+
+
+@pytest.mark.parametrize("offset", [0.0, 3.0], ids=["mean0", "mean3"])
+def test_a_ten_million_column_row_is_as_accurate_as_a_65536_one(offset):
+    y_error = {}
+    for cols in (65536, 10_000_000):
+        row, weight, bias = _long_row_draws(cols)
+        x = (row + np.float32(offset)).reshape(1, cols)
+        y, mean, rstd = numba_ln.layer_norm(x, weight, bias, eps=EPS, return_stats=True)
+        y_ref, mean_ref, rstd_ref = ref_layer_norm(x, weight, bias, eps=EPS)
+        y_error[cols] = np.abs(y - y_ref).max() / np.abs(y_ref).max()
+    # A short row's figure under one eps is luck, not a standard: twice at least one eps.
+    short = max(y_error[65536], float(np.finfo(np.float32).eps))
+    assert y_error[10_000_000] <= 2 * short, (
+        f"y's largest error over the row's largest |y|: {y_error[10_000_000]:.3g} at 10,000,000 "
+        f"columns > 2 x {short:.3g} (the 65536-column row's {y_error[65536]:.3g}, at least one "
+        "float32 eps)")
+    mean_ref, rstd_ref = mean_ref.ravel(), rstd_ref.ravel()
+    assert_within("mean of the 10,000,000-column row", mean.ravel(), mean_ref,
+                  mean_bound(mean_ref, rstd_ref, cols, np.float32),
+                  f"{MEAN_ULPS} float32 ulps of |mean| + std/sqrt(n)")
+    assert_within("rstd of the 10,000,000-column row", rstd.ravel(), rstd_ref,
+                  rstd_bound(rstd_ref, np.float32), f"{RSTD_EPS} float32 eps relative")
