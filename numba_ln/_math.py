@@ -80,9 +80,17 @@ def scaled_rstd(variance, eps, scale):
 
 
 @_jit
-def deviation(value, scale, center, correction):
-    """``(value - mean) * scale``, as ``(value * scale - center) - correction``."""
-    return (value * scale - center) - correction
+def affine_output(value, scale, center, correction, rstd_high, rstd_low, weight, bias):
+    """``y = (value - mean) * rstd * weight + bias`` from the CPU statistics.
+
+    ``rstd_high + rstd_low`` is the scaled row's float64 ``rstd`` split in
+    two of the compute type. Computed as ``t * gain + (bias - correction *
+    gain)`` with ``t = value * scale - center`` (exact when ``center`` is
+    near ``value``) and ``gain = rstd * weight`` rounded once: the large
+    term is rounded twice in all, not four times.
+    """
+    gain = rstd_high * weight + rstd_low * weight
+    return (value * scale - center) * gain + (bias - correction * gain)
 
 
 @_jit

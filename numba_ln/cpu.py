@@ -195,14 +195,19 @@ def _stream_rest(stage, y, start, count):
 
 @_piece
 def _row_sum(x, scale):
-    """``sum(x * scale)``, added in float64 lanes.
+    """``sum(x * scale)`` in float64: blocks of ``STATS_BLOCK`` elements, then their sums.
 
-    The center's rounding is then the only error in the mean, and it is
-    known exactly (``_math``); a float64 sum of float32 values cannot overflow.
+    The center's rounding is then the only error in a float32 row's mean,
+    and it is known exactly (``_math``); the blocks keep a float64 row's
+    rounding near an ulp of a block's sum. It cannot overflow for float32.
     """
+    cols = x.shape[0]
     total = 0.0
-    for j in range(x.shape[0]):
-        total += load(x, j) * scale
+    for start in range(0, cols, STATS_BLOCK):
+        part = 0.0
+        for j in range(start, _smaller(cols, start + STATS_BLOCK)):
+            part += load(x, j) * scale
+        total += part
     return total
 
 
@@ -255,9 +260,10 @@ def _overflow_scale(x):
 def _ln_fwd_stats(x, eps):
     """Statistics of one row ``x`` (a 1-D view), corrected two-pass (see ``_math``).
 
-    Returns ``(scale, center, correction, scaled_rstd, mean, rstd)``: the
-    first four, in the compute type, are what :func:`_normalize` needs; the
-    last two are reported. A finite row whose sums or squares overflow is
+    Returns ``(scale, center, correction, rstd_high, rstd_low, mean,
+    rstd)``: the first five, in the compute type, are what
+    :func:`_normalize` needs (the scaled row's rstd in two parts); the last
+    two are reported. A finite row whose sums or squares overflow is
     measured again, scaled by a power of two (exact); a row with a NaN or an
     infinity gives NaN statistics.
     """
@@ -268,17 +274,19 @@ def _ln_fwd_stats(x, eps):
         if scale != 1.0:
             center, correction, variance = _row_moments(x, to_compute(x, scale))
     scaled_rstd = _math.scaled_rstd(variance, eps, scale)
-    return (to_compute(x, scale), center, to_compute(x, correction), to_compute(x, scaled_rstd),
+    rstd_high = to_compute(x, scaled_rstd)
+    return (to_compute(x, scale), center, to_compute(x, correction), rstd_high,
+            to_compute(x, scaled_rstd - rstd_high),
             to_compute(x, _math.scaled_mean(center, correction, scale)),
             to_compute(x, scaled_rstd * scale))
 
 
 @_piece
-def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd,
-               count):
+def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd_high,
+               rstd_low, count):
     """``y[j] = (x[j] - mean) * rstd * weight[j] + bias[j]`` for ``j < count``.
 
-    The statistics are :func:`_ln_fwd_stats`'s (``rstd`` the scaled row's).
+    The statistics are :func:`_ln_fwd_stats`'s.
     Inlined where ``count`` is a staging tile's constant length, LLVM emits
     one straight vector loop with no remainder.
     """
@@ -287,13 +295,13 @@ def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correcti
     for j in range(count):
         w = weight[j] if has_weight else one
         b = bias[j] if has_bias else zero
-        d = _math.deviation(load(x, j), scale, center, correction)
-        store(y, j, _math.normalize_affine(d, rstd, w, b))
+        store(y, j, _math.affine_output(load(x, j), scale, center, correction, rstd_high,
+                                        rstd_low, w, b))
 
 
 @_shared
 def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
-                         rstd, stage, x_next):
+                         rstd_high, rstd_low, stage, x_next):
     """``_normalize`` of a row, ``y`` written with streaming stores a line at a time.
 
     Tiles of the row are computed into ``stage`` (in cache) and copied out
@@ -305,19 +313,20 @@ def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, scale, center
     """
     cols = x.shape[0]
     head = _line_head(y)
-    _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd, head)
+    _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd_high,
+               rstd_low, head)
     start = head
     tile = np.int64(stage_elements(stage))  # int64 like every other count: one compilation
     while start + tile <= cols:
         _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
-                   scale, center, correction, rstd, tile)
+                   scale, center, correction, rstd_high, rstd_low, tile)
         if element_bytes(x) == 2:
             for k in range(0, tile, line_elements(x)):
                 prefetch_line(x_next, start + k)
         _stream_lines(stage, y, start, tile)
         start += tile
     _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias, scale,
-               center, correction, rstd, cols - start)
+               center, correction, rstd_high, rstd_low, cols - start)
     _stream_rest(stage, y, start, cols - start)
 
 
@@ -337,14 +346,16 @@ def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, 
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
         y_row = y[r * ldy:r * ldy + cols]
-        scale, center, correction, scaled_rstd, row_mean, row_rstd = _ln_fwd_stats(x_row, eps)
+        scale, center, correction, rstd_high, rstd_low, row_mean, row_rstd = _ln_fwd_stats(
+            x_row, eps)
         if stage is None:
             _normalize(x_row, y_row, weight, bias, has_weight, has_bias, scale, center,
-                       correction, scaled_rstd, cols)
+                       correction, rstd_high, rstd_low, cols)
         else:
             ahead = _smaller(r + 1, rows - 1) * ldx
             _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, scale,
-                                 center, correction, scaled_rstd, stage, x[ahead:ahead + cols])
+                                 center, correction, rstd_high, rstd_low, stage,
+                                 x[ahead:ahead + cols])
         if keep_mean:
             mean[r] = row_mean
         if keep_rstd:
