@@ -199,14 +199,15 @@ def _row_sum(x, scale):
 
     The center's rounding is then the only error in a float32 row's mean,
     and it is known exactly (``_math``); the blocks keep a float64 row's
-    rounding near an ulp of a block's sum. It cannot overflow for float32.
+    rounding near an ulp of a block's sum. ``scale`` is a float64, so that
+    its product fuses with the float64 add.
     """
-    cols = x.shape[0]
     total = 0.0
-    for start in range(0, cols, STATS_BLOCK):
+    for start in range(0, x.shape[0], STATS_BLOCK):
+        block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
         part = 0.0
-        for j in range(start, _smaller(cols, start + STATS_BLOCK)):
-            part += load(x, j) * scale
+        for j in range(block.shape[0]):
+            part += np.float64(load(block, j)) * scale
         total += part
     return total
 
@@ -218,12 +219,12 @@ def _row_sumsq(x, scale, center):
     Short blocks in vector lanes keep each block's rounding near an ulp of its
     sum; float64 between blocks keeps a long row as accurate as a short one.
     """
-    cols = x.shape[0]
     total = 0.0
-    for start in range(0, cols, STATS_BLOCK):
+    for start in range(0, x.shape[0], STATS_BLOCK):
+        block = x[start:start + STATS_BLOCK]
         part = to_compute(x, 0)
-        for j in range(start, _smaller(cols, start + STATS_BLOCK)):
-            d = _math.scaled_deviation(load(x, j), scale, center)
+        for j in range(block.shape[0]):
+            d = _math.scaled_deviation(load(block, j), scale, center)
             part += d * d
         total += part
     return total
@@ -238,7 +239,7 @@ def _row_moments(x, scale):
     that rounding lost) and ``variance`` are float64.
     """
     n = x.shape[0]
-    mean = _row_sum(x, scale) / n
+    mean = _row_sum(x, np.float64(scale)) / n
     center = to_compute(x, mean)
     correction, variance = _math.corrected_moments(mean - center, _row_sumsq(x, scale, center), n)
     return center, correction, variance
