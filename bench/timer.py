@@ -1,8 +1,8 @@
 """The benchmark timer: best of samples, batched for short calls, rivals interleaved.
 
-``python -m bench`` times every case with it; the pytest-benchmark suite
-times its rows with pytest-benchmark and the roofline they are compared
-with here.
+``python -m bench`` times every case with it (the tables by budget, the size
+curve by a fixed number of rounds); the pytest-benchmark suite times its rows
+with pytest-benchmark and the roofline they are compared with here.
 """
 
 import gc
@@ -19,6 +19,9 @@ MIN_SAMPLES = 3
 MAX_SAMPLES = 40
 #: Calls shorter than this are timed in batches, so the clock's own cost is noise.
 _MIN_SAMPLE_S = 1e-3
+#: Slower calls are not settled: a switch's stall is small beside them, and a
+#: settling call would double the cost of the largest points.
+SETTLE_MAX_S = 0.01
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class Timing:
 class _Sampler:
     """Samples of one callable, and the rule that says when there are enough."""
 
-    def __init__(self, call, budget_s, min_samples, max_samples):
+    def __init__(self, call, budget_s, min_samples, max_samples, settle=0):
         self.call, self.budget_s = call, budget_s
         self.min_samples, self.max_samples = min_samples, max_samples
         start = time.perf_counter()
@@ -51,7 +54,9 @@ class _Sampler:
         single = time.perf_counter() - start
         self.loops = 1 if single >= _MIN_SAMPLE_S else min(
             10_000, math.ceil(_MIN_SAMPLE_S / max(single, 1e-8)))
-        self.samples = [single] if self.loops == 1 else []
+        self.settle = settle if single < SETTLE_MAX_S else 0
+        # This first call was not settled, so it counts only where none are.
+        self.samples = [single] if self.loops == 1 and not self.settle else []
         self.spent = single
 
     def done(self):
@@ -61,6 +66,8 @@ class _Sampler:
                 or (n >= 2 and self.spent >= 2 * self.budget_s))
 
     def sample(self):
+        for _ in range(self.settle):
+            self.call()
         start = time.perf_counter()
         for _ in range(self.loops):
             self.call()
@@ -74,7 +81,7 @@ class _Sampler:
 
 
 def measure(calls, budget_s=DEFAULT_BUDGET_S, followers=(), min_samples=MIN_SAMPLES,
-            max_samples=MAX_SAMPLES):
+            max_samples=MAX_SAMPLES, settle=0):
     """Time warmed-up zero-argument callables in rounds, one sample of each per round.
 
     Each callable is sampled until it has at least ``min_samples`` samples
@@ -100,6 +107,9 @@ def measure(calls, budget_s=DEFAULT_BUDGET_S, followers=(), min_samples=MIN_SAMP
     followers : collection of int
         Indices into ``calls``.
     min_samples, max_samples : int
+    settle : int, optional
+        Untimed calls before each sample of a callable faster than
+        :data:`SETTLE_MAX_S` (see :func:`measure_rounds`).
 
     Returns
     -------
@@ -115,7 +125,8 @@ def measure(calls, budget_s=DEFAULT_BUDGET_S, followers=(), min_samples=MIN_SAMP
     enabled = gc.isenabled()
     gc.disable()
     try:
-        samplers = [_Sampler(call, budget_s, min_samples, max_samples) for call in calls]
+        samplers = [_Sampler(call, budget_s, min_samples, max_samples, settle)
+                    for call in calls]
         while True:
             leaders_busy = any(not s.done() for i, s in enumerate(samplers)
                                if i not in followers)
@@ -131,3 +142,38 @@ def measure(calls, budget_s=DEFAULT_BUDGET_S, followers=(), min_samples=MIN_SAMP
     return [s.timing() for s in samplers]
 
 
+def measure_rounds(calls, rounds, settle=1):
+    """Time warmed-up callables in exactly ``rounds`` interleaved rounds.
+
+    Each round samples every callable once, in turn, so all of them meet the
+    same moments of the machine; the rules for short calls (looped to at
+    least a millisecond a sample) and the collector are those of
+    :func:`measure`, with no time budget. Each sample of a call faster than
+    :data:`SETTLE_MAX_S` follows ``settle`` untimed calls of the same
+    callable: two libraries with thread pools of their own (numba's TBB,
+    PyTorch's OpenMP) leave their threads spinning after a call, and the
+    first call of the other one after a switch can stall on 2 cores.
+
+    Parameters
+    ----------
+    calls : list of callable
+        Warmed up (run once).
+    rounds : int
+        Samples per callable, at least 1.
+    settle : int, optional
+        Untimed calls before each sample (of calls under :data:`SETTLE_MAX_S`).
+
+    Returns
+    -------
+    list of Timing
+        In the order of ``calls``; ``median_s`` is the median of the rounds.
+
+    Examples
+    --------
+    >>> [timing] = measure_rounds([lambda: None], 4)
+    >>> timing.samples
+    4
+    """
+    # An endless budget leaves the sample count as the only rule that ends it.
+    return measure(calls, budget_s=math.inf, min_samples=rounds, max_samples=rounds,
+                   settle=settle)
