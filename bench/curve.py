@@ -10,11 +10,11 @@ rounds. The result is one dictionary, ``results["size_curve"]`` in the JSON;
 """
 
 import statistics
+import time
 
-from . import timer
+from . import runner, timer
 from .cases import OPERATIONS, cases
 from .competitors import CURVE_COMPETITORS, Workspace, torch_no_grad
-from .runner import prepare_all
 
 DTYPE = "float32"
 #: Rows at each hidden size: one row (latency) to past a 32 MiB L3 (65536x768
@@ -24,6 +24,9 @@ ROWS = {768: (1, 4, 16, 64, 128, 256, 512, 1024, 4096, 16384, 65536),
 SHAPES = tuple((rows, cols) for cols, all_rows in ROWS.items() for rows in all_rows)
 #: Issue 15 asks for medians of at least 15 rounds.
 DEFAULT_ROUNDS = 15
+#: Short calls are looped to 2 ms a sample, so that a small point's 15 rounds
+#: last long enough (~0.15 s) to tell how much other processes took.
+SAMPLE_S = 0.002
 
 
 def run(shapes=SHAPES, rounds=DEFAULT_ROUNDS, operations=OPERATIONS, progress=None,
@@ -52,9 +55,14 @@ def run(shapes=SHAPES, rounds=DEFAULT_ROUNDS, operations=OPERATIONS, progress=No
     points = []
     with torch_no_grad():
         for case in cases(shapes, (DTYPE,), operations):
-            entries = prepare_all(case, CURVE_COMPETITORS, workspace, progress, skipped)
-            timings = timer.measure_rounds([e.call for e in entries], rounds)
-            points.append(point(case, entries, timings))
+            entries = runner.prepare_all(case, CURVE_COMPETITORS, workspace, progress,
+                                         skipped)
+            before, start = runner.cpu_seconds(), time.perf_counter()
+            timings = timer.measure_rounds([e.call for e in entries], rounds,
+                                           sample_s=SAMPLE_S)
+            others = runner.others_share(before, runner.cpu_seconds(),
+                                         time.perf_counter() - start)
+            points.append(point(case, entries, timings, others))
             del entries
             if progress:
                 progress.step()
@@ -66,7 +74,7 @@ def run(shapes=SHAPES, rounds=DEFAULT_ROUNDS, operations=OPERATIONS, progress=No
             "points": points, "summary": summary(points)}
 
 
-def point(case, entries, timings):
+def point(case, entries, timings, others=None):
     """One point's medians and ratios.
 
     Parameters
@@ -75,6 +83,9 @@ def point(case, entries, timings):
     entries : list of Prepared
     timings : list of Timing
         In the order of ``entries``.
+    others : float, optional
+        The share of the CPUs other processes used while it was timed
+        (:func:`bench.runner.others_share`).
 
     Returns
     -------
@@ -83,7 +94,8 @@ def point(case, entries, timings):
         ``bytes`` moved), ``median_s`` and ``best_s`` by competitor key (the
         roofline's faster kernel by median, named in ``roofline_kernel``),
         ``torch_speedup`` (PyTorch's median over numba-ln's; None without
-        PyTorch) and ``copy_fraction`` (the copy's median over numba-ln's).
+        PyTorch), ``copy_fraction`` (the copy's median over numba-ln's) and
+        ``others_cpu`` (``others``).
     """
     median_s, best_s, kernel = {}, {}, None
     for entry, timing in zip(entries, timings):
@@ -97,7 +109,7 @@ def point(case, entries, timings):
             "shape": case.label, "elements": case.rows * case.cols, "bytes": case.bytes_moved,
             "median_s": median_s, "best_s": best_s, "roofline_kernel": kernel,
             "torch_speedup": _ratio(median_s.get("torch"), mine),
-            "copy_fraction": _ratio(median_s.get("roofline"), mine)}
+            "copy_fraction": _ratio(median_s.get("roofline"), mine), "others_cpu": others}
 
 
 def _ratio(numerator, denominator):

@@ -164,11 +164,14 @@ def curve_rows(curve):
     list of tuple of str
         ``shape``, ``x size``, then per operation measured numba-ln's
         ``time`` (median), ``x PyTorch`` (PyTorch's median over numba-ln's)
-        and ``% copy`` (the copy's median over numba-ln's).
+        and ``% copy`` (the copy's median over numba-ln's); last ``others``,
+        the largest share of the CPUs other processes took while the row was
+        timed.
     """
     operations = [op for op in OPERATIONS if any(p["operation"] == op for p in curve["points"])]
     header = ("shape", "x size") + tuple(f"{_SHORT[op]} {what}" for op in operations
                                          for what in ("time", "x PyTorch", "% copy"))
+    header += ("others",)
     by_shape = {}
     for p in curve["points"]:
         by_shape.setdefault((p["rows"], p["cols"]), {})[p["operation"]] = p
@@ -181,8 +184,32 @@ def curve_rows(curve):
             mine = p and p["median_s"].get("numba_ln")
             cells += ["", "", ""] if not mine else [
                 format_time(mine), _ratio(p["torch_speedup"]), _percent(p["copy_fraction"])]
+        cells.append(_percent(_busiest(found.values())))
         rows.append(tuple(cells))
     return rows
+
+
+#: Other processes' share of the CPUs above which a row's figures are suspect.
+BUSY_SHARE = 0.25
+
+
+def _busiest(points):
+    shares = [p.get("others_cpu") for p in points if p.get("others_cpu") is not None]
+    return max(shares) if shares else None
+
+
+def curve_busy_warning(curve):
+    """A warning when other processes took the CPUs while some rows were timed, else None."""
+    by_shape = {}
+    for p in curve["points"]:
+        by_shape.setdefault(p["shape"], []).append(p)
+    busy = [shape for shape, points in by_shape.items()
+            if (_busiest(points) or 0) > BUSY_SHARE]
+    if not busy:
+        return None
+    return (f"other processes took more than {BUSY_SHARE:.0%} of the CPUs while "
+            f"{len(busy)} of {len(by_shape)} rows of the size curve were timed ({', '.join(busy)}"
+            f"; column others): their figures are not to be trusted")
 
 
 def curve_summary(curve):
@@ -201,7 +228,8 @@ def curve_summary(curve):
 def _curve_method(curve):
     return (f"median of {curve['rounds']} interleaved rounds (each round times every "
             f"implementation once, in turn); x PyTorch: PyTorch's time over numba-ln's; "
-            f"% copy: the time of a copy moving the same bytes over numba-ln's")
+            f"% copy: the time of a copy moving the same bytes over numba-ln's; others: "
+            f"the share of the CPUs that other processes took meanwhile")
 
 
 def format_text(results):
@@ -238,6 +266,8 @@ def format_text(results):
         out.append(f"== size curve, {curve['dtype']}: {_curve_method(curve)}")
         out.append(_text_table(curve_rows(curve), first_figure=1))
         out.append(curve_summary(curve))
+        if curve_busy_warning(curve):
+            out.append(f"warning: {curve_busy_warning(curve)}")
         out.append("")
     for line in missing_lines(results):
         out.append(f"not measured: {line}")
@@ -313,6 +343,8 @@ def format_markdown(results, plot=None, curve_plot=None):
             out += [f"![Time per element against working-set size]({curve_plot})", ""]
         out += [_markdown_table(curve_rows(curve), first_figure=1), "",
                 f"{curve_summary(curve)}.", ""]
+        if curve_busy_warning(curve):
+            out += [f"**Warning:** {curve_busy_warning(curve)}.", ""]
     if results["results"]:
         out += ["## Every implementation and shape", ""]
     for (operation, dtype), records in sections(results["results"]).items():

@@ -7,6 +7,7 @@ that a missing optional part is a note, not a failure.
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -242,7 +243,7 @@ def test_missing_optional_parts_are_notes_and_the_run_completes(tmp_path, monkey
 # ----------------------------------------------------------------------------- the size curve
 
 CURVE_COLUMNS = ["shape", "x", "size", "fwd", "time", "fwd", "x", "PyTorch", "fwd", "%", "copy",
-                 "bwd", "time", "bwd", "x", "PyTorch", "bwd", "%", "copy"]
+                 "bwd", "time", "bwd", "x", "PyTorch", "bwd", "%", "copy", "others"]
 
 
 def chosen(argv):
@@ -325,6 +326,7 @@ def test_curve_writes_json_plot_and_page(curve_run):
             p["roofline_kernel"])
         assert p["copy_fraction"] == pytest.approx(p["median_s"]["roofline"]
                                                    / p["median_s"]["numba_ln"])
+        assert p["others_cpu"] is None or 0 <= p["others_cpu"] <= 1
         if has_torch:
             assert p["torch_speedup"] == pytest.approx(p["median_s"]["torch"]
                                                        / p["median_s"]["numba_ln"])
@@ -351,7 +353,7 @@ def test_curve_without_pytorch_or_matplotlib_is_notes(tmp_path, monkeypatch):
     assert status == 0 and "Traceback" not in stdout + stderr
     lines = stdout.splitlines()
     header = next(i for i, line in enumerate(lines) if line.startswith("shape"))
-    assert lines[header].split() == CURVE_COLUMNS[:11]
+    assert lines[header].split() == CURVE_COLUMNS[:11] + ["others"]
     assert lines[header + 3] == "numba-ln over PyTorch: not measured (no PyTorch in this run)"
     assert [line for line in lines if line.startswith("not measured: ")] == [
         "not measured: PyTorch (cpu): PyTorch is not installed (pip install torch, or "
@@ -387,6 +389,26 @@ def test_summary_of_speedups():
     assert curve.summary(points[2:]) == {"all": None, "backward": None}
 
 
+def test_rows_timed_while_others_took_the_cpus_are_flagged():
+    def fake(shape, others):
+        return {"operation": "forward", "rows": int(shape[0]), "cols": 8, "shape": shape,
+                "median_s": {"numba_ln": 1e-6}, "torch_speedup": 1.0, "copy_fraction": 0.5,
+                "others_cpu": others}
+
+    found = {"dtype": "float32", "points": [fake("1x8", 0.02), fake("2x8", None)]}
+    assert [row[-1] for row in report.curve_rows(found)] == ["others", "2%", ""]
+    assert report.curve_busy_warning(found) is None
+    found["points"].append(fake("4x8", 0.5))
+    assert report.curve_busy_warning(found).startswith(
+        "other processes took more than 25% of the CPUs while 1 of 3 rows of the size curve "
+        "were timed (4x8; column others)")
+    cores = os.cpu_count() or 1
+    assert runner.others_share((10.0, 1.0), (12.0, 2.0), 1.0) == pytest.approx(1 / cores)
+    assert runner.others_share(None, (12.0, 2.0), 1.0) is None
+    now = runner.cpu_seconds()
+    assert now is None or (now[0] > 0 and now[1] > 0)
+
+
 def test_cache_sizes_from_sysfs(tmp_path):
     for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction",
                                                  "32K"), ("2", "Unified", "1M"),
@@ -403,20 +425,22 @@ def test_cache_sizes_from_sysfs(tmp_path):
 
 
 def test_rounds_are_exact_and_short_calls_settle_first(monkeypatch):
-    counts = {"fast": 0, "slow": 0}
+    calls = []
 
-    def fast():
-        counts["fast"] += 1
+    def call(name, pause_s=0.0):
+        def run():
+            calls.append(name)
+            time.sleep(pause_s)
+        return run
 
-    def slow():
-        counts["slow"] += 1
-        time.sleep(0.002)
-
-    monkeypatch.setattr(timer, "SETTLE_MAX_S", 0.0015)  # slow is above it, fast below
-    fast_t, slow_t = timer.measure_rounds([fast, slow], 4)
-    assert fast_t.samples == slow_t.samples == 4 and slow_t.loops == 1
-    assert counts["fast"] == (1 + 4 * (1 + fast_t.loops))  # probe, then settle + loops
-    assert counts["slow"] == 4  # the probe is the first sample; nothing settles
+    monkeypatch.setattr(timer, "SETTLE_MAX_S", 0.0015)  # "slow" is above it, the others below
+    a, b, slow = timer.measure_rounds([call("a"), call("b"), call("slow", 0.005)], 4)
+    assert a.samples == b.samples == slow.samples == 4 and slow.loops == 1
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(calls)]
+    # Each sample of a short call follows one settling call; the slow one's first call
+    # (before the rounds) is its first sample, so the last round has no "slow".
+    assert runs[-11:] == [("a", 1 + a.loops), ("b", 1 + b.loops), ("slow", 1)] * 3 + [
+        ("a", 1 + a.loops), ("b", 1 + b.loops)]
 
 
 # ----------------------------------------------------------------------------- the modules
@@ -479,7 +503,7 @@ def test_roofline_prepares_every_kernel():
 
 
 def test_timer_and_figures():
-    [timing] = timer.measure([lambda: None], budget_s=0.001)
+    [timing] = timer.measure([lambda: None], budget_s=0.005)
     assert timing.samples >= timer.MIN_SAMPLES and timing.loops > 1
     assert 0 < timing.best_s <= timing.median_s
     case = cases.Case("backward", 2, 8, "float32")
