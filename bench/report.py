@@ -229,7 +229,8 @@ def _curve_method(curve):
     return (f"median of {curve['rounds']} interleaved rounds (each round times every "
             f"implementation once, in turn); x PyTorch: PyTorch's time over numba-ln's; "
             f"% copy: the time of a copy moving the same bytes over numba-ln's; others: "
-            f"the share of the CPUs that other processes took meanwhile")
+            f"the share of the CPUs that other processes took meanwhile (blank: timed too "
+            f"briefly to tell)")
 
 
 def format_text(results):
