@@ -506,7 +506,8 @@ def plot_curve(results, path):
         ax.grid(True, which="both", alpha=0.3)
     legend = {}  # one legend below both panels, so no line hides behind it
     for ax in axes[0]:
-        legend.update(zip(*reversed(ax.get_legend_handles_labels())))
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(zip(labels, handles))
     fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=4, fontsize=8)
     m = results["machine"]
     fig.suptitle(f"numba-ln {results['versions']['numba_ln']} size curve: {m['cpu_model']}, "

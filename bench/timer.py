@@ -19,8 +19,8 @@ MIN_SAMPLES = 3
 MAX_SAMPLES = 40
 #: Calls shorter than this are timed in batches, so the clock's own cost is noise.
 _MIN_SAMPLE_S = 1e-3
-#: Slower calls are not settled: a switch's stall is small beside them, and a
-#: settling call would double the cost of the largest points.
+#: Calls slower than this are not settled: a switch's stall is small beside
+#: them, and a settling call would double the cost of the largest points.
 SETTLE_MAX_S = 0.01
 
 
@@ -100,8 +100,8 @@ def measure(calls, budget_s=DEFAULT_BUDGET_S, followers=(), min_samples=MIN_SAMP
     ``max_samples``; a call slower than the budget stops after two samples
     once twice the budget is spent (never after one: a single hiccup of the
     machine must not become the figure). Calls under ``sample_s`` (a
-    millisecond) are looped and the loop time divided by the count. The garbage collector is
-    off while the clock runs.
+    millisecond) are looped and the loop time divided by the count. The
+    garbage collector is off while the clock runs.
 
     Interleaving puts every competitor through the same moments of the
     machine (another process waking, the clock frequency changing), so their
