@@ -85,7 +85,8 @@ $(TORCH_STAMP): $(STAMP)
 bench-deps: $(TORCH_STAMP)
 	$(PY) capi/build.py --outdir build >/dev/null || echo "note: no C library; the C ABI row is skipped"
 
-# The benchmark table; JSON and PNG in bench-results/ (gitignored).
+# The benchmark tables, then the size curve (about 3 minutes on 2 cores);
+# JSON and PNGs in bench-results/ (gitignored).
 bench: $(STAMP) bench-deps
 	$(PY) -m bench --out bench-results
 

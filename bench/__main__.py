@@ -1,8 +1,9 @@
 """``python -m bench``: measure numba-ln against its competitors and report.
 
-Run from the repository root. Prints the tables; ``--out DIR`` also writes
-``results.json`` and ``plot.png``, and ``--update-docs FILE`` the benchmarks
-page. See ``python -m bench --help``.
+Run from the repository root. Prints the tables and the size curve's
+ratios; ``--out DIR`` also writes ``results.json``, ``plot.png`` and
+``size_curve.png``, and ``--update-docs FILE`` the benchmarks page. See
+``python -m bench --help``.
 """
 
 import argparse
@@ -11,7 +12,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import report, runner, timer
+from . import curve, report, runner, timer
 from .cases import (DTYPES, OPERATIONS, QUICK_SHAPES, cases, default_shapes, parse_choices,
                     parse_shapes)
 from .competitors import Workspace, gpu_unavailable_reason
@@ -32,9 +33,12 @@ def parser():
             "Time layer norm (forward and backward) in numba-ln, plain NumPy, PyTorch (when "
             "installed), the numba-ln C ABI (when built) and, with a GPU, numba-ln CUDA and "
             "PyTorch CUDA; beside them a copy moving the same bytes (the roofline). Prints "
-            "time, GB/s, % of roofline and speedups; --out also writes JSON and a plot."),
+            "time, GB/s, % of roofline and speedups; --out also writes JSON and a plot. "
+            "The default run ends with the size curve: float32 on the CPU, numba-ln against "
+            "PyTorch from one row to past the L3 cache, medians of interleaved rounds."),
         epilog=(f"default shapes: {_shapes_text(default_shapes())}; "
-                f"--quick: {_shapes_text(QUICK_SHAPES)}"))
+                f"--quick: {_shapes_text(QUICK_SHAPES)}; "
+                f"size curve: {_shapes_text(curve.SHAPES)}"))
     p.add_argument("--device", default="all", metavar="{cpu,cuda,all}",
                    help="where to run: cpu, cuda, or all (default: all = the CPU, and the "
                         "GPU when one can be timed)")
@@ -51,9 +55,18 @@ def parser():
     p.add_argument("--budget", type=float, metavar="SECONDS",
                    help=f"seconds of timed calls per figure (default "
                         f"{timer.DEFAULT_BUDGET_S}, --quick {QUICK_BUDGET_S})")
+    p.add_argument("--curve", action="store_true",
+                   help="measure only the size curve (its points: --shapes, default the "
+                        "list below); float32, CPU")
+    p.add_argument("--no-curve", action="store_true",
+                   help="leave the size curve out of the default run (--shapes and --quick "
+                        "leave it out too)")
+    p.add_argument("--rounds", type=int, default=curve.DEFAULT_ROUNDS, metavar="N",
+                   help=f"interleaved rounds per size-curve point; each figure is their "
+                        f"median (default {curve.DEFAULT_ROUNDS})")
     p.add_argument("--out", metavar="DIR",
-                   help="write DIR/results.json (every figure, machine, versions, date) "
-                        "and DIR/plot.png")
+                   help="write DIR/results.json (every figure, machine, versions, date), "
+                        "DIR/plot.png and DIR/size_curve.png")
     p.add_argument("--capi-lib", metavar="PATH",
                    help="the built libnumba_ln.so to benchmark through the C ABI "
                         "(default: $NUMBA_LN_CAPI_LIB, else build/libnumba_ln.so)")
@@ -77,12 +90,18 @@ def settings(p, args):
 
     if args.device not in ("cpu", "cuda", "all"):
         p.error(f"--device: unknown device {args.device!r}; choose from cpu, cuda, all")
+    if args.curve and args.device == "cuda":
+        p.error("--curve: the size curve is measured on the CPU (--device cpu or all)")
     dtypes = parse(parse_choices, args.dtype, DTYPES, "dtype", option="--dtype")
     operations = parse(parse_choices, args.ops, OPERATIONS, "operation", option="--ops")
     if args.shapes is not None:
         shapes = parse(parse_shapes, args.shapes, option="--shapes")
     else:
         shapes = QUICK_SHAPES if args.quick else default_shapes()
+    if args.curve and args.no_curve:
+        p.error("--curve and --no-curve contradict each other")
+    if args.rounds < 1:
+        p.error(f"--rounds: must be at least 1, got {args.rounds}")
     budget = args.budget if args.budget is not None else (
         QUICK_BUDGET_S if args.quick else timer.DEFAULT_BUDGET_S)
     if not budget > 0:
@@ -94,9 +113,15 @@ def settings(p, args):
         devices = ("cpu",)
     else:
         devices = ("cuda",) if args.device == "cuda" else ("cpu", "cuda")
+    points = None  # the size curve's; the default run ends with it
+    if args.curve:
+        points, shapes = (shapes if args.shapes is not None else curve.SHAPES), ()
+    elif args.shapes is None and not args.quick and not args.no_curve and "cpu" in devices:
+        points = curve.SHAPES
+    size_curve = points and {"shapes": [list(s) for s in points], "rounds": args.rounds}
     return {"devices": devices, "dtypes": dtypes, "operations": operations,
             "shapes": [list(s) for s in shapes], "budget_s": budget, "quick": args.quick,
-            "capi_lib": args.capi_lib, "gpu_reason": gpu_reason}
+            "capi_lib": args.capi_lib, "size_curve": size_curve, "gpu_reason": gpu_reason}
 
 
 def measure(chosen, argv):
@@ -104,7 +129,7 @@ def measure(chosen, argv):
     case_list = cases([tuple(s) for s in chosen["shapes"]], chosen["dtypes"],
                       chosen["operations"])
     skipped = {}
-    if "cuda" not in chosen["devices"] and chosen["gpu_reason"] is not None:
+    if case_list and "cuda" not in chosen["devices"] and chosen["gpu_reason"] is not None:
         skipped["GPU rows (numba-ln CUDA, PyTorch CUDA)"] = chosen["gpu_reason"]
     load_before = runner.load_average()  # before our own threads add to it
     records = runner.run(case_list, chosen["devices"], Workspace(chosen["capi_lib"]),
@@ -115,6 +140,11 @@ def measure(chosen, argv):
                "settings": {k: v for k, v in chosen.items() if k != "gpu_reason"},
                "skipped": skipped, "results": records}
     results["machine"]["load_average_before"] = load_before
+    if chosen["size_curve"]:
+        shapes = [tuple(s) for s in chosen["size_curve"]["shapes"]]
+        progress = runner.Progress(len(shapes) * len(chosen["operations"]))
+        results["size_curve"] = curve.run(shapes, chosen["size_curve"]["rounds"],
+                                          chosen["operations"], progress, skipped)
     return results
 
 
@@ -148,20 +178,21 @@ def main(argv=None):
     else:
         results = measure(settings(p, args), argv)
 
-    plot_path = None
+    plots = {}
     if args.out:
         json_path = Path(args.out) / "results.json"
         fresh = not (args.from_json and json_path.resolve() == Path(args.from_json).resolve())
-        plot_path = report.save(results, args.out, write_json=fresh)
+        plots = report.save(results, args.out, write_json=fresh)
     if args.markdown or args.update_docs:
         page = Path(args.update_docs).parent if args.update_docs else Path.cwd()
-        link = report.relative_link(plot_path, page) if plot_path else None
-        markdown = report.format_markdown(results, link)
+        links = {name: report.relative_link(path, page) for name, path in plots.items()}
+        markdown = report.format_markdown(results, links.get("plot"), links.get("size_curve"))
     sys.stdout.write(markdown if args.markdown else report.format_text(results))
     if args.out:
-        written = [str(path) for path in (json_path if fresh else None, plot_path) if path]
+        written = [str(path) for path in [json_path if fresh else None, *plots.values()]
+                   if path]
         if written:
-            print(f"wrote {' and '.join(written)}", file=sys.stderr)
+            print(f"wrote {', '.join(written)}", file=sys.stderr)
     if args.update_docs:
         try:
             Path(args.update_docs).write_text(markdown)

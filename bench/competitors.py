@@ -2,7 +2,9 @@
 
 numba-ln (allocating, and writing into ``out=``), plain NumPy, PyTorch, the
 numba-ln C ABI (``libnumba_ln.so`` through cffi), numba-ln and PyTorch on a
-GPU, and the copy roofline that bounds them all.
+GPU, and the copy roofline that bounds them all. The size curve has a list of
+its own (:data:`CURVE_COMPETITORS`): numba-ln and PyTorch's aten kernels, both
+allocating and returning the statistics, NumPy and the roofline.
 
 - **Roofline**: a kernel that does nothing but stream the same bytes with the
   same pattern. On the CPU, forward's roofline is a copy ``x -> y``;
@@ -19,6 +21,7 @@ GPU, and the copy roofline that bounds them all.
   without it.
 """
 
+import contextlib
 import functools
 import importlib.util
 import os
@@ -130,6 +133,13 @@ def _build_numba_ln(case, inputs, workspace):
     return lambda: layer_norm_backward(dy, x, mean, rstd, w)
 
 
+def _build_numba_ln_stats(case, inputs, workspace):
+    if case.operation == "forward":
+        x, w, b = inputs.x, inputs.weight, inputs.bias
+        return lambda: layer_norm(x, w, b, eps=EPS, return_stats=True)
+    return _build_numba_ln(case, inputs, workspace)
+
+
 def _build_numba_ln_out(case, inputs, workspace):
     x, w, b = inputs.x, inputs.weight, inputs.bias
     result = np.empty_like(x)  # y, or dx: written in place call after call
@@ -162,7 +172,16 @@ def torch_module():
     return torch
 
 
-def _torch_call(case, inputs, device, sync):
+def torch_no_grad():
+    """``torch.no_grad()``, or a context that does nothing where PyTorch is missing."""
+    try:
+        return torch_module().no_grad()
+    except Unavailable:
+        return contextlib.nullcontext()
+
+
+def _torch_call(case, inputs, device, sync, kernels=False):
+    """PyTorch's forward or backward as a callable; ``kernels``: aten's forward with statistics."""
     torch = torch_module()
 
     def tensor(a):
@@ -172,13 +191,16 @@ def _torch_call(case, inputs, device, sync):
     shape = [case.cols]
     try:
         if case.operation == "forward":
+            forward = (torch.ops.aten.native_layer_norm if kernels
+                       else torch.nn.functional.layer_norm)
+
             def call():
-                y = torch.nn.functional.layer_norm(x, shape, w, b, EPS)
+                y = forward(x, shape, w, b, EPS)
                 sync()
                 return y
         else:
             dy = tensor(inputs.dy)
-            _, mean, rstd = torch.native_layer_norm(x, shape, w, b, EPS)
+            _, mean, rstd = torch.ops.aten.native_layer_norm(x, shape, w, b, EPS)
             backward = torch.ops.aten.native_layer_norm_backward
 
             def call():
@@ -193,6 +215,10 @@ def _torch_call(case, inputs, device, sync):
 
 def _build_torch_cpu(case, inputs, workspace):
     return _torch_call(case, inputs, "cpu", lambda: None)
+
+
+def _build_torch_kernels(case, inputs, workspace):
+    return _torch_call(case, inputs, "cpu", lambda: None, kernels=True)
 
 
 def _build_torch_cuda(case, inputs, workspace):
@@ -485,6 +511,18 @@ COMPETITORS = (
                functools.partial(_build_numba_ln_cuda, out=True)),
     Competitor("numba_ln", "numba-ln", "cuda", False, _build_numba_ln_cuda),
     Competitor("torch", "PyTorch", "cuda", False, _build_torch_cuda),
+)
+
+
+#: The size curve's: both libraries allocate their results and return the
+#: statistics; PyTorch's CPU kernels are called without autograd (the curve
+#: runs them inside :func:`torch_no_grad`, entered once per point: entering
+#: it per call would cost PyTorch about 3 us).
+CURVE_COMPETITORS = (
+    Competitor("roofline", "copy roofline", "cpu", True, _build_roofline_cpu),
+    Competitor("numba_ln", "numba-ln", "cpu", False, _build_numba_ln_stats),
+    Competitor("torch", "PyTorch", "cpu", False, _build_torch_kernels),
+    Competitor("numpy", "NumPy", "cpu", False, _build_numpy),
 )
 
 

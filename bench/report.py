@@ -7,11 +7,14 @@ measuring again.
 """
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
 
-from .cases import TARGET_SHAPES
+import numpy as np
+
+from .cases import OPERATIONS, TARGET_SHAPES
 
 COLUMNS = ("shape", "device", "implementation", "time", "GB/s", "% roofline",
            "x NumPy", "x PyTorch")
@@ -32,6 +35,22 @@ def format_time(seconds):
     if seconds >= 1e-3:
         return f"{seconds * 1e3:.2f} ms"
     return f"{seconds * 1e6:.1f} us"
+
+
+def format_bytes(count):
+    """A byte count in binary units: ``"3 KiB"``, ``"1.5 MiB"``, ``"192 MiB"``.
+
+    Examples
+    --------
+    >>> format_bytes(3072), format_bytes(3 << 19), format_bytes(512)
+    ('3 KiB', '1.5 MiB', '512 B')
+    """
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if count >= scale:
+            value = count / scale
+            return f"{value:.0f} {unit}" if value >= 10 or value.is_integer() \
+                else f"{value:.1f} {unit}"
+    return f"{count} B"
 
 
 def _ratio(value):
@@ -75,10 +94,10 @@ def target_records(records):
             and r["key"] in ("numba_ln", "numba_ln_out", "capi")]
 
 
-def _text_table(rows):
-    """Aligned columns; the figures (from ``time`` on) right-aligned."""
+def _text_table(rows, first_figure=None):
+    """Aligned columns, the figures (``time`` or column ``first_figure`` on) right-aligned."""
     widths = [max(len(str(cells[i])) for cells in rows) for i in range(len(rows[0]))]
-    first_figure = rows[0].index("time")
+    first_figure = rows[0].index("time") if first_figure is None else first_figure
     lines = []
     for n, cells in enumerate(rows):
         lines.append("  ".join(str(c).rjust(w) if i >= first_figure else str(c).ljust(w)
@@ -88,8 +107,8 @@ def _text_table(rows):
     return "\n".join(lines)
 
 
-def _markdown_table(rows):
-    first_figure = rows[0].index("time")
+def _markdown_table(rows, first_figure=None):
+    first_figure = rows[0].index("time") if first_figure is None else first_figure
     lines = ["| " + " | ".join(rows[0]) + " |",
              "|" + "|".join("---" if i < first_figure else "---:"
                             for i in range(len(rows[0]))) + "|"]
@@ -129,6 +148,91 @@ def missing_lines(results):
     return [f"{name}: {reason}" for name, reason in results.get("skipped", {}).items()]
 
 
+_SHORT = {"forward": "fwd", "backward": "bwd"}
+
+
+def curve_rows(curve):
+    """The size curve's table of ratios: a header, then one row per shape.
+
+    Parameters
+    ----------
+    curve : dict
+        ``results["size_curve"]`` (see :func:`bench.curve.run`).
+
+    Returns
+    -------
+    list of tuple of str
+        ``shape``, ``x size``, then per operation measured numba-ln's
+        ``time`` (median), ``x PyTorch`` (PyTorch's median over numba-ln's)
+        and ``% copy`` (the copy's median over numba-ln's); last ``others``,
+        the largest share of the CPUs other processes took while the row was
+        timed.
+    """
+    operations = [op for op in OPERATIONS if any(p["operation"] == op for p in curve["points"])]
+    header = ("shape", "x size") + tuple(f"{_SHORT[op]} {what}" for op in operations
+                                         for what in ("time", "x PyTorch", "% copy"))
+    header += ("others",)
+    by_shape = {}
+    for p in curve["points"]:
+        by_shape.setdefault((p["rows"], p["cols"]), {})[p["operation"]] = p
+    itemsize = np.dtype(curve["dtype"]).itemsize
+    rows = [header]
+    for (n_rows, cols), found in by_shape.items():
+        cells = [f"{n_rows}x{cols}", format_bytes(n_rows * cols * itemsize)]
+        for op in operations:
+            p = found.get(op)
+            mine = p and p["median_s"].get("numba_ln")
+            cells += ["", "", ""] if not mine else [
+                format_time(mine), _ratio(p["torch_speedup"]), _percent(p["copy_fraction"])]
+        cells.append(_percent(_busiest(found.values())))
+        rows.append(tuple(cells))
+    return rows
+
+
+#: Other processes' share of the CPUs above which a row's figures are suspect.
+BUSY_SHARE = 0.25
+
+
+def _busiest(points):
+    shares = [p.get("others_cpu") for p in points if p.get("others_cpu") is not None]
+    return max(shares) if shares else None
+
+
+def curve_busy_warning(curve):
+    """A warning when other processes took the CPUs while some rows were timed, else None."""
+    by_shape = {}
+    for p in curve["points"]:
+        by_shape.setdefault(p["shape"], []).append(p)
+    busy = [shape for shape, points in by_shape.items()
+            if (_busiest(points) or 0) > BUSY_SHARE]
+    if not busy:
+        return None
+    return (f"other processes took more than {BUSY_SHARE:.0%} of the CPUs while "
+            f"{len(busy)} of {len(by_shape)} rows of the size curve were timed ({', '.join(busy)}"
+            f"; column others): their figures are not to be trusted")
+
+
+def curve_summary(curve):
+    """The size curve's verdict in one line: numba-ln's speedups over PyTorch."""
+    summary = curve["summary"]
+    overall = summary.get("all")
+    if overall is None:
+        return "numba-ln over PyTorch: not measured (no PyTorch in this run)"
+    each = ", ".join(f"{op} {summary[op]['geomean']:.2f}x" for op in OPERATIONS
+                     if summary.get(op))
+    return (f"numba-ln over PyTorch at {overall['points']} points: geometric mean "
+            f"{overall['geomean']:.2f}x ({each}); minimum {overall['min']:.2f}x "
+            f"({overall['min_at']})")
+
+
+def _curve_method(curve):
+    return (f"median of {curve['rounds']} interleaved rounds (each round times every "
+            f"implementation once, in turn); x PyTorch: PyTorch's time over numba-ln's; "
+            f"% copy: the time of a copy moving the same bytes over numba-ln's; others: "
+            f"the share of the CPUs that other processes took meanwhile (blank: timed too "
+            f"briefly to tell)")
+
+
 def format_text(results):
     """The terminal report: machine, one table per (operation, dtype), targets, gaps.
 
@@ -141,10 +245,12 @@ def format_text(results):
     str
     """
     out = [f"numba-ln benchmark, {results['date']}",
-           machine_line(results), versions_line(results),
-           "time: best of the timed calls; GB/s: bytes moved / time (forward x+y, "
-           "backward x+dy+dx); % roofline: of the copy moving the same bytes on the "
-           "same device in this run; xNumPy / xPyTorch: speedup over them", ""]
+           machine_line(results), versions_line(results)]
+    if results["results"]:
+        out.append("time: best of the timed calls; GB/s: bytes moved / time (forward x+y, "
+                   "backward x+dy+dx); % roofline: of the copy moving the same bytes on the "
+                   "same device in this run; xNumPy / xPyTorch: speedup over them")
+    out.append("")
     for (operation, dtype), records in sections(results["results"]).items():
         out.append(f"== {operation}, {dtype}")
         out.append(_text_table([COLUMNS] + [row_cells(r) for r in records]))
@@ -156,6 +262,14 @@ def format_text(results):
                                + [(r["operation"], r["dtype"]) + row_cells(r)
                                   for r in targets]))
         out.append("")
+    curve = results.get("size_curve")
+    if curve:
+        out.append(f"== size curve, {curve['dtype']}: {_curve_method(curve)}")
+        out.append(_text_table(curve_rows(curve), first_figure=1))
+        out.append(curve_summary(curve))
+        if curve_busy_warning(curve):
+            out.append(f"warning: {curve_busy_warning(curve)}")
+        out.append("")
     for line in missing_lines(results):
         out.append(f"not measured: {line}")
     if load_warning(results):
@@ -163,14 +277,15 @@ def format_text(results):
     return "\n".join(out).rstrip() + "\n"
 
 
-def format_markdown(results, plot=None):
+def format_markdown(results, plot=None, curve_plot=None):
     """The benchmarks page (``docs/benchmarks.md``) in Markdown.
 
     Parameters
     ----------
     results : dict
-    plot : str, optional
-        Path of the plot relative to the page, to embed.
+    plot, curve_plot : str, optional
+        Paths of the plot and the size curve's plot relative to the page, to
+        embed.
 
     Returns
     -------
@@ -183,20 +298,21 @@ def format_markdown(results, plot=None):
            "are overwritten.", "",
            f"Measured on {results['date'][:10]} with `{results.get('command', '')}` on: "
            f"{machine_line(results)}.", "",
-           f"Versions: {versions_line(results)}.", "",
-           "Time is the best of the timed calls after a warm-up call (JIT compilation "
-           "excluded); the implementations of one case are timed in interleaved rounds, "
-           "the roofline throughout, so a noisy moment hits them alike. GB/s counts the "
-           "bytes that must move: forward reads `x` and writes `y`; backward reads `x` "
-           "and `dy` and writes `dx`. **% roofline** compares with a plain streaming "
-           "kernel moving the same bytes on the same device in the same run (the faster "
-           "of a numba `prange` kernel on every thread and NumPy's "
-           "`copyto`/`bitwise_xor`). `numba-ln (out=)` writes into a preallocated array; "
-           "`numba-ln` allocates its result, as PyTorch and NumPy do; `numba-ln C ABI` "
-           "calls `libnumba_ln.so` from Python with caller-allocated outputs. The NumPy "
-           "implementation is plain vectorized NumPy (`numpy_forward` / `numpy_backward` "
-           "in `bench/cases.py`).", ""]
-    if settings.get("budget_s") is not None:
+           f"Versions: {versions_line(results)}.", ""]
+    if results["results"]:
+        out += ["Time is the best of the timed calls after a warm-up call (JIT compilation "
+                "excluded); the implementations of one case are timed in interleaved rounds, "
+                "the roofline throughout, so a noisy moment hits them alike. GB/s counts the "
+                "bytes that must move: forward reads `x` and writes `y`; backward reads `x` "
+                "and `dy` and writes `dx`. **% roofline** compares with a plain streaming "
+                "kernel moving the same bytes on the same device in the same run (the faster "
+                "of a numba `prange` kernel on every thread and NumPy's "
+                "`copyto`/`bitwise_xor`). `numba-ln (out=)` writes into a preallocated array; "
+                "`numba-ln` allocates its result, as PyTorch and NumPy do; `numba-ln C ABI` "
+                "calls `libnumba_ln.so` from Python with caller-allocated outputs. The NumPy "
+                "implementation is plain vectorized NumPy (`numpy_forward` / `numpy_backward` "
+                "in `bench/cases.py`).", ""]
+    if results["results"] and settings.get("budget_s") is not None:
         out += [f"Each figure comes from about {settings['budget_s']} s of timed calls; on a "
                 "shared or virtual machine repeated runs can differ by 10-20%, so compare "
                 "rows of one run rather than runs.", ""]
@@ -215,6 +331,21 @@ def format_markdown(results, plot=None):
                 _markdown_table([("operation", "dtype") + COLUMNS]
                                 + [(r["operation"], r["dtype"]) + row_cells(r)
                                    for r in targets]), ""]
+    curve = results.get("size_curve")
+    if curve:
+        out += [f"## Size curve, {curve['dtype']}", "",
+                "numba-ln (`layer_norm(x, w, b, return_stats=True)`, `layer_norm_backward(dy, "
+                "x, mean, rstd, w)`) against PyTorch's CPU kernels called directly, without "
+                "autograd (`torch.ops.aten.native_layer_norm`, `native_layer_norm_backward`), "
+                "both allocating their results and returning the statistics; NumPy and the "
+                f"copy of the same bytes beside them. Each figure is the {_curve_method(curve)}.",
+                ""]
+        if curve_plot:
+            out += [f"![Time per element against working-set size]({curve_plot})", ""]
+        out += [_markdown_table(curve_rows(curve), first_figure=1), "",
+                f"{curve_summary(curve)}.", ""]
+        if curve_busy_warning(curve):
+            out += [f"**Warning:** {curve_busy_warning(curve)}.", ""]
     if results["results"]:
         out += ["## Every implementation and shape", ""]
     for (operation, dtype), records in sections(results["results"]).items():
@@ -224,8 +355,10 @@ def format_markdown(results, plot=None):
     out += ["Run it yourself from a checkout: `make bench` (the default set above), "
             "`python -m bench --quick` (under a minute on two cores), or pick with "
             "`--device cpu|cuda|all`, `--dtype float32,float16`, `--shapes 65536x1024,1x768`, "
-            "`--ops forward,backward`, `--capi-lib PATH`; `--out DIR` writes `results.json` "
-            "and `plot.png`. The same cases run under pytest-benchmark with "
+            "`--ops forward,backward`, `--capi-lib PATH`; `--out DIR` writes `results.json`, "
+            "`plot.png` and `size_curve.png`. `python -m bench --curve` measures the size "
+            "curve alone (`--rounds N`, default 15; `--no-curve` leaves it out of the "
+            "default run). The same cases run under pytest-benchmark with "
             "`pytest bench --benchmark-enable` (one table per `operation|shape|dtype`); "
             "`make test` runs each of them once, on small shapes, as a test.", ""]
     return "\n".join(out)
@@ -233,6 +366,14 @@ def format_markdown(results, plot=None):
 
 _COLORS = {"numba-ln (out=)": "tab:red", "numba-ln": "tab:green",
            "numba-ln C ABI": "tab:purple", "PyTorch": "tab:orange", "NumPy": "tab:blue"}
+
+
+def _pyplot():
+    """matplotlib's pyplot drawing to files only (ImportError without matplotlib)."""
+    import matplotlib
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+    return plt
 
 
 def plot(results, path):
@@ -250,10 +391,7 @@ def plot(results, path):
     path : str or Path
         A ``.png`` file.
     """
-    import matplotlib
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     records = [r for r in results["results"] if not r["small"]]
     dtypes = [d for d in ("float32", "float16", "float64")
               if any(r["dtype"] == d for r in records)]
@@ -306,16 +444,91 @@ def plot(results, path):
     plt.close(fig)
 
 
+#: The size curve's hidden sizes, told apart by line style and marker.
+_CURVE_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+
+
+def plot_curve(results, path):
+    """Write the size curve: time per element against working-set size, log-log.
+
+    One panel per operation, a colour per implementation (the copy black), a
+    line style per hidden size, and the data caches (``results["machine"]
+    ["caches"]``) as labelled vertical lines. The working set is the bytes a
+    call must move (forward ``x`` and ``y``, backward ``x``, ``dy`` and
+    ``dx``).
+
+    Parameters
+    ----------
+    results : dict
+        With a ``size_curve``.
+    path : str or Path
+        A ``.png`` file.
+    """
+    plt = _pyplot()
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
+
+    curve = results["size_curve"]
+    operations = [op for op in OPERATIONS if any(p["operation"] == op for p in curve["points"])]
+    all_cols = sorted({p["cols"] for p in curve["points"]})
+    caches = results["machine"].get("caches") or []
+    fig, axes = plt.subplots(1, max(len(operations), 1), figsize=(6.6 * len(operations), 4.8),
+                             squeeze=False)
+    for ax, operation in zip(axes[0], operations):
+        points = [p for p in curve["points"] if p["operation"] == operation]
+        for key, label in curve["labels"].items():
+            for k, cols in enumerate(all_cols):
+                line = sorted((p["bytes"], p["median_s"][key] / p["elements"] * 1e9)
+                              for p in points if p["cols"] == cols and key in p["median_s"])
+                if not line:
+                    continue
+                linestyle, marker = _CURVE_STYLES[k % len(_CURVE_STYLES)]
+                color = "black" if key == "roofline" else _COLORS.get(label)
+                ax.plot(*zip(*line), color=color, linestyle=linestyle, marker=marker,
+                        markersize=4, linewidth=1.2, label=f"{label}, {cols} columns")
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        low, high = ax.get_xlim()
+        ticks = [1 << k for k in range(0, 64, 2) if low <= 1 << k <= high]
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: format_bytes(int(v))))
+        ax.tick_params(axis="x", labelsize=7, labelrotation=45)
+        for cache in caches:
+            if low <= cache["bytes"] <= high:
+                ax.axvline(cache["bytes"], color="grey", linestyle=":", linewidth=1)
+                ax.text(cache["bytes"], 0.98, f"{cache['name']} {format_bytes(cache['bytes'])} ",
+                        transform=ax.get_xaxis_transform(), rotation=90, ha="right",
+                        va="top", fontsize=7, color="dimgrey")
+        moved = "x + y" if operation == "forward" else "x + dy + dx"
+        ax.set_xlabel(f"working set: bytes moved per call ({moved})", fontsize=9)
+        ax.set_ylabel("ns per element (median)", fontsize=9)
+        ax.set_title(f"{operation}, {curve['dtype']}", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    legend = {}  # one legend below both panels, so no line hides behind it
+    for ax in axes[0]:
+        handles, labels = ax.get_legend_handles_labels()
+        legend.update(zip(labels, handles))
+    fig.legend(legend.values(), legend.keys(), loc="lower center", ncol=4, fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"numba-ln {results['versions']['numba_ln']} size curve: {m['cpu_model']}, "
+                 f"{m['cores']} cores, {results['date'][:10]} (median of {curve['rounds']} "
+                 f"interleaved rounds)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.04 + 0.035 * math.ceil(len(legend) / 4), 1, 1))
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def relative_link(target, start):
     """``target`` relative to the folder ``start``, with forward slashes."""
     return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()
 
 
 def save(results, out, write_json=True):
-    """Write ``out/results.json`` and ``out/plot.png``.
+    """Write ``out/results.json``, ``out/plot.png`` and ``out/size_curve.png``.
 
-    Without matplotlib there is no plot: a one-line note on stderr says so,
-    and the JSON is written all the same.
+    Each plot is drawn when there is something to draw (the tables' records,
+    the size curve). Without matplotlib there are no plots: a one-line note
+    on stderr says so, and the JSON is written all the same.
 
     Parameters
     ----------
@@ -327,18 +540,25 @@ def save(results, out, write_json=True):
 
     Returns
     -------
-    Path or None
-        The plot, or None when there is none.
+    dict
+        The plots written, by name: ``"plot"``, ``"size_curve"``.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if write_json:
         (out / "results.json").write_text(json.dumps(results, indent=1) + "\n")
-    path = out / "plot.png"
-    try:
-        plot(results, path)
-    except ImportError as exc:  # matplotlib is optional: the figures still count
-        print(f"note: no plot ({exc.name or 'matplotlib'} is not installed: "
-              f"pip install matplotlib)", file=sys.stderr)
-        return None
-    return path
+    wanted = {"plot": (plot, results["results"]),
+              "size_curve": (plot_curve, (results.get("size_curve") or {}).get("points"))}
+    written = {}
+    for name, (draw, data) in wanted.items():
+        if not data:
+            continue
+        path = out / f"{name}.png"
+        try:
+            draw(results, path)
+        except ImportError as exc:  # matplotlib is optional: the figures still count
+            print(f"note: no plot ({exc.name or 'matplotlib'} is not installed: "
+                  f"pip install matplotlib)", file=sys.stderr)
+            break
+        written[name] = path
+    return written

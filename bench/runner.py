@@ -96,18 +96,7 @@ def run(case_list, devices=("cpu",), workspace=None, budget_s=timer.DEFAULT_BUDG
     skipped = {} if skipped is None else skipped
     found = []
     for case in case_list:
-        if progress:
-            progress.show(case.group)
-        entries = []
-        for competitor in competitors(devices):
-            if progress:
-                progress.show(case.group, f"preparing {competitor.label} ({competitor.device})")
-            try:
-                entries += prepare(competitor, case, workspace)
-            except Unavailable as exc:
-                note(skipped, f"{competitor.label} ({competitor.device})", str(exc))
-        if progress:
-            progress.show(case.group, f"timing {len(entries)} implementations")
+        entries = prepare_all(case, competitors(devices), workspace, progress, skipped)
         timings = timer.measure([e.call for e in entries], budget_s,
                                 followers={i for i, e in enumerate(entries)
                                            if e.competitor.roofline})
@@ -124,6 +113,37 @@ def run(case_list, devices=("cpu",), workspace=None, budget_s=timer.DEFAULT_BUDG
     if progress:
         progress.close()
     return found
+
+
+def prepare_all(case, competitor_list, workspace, progress, skipped):
+    """Prepare every competitor that can run ``case`` here; note the others in ``skipped``.
+
+    Parameters
+    ----------
+    case : Case
+    competitor_list : list of Competitor
+    workspace : Workspace
+    progress : Progress or None
+    skipped : dict
+        See :func:`run`.
+
+    Returns
+    -------
+    list of Prepared
+    """
+    if progress:
+        progress.show(case.group)
+    entries = []
+    for competitor in competitor_list:
+        if progress:
+            progress.show(case.group, f"preparing {competitor.label} ({competitor.device})")
+        try:
+            entries += prepare(competitor, case, workspace)
+        except Unavailable as exc:
+            note(skipped, f"{competitor.label} ({competitor.device})", str(exc))
+    if progress:
+        progress.show(case.group, f"timing {len(entries)} implementations")
+    return entries
 
 
 def note(skipped, name, reason):
@@ -186,6 +206,95 @@ def cpu_model():
     return platform.processor() or platform.machine()
 
 
+def _size_bytes(text):
+    """``"32K"``, ``"1M"`` or ``"512"`` (as sysfs writes cache sizes) in bytes."""
+    text = text.strip().upper()
+    scale = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
+    return int(text[:-1] if scale > 1 else text) * scale
+
+
+def cache_sizes(root="/sys/devices/system/cpu/cpu0/cache"):
+    """The data caches of the first CPU, smallest first; ``[]`` where none can be read.
+
+    Read from Linux's sysfs (``index*/level``, ``type``, ``size``; Python's
+    ``os.sysconf`` knows no cache names). L1d and L2 are usually per core, L3
+    shared.
+
+    Parameters
+    ----------
+    root : str or Path, optional
+        The sysfs folder of one CPU's caches.
+
+    Returns
+    -------
+    list of dict
+        ``{"name": "L1d", "bytes": 32768}``, one per level (instruction caches
+        left out).
+    """
+    found = {}
+    for index in sorted(Path(root).glob("index*")):
+        try:
+            level = int((index / "level").read_text())
+            kind = (index / "type").read_text().strip()
+            size = _size_bytes((index / "size").read_text())
+        except (OSError, ValueError):
+            continue
+        if kind != "Instruction" and size > 0:
+            found[f"L{level}d" if kind == "Data" else f"L{level}"] = size
+    return [{"name": name, "bytes": size} for name, size in sorted(found.items(),
+                                                                   key=lambda item: item[1])]
+
+
+#: In shorter windows the 10 ms clock ticks' rounding (+-20 ms of CPU time)
+#: is more than +-10 % of two cores.
+MIN_SHARE_WINDOW_S = 0.1
+
+
+def cpu_seconds():
+    """CPU seconds so far: the machine's busy time and this process's; None off Linux.
+
+    The machine's comes from ``/proc/stat`` in clock ticks (10 ms; time the
+    hypervisor stole counts as busy), this process's from ``getrusage``.
+    """
+    try:
+        import resource  # Unix only
+        fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()
+        user, nice, system, _, _, irq, softirq, steal = map(int, fields[1:9])
+        per_second = os.sysconf("SC_CLK_TCK")
+    except (ImportError, OSError, ValueError, AttributeError):
+        return None
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    return ((user + nice + system + irq + softirq + steal) / per_second,
+            own.ru_utime + own.ru_stime)
+
+
+def others_share(before, after, wall_s):
+    """The share of the machine's CPUs that other processes used between two readings.
+
+    Parameters
+    ----------
+    before, after : tuple or None
+        :func:`cpu_seconds` at the start and the end.
+    wall_s : float
+        Seconds between them.
+
+    Returns
+    -------
+    float or None
+        0 (nobody else) to 1 (every core busy with others); None when either
+        reading is missing or the window is under :data:`MIN_SHARE_WINDOW_S`.
+
+    Examples
+    --------
+    >>> others_share((10.0, 1.0), (12.0, 2.0), 1.0) * (os.cpu_count() or 1)
+    1.0
+    """
+    if before is None or after is None or wall_s < MIN_SHARE_WINDOW_S:
+        return None
+    others = (after[0] - before[0]) - (after[1] - before[1])
+    return min(1.0, max(0.0, others / (wall_s * (os.cpu_count() or 1))))
+
+
 def load_average():
     """The 1-, 5- and 15-minute load averages, or None where the OS has none."""
     try:
@@ -201,14 +310,14 @@ def environment():
     -------
     dict
         ``date`` (UTC, ISO 8601), ``machine`` (system, CPU model, cores,
-        threads, threading layer, memory, GPU) and ``versions``.
+        threads, threading layer, memory, data caches, GPU) and ``versions``.
     """
     versions = {"numba_ln": numba_ln.__version__,
                 "python": platform.python_version(), "numba": numba.__version__,
                 "numpy": np.__version__}
     machine = {"system": platform.platform(), "architecture": platform.machine(),
                "cpu_model": cpu_model(), "cores": os.cpu_count(),
-               "numba_threads": numba.get_num_threads()}
+               "numba_threads": numba.get_num_threads(), "caches": cache_sizes()}
     try:
         machine["threading_layer"] = numba.threading_layer()
     except ValueError:

@@ -7,6 +7,7 @@ that a missing optional part is a note, not a failure.
 
 import contextlib
 import io
+import itertools
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -25,8 +27,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # bench/ is a checkout's package, never installed
     sys.path.insert(0, str(ROOT))
 
-from bench import cases, competitors, report, runner, timer  # noqa: E402
-from bench.__main__ import main  # noqa: E402
+from bench import cases, competitors, curve, report, runner, timer  # noqa: E402
+from bench.__main__ import main, parser, settings  # noqa: E402
 
 TINY = ["--shapes", "4x64", "--dtype", "float32", "--budget", "0.01", "--device", "cpu"]
 PROCESS_TIMEOUT_S = 600  # a cold numba cache compiles the kernels first
@@ -70,6 +72,9 @@ def prepare(key, case, workspace=None, device="cpu"):
     (["--budget", "0"], "--budget: must be a positive number"),
     (["--update-docs", "docs.md"], "--update-docs needs --out"),
     (["--from-json", "/nonexistent/results.json"], "--from-json: cannot read"),
+    (["--rounds", "0"], "--rounds: must be at least 1, got 0"),
+    (["--curve", "--no-curve"], "--curve and --no-curve contradict each other"),
+    (["--curve", "--device", "cuda"], "--curve: the size curve is measured on the CPU"),
 ])
 def test_bad_options_exit_2_with_a_clear_message(capsys, argv, message):
     assert message in usage_error(capsys, argv)
@@ -93,7 +98,8 @@ def test_help_lists_every_option(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     for option in ("--device", "--dtype", "--shapes", "--ops", "--quick", "--budget", "--out",
-                   "--capi-lib", "--markdown", "--from-json", "--update-docs"):
+                   "--capi-lib", "--markdown", "--from-json", "--update-docs", "--curve",
+                   "--no-curve", "--rounds"):
         assert option in text
 
 
@@ -234,6 +240,209 @@ def test_missing_optional_parts_are_notes_and_the_run_completes(tmp_path, monkey
     assert "![" not in page.read_text()
 
 
+# ----------------------------------------------------------------------------- the size curve
+
+CURVE_COLUMNS = ["shape", "x", "size", "fwd", "time", "fwd", "x", "PyTorch", "fwd", "%", "copy",
+                 "bwd", "time", "bwd", "x", "PyTorch", "bwd", "%", "copy", "others"]
+
+
+def chosen(argv):
+    """The settings the command would run with."""
+    p = parser()
+    return settings(p, p.parse_args(argv))
+
+
+@pytest.mark.parametrize("argv, curve_shapes, table_shapes", [
+    ([], [list(s) for s in curve.SHAPES], [list(s) for s in cases.default_shapes()]),
+    (["--curve"], [list(s) for s in curve.SHAPES], []),
+    (["--curve", "--shapes", "2x64,1x8"], [[2, 64], [1, 8]], []),
+    (["--no-curve"], None, [list(s) for s in cases.default_shapes()]),
+    (["--shapes", "2x64"], None, [[2, 64]]),
+    (["--quick"], None, [list(s) for s in cases.QUICK_SHAPES]),
+])
+def test_which_runs_measure_the_size_curve(argv, curve_shapes, table_shapes):
+    found = chosen(argv + ["--rounds", "7"])
+    assert found["shapes"] == table_shapes
+    if curve_shapes is None:
+        assert not found["size_curve"]
+    else:
+        assert found["size_curve"] == {"shapes": curve_shapes, "rounds": 7}
+
+
+def test_curve_points_are_the_issues():
+    assert curve.ROWS == {768: (1, 4, 16, 64, 128, 256, 512, 1024, 4096, 16384, 65536),
+                          4096: (1, 8, 32, 128, 512, 2048, 8192)}
+    assert len(curve.SHAPES) == 18 and curve.DEFAULT_ROUNDS >= 15
+    assert chosen([])["size_curve"]["rounds"] == curve.DEFAULT_ROUNDS
+
+
+@pytest.fixture(scope="module")
+def curve_run(tmp_path_factory):
+    """``--curve`` on three tiny points, two rounds, with --out and --update-docs."""
+    folder = tmp_path_factory.mktemp("curve")
+    page = folder / "benchmarks.md"
+    argv = ["--curve", "--shapes", "2x64,8x64,2x128", "--rounds", "2",
+            "--out", str(folder / "perf"), "--update-docs", str(page)]
+    return (*run_main(argv), folder)
+
+
+def test_curve_prints_its_table_of_ratios(curve_run):
+    status, stdout, stderr, _ = curve_run
+    assert status == 0 and "Traceback" not in stdout + stderr
+    assert "== size curve, float32: median of 2 interleaved rounds" in stdout
+    assert "== forward" not in stdout  # the tables are not measured
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("shape"))
+    assert lines[header].split() == CURVE_COLUMNS
+    rows = [line.split()[0] for line in lines[header + 2:header + 5]]
+    assert rows == ["2x64", "8x64", "2x128"]
+    assert lines[header + 1].startswith("---")
+    assert "512 B" in lines[header + 2]  # 2 x 64 float32
+    summary = lines[header + 5]
+    assert summary.startswith("numba-ln over PyTorch")
+    if competitors.importlib.util.find_spec("torch"):
+        assert re.match(r"numba-ln over PyTorch at 6 points: geometric mean [\d.]+x "
+                        r"\(forward [\d.]+x, backward [\d.]+x\); minimum [\d.]+x "
+                        r"\((forward|backward) \d+x\d+\)$", summary)
+
+
+def test_curve_writes_json_plot_and_page(curve_run):
+    _, _, stderr, folder = curve_run
+    results = json.loads((folder / "perf" / "results.json").read_text())
+    assert results["results"] == [] and results["settings"]["size_curve"]["rounds"] == 2
+    found = results["size_curve"]
+    assert found["dtype"] == "float32" and found["rounds"] == 2
+    assert set(found["labels"]) == {"roofline", "numba_ln", "torch", "numpy"}
+    assert [(p["operation"], p["shape"]) for p in found["points"]] == [
+        (op, shape) for shape in ("2x64", "8x64", "2x128") for op in ("forward", "backward")]
+    has_torch = results["versions"]["torch"] is not None
+    for p in found["points"]:
+        assert p["elements"] == p["rows"] * p["cols"]
+        assert p["bytes"] == (2 if p["operation"] == "forward" else 3) * 4 * p["elements"]
+        assert set(p["median_s"]) == {"roofline", "numba_ln", "numpy"} | (
+            {"torch"} if has_torch else set())
+        assert all(0 < p["best_s"][k] <= p["median_s"][k] for k in p["median_s"])
+        assert p["roofline_kernel"] in ("np.copyto", "np.bitwise_xor") or "prange" in (
+            p["roofline_kernel"])
+        assert p["copy_fraction"] == pytest.approx(p["median_s"]["roofline"]
+                                                   / p["median_s"]["numba_ln"])
+        assert p["others_cpu"] is None or 0 <= p["others_cpu"] <= 1
+        if has_torch:
+            assert p["torch_speedup"] == pytest.approx(p["median_s"]["torch"]
+                                                       / p["median_s"]["numba_ln"])
+    summary = found["summary"]
+    assert set(summary) == {"all", "forward", "backward"}
+    if has_torch:
+        assert summary["all"]["points"] == 6
+        assert summary["all"]["min"] == min(p["torch_speedup"] for p in found["points"])
+    assert "wrote" in stderr and "size_curve.png" in stderr
+    assert (folder / "perf" / "size_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (folder / "perf" / "plot.png").exists()  # no table, no table plot
+    page = (folder / "benchmarks.md").read_text()
+    assert "## Size curve, float32" in page
+    assert "![Time per element against working-set size](perf/size_curve.png)" in page
+    assert "| shape | x size | fwd time | fwd x PyTorch | fwd % copy | bwd time |" in page
+    assert "## Every implementation and shape" not in page
+
+
+def test_curve_without_pytorch_or_matplotlib_is_notes(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # import torch -> ImportError
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    status, stdout, stderr = run_main(["--curve", "--shapes", "2x64", "--rounds", "1",
+                                       "--ops", "forward", "--out", str(tmp_path)])
+    assert status == 0 and "Traceback" not in stdout + stderr
+    lines = stdout.splitlines()
+    header = next(i for i, line in enumerate(lines) if line.startswith("shape"))
+    assert lines[header].split() == CURVE_COLUMNS[:11] + ["others"]
+    assert lines[header + 3] == "numba-ln over PyTorch: not measured (no PyTorch in this run)"
+    assert [line for line in lines if line.startswith("not measured: ")] == [
+        "not measured: PyTorch (cpu): PyTorch is not installed (pip install torch, or "
+        "`make bench-deps`)"]
+    assert [line for line in stderr.splitlines() if line.startswith("note: ")] == [
+        "note: no plot (matplotlib is not installed: pip install matplotlib)"]
+    found = json.loads((tmp_path / "results.json").read_text())["size_curve"]
+    assert found["summary"] == {"all": None, "forward": None}
+    assert found["points"][0]["torch_speedup"] is None
+    assert not (tmp_path / "size_curve.png").exists()
+
+
+def test_curve_calls_return_the_statistics():
+    case = cases.Case("forward", 3, 16, "float32")
+    workspace = competitors.Workspace()
+    for competitor in competitors.CURVE_COMPETITORS:
+        try:
+            prepared = competitors.prepare(competitor, case, workspace)
+        except competitors.Unavailable:
+            continue
+        if not competitor.roofline:
+            assert len(prepared[0].call()) == 3, competitor.key  # y, mean, rstd
+
+
+def test_summary_of_speedups():
+    points = [{"operation": "forward", "shape": "1x8", "torch_speedup": 0.5},
+              {"operation": "backward", "shape": "1x8", "torch_speedup": 8.0},
+              {"operation": "backward", "shape": "2x8", "torch_speedup": None}]
+    found = curve.summary(points)
+    assert found["all"] == {"points": 2, "geomean": pytest.approx(2.0), "min": 0.5,
+                            "min_at": "forward 1x8"}
+    assert found["backward"]["points"] == 1 and found["backward"]["min_at"] == "backward 1x8"
+    assert curve.summary(points[2:]) == {"all": None, "backward": None}
+
+
+def test_rows_timed_while_others_took_the_cpus_are_flagged():
+    def fake(shape, others):
+        return {"operation": "forward", "rows": int(shape[0]), "cols": 8, "shape": shape,
+                "median_s": {"numba_ln": 1e-6}, "torch_speedup": 1.0, "copy_fraction": 0.5,
+                "others_cpu": others}
+
+    found = {"dtype": "float32", "points": [fake("1x8", 0.02), fake("2x8", None)]}
+    assert [row[-1] for row in report.curve_rows(found)] == ["others", "2%", ""]
+    assert report.curve_busy_warning(found) is None
+    found["points"].append(fake("4x8", 0.5))
+    assert report.curve_busy_warning(found).startswith(
+        "other processes took more than 25% of the CPUs while 1 of 3 rows of the size curve "
+        "were timed (4x8; column others)")
+    cores = os.cpu_count() or 1
+    assert runner.others_share((10.0, 1.0), (12.0, 2.0), 1.0) == pytest.approx(1 / cores)
+    assert runner.others_share(None, (12.0, 2.0), 1.0) is None
+    now = runner.cpu_seconds()
+    assert now is None or (now[0] > 0 and now[1] > 0)
+
+
+def test_cache_sizes_from_sysfs(tmp_path):
+    for index, (level, kind, size) in enumerate([("1", "Data", "48K"), ("1", "Instruction",
+                                                 "32K"), ("2", "Unified", "1M"),
+                                                ("3", "Unified", "33554432")]):
+        folder = tmp_path / f"index{index}"
+        folder.mkdir()
+        for name, text in (("level", level), ("type", kind), ("size", size)):
+            (folder / name).write_text(text + "\n")
+    (tmp_path / "index9").mkdir()  # unreadable entries are passed over
+    assert runner.cache_sizes(tmp_path) == [{"name": "L1d", "bytes": 48 << 10},
+                                            {"name": "L2", "bytes": 1 << 20},
+                                            {"name": "L3", "bytes": 32 << 20}]
+    assert runner.cache_sizes(tmp_path / "missing") == []
+
+
+def test_rounds_are_exact_and_short_calls_settle_first(monkeypatch):
+    calls = []
+
+    def call(name, pause_s=0.0):
+        def run():
+            calls.append(name)
+            time.sleep(pause_s)
+        return run
+
+    monkeypatch.setattr(timer, "SETTLE_MAX_S", 0.0015)  # "slow" is above it, the others below
+    a, b, slow = timer.measure_rounds([call("a"), call("b"), call("slow", 0.005)], 4)
+    assert a.samples == b.samples == slow.samples == 4 and slow.loops == 1
+    runs = [(name, len(list(group))) for name, group in itertools.groupby(calls)]
+    # Each sample of a short call follows one settling call; the slow one's first call
+    # (before the rounds) is its first sample, so the last round has no "slow".
+    assert runs[-11:] == [("a", 1 + a.loops), ("b", 1 + b.loops), ("slow", 1)] * 3 + [
+        ("a", 1 + a.loops), ("b", 1 + b.loops)]
+
+
 # ----------------------------------------------------------------------------- the modules
 
 
@@ -294,7 +503,7 @@ def test_roofline_prepares_every_kernel():
 
 
 def test_timer_and_figures():
-    [timing] = timer.measure([lambda: None], budget_s=0.001)
+    [timing] = timer.measure([lambda: None], budget_s=0.005)
     assert timing.samples >= timer.MIN_SAMPLES and timing.loops > 1
     assert 0 < timing.best_s <= timing.median_s
     case = cases.Case("backward", 2, 8, "float32")
