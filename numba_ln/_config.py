@@ -14,12 +14,17 @@ import os
 FASTMATH = {"reassoc", "contract"}
 
 #: Calls of at most this many elements (rows * cols) run on the calling
-#: thread: a parallel launch costs more than it saves on less work.
-SERIAL_MAX_ELEMENTS = 1 << 15
+#: thread: below it, waking the pool's threads costs more than they save
+#: (bench/NOTES.md).
+SERIAL_MAX_ELEMENTS = 96 * 1024
 
 #: A threaded forward cuts its rows into at most this many contiguous chunks:
 #: enough to balance 256 threads, and a constant so that the kernels cache.
 FORWARD_CHUNKS = 256
+
+#: Fewest elements in a threaded forward's chunk: each chunk is a call
+#: through the pool, which costs as much as a few rows of 768.
+FORWARD_MIN_CHUNK_ELEMENTS = 16 * 1024
 
 #: The forward's sum of squares adds blocks of this many elements in vector
 #: lanes of the compute type, then the blocks' sums in float64: accurate at

@@ -47,8 +47,9 @@ from numba.extending import overload
 
 from . import _cache, _math, _native, _threading
 from ._config import (BACKWARD_BLOCKS, BACKWARD_MIN_BLOCK_ROWS, BACKWARD_REDUCE_COLS,
-                      BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, SERIAL_MAX_ELEMENTS,
-                      STATS_BLOCK, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+                      BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, FORWARD_MIN_CHUNK_ELEMENTS,
+                      SERIAL_MAX_ELEMENTS, STATS_BLOCK, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
+                      STREAM_STAGE_BYTES)
 from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_line, store,
                        stream_fence, stream_line, to_compute)
 
@@ -116,7 +117,8 @@ def plan(backward, rows, cols, itemsize):
     else:
         wide = False
         stream = size >= STREAM_MIN_BYTES and (itemsize >= 4 or cols >= STREAM_MIN_HALF_COLS)
-        task_rows = (rows + FORWARD_CHUNKS - 1) // FORWARD_CHUNKS if threaded else rows
+        task_rows = max((rows + FORWARD_CHUNKS - 1) // FORWARD_CHUNKS,
+                        (FORWARD_MIN_CHUNK_ELEMENTS + cols - 1) // cols) if threaded else rows
         reduce_cols = 0
     tasks = (rows + task_rows - 1) // task_rows
     return (int(threaded), tasks, task_rows, int(stream), int(wide), reduce_cols)

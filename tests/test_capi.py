@@ -162,7 +162,7 @@ DTYPES = {32: np.float32, 64: np.float64}
 # (rows, cols, ld_in, ld_out): contiguous, padded, one column, one row, and
 # large enough for the parallel kernels (more than SERIAL_MAX_ELEMENTS).
 SHAPES = [(5, 7, 7, 7), (9, 33, 40, 35), (4, 1, 3, 1), (1, 64, 64, 70),
-          (300, 200, 256, 210), (0, 8, 8, 8)]
+          (500, 200, 256, 210), (0, 8, 8, 8)]
 # eps = 0 only where rows have a spread (cols > 1): a constant row has var = 0.
 FORWARD_CASES = [(bits, shape, flags, eps)
                  for bits in (32, 64) for shape in SHAPES
