@@ -13,12 +13,13 @@ viewed as uint16 (see ``_storage``); ``weight``, ``bias``, ``mean``, ``rstd``,
 
 Schedules:
 
-1. ``ln_fwd_rows`` -- forward, one row at a time: the shifted sum, the sum of
-   squared deviations, then the output, while the row sits in L1/L2. With a
-   staging row (``stage``, for large outputs) ``y`` is written a 64-byte line
-   at a time with streaming stores, so it is never read for ownership and
-   never evicts the rows being worked on. ``ln_fwd_parallel`` runs it on
-   contiguous chunks of rows across threads.
+1. ``ln_fwd_rows`` -- forward, one row at a time: the row's sum, the sum of
+   squared deviations from its mean (``_math``: corrected two-pass), then the
+   output, while the row sits in L1/L2. With a staging row (``stage``, for
+   large outputs) ``y`` is written a 64-byte line at a time with streaming
+   stores, so it is never read for ownership and never evicts the rows
+   being worked on. ``ln_fwd_parallel`` runs it on contiguous chunks of rows
+   across threads.
 2. ``ln_bwd_blocks`` -- backward, rows grouped into fixed blocks. Each row is
    read twice while in cache: first the two row means the input gradient
    needs, adding ``dy * xhat`` and ``dy`` into its block's partial
