@@ -128,9 +128,9 @@ def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False):
     of the general path: ``x`` a C-contiguous float32 or float64 NumPy array
     (:func:`_direct_rows`) normalized over its last axis, ``weight`` and
     ``bias`` None or aligned contiguous 1-D arrays of ``x``'s dtype, ``eps`` a
-    valid float, and ``out`` None or a writeable, aligned C-contiguous array of ``x``'s
-    shape and dtype that is ``x`` itself or shares no memory with the
-    inputs. Such a call needs no views and no
+    valid float, and ``out`` None or a writeable, aligned, C-contiguous array
+    of ``x``'s shape and dtype that is ``x`` itself or shares no memory with
+    the inputs. Such a call needs no views and no
     :class:`~numba_ln._validate.Spec`; it runs the same kernels as every
     other forward (the same bits). Anything else, every error included,
     returns None and takes the general path.
@@ -186,11 +186,11 @@ def _contiguous_aligned(a):
 def _direct_out(out, like, inputs):
     """Can a direct path write into the caller's ``out``? (Else the general path decides.)
 
-    ``out`` must be a writeable C-contiguous array of ``like``'s shape and
-    dtype that is one of ``inputs`` exactly or shares memory with none of
-    them (``None`` entries are skipped), the general path's rule. Two
-    different arrays that each own their memory (``base is None``) cannot
-    overlap; only views cost a ``may_share_memory`` call.
+    ``out`` must be a writeable, aligned, C-contiguous array of ``like``'s
+    shape and dtype that is one of ``inputs`` exactly or shares memory with
+    none of them (``None`` entries are skipped), the general path's rule.
+    Two different arrays that each own their memory (``base is None``)
+    cannot overlap; only views cost a ``may_share_memory`` call.
     """
     if not (type(out) is np.ndarray and out.dtype is like.dtype and out.shape == like.shape
             and _contiguous_aligned(out) and out.flags.writeable):
@@ -211,8 +211,8 @@ def direct_backward(dy, x, mean, rstd, weight, axis, out):
 
     The backward twin of :func:`direct_forward`: ``x`` and ``dy`` of one
     shape and dtype (:func:`_direct_rows`), normalized over the last
-    axis; ``mean``/``rstd`` contiguous arrays of that dtype with one element
-    per row; ``weight`` None or a contiguous 1-D array of that dtype; ``out``
+    axis; ``mean``/``rstd`` aligned contiguous arrays of that dtype with one
+    element per row; ``weight`` None or such a 1-D array of that dtype; ``out``
     as :func:`direct_forward` takes it (``dy`` or ``x`` itself allowed). It
     calls the same ``cpu.ln_bwd`` as the general path, so the bits are the
     same. Anything else, every error included, returns None and takes the

@@ -29,7 +29,8 @@ here, in float64):
 >>> row, scale = [1.0, 2.0, 3.0, 6.0], 1.0
 >>> center = sum(v * scale for v in row) / len(row)  # kernels: the float64 mean, rounded
 >>> d = [_math.scaled_deviation(v, scale, center) for v in row]
->>> correction, variance = _math.corrected_moments(0.0, sum(v * v for v in d), len(row))
+>>> correction = 0.0  # kernels: the float64 mean minus center, exactly
+>>> variance = _math.corrected_variance(correction, sum(v * v for v in d), len(row))
 >>> _math.scaled_mean(center, correction, scale), _math.scaled_rstd(variance, 0.0, scale)
 (3.0, 0.5345224838248488)
 """
@@ -53,14 +54,14 @@ def scaled_deviation(value, scale, center):
 
 
 @_jit
-def corrected_moments(correction, deviation_sumsq, n):
-    """``(correction, variance)`` from the second pass's sum of squares, in float64.
+def corrected_variance(correction, deviation_sumsq, n):
+    """The variance from the second pass's sum of squares, in float64.
 
     ``correction`` is the mean minus the center the deviations were taken
-    from; the variance is never negative, whatever the rounding.
+    from. Never negative, whatever the rounding; NaN stays NaN.
     """
     variance = deviation_sumsq / n - correction * correction
-    return correction, 0.0 if variance < 0.0 else variance  # NaN stays NaN
+    return 0.0 if variance < 0.0 else variance
 
 
 @_jit

@@ -244,8 +244,9 @@ def _row_moments(x, scale):
     n = x.shape[0]
     mean = _row_sum(x, np.float64(scale)) / n
     center = to_compute(x, mean)
-    correction, variance = _math.corrected_moments(mean - center, _row_sumsq(x, scale, center), n)
-    return center, correction, variance
+    correction = mean - center
+    sumsq = _row_sumsq(x, scale, center)
+    return center, correction, _math.corrected_variance(correction, sumsq, n)
 
 
 @_shared
