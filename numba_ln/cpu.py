@@ -196,69 +196,41 @@ def _stream_rest(stage, y, start, count):
 
 # --------------------------------------------------------------------------- forward
 
-@_piece
-def _row_sum(x, scale):
-    """``sum(x * scale)`` in float64: blocks of ``STATS_BLOCK`` elements, then their sums.
-
-    The center's rounding is then the only error in a float32 row's mean,
-    and it is known exactly (``_math``); the blocks keep a float64 row's
-    rounding near an ulp of a block's sum. ``scale`` is a float64, so that
-    its product fuses with the float64 add.
-    """
-    total = 0.0
-    for start in range(0, x.shape[0], STATS_BLOCK):
-        block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
-        part = 0.0
-        for j in range(block.shape[0]):
-            part += np.float64(load(block, j)) * scale
-        total += part
-    return total
-
-
-@_piece
-def _row_sumsq(x, scale, center):
-    """``sum((x * scale - center) ** 2)``: blocks of ``STATS_BLOCK`` elements, added in float64.
-
-    Short blocks in vector lanes keep each block's rounding near an ulp of its
-    sum; float64 between blocks keeps a long row as accurate as a short one.
-    """
-    total = 0.0
-    for start in range(0, x.shape[0], STATS_BLOCK):
-        block = x[start:start + STATS_BLOCK]
-        part = to_compute(x, 0)
-        for j in range(block.shape[0]):
-            d = _math.scaled_deviation(load(block, j), scale, center)
-            part += d * d
-        total += part
-    return total
-
-
 @_shared
 def _row_moments(x, scale):
     """``(center, correction, variance)`` of the row ``x * scale`` (see ``_math``).
 
-    ``center`` is the mean rounded to the compute type, so that the second
-    pass and the output subtract it in one operation; ``correction`` (what
-    that rounding lost) and ``variance`` are float64.
+    Pass one adds the row in float64 lanes: the center's rounding is then
+    the only error in a float32 row's mean, and it is known exactly
+    (``correction``). Pass two adds the squares of ``x * scale - center`` in
+    float32 lanes, in blocks of ``STATS_BLOCK`` whose sums are added in
+    float64: each block's rounding stays near an ulp of its sum, and a long
+    row is as accurate as a short one (pass one is blocked too, for float64
+    rows). ``center`` is in the compute type, so that pass two and the output
+    subtract it in one operation; the rest is float64. The loops are written
+    here, not in helpers: each compiled helper costs a first call ~0.3 s.
     """
     n = x.shape[0]
-    mean = _row_sum(x, np.float64(scale)) / n
+    scale64 = np.float64(scale)  # its product fuses with the float64 add
+    total = 0.0
+    for start in range(0, n, STATS_BLOCK):
+        block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
+        part = 0.0
+        for j in range(block.shape[0]):
+            part += np.float64(load(block, j)) * scale64
+        total += part
+    mean = total / n
     center = to_compute(x, mean)
+    sumsq = 0.0
+    for start in range(0, n, STATS_BLOCK):
+        block = x[start:start + STATS_BLOCK]
+        part_sq = to_compute(x, 0)
+        for j in range(block.shape[0]):
+            d = _math.scaled_deviation(load(block, j), scale, center)
+            part_sq += d * d
+        sumsq += part_sq
     correction = mean - center
-    sumsq = _row_sumsq(x, scale, center)
     return center, correction, _math.corrected_variance(correction, sumsq, n)
-
-
-@_shared
-def _overflow_scale(x):
-    """A power of two that brings ``max|x|`` into [0.5, 1), or 1 if the row is not finite."""
-    largest = to_compute(x, 0)
-    for j in range(x.shape[0]):
-        magnitude = abs(load(x, j))
-        largest = magnitude if magnitude > largest else largest
-    if not (math.isfinite(largest) and largest > 0):
-        return 1.0
-    return math.ldexp(1.0, -math.frexp(largest)[1])
 
 
 @_piece
@@ -275,8 +247,12 @@ def _ln_fwd_stats(x, eps):
     scale = 1.0
     center, correction, variance = _row_moments(x, to_compute(x, scale))
     if not (math.isfinite(center) and math.isfinite(variance)):
-        scale = _overflow_scale(x)
-        if scale != 1.0:
+        largest = to_compute(x, 0)  # a power of two bringing max|x| into [0.5, 1) is exact
+        for j in range(x.shape[0]):
+            magnitude = abs(load(x, j))
+            largest = magnitude if magnitude > largest else largest
+        if math.isfinite(largest) and largest > 0:  # else a NaN or Inf row: NaN statistics
+            scale = math.ldexp(1.0, -math.frexp(largest)[1])
             center, correction, variance = _row_moments(x, to_compute(x, scale))
     scaled_rstd = _math.scaled_rstd(variance, eps, scale)
     rstd_high = to_compute(x, scaled_rstd)
