@@ -1,0 +1,292 @@
+"""Write the PTX of every shipped CUDA kernel, for one architecture, without a GPU.
+
+``python -m numba_ln.ptx --arch sm_90 --out DIR`` writes one file per kernel
+and dtype, ``DIR/<kernel>.<dtype>.ptx``: ``<kernel>`` is a name of
+:data:`KERNELS` (``fwd_...`` for the forward pass, ``bwd_...`` for the
+backward pass and its gradient reduction), ``<dtype>`` the storage dtype of
+``x`` (float16, float32 or float64). The kernels are the ones the backend
+launches: the shipped tunables of ``_config`` and the exact argument types of
+:func:`numba_ln.gpu.signatures`.
+
+Only the ``[cuda]`` extra is needed (numba-cuda and its NVVM wheel): NVVM
+compiles for a compute capability without asking a driver. ``tests/test_ptx.py``
+compiles through :func:`kernel_ptx` too, so the files are what the tests
+assemble with ``ptxas``.
+
+numba.cuda is imported lazily, so this module imports without numba-cuda and
+the command can say what to install.
+"""
+
+import argparse
+import functools
+import importlib.util
+import pathlib
+
+#: File-name kernel -> factory in ``numba_ln/gpu.py`` (a field of ``gpu.KernelSet``).
+KERNELS = {
+    "fwd_warp": "forward1_warp_per_row",
+    "fwd_block_shared": "forward2_block_per_row_shared",
+    "fwd_block_streaming": "forward3_block_per_row_streaming",
+    "bwd_warp": "backward1_warp_per_row",
+    "bwd_block_shared": "backward2_block_per_row_shared",
+    "bwd_block_streaming": "backward3_block_per_row_streaming",
+    "bwd_reduce_column": "reduce1_thread_per_column",
+}
+
+#: Storage dtypes of ``x``; each kernel is compiled once per dtype.
+DTYPES = ("float16", "float32", "float64")
+
+#: Architectures the command writes for, and the tests assemble without spills.
+ARCHES = ("sm_80", "sm_90")
+
+_MISSING_CUDA = ("numba-cuda is not installed; install the GPU target with "
+                 "`pip install 'numba-ln[cuda]'`")
+
+
+def compute_capability(arch):
+    """The compute capability of an ``sm_XY`` architecture name.
+
+    Parameters
+    ----------
+    arch : str
+        One of :data:`ARCHES`.
+
+    Returns
+    -------
+    tuple of int
+        ``(major, minor)``.
+
+    Raises
+    ------
+    ValueError
+        When ``arch`` is not one of :data:`ARCHES`.
+
+    Examples
+    --------
+    >>> compute_capability("sm_90")
+    (9, 0)
+    """
+    if arch not in ARCHES:
+        raise ValueError(f"arch must be one of {', '.join(ARCHES)}, not {arch!r}")
+    return int(arch[3:-1]), int(arch[-1])
+
+
+def outputs(kernels=None, dtypes=None):
+    """The PTX files the command writes, in table order, each with its kernel and dtype.
+
+    Parameters
+    ----------
+    kernels, dtypes : sequence of str, optional
+        Names of :data:`KERNELS` and of :data:`DTYPES` (default: all of them).
+
+    Returns
+    -------
+    dict of str to tuple of str
+        ``<kernel>.<dtype>.ptx`` to ``(kernel, dtype)``.
+
+    Examples
+    --------
+    >>> len(outputs())
+    21
+    >>> outputs(["bwd_reduce_column"], ["float16"])
+    {'bwd_reduce_column.float16.ptx': ('bwd_reduce_column', 'float16')}
+    """
+    return {f"{kernel}.{dtype}.ptx": (kernel, dtype) for kernel in (kernels or KERNELS)
+            for dtype in (dtypes or DTYPES)}
+
+
+def shipped_kernel(kernel, dtype):
+    """The kernel launched for ``x`` of ``dtype`` under the shipped tunables (not compiled).
+
+    Parameters
+    ----------
+    kernel, dtype : str
+        A name of :data:`KERNELS`, and one of :data:`DTYPES`.
+
+    Returns
+    -------
+    numba.cuda dispatcher
+
+    Examples
+    --------
+    >>> shipped_kernel("fwd_warp", "float16").py_func.__name__
+    '_ln_fwd_warp_per_row'
+    """
+    import numpy as np
+
+    from . import _config, gpu
+    from ._validate import compute_dtype
+    kernel_set = gpu.build_kernel_set(compute_dtype(np.dtype(dtype)),
+                                      _config.CUDA_WARP_ITEMS_PER_THREAD,
+                                      _config.CUDA_WARP_BLOCK_THREADS,
+                                      _config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_FASTMATH)
+    return getattr(kernel_set, KERNELS[kernel])
+
+
+@functools.cache
+def _library(kernel, dtype):
+    """One kernel typed and lowered once, for NVVM to compile per architecture; None
+    where numba-cuda lacks the internal function (``kernel_ptx`` then compiles from scratch)."""
+    try:
+        from numba.cuda.compiler import _compile_pyfunc_with_fixup
+    except ImportError:
+        return None
+    from . import _config, gpu
+    # Lowered for the lowest architecture; NVVM targets each one from the same IR.
+    library, _ = _compile_pyfunc_with_fixup(
+        shipped_kernel(kernel, dtype).py_func, gpu.signatures(dtype)[KERNELS[kernel]],
+        device=False, fastmath=_config.CUDA_FASTMATH, cc=compute_capability(ARCHES[0]),
+        abi="numba")
+    return library
+
+
+def kernel_ptx(kernel, dtype, arch):
+    """The PTX of one shipped kernel for ``arch``.
+
+    Each kernel and dtype is typed and lowered once per process, and NVVM
+    runs once per architecture (numba-cuda keeps the PTX per compute
+    capability), so asking again is free.
+
+    Parameters
+    ----------
+    kernel, dtype : str
+        A name of :data:`KERNELS`, and one of :data:`DTYPES`.
+    arch : str
+        One of :data:`ARCHES`.
+
+    Returns
+    -------
+    str
+        The PTX module: one ``.entry``, the device helpers inlined.
+
+    Examples
+    --------
+    >>> code = kernel_ptx("bwd_reduce_column", "float32", "sm_90")
+    >>> code.count(".entry"), ".target sm_90" in code
+    (1, True)
+    """
+    cc = compute_capability(arch)
+    library = _library(kernel, dtype)
+    if library is not None:
+        (code,) = library.get_asm_strs(cc=cc)
+        return code
+    from numba import cuda
+
+    from . import _config, gpu
+    code, _ = cuda.compile_ptx(shipped_kernel(kernel, dtype).py_func,
+                               gpu.signatures(dtype)[KERNELS[kernel]], cc=cc,
+                               fastmath=_config.CUDA_FASTMATH)
+    return code
+
+
+def write_ptx(out, arch, kernels=None, dtypes=None, compile_kernel=kernel_ptx):
+    """Write ``<kernel>.<dtype>.ptx`` for each kernel and dtype into ``out``.
+
+    Parameters
+    ----------
+    out : str or pathlib.Path
+        Folder, created when missing; files of the same name are replaced,
+        others are left alone.
+    arch : str
+        One of :data:`ARCHES`.
+    kernels, dtypes : sequence of str, optional
+        Names of :data:`KERNELS` and of :data:`DTYPES` (default: all of them).
+    compile_kernel : callable, optional
+        ``(kernel, dtype, arch) -> str``; :func:`kernel_ptx` unless a caller
+        (a test) brings its own.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written, in :func:`outputs` order.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> def fake(kernel, dtype, arch):
+    ...     return f".target {arch}\\n.entry {kernel}()\\n"
+    >>> with tempfile.TemporaryDirectory() as out:
+    ...     [path.name for path in write_ptx(out, "sm_90", ["bwd_warp"], compile_kernel=fake)]
+    ['bwd_warp.float16.ptx', 'bwd_warp.float32.ptx', 'bwd_warp.float64.ptx']
+    """
+    compute_capability(arch)  # a bad arch fails before anything is compiled
+    out = pathlib.Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, (kernel, dtype) in outputs(kernels, dtypes).items():
+        path = out / name
+        path.write_text(compile_kernel(kernel, dtype, arch))
+        written.append(path)
+    return written
+
+
+def parser():
+    """The command's argument parser.
+
+    Returns
+    -------
+    argparse.ArgumentParser
+
+    Examples
+    --------
+    >>> parser().parse_args(["--arch", "sm_80", "--out", "ptx"]).arch
+    'sm_80'
+    """
+    p = argparse.ArgumentParser(
+        prog="python -m numba_ln.ptx",
+        description=(
+            "Write the PTX of every shipped numba-ln CUDA kernel (the shipped tunables, the "
+            "argument types the backend launches) for one architecture: one file per kernel "
+            "and dtype, DIR/<kernel>.<dtype>.ptx. Needs numba-ln[cuda], no GPU and no driver."),
+        epilog="kernels: " + ", ".join(f"{name} ({factory})" for name, factory in KERNELS.items()))
+    p.add_argument("--arch", required=True, choices=ARCHES,
+                   help="target architecture (compute capability 8.0 or 9.0)")
+    p.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
+                   help="folder to write into (created when missing)")
+    p.add_argument("--kernel", action="append", choices=list(KERNELS), metavar="KERNEL",
+                   help="only this kernel (repeatable; default: all seven, named below)")
+    p.add_argument("--dtype", action="append", choices=DTYPES,
+                   help="only this dtype of x (repeatable; default: all three)")
+    return p
+
+
+def main(argv=None, compile_kernel=kernel_ptx):
+    """Run the command: parse ``argv``, write the files, print one path a line.
+
+    Parameters
+    ----------
+    argv : list of str, optional
+        Arguments (default: ``sys.argv[1:]``).
+    compile_kernel : callable, optional
+        Passed to :func:`write_ptx`.
+
+    Returns
+    -------
+    list of pathlib.Path
+        The files written.
+
+    Raises
+    ------
+    SystemExit
+        Status 2 for bad arguments (argparse's message), 1 without numba-cuda.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as out:  # doctest: +ELLIPSIS
+    ...     paths = main(["--arch", "sm_90", "--out", out, "--kernel", "fwd_warp",
+    ...                   "--dtype", "float32"], compile_kernel=lambda *key: "")
+    /.../fwd_warp.float32.ptx
+    """
+    command = parser()
+    args = command.parse_args(argv)
+    if importlib.util.find_spec("numba_cuda") is None:
+        command.exit(1, f"{command.prog}: {_MISSING_CUDA}\n")
+    written = write_ptx(args.out, args.arch, args.kernel, args.dtype, compile_kernel)
+    for path in written:
+        print(path)
+    return written
+
+
+if __name__ == "__main__":
+    main()
