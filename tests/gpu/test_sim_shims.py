@@ -8,6 +8,7 @@ timeout so that a hang fails instead of stalling the run.
 
 import inspect
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -33,10 +34,17 @@ def launch_within(timeout_s, launch):
         except BaseException as error:  # re-raised below, in the test's thread
             raised.append(error)
 
+    deadline = time.monotonic() + timeout_s
     runner = threading.Thread(target=target, daemon=True)
     runner.start()
     runner.join(timeout_s)
-    if runner.is_alive():
+    # A launch that raised leaves its other threads to stop at their next barrier or shuffle;
+    # until they have, they keep this module's ``cuda`` swapped for the simulator's fake.
+    from numba.cuda.simulator.kernel import BlockThread
+    for thread in threading.enumerate():
+        if isinstance(thread, BlockThread):
+            thread.join(max(deadline - time.monotonic(), 0))
+    if runner.is_alive() or any(isinstance(t, BlockThread) for t in threading.enumerate()):
         pytest.fail(f"kernel still running after {timeout_s} s: a hang, not a clear failure")
     if raised:
         raise raised[0]
