@@ -18,6 +18,7 @@ import pytest
 
 from numba_ln import _config, _cuda_backend
 
+from . import sim_shims
 from .gpu_launch import SHARED_MAX_COLS, SMALL
 
 SIMULATOR = _cuda_backend.simulator_enabled()
@@ -65,6 +66,21 @@ def simulator_hands_over_the_gil_sooner():
     sys.setswitchinterval(1e-4)
     yield
     sys.setswitchinterval(interval)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def simulator_as_strict_as_a_gpu():
+    """Under the simulator, the barrier check and a faithful ``shfl_xor_sync`` (``sim_shims``).
+
+    Threads of a block that wait at different ``syncthreads`` call sites, and
+    warp shuffles whose lanes do not all arrive, fail the test; the kernels
+    run unchanged.
+    """
+    if not SIMULATOR:
+        yield
+        return
+    with sim_shims.installed():
+        yield
 
 
 @pytest.fixture

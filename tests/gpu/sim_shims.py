@@ -1,0 +1,231 @@
+"""Shims that make numba's CUDA simulator as strict as a GPU, without touching the kernels.
+
+numba's simulator runs a block as one Python thread per CUDA thread
+(``numba.cuda.simulator.kernel``): ``BlockThread.syncthreads`` flags the
+thread as blocked and waits on an event; the ``BlockManager`` polls its
+threads and releases them all once every live thread is blocked. Every
+barrier -- ``cuda.syncthreads`` and its ``_count``/``_and``/``_or`` forms,
+a grid group's ``sync`` -- goes through ``BlockThread.syncthreads``. Inside a
+kernel ``cuda`` is a ``FakeCUDAModule`` (``numba.cuda.simulator.kernelapi``),
+which has no warp shuffles at all.
+
+:func:`installed` patches, for as long as it is entered:
+
+- ``BlockManager.__init__``: each block gets a :class:`_BlockState`.
+- ``BlockThread.run``: each thread registers in its block's state and marks
+  itself exited when its function returns (so a shuffle can tell a lane that
+  has not started from one that has left).
+- ``BlockThread.syncthreads``: the barrier check. A thread's n-th barrier
+  call meets every other live thread's n-th call (the manager releases a
+  barrier only when all live threads wait at it), so the first site to
+  arrive at barrier n is recorded and any thread that arrives there from
+  another site raises :class:`DivergentBarrierError` naming both sites. A
+  site is the chain of kernel-source lines from the barrier call out to the
+  kernel (a device function called from two lines is two barriers on a GPU,
+  where device functions are inlined).
+- ``FakeCUDAModule.shfl_xor_sync``: a per-warp rendezvous. Each lane of the
+  mask deposits its value and waits until every lane of the mask has, then
+  takes the value of lane ``lane ^ offset`` as it was given (bit-exact).
+  A lane of the mask that has exited, that waits at a later barrier, that
+  lies outside the block, or that does not arrive within
+  ``SHUFFLE_DEADLINE_S`` makes the waiting lanes raise
+  :class:`WarpShuffleError` instead of hanging.
+
+The simulator re-raises a kernel thread's exception from the launch as
+``type(e)(msg)``, so these exceptions take a single message argument.
+"""
+
+import contextlib
+import os
+import sys
+import threading
+import time
+
+import pytest
+
+#: Lanes in a warp; lanes are consecutive threads in ``threadIdx`` linear order.
+WARP_SIZE = 32
+#: Longest a lane waits for the rest of its mask before failing (a missing lane
+#: is usually found at once; this only bounds the cases that cannot be told apart).
+SHUFFLE_DEADLINE_S = 30.0
+#: How often a waiting lane looks at the lanes that have not arrived.
+SHUFFLE_POLL_S = 0.005
+
+
+class SimulatorShimError(AssertionError):
+    """A kernel did something a GPU would hang on or leave undefined."""
+
+
+class DivergentBarrierError(SimulatorShimError):
+    """Threads of one block waited at different ``syncthreads`` call sites."""
+
+
+class WarpShuffleError(SimulatorShimError):
+    """A warp shuffle whose lanes did not all take part, or read an inactive lane."""
+
+
+class _BlockState:
+    """What the shims know of one simulated block."""
+
+    def __init__(self):
+        # Barrier number -> (site, threadIdx) of the first thread to arrive there.
+        self.barrier_sites = {}
+        # thread_id -> BlockThread, for threads that have started.
+        self.threads = {}
+        # Guards the shuffle exchanges; waiting lanes sleep on it.
+        self.shuffle_cond = threading.Condition()
+        # (warp, mask, call number) -> {"values": {lane: value}, "readers": n}.
+        self.exchanges = {}
+
+
+def _site_text(site):
+    """``file:line`` of the barrier call, then ``called from file:line`` outwards."""
+    return ", called from ".join(f"{code.co_filename}:{line} ({code.co_name})"
+                                 for code, line in site)
+
+
+@contextlib.contextmanager
+def installed():
+    """Patch the simulator with the barrier check and ``shfl_xor_sync`` while entered."""
+    from numba.cuda.simulator import kernel as sim_kernel
+    from numba.cuda.simulator import kernelapi as sim_kernelapi
+
+    simulator_dir = os.path.dirname(sim_kernel.__file__) + os.sep
+    # Frames in these files are the simulator's, Python's or ours, never kernel source.
+    not_kernel_source = {threading.__file__, __file__}
+    # Code object -> whether it is kernel source; a barrier asks per frame, ~100k times a run.
+    is_kernel_source = {}
+    # The closure in BlockManager.run that calls the kernel: frames above it are the thread's.
+    thread_entry = [code for code in sim_kernel.BlockManager.run.__code__.co_consts
+                    if getattr(code, "co_name", None) == "target"]
+    original_init = sim_kernel.BlockManager.__init__
+    original_run = sim_kernel.BlockThread.run
+    original_syncthreads = sim_kernel.BlockThread.syncthreads
+
+    def kernel_call_site():
+        """(code, line) of each kernel-source frame, innermost first."""
+        site = []
+        frame = sys._getframe(2)
+        while frame is not None:
+            code = frame.f_code
+            kernel_source = is_kernel_source.get(code)
+            if kernel_source is None:
+                path = code.co_filename
+                kernel_source = is_kernel_source[code] = not (
+                    path.startswith(simulator_dir) or path in not_kernel_source)
+            if kernel_source:
+                site.append((code, frame.f_lineno))
+            elif code in thread_entry:
+                break
+            frame = frame.f_back
+        return tuple(site)
+
+    def block_manager_init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        self.shim_state = _BlockState()
+
+    def block_thread_run(self):
+        self.shim_barriers = 0
+        self.shim_exited = False
+        self._manager.shim_state.threads[self.thread_id] = self
+        try:
+            original_run(self)
+        finally:
+            self.shim_exited = True
+            # A lane that leaves may be the one a shuffle waits for.
+            with self._manager.shim_state.shuffle_cond:
+                self._manager.shim_state.shuffle_cond.notify_all()
+
+    def checked_syncthreads(self):
+        site = kernel_call_site()
+        barrier = self.shim_barriers
+        self.shim_barriers = barrier + 1
+        first_site, first_thread = self._manager.shim_state.barrier_sites.setdefault(
+            barrier, (site, tuple(self.threadIdx)))
+        if site != first_site:
+            raise DivergentBarrierError(
+                f"threads of block {list(self.blockIdx)} wait at different syncthreads "
+                f"call sites (barrier {barrier}): thread {list(first_thread)} at "
+                f"{_site_text(first_site)}; thread {list(self.threadIdx)} at "
+                f"{_site_text(site)}")
+        original_syncthreads(self)
+
+    def shfl_xor_sync(fake_cuda, mask, value, offset):
+        """Value of lane ``lane ^ offset`` of this warp; every lane of ``mask`` must call."""
+        thread = threading.current_thread()
+        lane = thread.thread_id % WARP_SIZE
+        source = lane ^ int(offset)
+        # PTX shfl.bfly: a source lane past the warp's last reads the caller's own value.
+        return _exchange(thread, int(mask), value, source if source < WARP_SIZE else lane)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sim_kernel.BlockManager, "__init__", block_manager_init)
+        patch.setattr(sim_kernel.BlockThread, "run", block_thread_run)
+        patch.setattr(sim_kernel.BlockThread, "syncthreads", checked_syncthreads)
+        patch.setattr(sim_kernelapi.FakeCUDAModule, "shfl_xor_sync", shfl_xor_sync,
+                      raising=False)
+        yield
+
+
+def _exchange(thread, mask, value, source):
+    """Rendezvous of the lanes of ``mask`` in ``thread``'s warp; return lane ``source``'s value."""
+    state = thread._manager.shim_state
+    lane = thread.thread_id % WARP_SIZE
+    warp = thread.thread_id // WARP_SIZE
+    mask &= 0xFFFFFFFF
+    where = f"shfl_xor_sync(mask={mask:#010x}) in warp {warp} of block {list(thread.blockIdx)}"
+    if not mask >> lane & 1:
+        raise WarpShuffleError(f"lane {lane} calls {where} but is not in the mask")
+    if not mask >> source & 1:
+        raise WarpShuffleError(f"lane {lane} reads lane {source}, which is not in the mask "
+                               f"of {where}")
+    calls = thread.__dict__.setdefault("shim_shuffles", {})
+    number = calls.get(mask, 0)
+    calls[mask] = number + 1
+    key = (warp, mask, number)
+    members = [member for member in range(WARP_SIZE) if mask >> member & 1]
+    deadline = time.monotonic() + SHUFFLE_DEADLINE_S
+    with state.shuffle_cond:
+        exchange = state.exchanges.setdefault(key, {"values": {}, "readers": 0})
+        values = exchange["values"]
+        values[lane] = value
+        state.shuffle_cond.notify_all()
+        while not all(member in values for member in members):
+            if thread.abort:
+                raise RuntimeError("abort flag set while waiting in shfl_xor_sync")
+            missing = [member for member in members if member not in values]
+            problem = _why_missing(thread, warp, missing, deadline)
+            if problem:
+                raise WarpShuffleError(f"lane {lane} waits in {where}, but {problem}")
+            state.shuffle_cond.wait(SHUFFLE_POLL_S)
+        result = values[source]
+        # The last lane to read drops the exchange; a long kernel would pile them up.
+        exchange["readers"] += 1
+        if exchange["readers"] == len(members):
+            del state.exchanges[key]
+    return result
+
+
+def _why_missing(thread, warp, missing, deadline):
+    """Why lanes ``missing`` of the mask will never arrive, or None while they still may."""
+    state = thread._manager.shim_state
+    threads_in_block = 1
+    for extent in thread._manager._block_dim:
+        threads_in_block *= extent
+    for lane in missing:
+        thread_id = warp * WARP_SIZE + lane
+        if thread_id >= threads_in_block:
+            return f"lane {lane} of the mask is past the block's {threads_in_block} threads"
+        other = state.threads.get(thread_id)
+        if other is None:
+            continue  # not started yet
+        if other.shim_exited:
+            return f"lane {lane} of the mask exited without calling it"
+        # Blocked at a barrier this lane has not reached: the barrier waits for us, we for it.
+        # (At the barrier this lane just left, the flag may not be cleared yet.)
+        if other.syncthreads_blocked and other.shim_barriers > thread.shim_barriers:
+            return f"lane {lane} of the mask waits at a syncthreads instead"
+    if time.monotonic() > deadline:
+        return (f"lanes {missing} of the mask did not arrive within "
+                f"{SHUFFLE_DEADLINE_S:g} s")
+    return None
