@@ -5,6 +5,7 @@ import pytest
 
 import numba_ln
 from reference import DTYPES, TOLERANCE, layer_norm as ref_layer_norm, param_dtype, rel_l2
+from layouts import unaligned_copy
 from streaming import FILL, assert_streamed_like_plain
 
 SHAPES = [(7,), (5, 33), (3, 4, 17), (2, 3, 2, 5), (300, 129)]
@@ -238,9 +239,7 @@ def test_public_api_streams_large_outputs_to_the_same_bits(rng, dtype, monkeypat
     monkeypatch.setattr(cpu, "STREAM_MIN_HALF_COLS", 0)
     assert cpu.Plan(*cpu._plan(0, 37, 1030, np.dtype(dtype).itemsize)).stream
     got = numba_ln.layer_norm(x, weight, weight, return_stats=True)
-    raw = np.zeros(x.nbytes + 1, np.uint8)
-    misaligned = raw[1:].view(dtype).reshape(x.shape)
-    assert not misaligned.flags.aligned
+    misaligned = unaligned_copy(x)
     numba_ln.layer_norm(x, weight, weight, out=misaligned)
     in_place = x.copy()
     numba_ln.layer_norm(in_place, weight, weight, out=in_place)
@@ -278,13 +277,6 @@ def test_direct_calls_take_the_short_path_to_the_same_bits(rng, dtype, shape, pa
     assert not general, "a direct call took the general path"
 
 
-def _unaligned(a):
-    """A copy of ``a`` whose data does not start on an element boundary."""
-    raw = np.zeros(a.nbytes + 1, np.uint8)[1:].view(a.dtype).reshape(a.shape)
-    raw[...] = a
-    return raw
-
-
 def _general_calls(rng):
     """Calls the short path must leave to the general one: (name, args, kwargs)."""
     x = rng.standard_normal((6, 40)).astype(np.float32)
@@ -306,7 +298,7 @@ def _general_calls(rng):
         ("out overlapping x", (shifted[:6], w, w), {"out": shifted[1:]}),
         ("out holding the weight", (x, holder[3], w), {"out": holder}),
         ("device given", (x, w, w), {"device": "cpu"}),
-        ("unaligned x", (_unaligned(x), w, w), {}),
+        ("unaligned x", (unaligned_copy(x), w, w), {}),
         ("empty", (np.zeros((0, 40), np.float32), None, None), {}),
     ]
 
@@ -345,10 +337,7 @@ def test_threaded_calls_take_read_only_and_unaligned_inputs(rng, dtype):
     frozen = [a.copy() for a in (x, weight, dy, *expected[1:])]
     for a in frozen:
         a.flags.writeable = False
-    raw = np.zeros(x.nbytes + 1, np.uint8)
-    unaligned = raw[1:].view(dtype).reshape(x.shape)
-    unaligned[...] = x
-    assert not unaligned.flags.aligned
+    unaligned = unaligned_copy(x)
     got = numba_ln.layer_norm(unaligned, weight, weight, return_stats=True)
     grads = numba_ln.layer_norm_backward(dy, unaligned, *expected[1:], weight)
     for a, b in zip((*expected, *expected_grads), (*got, *grads)):
