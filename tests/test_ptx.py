@@ -3,7 +3,8 @@
 No GPU is needed: NVVM targets a compute capability without asking a driver,
 and ``ptxas`` (from the ``nvidia-cuda-nvcc-cu12`` wheel, found through the
 installed package, never PATH) assembles the PTX and reports registers,
-stack frame and spill bytes per kernel. The PTX is what ``python -m
+stack frame and spill bytes per kernel (``ptx_metrics.ptxas_usage``, which
+``python tests/ptx_metrics.py`` shares). The PTX is what ``python -m
 numba_ln.ptx`` writes: the tests compile through ``numba_ln.ptx``, whose
 cache types and lowers each kernel once per process and runs NVVM once per
 architecture, so the command's own checks below cost no compilation.
@@ -11,8 +12,6 @@ architecture, so the command's own checks below cost no compilation.
 ``python tests/test_ptx.py`` prints the register table of docs/gpu.md.
 """
 
-import importlib.util
-import pathlib
 import re
 import subprocess
 import sys
@@ -20,38 +19,13 @@ import sys
 import pytest
 
 from numba_ln import ptx
-
-_USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, "
-                    r"(\d+) bytes spill loads")
-_REGISTERS = re.compile(r"Used (\d+) registers")
-
-
-def find_ptxas():
-    """``ptxas`` from the nvidia-cuda-nvcc wheel, or None when it is not installed."""
-    try:
-        spec = importlib.util.find_spec("nvidia.cuda_nvcc")
-    except ModuleNotFoundError:
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for root in spec.submodule_search_locations:
-        path = pathlib.Path(root, "bin", "ptxas")
-        if path.is_file():
-            return path
-    return None
+from ptx_metrics import find_ptxas, ptxas_usage
 
 
 def assemble(kernel, dtype, arch, ptxas, workdir):
     """Write one kernel's PTX for ``arch`` as the command does, assemble it; return ptxas's numbers."""
     (source,) = ptx.write_ptx(workdir, arch, [kernel], [dtype])
-    run = subprocess.run([str(ptxas), "-v", f"-arch={arch}", str(source), "-o", "/dev/null"],
-                         capture_output=True, text=True, check=True)
-    usage = _USAGE.findall(run.stderr)
-    registers = _REGISTERS.findall(run.stderr)
-    assert len(usage) == len(registers) == 1, run.stderr  # one entry, helpers inlined
-    stack, spill_stores, spill_loads = map(int, usage[0])
-    return {"registers": int(registers[0]), "stack": stack,
-            "spill_stores": spill_stores, "spill_loads": spill_loads}
+    return ptxas_usage(source, arch, ptxas)
 
 
 @pytest.fixture(scope="module")
