@@ -58,6 +58,7 @@ _USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) b
 _FLOAT_ELEMENT = {"f16": 2, "bf16": 2, "f16x2": 2, "bf16x2": 2, "f32": 4, "f64": 8}
 _BARRIERS = ("bar.sync", "barrier.sync", "bar.red", "barrier.red")
 _ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8}
+_SPACES = ("global", "shared", "local", "const")
 
 Access = collections.namedtuple("Access", "index op bytes lanes type array")
 
@@ -119,12 +120,12 @@ def _accesses(ins):
         quals = opcode.split(".")
         if quals[0] not in ("ld", "st") or "param" in quals:
             continue
-        space = next((q for q in quals if q in ("global", "shared", "local", "const")), "generic")
+        spaces = [q.split("::")[0] for q in quals if q.split("::")[0] in _SPACES]  # shared::cta
         lanes = next((int(q[1:]) for q in quals if re.fullmatch(r"v\d+", q)), 1)
         width = int(re.search(r"\d+", quals[-1]).group()) // 8 * (1 + quals[-1].endswith("x2"))
         base = re.search(r"\[([$%\w.]+)", " ".join(ops)).group(1)
         array = frozenset(roots.get(base) or [base if base[0] != "%" else "?"])
-        op = ".".join([quals[0], space] + ["nc"] * ("nc" in quals))
+        op = ".".join([quals[0]] + (spaces or ["generic"]) + ["nc"] * ("nc" in quals))
         found.append(Access(index, op, width * lanes, lanes, quals[-1], array))
     return found
 
@@ -141,7 +142,7 @@ def _successors(ins, labels, index):
     """Where control may go after instruction ``index``."""
     guard, opcode, ops = ins[index]
     if opcode.split(".")[0] == "bra":
-        return [labels[ops[0]]] * (ops[0] in labels) + [index + 1] * bool(guard)
+        return ([labels[ops[0]]] if ops[0] in labels else []) + [index + 1] * bool(guard)
     return [] if opcode in ("ret", "exit") and not guard else [index + 1]
 
 

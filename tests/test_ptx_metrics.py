@@ -148,6 +148,18 @@ def test_predicated_and_uniform_backward_branches_close_loops():
     m = metrics(code, 4)
     assert [(loop["label"], loop["size"]) for loop in m["loops"]] == [
         ("$L__BB0_1", 4), ("$L__BB0_2", 2)]
+    # A branch out of the module (no such label) is no loop and ends a path.
+    assert metrics(code.replace("$L__BB0_1;", "$elsewhere;"), 4)["loops"] == [m["loops"][1]]
+
+
+def test_state_spaces_with_scopes_and_cache_hints():
+    m = metrics("""
+        ld.shared::cta.v2.f64 {%fd1, %fd2}, [%rd1];
+        ld.global.L1::no_allocate.v2.f64 {%fd3, %fd4}, [%rd2];
+        st.f32 [%rd3], %f1;
+    """, 8)
+    assert m["memory"] == {("ld.shared", 16, 2): 1, ("ld.global", 16, 2): 1,
+                           ("st.generic", 4, 1): 1}
 
 
 def test_labels_directives_comments_and_braces_are_no_instructions():
