@@ -44,7 +44,7 @@ from numba_ln import _cuda_backend, layer_norm, layer_norm_backward
 
 from . import report, runner
 from .cases import (DTYPES, EPS, OPERATIONS, Case, Inputs, check_output, draw, numpy_forward,
-                    parse_choices, parse_shapes)
+                    parse_choices, parse_shapes, shapes_text)
 from .competitors import Unavailable, torch_module
 
 #: Issue 16's shapes: two transformer widths with many rows, a wide one, and
@@ -134,10 +134,6 @@ def bytes_moved(operation, rows, cols, dtype):
 # --------------------------------------------------------------------------- arguments
 
 
-def _shapes_text(shapes):
-    return ",".join(f"{r}x{c}" for r, c in shapes)
-
-
 def parser():
     """The command's argument parser."""
     p = argparse.ArgumentParser(
@@ -148,7 +144,7 @@ def parser():
             "Markdown table. Medians of interleaved rounds timed with CUDA events; the "
             f"run stops adding rounds to stay under {TIME_BUDGET_S} s. Exits with status "
             f"{EXIT_NO_GPU} and one line when no GPU can be timed."),
-        epilog=f"default shapes: {_shapes_text(SHAPES)}")
+        epilog=f"default shapes: {shapes_text(SHAPES)}")
     p.add_argument("--rounds", type=int, default=DEFAULT_ROUNDS, metavar="N",
                    help=f"interleaved rounds per case; each figure is their median "
                         f"(default {DEFAULT_ROUNDS}; at least {MIN_ROUNDS} are timed, fewer "
@@ -653,13 +649,14 @@ def main(argv=None):
     Parameters
     ----------
     argv : list of str, optional
-        The arguments (default: ``sys.argv[1:]``).
+        Options as :func:`parse_args` takes them; ``sys.argv[1:]`` when None.
 
     Returns
     -------
     int
-        0, or :data:`EXIT_NO_GPU` (with one line on stderr) when no GPU can
-        be timed here. Bad options exit with status 2 and a message.
+        The exit status: 0, or :data:`EXIT_NO_GPU` (with one line on stderr)
+        when no GPU can be timed here. Bad options exit with status 2 and a
+        message.
     """
     started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
