@@ -7,6 +7,7 @@ fake device has none); on a real GPU both are real, so this is also the first
 check of :class:`bench.gpu.EventClock`.
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -57,6 +58,7 @@ def test_every_call_is_checked_and_timed(small_launch, monkeypatch, capsys):
         "forward, out=", "forward, allocating", "backward, out="]
     assert all("failed" not in row for row in rows)
     assert capsys.readouterr().err.count("|5x40|float32\n") == 2  # one progress line a case
+    assert json.loads(json.dumps(results)) == results  # what --json writes
 
 
 def test_past_the_time_budget_cases_are_left_out_and_said_to_be(monkeypatch):
