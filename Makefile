@@ -25,7 +25,7 @@ PIP_LAST   := true
 endif
 
 .PHONY: venv test test-kernels test-ptx test-simulator test-rest test-c
-.PHONY: bench bench-deps bench-pytest bench-readme clean
+.PHONY: bench bench-deps bench-pytest bench-readme bench-gpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -94,6 +94,10 @@ bench: $(STAMP) bench-deps
 bench-pytest: $(STAMP) bench-deps
 	mkdir -p bench-results
 	$(PY) -m pytest bench --benchmark-enable --benchmark-json=bench-results/pytest-benchmark.json
+
+# On a machine with a GPU: numba-ln's CUDA kernels against a copy and PyTorch (under 2 minutes).
+bench-gpu: $(STAMP)
+	$(PY) -m bench.gpu
 
 # Regenerate docs/perf/ and docs/benchmarks.md on the development machine.
 bench-readme: $(STAMP) bench-deps

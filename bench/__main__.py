@@ -14,15 +14,11 @@ from pathlib import Path
 
 from . import curve, report, runner, timer
 from .cases import (DTYPES, OPERATIONS, QUICK_SHAPES, cases, default_shapes, parse_choices,
-                    parse_shapes)
+                    parse_shapes, shapes_text)
 from .competitors import Workspace, gpu_unavailable_reason
 
 #: Seconds of timed calls per figure with ``--quick``.
 QUICK_BUDGET_S = 0.1
-
-
-def _shapes_text(shapes):
-    return ",".join(f"{r}x{c}" for r, c in shapes)
 
 
 def parser():
@@ -36,9 +32,9 @@ def parser():
             "time, GB/s, % of roofline and speedups; --out also writes JSON and a plot. "
             "The default run ends with the size curve: float32 on the CPU, numba-ln against "
             "PyTorch from one row to past the L3 cache, medians of interleaved rounds."),
-        epilog=(f"default shapes: {_shapes_text(default_shapes())}; "
-                f"--quick: {_shapes_text(QUICK_SHAPES)}; "
-                f"size curve: {_shapes_text(curve.SHAPES)}"))
+        epilog=(f"default shapes: {shapes_text(default_shapes())}; "
+                f"--quick: {shapes_text(QUICK_SHAPES)}; "
+                f"size curve: {shapes_text(curve.SHAPES)}"))
     p.add_argument("--device", default="all", metavar="{cpu,cuda,all}",
                    help="where to run: cpu, cuda, or all (default: all = the CPU, and the "
                         "GPU when one can be timed)")

@@ -144,6 +144,17 @@ def parse_shapes(text):
     return tuple(shapes)
 
 
+def shapes_text(shapes):
+    """The inverse of :func:`parse_shapes`: ``"ROWSxCOLS,ROWSxCOLS,..."``.
+
+    Examples
+    --------
+    >>> shapes_text(((65536, 1024), (1, 768)))
+    '65536x1024,1x768'
+    """
+    return ",".join(f"{rows}x{cols}" for rows, cols in shapes)
+
+
 def parse_choices(text, allowed, what):
     """Parse a comma-separated subset of ``allowed``.
 
