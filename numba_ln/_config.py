@@ -74,36 +74,45 @@ CACHE = os.environ.get("NUMBA_LN_NO_CACHE", "") in ("", "0")
 # trees.
 # ---------------------------------------------------------------------------
 
-#: Row elements each thread of a warp-per-row kernel holds in registers. A
-#: row of up to ``32 * CUDA_WARP_ITEMS_PER_THREAD`` elements (256) is served by
-#: a warp, or by a power-of-two part of one for rows shorter than 32; longer
-#: rows get a block each. This is the warp-vs-block and register-vs-shared
-#: switch. 8 keeps the warp kernels near 56 (forward) and 92 (backward)
-#: registers in float32; 16 would nearly double both.
-CUDA_WARP_ITEMS_PER_THREAD = 8
+#: Bytes of a row each lane of a warp-per-row kernel holds in registers (the
+#: backward half as much per array: it holds ``x`` and ``dy``). 128 bytes is
+#: 8 vectors of 16 bytes: a warp serves rows of up to 1024 float32, 2048
+#: float16 or 512 float64 elements (the backward half that).
+CUDA_WARP_ROW_BYTES = 128
 
 #: Threads per block of the warp-per-row kernels (several rows per block).
 CUDA_WARP_BLOCK_THREADS = 128
 
-#: Most threads per block of the block-per-row kernels. A row gets the
-#: smallest power of two >= 32 that gives each thread at most
-#: ``CUDA_WARP_ITEMS_PER_THREAD`` elements, up to this.
-CUDA_ROW_BLOCK_THREADS = 256
+#: Bytes of a row each thread of a block-per-row kernel holds in registers
+#: (the backward half as much per array), as for the warp kernels.
+CUDA_BLOCK_ROW_BYTES = 128
 
-#: Dynamic shared memory a block-per-row kernel may use to cache a row (the
-#: forward pass caches ``cols`` values of the compute type, the backward pass
-#: ``4 * cols``: xhat, w * dy and the two column accumulators). Rows that do
-#: not fit are streamed from global memory (L2) instead. 32 KiB plus the
-#: reduction buffers stays under the 48 KiB a block gets without opting in.
-CUDA_SHARED_CACHE_BYTES = 32 * 1024
+#: Most threads per block of the block-per-row and split kernels (a power of
+#: two). A row gets the smallest power of two >= 32 that holds it within
+#: ``CUDA_BLOCK_ROW_BYTES`` per thread; 512 x 128 bytes serves rows of up to
+#: 16384 float32 elements, and leaves ``ptxas`` 128 registers a thread.
+CUDA_ROW_BLOCK_THREADS = 512
 
-#: Most blocks of a backward pass, hence most partial ``dweight``/``dbias``
-#: rows that the second kernel sums. The count is a function of the shape
-#: alone (never of the GPU), so the gradients are bit-identical on any device.
-CUDA_BACKWARD_MAX_BLOCKS = 512
+#: Rows of at least this many elements, when there are fewer than
+#: ``CUDA_SPLIT_MAX_ROWS`` of them, are split across several blocks so that a
+#: few long rows still fill the GPU (1 x 65536 would otherwise run on one SM).
+CUDA_SPLIT_MIN_COLS = 16384
+CUDA_SPLIT_MAX_ROWS = 64
 
-#: Threads per block of the partial-sum reduction (one thread per column).
-CUDA_REDUCE_THREADS = 256
+#: Bytes of a row (per array) each block of a split row covers.
+CUDA_SPLIT_SEGMENT_BYTES = 4 * 1024
+
+#: Most partial ``dweight``/``dbias`` rows a backward pass writes (one per warp
+#: of the warp kernel, per block of the others), hence the most that the
+#: reduction adds. The count is a function of the shape and the tunables
+#: alone, never of the GPU.
+CUDA_BACKWARD_MAX_PARTIALS = 512
+
+#: The reduction's block: a tile of this many columns ...
+CUDA_REDUCE_TILE_COLS = 32
+#: ... times this many groups of partial rows (each group adds every
+#: ``CUDA_REDUCE_GROUPS``-th partial row; then the groups are added in order).
+CUDA_REDUCE_GROUPS = 16
 
 #: numba-cuda ``fastmath``: off, so division and ``sqrt`` are IEEE-rounded and
 #: denormals are kept; the kernels are memory-bound, the approximations would

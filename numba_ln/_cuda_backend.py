@@ -108,11 +108,39 @@ def stream_handle(stream):
         f"got {type(stream).__name__}")
 
 
-def _as_stream(stream):
-    """``stream=`` as a numba stream; the default stream for None."""
+def _exported_stream(arrays):
+    """The stream the first array that names one exports (CUDA array interface v3), or None.
+
+    1 and 2 are the legacy and the per-thread default streams; ``None`` or no
+    ``stream`` key means the producer needs no ordering.
+    """
+    from numba import cuda
+    for array in arrays:
+        interface = getattr(array, "__cuda_array_interface__", None)
+        handle = interface.get("stream") if isinstance(interface, dict) else None
+        if isinstance(handle, int) and not isinstance(handle, bool) and handle > 0:
+            if handle == 1:
+                return cuda.legacy_default_stream()
+            if handle == 2:
+                return cuda.per_thread_default_stream()
+            return cuda.external_stream(handle)
+    return None
+
+
+def _as_stream(stream, arrays=()):
+    """The numba stream a call runs on.
+
+    ``stream=`` when given; else the stream an input array exports (so the
+    launch is ordered after the work that produced it, without a host
+    synchronization); else the per-thread default stream, which does not
+    serialize threads that launch concurrently.
+    """
     from numba import cuda
     if stream is None:
-        return cuda.default_stream()
+        if simulator_enabled():
+            return cuda.default_stream()
+        exported = _exported_stream(arrays)
+        return exported if exported is not None else cuda.per_thread_default_stream()
     if simulator_enabled():
         numba_stream = cuda.stream  # the simulator's stream class
     else:
@@ -143,7 +171,8 @@ def as_numba_array(obj):
     if is_cuda_ndarray(obj):
         return obj
     from numba import cuda
-    return cuda.as_cuda_array(obj)
+    # No host synchronization: the call is ordered on the stream the array exports.
+    return cuda.as_cuda_array(obj, sync=False)
 
 
 def _pointer(array):
@@ -215,12 +244,22 @@ def _vector(array, count, dtype, stream):
     return _flat(array, count)
 
 
-def _param(param, spec, stream):
-    """A weight/bias as a contiguous compute-dtype device buffer, or a placeholder."""
-    from numba import cuda
-    if param is None:
-        return cuda.device_array(1, spec.compute_dtype, stream=stream), False
-    return _vector(param, spec.cols, spec.compute_dtype, stream), True
+def _gains(params, spec, placeholder, stream):
+    """Weight/bias as contiguous device buffers of one dtype, each with "is it there".
+
+    In ``x``'s dtype when every given one is (a float16 gain is widened in
+    the kernel, as it is loaded); otherwise in the compute dtype, copied on
+    the device where needed. A missing one is replaced by another buffer of
+    that dtype (never read), so the kernel's types do not depend on which
+    are given.
+    """
+    given = [as_numba_array(p) for p in params if p is not None]
+    same = all(np.dtype(p.dtype) == spec.dtype for p in given)
+    dtype = spec.dtype if same else spec.compute_dtype
+    buffers = [None if p is None else _vector(p, spec.cols, dtype, stream) for p in params]
+    present = [b for b in buffers if b is not None]
+    stand_in = present[0] if present else placeholder  # x's dtype when none is given
+    return [(stand_in, False) if b is None else (b, True) for b in buffers]
 
 
 def _writes_directly(out, inputs, spec):
@@ -243,11 +282,6 @@ def _writes_directly(out, inputs, spec):
     return True
 
 
-def _launch(kernel, grid, block, stream, shared_bytes, args):
-    """``kernel[grid, block, stream, shared_bytes](*args)``: every launch goes through here."""
-    kernel[grid, block, stream, shared_bytes](*args)
-
-
 # --------------------------------------------------------------------------
 # Forward and backward
 # --------------------------------------------------------------------------
@@ -261,21 +295,23 @@ def _forward_device(spec, x, weight, bias, eps, out, stream):
     out_array = None if out is None else as_numba_array(out)
     direct = out_array is not None and _writes_directly(out_array, (x, weight, bias), spec)
     y = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
-    mean = cuda.device_array(spec.rows, compute, stream=stream)
-    rstd = cuda.device_array(spec.rows, compute, stream=stream)
-    if spec.rows:
-        launch = gpu.plan("forward", spec.rows, spec.cols, compute)
-        x_buf, ldx = _row_buffer(x, spec, stream)
-        y_buf, ldy = _row_buffer(y, spec, stream)
-        w, has_w = _param(weight, spec, stream)
-        b, has_b = _param(bias, spec, stream)
-        args = (x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
-                spec.rows, spec.cols, compute.type(eps))
-        if launch.variant == "warp_per_row":
-            args += (launch.lanes,)
-        _launch(launch.kernel, launch.grid, launch.block, stream, launch.shared_bytes, args)
-        if out_array is not None and not direct:
-            _assign(out_array, y, stream)
+    if not spec.rows:
+        stats = cuda.device_array(0, compute, stream=stream)
+        return (out if out is not None else y, stats.reshape(spec.stats_shape),
+                stats.reshape(spec.stats_shape))
+    x_buf, ldx = _row_buffer(x, spec, stream)
+    y_buf, ldy = _row_buffer(y, spec, stream)
+    (w, has_w), (b, has_b) = _gains((weight, bias), spec, x_buf, stream)
+    pointers = [_pointer(a) for a in (x_buf, y_buf) + ((w,) if has_w else ())
+                + ((b,) if has_b else ())]
+    p = gpu.plan("forward", spec.rows, spec.cols, spec.dtype, pointers, (ldx, ldy))
+    # One allocation: mean, rstd, then the split kernels' partial statistics.
+    stats = cuda.device_array(2 * spec.rows + p.workspace, compute, stream=stream)
+    mean, rstd = stats[:spec.rows], stats[spec.rows:2 * spec.rows]
+    gpu.run_forward(p, stream, x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
+                    stats[2 * spec.rows:], spec.rows, spec.cols, compute.type(eps))
+    if out_array is not None and not direct:
+        _assign(out_array, y, stream)
     return (out if out is not None else y, mean.reshape(spec.stats_shape),
             rstd.reshape(spec.stats_shape))
 
@@ -285,31 +321,30 @@ def _backward_device(spec, dy, x, mean, rstd, weight, out, stream):
 
     from . import gpu
     compute = spec.compute_dtype
-    launch = gpu.plan("backward", spec.rows, spec.cols, compute)
-    blocks = launch.grid if spec.rows else 0
     out_array = None if out is None else as_numba_array(out)
     direct = out_array is not None and _writes_directly(
         out_array, (dy, x, mean, rstd, weight), spec)
     dx = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
-    dweight = cuda.device_array(spec.cols, spec.param_dtype, stream=stream)
-    dbias = cuda.device_array(spec.cols, spec.param_dtype, stream=stream)
-    dweight_part = cuda.device_array(max(1, blocks * spec.cols), compute, stream=stream)
-    dbias_part = cuda.device_array(max(1, blocks * spec.cols), compute, stream=stream)
+    grads = cuda.device_array(2 * spec.cols, spec.param_dtype, stream=stream)
+    dweight, dbias = grads[:spec.cols], grads[spec.cols:]
+    x_arr = as_numba_array(x)
     if spec.rows:
         dy_buf, lddy = _row_buffer(as_numba_array(dy), spec, stream)
-        x_buf, ldx = _row_buffer(as_numba_array(x), spec, stream)
+        x_buf, ldx = _row_buffer(x_arr, spec, stream)
         dx_buf, lddx = _row_buffer(dx, spec, stream)
         mean_buf = _vector(mean, spec.rows, compute, stream)
         rstd_buf = _vector(rstd, spec.rows, compute, stream)
-        w, has_w = _param(weight, spec, stream)
-        args = (dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w, has_w, dx_buf, lddx,
-                dweight_part, dbias_part, spec.rows, spec.cols)
-        if launch.variant == "warp_per_row":
-            args += (launch.lanes,)
-        _launch(launch.kernel, launch.grid, launch.block, stream, launch.shared_bytes, args)
-    reduction = launch.reduction
-    _launch(reduction.kernel, reduction.grid, reduction.block, stream, reduction.shared_bytes,
-            (dweight_part, dbias_part, blocks, spec.cols, dweight, dbias))
+    else:  # only the reduction runs (it writes zeros); these are never read
+        x_buf = dy_buf = dx_buf = _flat(x_arr, 0)
+        mean_buf = rstd_buf = cuda.device_array(0, compute, stream=stream)
+        lddy = ldx = lddx = spec.cols
+    ((w, has_w),) = _gains((weight,), spec, x_buf, stream)
+    pointers = [_pointer(a) for a in (dy_buf, x_buf, dx_buf) + ((w,) if has_w else ())]
+    p = gpu.plan("backward", spec.rows, spec.cols, spec.dtype, pointers, (lddy, ldx, lddx),
+                 spec.param_dtype)
+    workspace = cuda.device_array(max(1, p.workspace), compute, stream=stream)
+    gpu.run_backward(p, stream, dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w, has_w,
+                     dx_buf, lddx, workspace, spec.rows, spec.cols, dweight, dbias)
     if out_array is not None and not direct:
         _assign(out_array, dx, stream)
     shape = spec.normalized_shape
@@ -339,7 +374,7 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
         Device arrays (``y`` is ``out`` when given) for device inputs; NumPy
         arrays, after the stream is synchronized, for NumPy inputs.
     """
-    stream = _as_stream(stream)
+    stream = _as_stream(stream, (x, weight, bias, out))
     if is_device_array(x):
         return _forward_device(spec, x, weight, bias, eps, out, stream)
     y, mean, rstd = _forward_device(spec, _to_device(x, stream), _to_device(weight, stream),
@@ -371,7 +406,7 @@ def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):
         ``spec.param_dtype`` and bit-identical from call to call (fixed
         blocks, summed in a fixed order).
     """
-    stream = _as_stream(stream)
+    stream = _as_stream(stream, (dy, x, mean, rstd, weight, out))
     if is_device_array(x):
         return _backward_device(spec, dy, x, mean, rstd, weight, out, stream)
     results = _backward_device(spec, *(_to_device(a, stream) for a in (dy, x, mean, rstd)),

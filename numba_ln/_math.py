@@ -13,9 +13,11 @@ scale - center``, and the variance is ``sum(d*d) / n - correction**2``.
 so a row whose mean is large compared with its spread (mean 1e4, std 1e-2)
 keeps its spread's precision. ``scale`` is 1, or a power of two that brings
 a row whose squares or sums would overflow back into range. The CUDA kernels
-still use the older *shifted* two-pass scheme (``shift`` = the row's first
-element, ``offset = mean - shift``): :func:`shifted`, :func:`mean_offset`,
-:func:`centered` and :func:`reciprocal_std`.
+hold the row in registers and use the same correction in the compute type:
+``center`` is the row's sum over ``n`` (:func:`mean_offset` of the sum),
+pass two sums ``d = x - center`` (:func:`shifted`) and ``d * d``, and
+:func:`corrected_rstd` takes the variance from both; rows split over several
+blocks merge their segments with :func:`combine_moments`.
 
 Notation: ``n`` is the row length, ``xhat`` the normalized value, ``rstd =
 1 / sqrt(var + eps)`` with the biased variance.
@@ -125,6 +127,44 @@ def reciprocal_std(centered_sumsq, n, eps):
     float64. A zero variance with ``eps = 0`` gives ``inf``.
     """
     return (n / n) / math.sqrt(centered_sumsq / n + eps)
+
+
+@_jit
+def corrected_rstd(deviation_sumsq, correction, n, eps):
+    """``1 / sqrt(var + eps)`` with ``var = sum(d*d) / n - correction**2``, in the compute type.
+
+    ``d`` are the deviations from a center, ``correction`` the mean minus
+    that center. A rounding below zero counts as zero; NaN stays NaN.
+    """
+    variance = deviation_sumsq / n - correction * correction
+    if variance < n - n:
+        variance = n - n
+    return (n / n) / math.sqrt(variance + eps)
+
+
+@_jit
+def deviation_sumsq(deviation_sumsq, deviation_sum, n):
+    """The sum of squared deviations from the mean, from deviations taken from a center.
+
+    ``sum((x - mean)**2) = sum(d*d) - sum(d)**2 / n``; never below zero.
+    """
+    total = deviation_sumsq - deviation_sum * deviation_sum / n
+    if total < n - n:
+        total = n - n
+    return total
+
+
+@_jit
+def combine_moments(mean_a, sumsq_a, count_a, mean_b, sumsq_b, count_b):
+    """Merge two parts' means and sums of squared deviations (Chan, Golub and LeVeque).
+
+    Returns the mean and the sum of squared deviations of both parts
+    together; ``count_a`` and ``count_b`` are floats of the compute type.
+    """
+    count = count_a + count_b
+    delta = mean_b - mean_a
+    mean = mean_a + delta * (count_b / count)
+    return mean, sumsq_a + sumsq_b + delta * delta * (count_a * count_b / count)
 
 
 @_jit

@@ -1,479 +1,776 @@
-"""CUDA kernels, and the plan that picks one: how rows map onto warps and blocks.
+"""CUDA kernels, the plan that picks one, and the launchers that run a pass.
 
 Every kernel sees the problem in the layout the CPU kernels see (``cpu.py``):
 1-D contiguous buffers and a row stride (``ldx``: row ``r`` starts at
 ``x[r * ldx]``, ``ldx >= cols``). ``x``, ``y``, ``dy`` and ``dx`` are in the
-storage dtype (float16, float32 or float64); ``weight``, ``bias``, ``mean``,
-``rstd`` and the partial gradient rows are in the compute dtype (float32 for
+storage dtype (float16, float32 or float64); ``weight`` and ``bias`` in the
+storage or the compute dtype (float16 gains are widened as they are loaded);
+``mean``, ``rstd`` and the partial sums in the compute dtype (float32 for
 float16). Values are widened to the compute dtype as they are loaded, so the
-``_math`` functions -- the same ones the CPU kernels inline -- never see a
-float16 (under numba's CUDA simulator they run as CPU functions, which have
-no float16).
+``_math`` functions never see a float16.
 
-Row reductions are fixed-order shared-memory trees (``_group_sum``), never
-warp shuffles and never atomics: the simulator runs these very kernels, and
-the results are bit-identical from run to run.
+Row data moves through ``_gpu_ops.vector_load``/``vector_store``: 16 bytes
+per access in the *vector* kernels (4 float32, 8 float16, 2 float64), one
+element in the *scalar* ones, which serve what the vector kernels cannot
+(a pointer or row stride not a multiple of 16 bytes, a width not a multiple
+of the vector). Each kernel is written once, with the vector width a
+compile-time constant. Thread ``t`` of a row's group holds the vectors
+``t, t + threads, t + 2 * threads, ...`` of the row in registers, in a fully
+unrolled local array, so a row is read once and written once; column offsets
+within a row are unsigned 32-bit (64-bit kernels serve rows of 2**32
+elements or more), and the row's start is computed once per row.
+
+Reductions are ``shfl_xor_sync`` butterflies within a warp (every lane gets
+the same bits) and, in block kernels, one shared-memory step behind one
+barrier (``_gpu_ops.block_sum``). No floating-point atomics: every sum has a
+fixed order, so results are bit-identical from run to run on one GPU and
+toolchain.
+
+The forward statistics are a corrected two-pass from the registers: pass one
+sums the row (``center = sum / n``), pass two sums ``d = x - center`` and
+``d * d``; the mean is ``center + sum(d) / n`` and the variance
+``sum(d * d) / n - (sum(d) / n) ** 2``. Rows split over several blocks
+combine their segments' means and squared deviations in segment order
+(``_math.combine_moments``).
 
 One factory per kernel, numbered per pass as in llm.c's
-``dev/cuda/layernorm_forward.cu``; ``plan`` picks one, and its launch
+``dev/cuda/layernorm_forward.cu``; :func:`plan` picks them and their launch
 configuration, in one place:
 
-1. ``forward1_warp_per_row``, ``backward1_warp_per_row`` -- rows of up to
-   ``32 * CUDA_WARP_ITEMS_PER_THREAD`` elements. A group of ``lanes``
-   threads (a warp, or a power-of-two part of one for rows shorter than 32)
-   owns a row; each thread holds its elements in registers (a fully
-   unrolled local array), so the row is read from device memory once.
-2. ``forward2_block_per_row_shared``, ``backward2_block_per_row_shared`` --
-   longer rows that fit in ``CUDA_SHARED_CACHE_BYTES``: a block owns a row
-   and caches it in dynamic shared memory.
-3. ``forward3_block_per_row_streaming``, ``backward3_block_per_row_streaming``
-   -- rows too long to cache: a block owns a row and re-reads it from global
-   memory (L2) for each pass.
+1. ``forward1_warp``, ``backward1_warp`` -- rows of up to
+   ``CUDA_WARP_ROW_BYTES`` per lane: a group of ``lanes`` threads (a warp,
+   or a power-of-two part of one for short rows) owns a row.
+2. ``forward2_block``, ``backward2_block`` -- longer rows, up to
+   ``CUDA_BLOCK_ROW_BYTES`` per thread of a block of at most
+   ``CUDA_ROW_BLOCK_THREADS``: a block owns a row.
+3. ``forward3_split_stats`` + ``forward4_split_normalize``,
+   ``backward3_split_sums`` + ``backward4_split_dx`` -- longer rows still, or
+   long rows that are too few to fill the GPU: a row is cut into segments, a
+   block each; the first kernel writes each segment's partial statistics (or
+   row sums), the second combines them in segment order and finishes its
+   segment. ``x`` (and ``dy``) are read twice.
 
-The forward kernels compute the exact shifted two-pass statistics of
-``_math`` from the cached copy. The backward kernels compute ``dx`` and, in
-the same read of ``x`` and ``dy``, each block's partial ``dweight``/``dbias``
-row; ``reduce1_thread_per_column`` then sums the partial rows in block order.
+The backward kernels accumulate ``dy * xhat`` and ``dy`` per column across
+the rows a warp or block serves and write one partial row each;
+``reduce1_partials`` adds the partial rows in a fixed order, parallel over
+columns and over groups of partial rows.
 
-A factory returns a numba CUDA kernel for one compute type and one set of
-tunables (the register-cache length and the static shared-memory sizes are
-compile-time constants). Nothing compiles until a kernel is launched, then
-once per argument types; ``build_kernel_set`` assembles the seven for a
-configuration, once.
+A factory returns a numba CUDA kernel for one storage dtype, vector width,
+register-cache length and column-index type (all compile-time). Nothing
+compiles until a kernel is launched, then once per argument types.
 """
 
 import functools
-from typing import NamedTuple, Optional
+from typing import NamedTuple
 
 import numpy as np
-from numba import boolean, cuda, float32, float64, from_dtype, int64
+from numba import boolean, cuda, float32, float64, from_dtype, int64, uint32, uint64
 
-from . import _config, _math
+from . import _config, _gpu_ops, _math
 from ._validate import compute_dtype as _compute_dtype
 
 #: Threads in a warp; a warp-per-row group never spans more than one.
-WARP_SIZE = 32
+WARP_SIZE = _gpu_ops.WARP_SIZE
+#: Bytes per access of the vector kernels.
+VECTOR_BYTES = _gpu_ops.VECTOR_BYTES
 
 _COMPUTE = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
+_FULL = _gpu_ops.FULL_MASK
 
 
-# --------------------------------------------------------------------------
-# Device helpers shared by the kernels
-# --------------------------------------------------------------------------
+def _jit(threads=None):
+    """``cuda.jit`` with the shipped fast-math flag, and launch bounds on a GPU.
 
-@cuda.jit(device=True, inline="always")
-def _group_sum(buf, tid, lane, lanes, value):
-    """Sum ``value`` over a group of ``lanes`` threads; every member gets the total.
-
-    The group is threads ``tid - lane .. tid - lane + lanes - 1`` of the
-    block; ``lanes`` is a power of two. A shared-memory tree, in a fixed
-    order. Every thread of the block must call it (it synchronizes the
-    block), with the same ``lanes``.
+    ``threads``, the most threads a block will have, lets ``ptxas`` budget
+    registers for it (the simulator has no such option).
     """
-    buf[tid] = value
-    cuda.syncthreads()
-    width = lanes // 2
-    while width > 0:
-        if lane < width:
-            buf[tid] += buf[tid + width]
-        cuda.syncthreads()
-        width //= 2
-    total = buf[tid - lane]
-    cuda.syncthreads()  # all have read the total before ``buf`` is reused
-    return total
+    from ._cuda_backend import simulator_enabled
+    options = {"fastmath": _config.CUDA_FASTMATH}
+    if threads is not None and not simulator_enabled():
+        options["launch_bounds"] = threads
+    return cuda.jit(**options)
 
 
-@cuda.jit(device=True, inline="always")
-def _group_sum2(buf, buf2, tid, lane, lanes, first, second):
-    """Two :func:`_group_sum` at once (one set of barriers for both)."""
-    buf[tid] = first
-    buf2[tid] = second
-    cuda.syncthreads()
-    width = lanes // 2
-    while width > 0:
-        if lane < width:
-            buf[tid] += buf[tid + width]
-            buf2[tid] += buf2[tid + width]
-        cuda.syncthreads()
-        width //= 2
-    first_total = buf[tid - lane]
-    second_total = buf2[tid - lane]
-    cuda.syncthreads()
-    return first_total, second_total
+def _name(kernel, name, vector):
+    """Give ``kernel`` (a Python function) its name in profilers and PTX."""
+    kernel.__name__ = kernel.__qualname__ = f"{name}_{'vector' if vector else 'scalar'}"
+    return kernel
 
 
 # --------------------------------------------------------------------------
-# Kernel factories: one per numbered kernel. Each returns a numba CUDA kernel
-# for the numba type ``compute`` (float32 or float64) and the tunables it
-# names, compiled on its first launch; see :func:`build_kernel_set`.
+# Kernel factories. Each takes the storage dtype, the vector width (elements
+# per access), the vectors each thread holds and the column-index type.
 # --------------------------------------------------------------------------
 
-# Forward 1. Rows of up to 32 * items elements, a group of `lanes` threads each (several rows per
-# block). Caches the row in registers, `items` per thread. Reduces with a shared-memory tree over
-# the group's lanes.
-def forward1_warp_per_row(compute, items, warp_threads, fastmath):
-    """Forward kernel 1, ``_ln_fwd_warp_per_row``.
+# Forward 1. Rows of up to lanes * vec * chunks elements, a group of `lanes` threads each (several
+# rows per block). Caches the row in registers. Reduces with warp shuffles: no barrier at all.
+def forward1_warp(storage, vec, chunks, index):
+    """Forward kernel 1, ``_ln_fwd_warp_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
+    load_params = _param_loader(vec)
+    items = vec * chunks
 
-    Thread ``lane`` of a group holds elements ``lane, lane + lanes, ...``
-    (coalesced loads).
-    """
-    @cuda.jit(fastmath=fastmath)
-    def _ln_fwd_warp_per_row(x, ldx, weight, bias, has_weight, has_bias, y, ldy,
-                             mean, rstd, rows, cols, eps, lanes):
-        buf = cuda.shared.array(warp_threads, compute)
+    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
+               eps, lanes):
         cache = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        b = cuda.local.array(vec, compute)
         tid = cuda.threadIdx.x
-        lane = tid % lanes
-        groups = cuda.blockDim.x // lanes
+        lane = index(tid & (lanes - 1))
+        row = int64(cuda.blockIdx.x) * (cuda.blockDim.x // lanes) + tid // lanes
+        active = row < rows
+        width = index(cols)
+        stride = index(lanes * vec)
+        first = index(lane * vec)
         n = compute(cols)
-        r = cuda.blockIdx.x * groups + tid // lanes
-        active = r < rows
-        shift = compute(x[r * ldx]) if active else compute(0)
-        total = compute(0)
-        for k in range(items):
-            j = lane + k * lanes
-            if active and j < cols:
-                value = compute(x[r * ldx + j])
-                cache[k] = value
-                total += _math.shifted(value, shift)
-        offset = _math.mean_offset(_group_sum(buf, tid, lane, lanes, total), n)
-        sumsq = compute(0)
-        for k in range(items):
-            j = lane + k * lanes
-            if active and j < cols:
-                deviation = _math.centered(cache[k], shift, offset)
-                sumsq += deviation * deviation
-        row_rstd = _math.reciprocal_std(_group_sum(buf, tid, lane, lanes, sumsq),
-                                        n, eps)
+        zero = compute(0)
+        x_base = row * ldx
+        total = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if active and col < width:
+                load(x, x_base, col, cache, k * vec)
+                for t in range(vec):
+                    total += cache[k * vec + t]
+        center = _math.mean_offset(_gpu_ops.warp_sum(total, lanes), n)
+        dsum = zero
+        dsq = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if active and col < width:
+                for t in range(vec):
+                    d = _math.shifted(cache[k * vec + t], center)
+                    dsum += d
+                    dsq += d * d
+        dsum = _gpu_ops.warp_sum(dsum, lanes)
+        dsq = _gpu_ops.warp_sum(dsq, lanes)
+        correction = _math.mean_offset(dsum, n)
+        row_rstd = _math.corrected_rstd(dsq, correction, n, eps)
         if active:
-            for k in range(items):
-                j = lane + k * lanes
-                if j < cols:
-                    w = weight[j] if has_weight else compute(1)
-                    b = bias[j] if has_bias else compute(0)
-                    deviation = _math.centered(cache[k], shift, offset)
-                    y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
+            y_base = row * ldy
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    load_params(weight, bias, has_weight, has_bias, col, w, b)
+                    for t in range(vec):
+                        cache[k * vec + t] = _math.normalize_affine(
+                            _math.centered(cache[k * vec + t], center, correction),
+                            row_rstd, w[t], b[t])
+                    store(y, y_base, col, cache, k * vec)
             if lane == 0:
-                mean[r] = _math.row_mean(shift, offset)
-                rstd[r] = row_rstd
-    return _ln_fwd_warp_per_row
-
-
-def _forward_block_per_row(compute, row_threads, fastmath, cached):
-    """Forward kernel 2 (``cached``, a compile-time constant) or 3: one body, two kernels.
-
-    Thread ``t`` touches elements ``t, t + threads, ...`` (coalesced); cached,
-    it alone reads back what it wrote, so only the reductions need barriers.
-    """
-    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
-               cols, eps):
-        buf = cuda.shared.array(row_threads, compute)
-        cache = cuda.shared.array(0, compute)  # 0 bytes when not `cached`
-        tid = cuda.threadIdx.x
-        threads = cuda.blockDim.x
-        n = compute(cols)
-        for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            shift = compute(x[r * ldx])
-            total = compute(0)
-            for j in range(tid, cols, threads):
-                value = compute(x[r * ldx + j])
-                if cached:
-                    cache[j] = value
-                total += _math.shifted(value, shift)
-            offset = _math.mean_offset(_group_sum(buf, tid, tid, threads, total), n)
-            sumsq = compute(0)
-            for j in range(tid, cols, threads):
-                value = cache[j] if cached else compute(x[r * ldx + j])
-                deviation = _math.centered(value, shift, offset)
-                sumsq += deviation * deviation
-            row_rstd = _math.reciprocal_std(_group_sum(buf, tid, tid, threads, sumsq),
-                                            n, eps)
-            for j in range(tid, cols, threads):
-                w = weight[j] if has_weight else compute(1)
-                b = bias[j] if has_bias else compute(0)
-                value = cache[j] if cached else compute(x[r * ldx + j])
-                deviation = _math.centered(value, shift, offset)
-                y[r * ldy + j] = _math.normalize_affine(deviation, row_rstd, w, b)
-            if tid == 0:
-                mean[r] = _math.row_mean(shift, offset)
-                rstd[r] = row_rstd
-    # A name of its own in profiles and PTX.
-    kernel.__name__ = kernel.__qualname__ = (
-        "_ln_fwd_block_per_row_" + ("shared" if cached else "streaming"))
-    return cuda.jit(fastmath=fastmath)(kernel)
-
-
-# Forward 2. Rows longer than a warp caches, of at most CUDA_SHARED_CACHE_BYTES: a block each.
-# Caches the row in dynamic shared memory. Reduces with a block-wide shared-memory tree.
-def forward2_block_per_row_shared(compute, row_threads, fastmath):
-    """Forward kernel 2, ``_ln_fwd_block_per_row_shared``."""
-    return _forward_block_per_row(compute, row_threads, fastmath, cached=True)
-
-
-# Forward 3. Rows too long to cache: a block each. Caches nothing: each pass re-reads the row
-# (three reads, mostly from L2). Reduces with a block-wide shared-memory tree.
-def forward3_block_per_row_streaming(compute, row_threads, fastmath):
-    """Forward kernel 3, ``_ln_fwd_block_per_row_streaming``."""
-    return _forward_block_per_row(compute, row_threads, fastmath, cached=False)
-
-
-# Backward 1. Rows as forward 1. Caches in registers xhat and w * dy (row sums to dx) and the
-# column sums of dy * xhat and dy (over the group's rows). Reduces rows with a paired tree over
-# the lanes; the groups' column sums are added in group order into the block's partial row.
-def backward1_warp_per_row(compute, items, warp_threads, fastmath):
-    """Backward kernel 1, ``_ln_bwd_warp_per_row``."""
-    @cuda.jit(fastmath=fastmath)
-    def _ln_bwd_warp_per_row(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                             dweight_part, dbias_part, rows, cols, lanes):
-        buf = cuda.shared.array(warp_threads, compute)
-        buf2 = cuda.shared.array(warp_threads, compute)
-        xhat_cache = cuda.local.array(items, compute)
-        g_cache = cuda.local.array(items, compute)
-        dweight_acc = cuda.local.array(items, compute)
-        dbias_acc = cuda.local.array(items, compute)
-        tid = cuda.threadIdx.x
-        lane = tid % lanes
-        groups = cuda.blockDim.x // lanes
-        weight_cache = cuda.local.array(items, compute)
-        for k in range(items):
-            j = lane + k * lanes
-            weight_cache[k] = weight[j] if has_weight and j < cols else compute(1)
-            dweight_acc[k] = compute(0)
-            dbias_acc[k] = compute(0)
-        n = compute(cols)
-        base = cuda.blockIdx.x * groups
-        while base < rows:
-            r = base + tid // lanes
-            active = r < rows
-            row_mean = mean[r] if active else compute(0)
-            row_rstd = rstd[r] if active else compute(0)
-            sum_g = compute(0)
-            sum_gxhat = compute(0)
-            for k in range(items):
-                j = lane + k * lanes
-                if active and j < cols:
-                    grad = compute(dy[r * lddy + j])
-                    xhat = _math.normalized(compute(x[r * ldx + j]), row_mean, row_rstd)
-                    g = weight_cache[k] * grad
-                    xhat_cache[k] = xhat
-                    g_cache[k] = g
-                    sum_g += g
-                    sum_gxhat += g * xhat
-                    dweight_acc[k] += grad * xhat
-                    dbias_acc[k] += grad
-            sum_g, sum_gxhat = _group_sum2(buf, buf2, tid, lane, lanes, sum_g, sum_gxhat)
-            mean_g = _math.mean_offset(sum_g, n)
-            mean_gxhat = _math.mean_offset(sum_gxhat, n)
-            if active:
-                for k in range(items):
-                    j = lane + k * lanes
-                    if j < cols:
-                        dx[r * lddx + j] = _math.grad_input(g_cache[k], xhat_cache[k],
-                                                            row_rstd, mean_g, mean_gxhat)
-            base += cuda.gridDim.x * groups
-        part = cuda.blockIdx.x * cols
-        for k in range(items):
-            buf[tid] = dweight_acc[k]
-            buf2[tid] = dbias_acc[k]
-            cuda.syncthreads()
-            j = lane + k * lanes
-            if tid < lanes and j < cols:
-                dweight_sum = compute(0)
-                dbias_sum = compute(0)
-                for group in range(groups):
-                    dweight_sum += buf[group * lanes + lane]
-                    dbias_sum += buf2[group * lanes + lane]
-                dweight_part[part + j] = dweight_sum
-                dbias_part[part + j] = dbias_sum
-            cuda.syncthreads()
-    return _ln_bwd_warp_per_row
-
-
-# Backward 2. Rows as forward 2, with 4 * cols values cached. Caches [xhat | w * dy | dweight acc |
-# dbias acc] in dynamic shared memory; the accumulators become the block's partial row. Reduces
-# with a paired block-wide tree.
-def backward2_block_per_row_shared(compute, row_threads, fastmath):
-    """Backward kernel 2, ``_ln_bwd_block_per_row_shared``.
-
-    Thread ``t`` owns elements ``t, t + threads, ...`` of all four cached
-    rows, so only the row sums need barriers.
-    """
-    @cuda.jit(fastmath=fastmath)
-    def _ln_bwd_block_per_row_shared(dy, lddy, x, ldx, mean, rstd, weight, has_weight,
-                                     dx, lddx, dweight_part, dbias_part, rows, cols):
-        buf = cuda.shared.array(row_threads, compute)
-        buf2 = cuda.shared.array(row_threads, compute)
-        cache = cuda.shared.array(0, compute)
-        tid = cuda.threadIdx.x
-        threads = cuda.blockDim.x
-        for j in range(tid, cols, threads):
-            cache[2 * cols + j] = compute(0)
-            cache[3 * cols + j] = compute(0)
-        n = compute(cols)
-        for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            row_mean = mean[r]
-            row_rstd = rstd[r]
-            sum_g = compute(0)
-            sum_gxhat = compute(0)
-            for j in range(tid, cols, threads):
-                grad = compute(dy[r * lddy + j])
-                xhat = _math.normalized(compute(x[r * ldx + j]), row_mean, row_rstd)
-                g = (weight[j] if has_weight else compute(1)) * grad
-                cache[j] = xhat
-                cache[cols + j] = g
-                sum_g += g
-                sum_gxhat += g * xhat
-                cache[2 * cols + j] += grad * xhat
-                cache[3 * cols + j] += grad
-            sum_g, sum_gxhat = _group_sum2(buf, buf2, tid, tid, threads, sum_g, sum_gxhat)
-            mean_g = _math.mean_offset(sum_g, n)
-            mean_gxhat = _math.mean_offset(sum_gxhat, n)
-            for j in range(tid, cols, threads):
-                dx[r * lddx + j] = _math.grad_input(cache[cols + j], cache[j], row_rstd,
-                                                    mean_g, mean_gxhat)
-        part = cuda.blockIdx.x * cols
-        for j in range(tid, cols, threads):
-            dweight_part[part + j] = cache[2 * cols + j]
-            dbias_part[part + j] = cache[3 * cols + j]
-    return _ln_bwd_block_per_row_shared
-
-
-# Backward 3. Rows too long for backward 2's cache. Caches nothing: reads x and dy twice (row sums,
-# then dx); the accumulators are the block's own partial row in global memory. Reduces with a
-# paired block-wide tree.
-def backward3_block_per_row_streaming(compute, row_threads, fastmath):
-    """Backward kernel 3, ``_ln_bwd_block_per_row_streaming``.
-
-    Thread ``t`` owns columns ``t, t + threads, ...`` of the partial row, so
-    no two threads touch one element.
-    """
-    @cuda.jit(fastmath=fastmath)
-    def _ln_bwd_block_per_row_streaming(dy, lddy, x, ldx, mean, rstd, weight,
-                                        has_weight, dx, lddx, dweight_part, dbias_part,
-                                        rows, cols):
-        buf = cuda.shared.array(row_threads, compute)
-        buf2 = cuda.shared.array(row_threads, compute)
-        tid = cuda.threadIdx.x
-        threads = cuda.blockDim.x
-        part = cuda.blockIdx.x * cols
-        for j in range(tid, cols, threads):
-            dweight_part[part + j] = compute(0)
-            dbias_part[part + j] = compute(0)
-        n = compute(cols)
-        for r in range(cuda.blockIdx.x, rows, cuda.gridDim.x):
-            row_mean = mean[r]
-            row_rstd = rstd[r]
-            sum_g = compute(0)
-            sum_gxhat = compute(0)
-            for j in range(tid, cols, threads):
-                grad = compute(dy[r * lddy + j])
-                xhat = _math.normalized(compute(x[r * ldx + j]), row_mean, row_rstd)
-                g = (weight[j] if has_weight else compute(1)) * grad
-                sum_g += g
-                sum_gxhat += g * xhat
-            sum_g, sum_gxhat = _group_sum2(buf, buf2, tid, tid, threads, sum_g, sum_gxhat)
-            mean_g = _math.mean_offset(sum_g, n)
-            mean_gxhat = _math.mean_offset(sum_gxhat, n)
-            for j in range(tid, cols, threads):
-                grad = compute(dy[r * lddy + j])
-                xhat = _math.normalized(compute(x[r * ldx + j]), row_mean, row_rstd)
-                g = (weight[j] if has_weight else compute(1)) * grad
-                dx[r * lddx + j] = _math.grad_input(g, xhat, row_rstd, mean_g, mean_gxhat)
-                dweight_part[part + j] += grad * xhat
-                dbias_part[part + j] += grad
-    return _ln_bwd_block_per_row_streaming
-
-
-# Reduce 1. The backward's second stage: one thread per column sums the `blocks` partial rows in
-# block order (coalesced across threads) and stores dweight/dbias in the parameter dtype.
-def reduce1_thread_per_column(compute, fastmath):
-    """Reduction kernel 1, ``_ln_bwd_reduce_partials``."""
-    @cuda.jit(fastmath=fastmath)
-    def _ln_bwd_reduce_partials(dweight_part, dbias_part, blocks, cols, dweight, dbias):
-        j = cuda.grid(1)
-        if j < cols:
-            dweight_sum = compute(0)
-            dbias_sum = compute(0)
-            for block in range(blocks):
-                dweight_sum += dweight_part[block * cols + j]
-                dbias_sum += dbias_part[block * cols + j]
-            dweight[j] = dweight_sum
-            dbias[j] = dbias_sum
-    return _ln_bwd_reduce_partials
-
-
-# --------------------------------------------------------------------------
-# Assembly, plan, signatures
-# --------------------------------------------------------------------------
-
-class KernelSet(NamedTuple):
-    """The seven kernels for one compute type and one set of tunables, by factory name."""
-
-    forward1_warp_per_row: object
-    forward2_block_per_row_shared: object
-    forward3_block_per_row_streaming: object
-    backward1_warp_per_row: object
-    backward2_block_per_row_shared: object
-    backward3_block_per_row_streaming: object
-    reduce1_thread_per_column: object
+                mean[row] = _math.row_mean(center, correction)
+                rstd[row] = row_rstd
+    return _jit()(_name(kernel, "_ln_fwd_warp", vec > 1))
 
 
 @functools.cache
-def build_kernel_set(compute_dtype, items, warp_threads, row_threads, fastmath):
-    """Assemble (once per configuration) the kernels for a compute dtype and a set of tunables.
+def _param_loader(vec):
+    """``load_params(weight, bias, has_weight, has_bias, col, w, b)``: the gain and bias at
+    columns ``col .. col + vec`` into ``w`` and ``b`` (1 and 0 where absent)."""
+    load = _gpu_ops.vector_load(vec)
 
-    Cheap: nothing is compiled here. Each kernel compiles on its first
-    launch, once per argument types (so once per storage dtype).
+    @cuda.jit(device=True, inline="always")
+    def load_params(weight, bias, has_weight, has_bias, col, w, b):
+        if has_weight:
+            load(weight, 0, col, w, 0)
+        else:
+            for t in range(vec):
+                w[t] = 1
+        if has_bias:
+            load(bias, 0, col, b, 0)
+        else:
+            for t in range(vec):
+                b[t] = 0
+    return load_params
+
+
+# Forward 2. Longer rows: a block each, up to CUDA_ROW_BLOCK_THREADS threads of `chunks` vectors.
+# Caches the row in registers. Reduces with shuffles, then one shared-memory step: two barriers a
+# row (the sum, then the two deviation sums together).
+def forward2_block(storage, vec, chunks, index):
+    """Forward kernel 2, ``_ln_fwd_block_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
+    load_params = _param_loader(vec)
+    items = vec * chunks
+    max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
+    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+
+    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
+               eps):
+        sums = cuda.shared.array(max_warps, compute)
+        pairs = cuda.shared.array(pair_slots, compute)
+        cache = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        b = cuda.local.array(vec, compute)
+        tid = cuda.threadIdx.x
+        warps = cuda.blockDim.x // WARP_SIZE
+        row = int64(cuda.blockIdx.x)
+        width = index(cols)
+        stride = index(cuda.blockDim.x * vec)
+        first = index(tid * vec)
+        n = compute(cols)
+        zero = compute(0)
+        x_base = row * ldx
+        total = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                load(x, x_base, col, cache, k * vec)
+                for t in range(vec):
+                    total += cache[k * vec + t]
+        center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
+        dsum = zero
+        dsq = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                for t in range(vec):
+                    d = _math.shifted(cache[k * vec + t], center)
+                    dsum += d
+                    dsq += d * d
+        dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+        correction = _math.mean_offset(dsum, n)
+        row_rstd = _math.corrected_rstd(dsq, correction, n, eps)
+        y_base = row * ldy
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                load_params(weight, bias, has_weight, has_bias, col, w, b)
+                for t in range(vec):
+                    cache[k * vec + t] = _math.normalize_affine(
+                        _math.centered(cache[k * vec + t], center, correction),
+                        row_rstd, w[t], b[t])
+                store(y, y_base, col, cache, k * vec)
+        if tid == 0:
+            mean[row] = _math.row_mean(center, correction)
+            rstd[row] = row_rstd
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_fwd_block", vec > 1))
+
+
+# Forward 3. Rows cut into segments of `segment` elements, a block each (grid: segments x row
+# blocks). Caches the segment in registers; writes its mean and sum of squared deviations.
+def forward3_split_stats(storage, vec, chunks, index):
+    """Forward kernel 3, ``_ln_fwd_split_stats_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    load = _gpu_ops.vector_load(vec)
+    items = vec * chunks
+    max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
+    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+
+    def kernel(x, ldx, partials, rows, cols, segment):
+        sums = cuda.shared.array(max_warps, compute)
+        pairs = cuda.shared.array(pair_slots, compute)
+        cache = cuda.local.array(items, compute)
+        tid = cuda.threadIdx.x
+        warps = cuda.blockDim.x // WARP_SIZE
+        seg = cuda.blockIdx.x
+        start = index(index(seg) * index(segment))
+        width = index(min(cols - int64(start), segment))
+        stride = index(cuda.blockDim.x * vec)
+        first = index(tid * vec)
+        n = compute(width)
+        zero = compute(0)
+        for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
+            x_base = row * ldx + int64(start)
+            total = zero
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    load(x, x_base, col, cache, k * vec)
+                    for t in range(vec):
+                        total += cache[k * vec + t]
+            center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
+            dsum = zero
+            dsq = zero
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    for t in range(vec):
+                        d = _math.shifted(cache[k * vec + t], center)
+                        dsum += d
+                        dsq += d * d
+            dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+            if tid == 0:
+                at = 2 * (row * cuda.gridDim.x + seg)
+                partials[at] = _math.row_mean(center, _math.mean_offset(dsum, n))
+                partials[at + 1] = _math.deviation_sumsq(dsq, dsum, n)
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_fwd_split_stats", vec > 1))
+
+
+# Forward 4. The same blocks as forward 3. Each thread combines the row's segment statistics in
+# segment order (no barrier), then normalizes its segment from registers.
+def forward4_split_normalize(storage, vec, chunks, index):
+    """Forward kernel 4, ``_ln_fwd_split_normalize_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
+    load_params = _param_loader(vec)
+    items = vec * chunks
+
+    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, partials, rows,
+               cols, segment, eps):
+        cache = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        b = cuda.local.array(vec, compute)
+        tid = cuda.threadIdx.x
+        seg = cuda.blockIdx.x
+        segments = cuda.gridDim.x
+        start = index(index(seg) * index(segment))
+        width = index(min(cols - int64(start), segment))
+        stride = index(cuda.blockDim.x * vec)
+        first = index(tid * vec)
+        n = compute(cols)
+        for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
+            at = 2 * row * segments
+            row_mean = partials[at]
+            sumsq = partials[at + 1]
+            count = compute(min(cols, segment))
+            for other in range(1, segments):
+                other_count = compute(min(cols - other * segment, segment))
+                row_mean, sumsq = _math.combine_moments(
+                    row_mean, sumsq, count, partials[at + 2 * other],
+                    partials[at + 2 * other + 1], other_count)
+                count += other_count
+            row_rstd = _math.reciprocal_std(sumsq, n, eps)
+            x_base = row * ldx + int64(start)
+            y_base = row * ldy + int64(start)
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    load(x, x_base, col, cache, k * vec)
+                    load_params(weight, bias, has_weight, has_bias, index(start + col), w, b)
+                    for t in range(vec):
+                        cache[k * vec + t] = _math.normalize_affine(
+                            _math.shifted(cache[k * vec + t], row_mean), row_rstd, w[t], b[t])
+                    store(y, y_base, col, cache, k * vec)
+            if seg == 0 and tid == 0:
+                mean[row] = row_mean
+                rstd[row] = row_rstd
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(
+        _name(kernel, "_ln_fwd_split_normalize", vec > 1))
+
+
+@functools.cache
+def _backward_loader(vec):
+    """``chunk(...)``: one vector of a backward row; see its docstring."""
+    load = _gpu_ops.vector_load(vec)
+
+    @cuda.jit(device=True, inline="always")
+    def chunk(dy, dy_base, x, x_base, col, weight, has_weight, weight_col, row_mean, row_rstd,
+              k, xhat, g, w, dweight_acc, dbias_acc, zero):
+        """Load one vector of ``dy`` and ``x`` at ``col`` (and of ``weight`` at
+        ``weight_col``); keep ``xhat`` and ``g = w * dy``; add the columns' ``dy * xhat``
+        and ``dy``. Returns the vector's sums of ``g`` and of ``g * xhat``."""
+        load(dy, dy_base, col, g, k * vec)
+        load(x, x_base, col, xhat, k * vec)
+        if has_weight:
+            load(weight, 0, weight_col, w, 0)
+        else:
+            for t in range(vec):
+                w[t] = 1
+        sum_g = zero
+        sum_gxhat = zero
+        for t in range(vec):
+            grad = g[k * vec + t]
+            value = _math.normalized(xhat[k * vec + t], row_mean, row_rstd)
+            xhat[k * vec + t] = value
+            dweight_acc[k * vec + t] += grad * value
+            dbias_acc[k * vec + t] += grad
+            grad = w[t] * grad
+            g[k * vec + t] = grad
+            sum_g += grad
+            sum_gxhat += grad * value
+        return sum_g, sum_gxhat
+    return chunk
+
+
+# Backward 1. Rows as forward 1; warps loop over rows. Caches xhat and w * dy in registers, and the
+# column sums of dy * xhat and dy across the warp's rows. Reduces rows with shuffles; the groups
+# of a warp add their column sums with shuffles too, and each warp writes one partial row.
+def backward1_warp(storage, vec, chunks, index):
+    """Backward kernel 1, ``_ln_bwd_warp_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    store = _gpu_ops.vector_store(vec)
+    chunk = _backward_loader(vec)
+    items = vec * chunks
+
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
+               dbias_part, rows, cols, lanes):
+        xhat = cuda.local.array(items, compute)
+        g = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        dweight_acc = cuda.local.array(items, compute)
+        dbias_acc = cuda.local.array(items, compute)
+        tid = cuda.threadIdx.x
+        lane = index(tid & (lanes - 1))
+        groups = WARP_SIZE // lanes
+        warp = int64(cuda.blockIdx.x) * (cuda.blockDim.x // WARP_SIZE) + tid // WARP_SIZE
+        warps = int64(cuda.gridDim.x) * (cuda.blockDim.x // WARP_SIZE)
+        width = index(cols)
+        stride = index(lanes * vec)
+        first = index(lane * vec)
+        n = compute(cols)
+        zero = compute(0)
+        for i in range(items):
+            dweight_acc[i] = zero
+            dbias_acc[i] = zero
+        base = warp * groups
+        while base < rows:  # the same trip count for every lane of the warp
+            row = base + (tid % WARP_SIZE) // lanes
+            active = row < rows
+            row_mean = mean[row] if active else zero
+            row_rstd = rstd[row] if active else zero
+            dy_base = row * lddy
+            x_base = row * ldx
+            sum_g = zero
+            sum_gxhat = zero
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if active and col < width:
+                    part_g, part_gxhat = chunk(
+                        dy, dy_base, x, x_base, col, weight, has_weight, col, row_mean,
+                        row_rstd, k, xhat, g, w, dweight_acc, dbias_acc, zero)
+                    sum_g += part_g
+                    sum_gxhat += part_gxhat
+            mean_g = _math.mean_offset(_gpu_ops.warp_sum(sum_g, lanes), n)
+            mean_gxhat = _math.mean_offset(_gpu_ops.warp_sum(sum_gxhat, lanes), n)
+            if active:
+                dx_base = row * lddx
+                for k in range(chunks):
+                    col = index(first + index(k) * stride)
+                    if col < width:
+                        for t in range(vec):
+                            g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
+                                                              row_rstd, mean_g, mean_gxhat)
+                        store(dx, dx_base, col, g, k * vec)
+            base += warps * groups
+        # The warp's groups hold the same columns: add them, lanes apart, in a fixed order.
+        for i in range(items):
+            offset = lanes
+            while offset < WARP_SIZE:
+                dweight_acc[i] += cuda.shfl_xor_sync(_FULL, dweight_acc[i], offset)
+                dbias_acc[i] += cuda.shfl_xor_sync(_FULL, dbias_acc[i], offset)
+                offset <<= 1
+        if tid % WARP_SIZE < lanes:
+            part = warp * cols
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    store(dweight_part, part, col, dweight_acc, k * vec)
+                    store(dbias_part, part, col, dbias_acc, k * vec)
+    return _jit()(_name(kernel, "_ln_bwd_warp", vec > 1))
+
+
+# Backward 2. Rows as forward 2; blocks loop over rows. Caches as backward 1; each thread owns its
+# columns of the block's partial row. Reduces rows with shuffles and one shared step (one barrier).
+def backward2_block(storage, vec, chunks, index):
+    """Backward kernel 2, ``_ln_bwd_block_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    store = _gpu_ops.vector_store(vec)
+    chunk = _backward_loader(vec)
+    items = vec * chunks
+    max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
+    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
+               dbias_part, rows, cols):
+        pairs = cuda.shared.array(pair_shape, compute)
+        xhat = cuda.local.array(items, compute)
+        g = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        dweight_acc = cuda.local.array(items, compute)
+        dbias_acc = cuda.local.array(items, compute)
+        tid = cuda.threadIdx.x
+        warps = cuda.blockDim.x // WARP_SIZE
+        width = index(cols)
+        stride = index(cuda.blockDim.x * vec)
+        first = index(tid * vec)
+        n = compute(cols)
+        zero = compute(0)
+        for i in range(items):
+            dweight_acc[i] = zero
+            dbias_acc[i] = zero
+        parity = 0
+        for row in range(int64(cuda.blockIdx.x), rows, int64(cuda.gridDim.x)):
+            row_mean = mean[row]
+            row_rstd = rstd[row]
+            dy_base = row * lddy
+            x_base = row * ldx
+            sum_g = zero
+            sum_gxhat = zero
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    part_g, part_gxhat = chunk(
+                        dy, dy_base, x, x_base, col, weight, has_weight, col, row_mean,
+                        row_rstd, k, xhat, g, w, dweight_acc, dbias_acc, zero)
+                    sum_g += part_g
+                    sum_gxhat += part_gxhat
+            # Alternate buffers: the next row's barrier orders this row's reads before reuse.
+            sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
+            parity ^= 1
+            mean_g = _math.mean_offset(sum_g, n)
+            mean_gxhat = _math.mean_offset(sum_gxhat, n)
+            dx_base = row * lddx
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    for t in range(vec):
+                        g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
+                                                          row_rstd, mean_g, mean_gxhat)
+                    store(dx, dx_base, col, g, k * vec)
+        part = int64(cuda.blockIdx.x) * cols
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                store(dweight_part, part, col, dweight_acc, k * vec)
+                store(dbias_part, part, col, dbias_acc, k * vec)
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_block", vec > 1))
+
+
+# Backward 3. Rows cut into segments as forward 3. Writes each segment's sums of w * dy and of
+# w * dy * xhat (block_sum2: one barrier).
+def backward3_split_sums(storage, vec, chunks, index):
+    """Backward kernel 3, ``_ln_bwd_split_sums_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    chunk = _backward_loader(vec)
+    items = vec * chunks
+    max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
+    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, sums, rows, cols, segment):
+        pairs = cuda.shared.array(pair_shape, compute)
+        xhat = cuda.local.array(items, compute)
+        g = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        unused = cuda.local.array(items, compute)  # column sums: not needed here
+        tid = cuda.threadIdx.x
+        warps = cuda.blockDim.x // WARP_SIZE
+        seg = cuda.blockIdx.x
+        start = index(index(seg) * index(segment))
+        width = index(min(cols - int64(start), segment))
+        stride = index(cuda.blockDim.x * vec)
+        first = index(tid * vec)
+        zero = compute(0)
+        for i in range(items):
+            unused[i] = zero
+        parity = 0
+        for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
+            row_mean = mean[row]
+            row_rstd = rstd[row]
+            sum_g = zero
+            sum_gxhat = zero
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    part_g, part_gxhat = chunk(
+                        dy, row * lddy + int64(start), x, row * ldx + int64(start), col,
+                        weight, has_weight, index(start + col), row_mean, row_rstd, k,
+                        xhat, g, w, unused, unused, zero)
+                    sum_g += part_g
+                    sum_gxhat += part_gxhat
+            sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
+            parity ^= 1
+            if tid == 0:
+                at = 2 * (row * cuda.gridDim.x + seg)
+                sums[at] = sum_g
+                sums[at + 1] = sum_gxhat
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_split_sums", vec > 1))
+
+
+# Backward 4. The same blocks as backward 3, looping over rows. Each thread adds the row's segment
+# sums in segment order (no barrier), writes dx for its segment and keeps its columns' dy * xhat
+# and dy; each block writes its segment of one partial row.
+def backward4_split_dx(storage, vec, chunks, index):
+    """Backward kernel 4, ``_ln_bwd_split_dx_{vector,scalar}``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    store = _gpu_ops.vector_store(vec)
+    chunk = _backward_loader(vec)
+    items = vec * chunks
+
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, sums, dweight_part,
+               dbias_part, rows, cols, segment):
+        xhat = cuda.local.array(items, compute)
+        g = cuda.local.array(items, compute)
+        w = cuda.local.array(vec, compute)
+        dweight_acc = cuda.local.array(items, compute)
+        dbias_acc = cuda.local.array(items, compute)
+        tid = cuda.threadIdx.x
+        seg = cuda.blockIdx.x
+        segments = cuda.gridDim.x
+        start = index(index(seg) * index(segment))
+        width = index(min(cols - int64(start), segment))
+        stride = index(cuda.blockDim.x * vec)
+        first = index(tid * vec)
+        n = compute(cols)
+        zero = compute(0)
+        for i in range(items):
+            dweight_acc[i] = zero
+            dbias_acc[i] = zero
+        for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
+            row_mean = mean[row]
+            row_rstd = rstd[row]
+            at = 2 * row * segments
+            sum_g = sums[at]
+            sum_gxhat = sums[at + 1]
+            for other in range(1, segments):
+                sum_g += sums[at + 2 * other]
+                sum_gxhat += sums[at + 2 * other + 1]
+            mean_g = _math.mean_offset(sum_g, n)
+            mean_gxhat = _math.mean_offset(sum_gxhat, n)
+            dx_base = row * lddx + int64(start)
+            for k in range(chunks):
+                col = index(first + index(k) * stride)
+                if col < width:
+                    chunk(dy, row * lddy + int64(start), x, row * ldx + int64(start), col,
+                          weight, has_weight, index(start + col), row_mean, row_rstd, k, xhat,
+                          g, w, dweight_acc, dbias_acc, zero)
+                    for t in range(vec):
+                        g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
+                                                          row_rstd, mean_g, mean_gxhat)
+                    store(dx, dx_base, col, g, k * vec)
+        part = int64(cuda.blockIdx.y) * cols + int64(start)
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                store(dweight_part, part, col, dweight_acc, k * vec)
+                store(dbias_part, part, col, dbias_acc, k * vec)
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_split_dx", vec > 1))
+
+
+# Reduce 1. The backward's second stage, parallel over columns and groups of partial rows: a
+# block of (tile columns x groups) threads per tile of columns; thread (c, g) adds partial rows
+# g, g + groups, ... of its column in order, then one barrier and the groups' sums in group order.
+def reduce1_partials(storage, param):
+    """Reduction kernel 1, ``_ln_bwd_reduce``; ``param`` is the dtype of ``dweight``/``dbias``."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    tile = _config.CUDA_REDUCE_TILE_COLS
+    groups_max = _config.CUDA_REDUCE_GROUPS
+    shape = (2, groups_max, tile)
+
+    def _ln_bwd_reduce(dweight_part, dbias_part, parts, cols, dweight, dbias):
+        shared = cuda.shared.array(shape, compute)
+        c = cuda.threadIdx.x
+        group = cuda.threadIdx.y
+        groups = cuda.blockDim.y
+        col = int64(cuda.blockIdx.x) * tile + c
+        inside = col < cols
+        dweight_sum = compute(0)
+        dbias_sum = compute(0)
+        if inside:
+            for part in range(int64(group), parts, int64(groups)):
+                dweight_sum += dweight_part[part * cols + col]
+                dbias_sum += dbias_part[part * cols + col]
+        shared[0, group, c] = dweight_sum
+        shared[1, group, c] = dbias_sum
+        cuda.syncthreads()
+        if group == 0 and inside:
+            for other in range(1, groups):
+                dweight_sum += shared[0, other, c]
+                dbias_sum += shared[1, other, c]
+            dweight[col] = dweight_sum
+            dbias[col] = dbias_sum
+    return _jit(tile * groups_max)(_ln_bwd_reduce)
+
+
+# --------------------------------------------------------------------------
+# Kernels by name, plan, launchers, signatures
+# --------------------------------------------------------------------------
+
+#: Factory name -> factory; the main kernels take ``(storage, vec, chunks, index)``.
+FACTORIES = {
+    "forward1_warp": forward1_warp,
+    "forward2_block": forward2_block,
+    "forward3_split_stats": forward3_split_stats,
+    "forward4_split_normalize": forward4_split_normalize,
+    "backward1_warp": backward1_warp,
+    "backward2_block": backward2_block,
+    "backward3_split_sums": backward3_split_sums,
+    "backward4_split_dx": backward4_split_dx,
+}
+
+#: The row schedules, and the kernels each runs per pass, in launch order.
+VARIANTS = {
+    "warp": {"forward": ("forward1_warp",), "backward": ("backward1_warp",)},
+    "block": {"forward": ("forward2_block",), "backward": ("backward2_block",)},
+    "split": {"forward": ("forward3_split_stats", "forward4_split_normalize"),
+              "backward": ("backward3_split_sums", "backward4_split_dx")},
+}
+
+_INDEX = {"uint32": uint32, "uint64": uint64}
+
+
+@functools.cache
+def kernel(name, storage, vec, chunks, index="uint32", tunables=None):
+    """The numba CUDA kernel of factory ``name`` for one configuration (built once, not compiled).
 
     Parameters
     ----------
-    compute_dtype : numpy.dtype
-        float32 (for float16 and float32 data) or float64.
-    items : int
-        Register-cached elements per thread of the warp-per-row kernels.
-    warp_threads, row_threads : int
-        Threads per block of the warp-per-row kernels, and the most threads
-        per block of the block-per-row kernels (static shared-memory sizes).
-    fastmath : bool
-        numba-cuda's ``fastmath`` flag.
+    name : str
+        A key of :data:`FACTORIES`.
+    storage : numpy.dtype
+        dtype of ``x``.
+    vec, chunks : int
+        Elements per access (1: the scalar kernel), vectors per thread.
+    index : {"uint32", "uint64"}
+        Column-offset type.
+    tunables : tuple, optional
+        The ``_config`` values the factory reads (part of the cache key, so
+        a test that patches them gets kernels built for them).
 
     Returns
     -------
-    KernelSet
-        numba CUDA kernels, not yet compiled.
+    numba.cuda dispatcher
+
+    Examples
+    --------
+    >>> from numba_ln import gpu
+    >>> gpu.kernel("forward1_warp", np.dtype("float32"), 4, 2).py_func.__name__
+    '_ln_fwd_warp_vector'
     """
-    compute = _COMPUTE[np.dtype(compute_dtype)]
-    return KernelSet(
-        forward1_warp_per_row(compute, items, warp_threads, fastmath),
-        forward2_block_per_row_shared(compute, row_threads, fastmath),
-        forward3_block_per_row_streaming(compute, row_threads, fastmath),
-        backward1_warp_per_row(compute, items, warp_threads, fastmath),
-        backward2_block_per_row_shared(compute, row_threads, fastmath),
-        backward3_block_per_row_streaming(compute, row_threads, fastmath),
-        reduce1_thread_per_column(compute, fastmath))
+    del tunables  # only a cache key
+    return FACTORIES[name](np.dtype(storage), vec, chunks, _INDEX[index])
 
 
-#: The row schedules; forward and backward kernel ``i + 1`` serve ``VARIANTS[i]``.
-VARIANTS = ("warp_per_row", "block_per_row_shared", "block_per_row_streaming")
+@functools.cache
+def reduction_kernel(storage, param, tunables=None):
+    """The gradient reduction for ``x`` of ``storage`` and ``dweight`` of ``param`` dtype."""
+    del tunables
+    return reduce1_partials(np.dtype(storage), np.dtype(param))
+
+
+def _tunables():
+    return (_config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_REDUCE_TILE_COLS,
+            _config.CUDA_REDUCE_GROUPS, _config.CUDA_FASTMATH)
 
 
 class Launch(NamedTuple):
-    """One kernel launch that :func:`plan` chose: the schedule, the kernel, its configuration."""
+    """One kernel launch that :func:`plan` chose."""
 
-    variant: str        #: one of ``VARIANTS``; ``"thread_per_column"`` for the reduction
-    grid: int           #: blocks (backward: also the number of partial rows)
-    block: int          #: threads per block
-    lanes: int          #: threads per row
-    shared_bytes: int   #: dynamic shared memory per block
-    kernel_name: str    #: the kernel's field in :class:`KernelSet` and key in :func:`signatures`
-    kernel: object      #: the numba CUDA kernel to launch
-    #: backward: the launch that sums the partial rows into dweight/dbias; None for forward
-    reduction: Optional["Launch"] = None
+    name: str           #: factory name (a key of FACTORIES, or "reduce1_partials")
+    grid: tuple         #: blocks, (x,) or (x, y)
+    block: tuple        #: threads per block, (x,) or (x, y)
+    kernel: object      #: the numba CUDA kernel
+
+
+class Plan(NamedTuple):
+    """How one pass runs: the schedule, the vector width, the launches in order."""
+
+    variant: str        #: a key of VARIANTS
+    vec: int            #: elements per access (1: scalar kernels)
+    chunks: int         #: vectors each thread holds
+    lanes: int          #: threads per row (warp kernels), block threads otherwise
+    segment: int        #: row elements per block (split kernels; ``cols`` otherwise)
+    segments: int       #: blocks per row (split kernels; 1 otherwise)
+    partials: int       #: partial dweight/dbias rows (backward; 0 for forward)
+    workspace: int      #: compute-dtype elements of scratch the launches need
+    launches: tuple     #: Launch, in order (backward: the reduction last)
 
 
 def _next_pow2(value):
     """The smallest power of two >= ``value`` (>= 1)."""
-    return 1 << (value - 1).bit_length()
+    return 1 << (max(1, value) - 1).bit_length()
 
 
 def _check_pow2(name, value, least):
@@ -481,28 +778,94 @@ def _check_pow2(name, value, least):
         raise ValueError(f"_config.{name} must be a power of two >= {least}, got {value}")
 
 
-def plan(direction, rows, cols, compute_dtype):
-    """Choose the kernel and launch configuration for a call (the only place that does).
+def vector_width(storage, cols, pointers=(), row_strides=()):
+    """Elements per access for these arrays: 16 bytes' worth, or 1.
+
+    Parameters
+    ----------
+    storage : numpy.dtype
+        dtype of ``x``.
+    cols : int
+        Row length.
+    pointers : sequence of int
+        Device addresses of every array the kernels read or write row-wise
+        (and of ``weight``/``bias``).
+    row_strides : sequence of int
+        Row strides, in elements of ``storage``.
+
+    Returns
+    -------
+    int
+        ``16 // itemsize`` when every pointer is 16-byte aligned and ``cols``
+        and every row stride are multiples of it; else 1.
+
+    Examples
+    --------
+    >>> vector_width(np.dtype("float32"), 768, [4096, 8192], [768])
+    4
+    >>> vector_width(np.dtype("float32"), 768, [4100], [768])
+    1
+    >>> vector_width(np.dtype("float16"), 100, [0], [100])
+    1
+    """
+    vec = _gpu_ops.VECTOR_BYTES // np.dtype(storage).itemsize
+    if (cols % vec or any(p % _gpu_ops.VECTOR_BYTES for p in pointers)
+            or any(s % vec for s in row_strides)):
+        return 1
+    return vec
+
+
+#: Most elements a thread holds in one unrolled local array: more would not be
+#: unrolled, and the array would go to local memory.
+MAX_ITEMS = 32
+
+
+def chunk_limits(direction, storage, vec):
+    """The most vectors a thread of a warp kernel, and of a block kernel, holds.
+
+    The forward holds the row (``CUDA_WARP_ROW_BYTES`` / ``CUDA_BLOCK_ROW_BYTES``
+    of storage); the backward four compute-type arrays (``xhat``, ``w * dy``
+    and two column sums) in the registers of two. At most :data:`MAX_ITEMS`
+    elements either way.
+
+    Examples
+    --------
+    >>> chunk_limits("forward", np.dtype("float32"), 4), chunk_limits("backward", np.dtype("float32"), 4)
+    ((8, 8), (4, 4))
+    """
+    storage = np.dtype(storage)
+    itemsize = (storage.itemsize if direction == "forward"
+                else 2 * _compute_dtype(storage).itemsize)
+    return tuple(max(1, min(budget // itemsize, MAX_ITEMS) // vec)
+                 for budget in (_config.CUDA_WARP_ROW_BYTES, _config.CUDA_BLOCK_ROW_BYTES))
+
+
+def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None):
+    """Choose the kernels and launch configuration for a call (the only place that does).
 
     Parameters
     ----------
     direction : {"forward", "backward"}
     rows, cols : int
         The 2-D view of the problem (``rows`` may be 0; ``cols >= 1``).
-    compute_dtype : numpy.dtype
-        float32 or float64: the cached values' type.
+    storage : numpy.dtype
+        dtype of ``x``.
+    pointers, row_strides : sequence of int
+        Addresses and row strides of the arrays, for :func:`vector_width`.
+    param : numpy.dtype, optional
+        dtype of ``dweight``/``dbias`` (backward; default the compute dtype).
 
     Returns
     -------
-    Launch
-        Rows of up to ``32 * CUDA_WARP_ITEMS_PER_THREAD`` elements get a warp
-        (or the smallest power-of-two part of one that covers them); longer
-        rows a block of the smallest power of two >= 32 threads giving each
-        thread at most ``CUDA_WARP_ITEMS_PER_THREAD`` elements (at most
-        ``CUDA_ROW_BLOCK_THREADS``), cached in shared memory when they fit
-        ``CUDA_SHARED_CACHE_BYTES``, streamed otherwise. Backward grids are
-        capped at ``CUDA_BACKWARD_MAX_BLOCKS``, and ``reduction`` sums their
-        partial rows with ``CUDA_REDUCE_THREADS``-thread blocks.
+    Plan
+        Rows of at most ``CUDA_WARP_ROW_BYTES`` (forward; the backward half
+        of it) per lane get a warp, or the smallest power-of-two part of one
+        that covers them; rows of at most ``CUDA_BLOCK_ROW_BYTES`` (backward:
+        half) per thread of a ``CUDA_ROW_BLOCK_THREADS`` block get a block;
+        longer rows, and rows of at least ``CUDA_SPLIT_MIN_COLS`` when there
+        are fewer than ``CUDA_SPLIT_MAX_ROWS``, are split into segments of
+        ``CUDA_SPLIT_SEGMENT_BYTES``. Backward passes write at most
+        ``CUDA_BACKWARD_MAX_PARTIALS`` partial rows.
 
     Raises
     ------
@@ -513,51 +876,122 @@ def plan(direction, rows, cols, compute_dtype):
     Examples
     --------
     >>> from numba_ln import gpu
-    >>> launch = gpu.plan("forward", 4, 300, "float32")
-    >>> launch.kernel_name, launch.grid, launch.block, launch.shared_bytes
-    ('forward2_block_per_row_shared', 4, 64, 1200)
+    >>> p = gpu.plan("forward", 4096, 768, np.dtype("float32"), [0], [768])
+    >>> p.variant, p.vec, p.chunks, p.lanes, p.launches[0].grid
+    ('warp', 4, 8, 32, (1024,))
     """
-    items = _config.CUDA_WARP_ITEMS_PER_THREAD
-    warp_threads = _config.CUDA_WARP_BLOCK_THREADS
-    row_threads = _config.CUDA_ROW_BLOCK_THREADS
-    if items < 1:
-        raise ValueError(f"_config.CUDA_WARP_ITEMS_PER_THREAD must be >= 1, got {items}")
-    _check_pow2("CUDA_WARP_BLOCK_THREADS", warp_threads, WARP_SIZE)
-    _check_pow2("CUDA_ROW_BLOCK_THREADS", row_threads, WARP_SIZE)
     if direction not in ("forward", "backward"):
         raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
-    compute_dtype = np.dtype(compute_dtype)
-    kernel_set = build_kernel_set(compute_dtype, items, warp_threads, row_threads,
-                                  _config.CUDA_FASTMATH)
-    if cols <= WARP_SIZE * items:
-        lanes = min(WARP_SIZE, _next_pow2(cols))
+    warp_threads = _config.CUDA_WARP_BLOCK_THREADS
+    row_threads = _config.CUDA_ROW_BLOCK_THREADS
+    _check_pow2("CUDA_WARP_BLOCK_THREADS", warp_threads, WARP_SIZE)
+    _check_pow2("CUDA_ROW_BLOCK_THREADS", row_threads, WARP_SIZE)
+    storage = np.dtype(storage)
+    compute = _compute_dtype(storage)
+    vec = vector_width(storage, cols, pointers, row_strides)
+    warp_chunks, block_chunks = chunk_limits(direction, storage, vec)
+    index = "uint32" if cols + row_threads * block_chunks * vec < 2 ** 32 else "uint64"
+    vectors = -(-cols // vec)
+    few_long = rows < _config.CUDA_SPLIT_MAX_ROWS and cols >= _config.CUDA_SPLIT_MIN_COLS
+    max_partials = _config.CUDA_BACKWARD_MAX_PARTIALS
+    segments, segment, workspace, partials = 1, cols, 0, 0
+    if vectors <= WARP_SIZE * warp_chunks and not few_long:
+        variant = "warp"
+        lanes = min(WARP_SIZE, _next_pow2(vectors))
+        chunks = _next_pow2(-(-vectors // lanes))
+        groups = warp_threads // lanes
+        grid = max(1, -(-rows // groups))
+        if direction == "backward":
+            grid = max(1, min(grid, max_partials // (warp_threads // WARP_SIZE)))
+            partials = grid * (warp_threads // WARP_SIZE)
         block = warp_threads
-        grid = -(-rows // (block // lanes))
-        variant, shared_bytes = "warp_per_row", 0
+    elif vectors <= row_threads * block_chunks and not few_long:
+        variant = "block"
+        lanes = block = min(row_threads, max(WARP_SIZE, _next_pow2(-(-vectors // block_chunks))))
+        chunks = _next_pow2(-(-vectors // block))
+        grid = max(1, rows)
+        if direction == "backward":
+            grid = max(1, min(grid, max_partials))
+            partials = grid
     else:
-        lanes = block = min(row_threads, max(WARP_SIZE, _next_pow2(-(-cols // items))))
-        grid = rows
-        per_element = 1 if direction == "forward" else 4
-        cached = per_element * cols * compute_dtype.itemsize
-        if cached <= _config.CUDA_SHARED_CACHE_BYTES:
-            variant, shared_bytes = "block_per_row_shared", cached
-        else:
-            variant, shared_bytes = "block_per_row_streaming", 0
-    kernel_name = f"{direction}{VARIANTS.index(variant) + 1}_{variant}"
-    reduction = None
+        variant = "split"
+        itemsize = storage.itemsize if direction == "forward" else 2 * compute.itemsize
+        segment_vectors = max(1, _config.CUDA_SPLIT_SEGMENT_BYTES // itemsize // vec)
+        lanes = block = min(row_threads,
+                            max(WARP_SIZE, _next_pow2(-(-segment_vectors // block_chunks))))
+        chunks = _next_pow2(-(-min(segment_vectors, vectors) // block))
+        segment = block * chunks * vec
+        segments = -(-cols // segment)
+        row_blocks = max(1, min(rows, 65535))  # gridDim.y's limit
+        if direction == "backward":
+            row_blocks = max(1, min(row_blocks, max_partials))
+            partials = row_blocks
+        grid = (segments, row_blocks)
+        workspace = 2 * rows * segments
+    launches = tuple(
+        Launch(name, grid if isinstance(grid, tuple) else (grid,), (block,),
+               kernel(name, storage, vec, chunks, index, _tunables()))
+        for name in VARIANTS[variant][direction])
     if direction == "backward":
-        grid = min(grid, _config.CUDA_BACKWARD_MAX_BLOCKS)
-        reduce_threads = _config.CUDA_REDUCE_THREADS
-        reduction = Launch("thread_per_column", -(-cols // reduce_threads), reduce_threads, 1,
-                           0, "reduce1_thread_per_column", kernel_set.reduce1_thread_per_column)
-    return Launch(variant, grid, block, lanes, shared_bytes, kernel_name,
-                  getattr(kernel_set, kernel_name), reduction)
+        tile = _config.CUDA_REDUCE_TILE_COLS
+        groups = min(_config.CUDA_REDUCE_GROUPS, _next_pow2(max(1, partials)))
+        param = np.dtype(compute if param is None else param)
+        launches += (Launch("reduce1_partials", (-(-cols // tile),), (tile, groups),
+                            reduction_kernel(storage, param, _tunables())),)
+        workspace += 2 * partials * cols
+    return Plan(variant, vec, chunks, lanes, segment, segments, partials, workspace, launches)
 
 
-def signatures(dtype, param_dtype=None):
+def _run(launch, stream, args):
+    """``kernel[grid, block, stream](*args)``: every launch goes through here."""
+    launch.kernel[launch.grid, launch.block, stream, 0](*args)
+
+
+def run_forward(p, stream, x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+                workspace, rows, cols, eps):
+    """Launch the forward pass ``p`` (from :func:`plan`) on ``stream``.
+
+    ``weight``/``bias`` are any device buffers when absent (``x`` will do);
+    ``workspace`` holds ``p.workspace`` elements of the compute dtype.
+    """
+    if rows == 0:
+        return
+    if p.variant == "split":
+        _run(p.launches[0], stream, (x, ldx, workspace, rows, cols, p.segment))
+        _run(p.launches[1], stream, (x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
+                                     rstd, workspace, rows, cols, p.segment, eps))
+        return
+    args = (x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps)
+    _run(p.launches[0], stream, args + ((p.lanes,) if p.variant == "warp" else ()))
+
+
+def run_backward(p, stream, dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
+                 workspace, rows, cols, dweight, dbias):
+    """Launch the backward pass ``p`` (from :func:`plan`) on ``stream``, reduction included.
+
+    ``workspace`` holds ``p.workspace`` elements of the compute dtype: the
+    partial rows of ``dweight`` and of ``dbias``, then (split) the row sums.
+    """
+    size = p.partials * cols
+    dweight_part, dbias_part = workspace[:size], workspace[size:2 * size]
+    if rows:
+        common = (dy, lddy, x, ldx, mean, rstd, weight, has_weight)
+        if p.variant == "split":
+            sums = workspace[2 * size:]
+            _run(p.launches[0], stream, common + (sums, rows, cols, p.segment))
+            _run(p.launches[1], stream, common + (dx, lddx, sums, dweight_part, dbias_part,
+                                                  rows, cols, p.segment))
+        else:
+            args = common + (dx, lddx, dweight_part, dbias_part, rows, cols)
+            _run(p.launches[0], stream, args + ((p.lanes,) if p.variant == "warp" else ()))
+    _run(p.launches[-1], stream, (dweight_part, dbias_part, p.partials if rows else 0, cols,
+                                  dweight, dbias))
+
+
+def signatures(dtype, param_dtype=None, weight_dtype=None):
     """The argument types every kernel is launched with, for ``x`` of ``dtype``.
 
-    The backend passes exactly these (1-D C-contiguous buffers, int64 sizes,
+    The launchers pass exactly these (1-D C-contiguous buffers, int64 sizes,
     a compute-type ``eps``), so ``numba.cuda.compile_ptx`` on them compiles
     the code that runs.
 
@@ -566,35 +1000,41 @@ def signatures(dtype, param_dtype=None):
     dtype : numpy.dtype
         Storage dtype of ``x``: float16, float32 or float64.
     param_dtype : numpy.dtype, optional
-        dtype of ``dweight``/``dbias`` (default: ``dtype``).
+        dtype of ``dweight``/``dbias`` (default: the compute dtype).
+    weight_dtype : numpy.dtype, optional
+        dtype of ``weight``/``bias`` (default: ``dtype``).
 
     Returns
     -------
     dict of str to tuple
-        Kernel name (a field of :class:`KernelSet`) to its numba argument types.
+        Factory name (a key of :data:`FACTORIES`, and ``"reduce1_partials"``)
+        to its numba argument types.
 
     Examples
     --------
     >>> from numba_ln import gpu
-    >>> partials, _, blocks, _, dweight, _ = gpu.signatures("float16")["reduce1_thread_per_column"]
-    >>> print(partials, blocks, dweight)
-    array(float32, 1d, C) int64 array(float16, 1d, C)
+    >>> partials, _, parts, _, dweight, _ = gpu.signatures("float16")["reduce1_partials"]
+    >>> print(partials, parts, dweight)
+    array(float32, 1d, C) int64 array(float32, 1d, C)
     """
     dtype = np.dtype(dtype)
+    compute_np = _compute_dtype(dtype)
     storage = from_dtype(dtype)
-    compute = _COMPUTE[_compute_dtype(dtype)]
-    param = from_dtype(np.dtype(dtype if param_dtype is None else param_dtype))
+    compute = _COMPUTE[compute_np]
+    param = from_dtype(np.dtype(compute_np if param_dtype is None else param_dtype))
+    gains = from_dtype(np.dtype(dtype if weight_dtype is None else weight_dtype))[::1]
     data, values = storage[::1], compute[::1]
-    forward = (data, int64, values, values, boolean, boolean, data, int64, values, values,
-               int64, int64, compute)
-    backward = (data, int64, data, int64, values, values, values, boolean, data, int64,
-                values, values, int64, int64)
+    forward = (data, int64, gains, gains, boolean, boolean, data, int64, values, values)
+    backward = (data, int64, data, int64, values, values, gains, boolean)
     return {
-        "forward1_warp_per_row": forward + (int64,),
-        "forward2_block_per_row_shared": forward,
-        "forward3_block_per_row_streaming": forward,
-        "backward1_warp_per_row": backward + (int64,),
-        "backward2_block_per_row_shared": backward,
-        "backward3_block_per_row_streaming": backward,
-        "reduce1_thread_per_column": (values, values, int64, int64, param[::1], param[::1]),
+        "forward1_warp": forward + (int64, int64, compute, int64),
+        "forward2_block": forward + (int64, int64, compute),
+        "forward3_split_stats": (data, int64, values, int64, int64, int64),
+        "forward4_split_normalize": forward + (values, int64, int64, int64, compute),
+        "backward1_warp": backward + (data, int64, values, values, int64, int64, int64),
+        "backward2_block": backward + (data, int64, values, values, int64, int64),
+        "backward3_split_sums": backward + (values, int64, int64, int64),
+        "backward4_split_dx": backward + (data, int64, values, values, values, int64, int64,
+                                          int64),
+        "reduce1_partials": (values, values, int64, int64, param[::1], param[::1]),
     }

@@ -22,16 +22,18 @@ import functools
 import importlib.util
 import pathlib
 
-#: File-name kernel -> factory in ``numba_ln/gpu.py`` (a field of ``gpu.KernelSet``).
+#: File-name kernel -> (factory in ``numba_ln/gpu.py``, vector variant?); the
+#: gradient reduction has one variant (None).
 KERNELS = {
-    "fwd_warp": "forward1_warp_per_row",
-    "fwd_block_shared": "forward2_block_per_row_shared",
-    "fwd_block_streaming": "forward3_block_per_row_streaming",
-    "bwd_warp": "backward1_warp_per_row",
-    "bwd_block_shared": "backward2_block_per_row_shared",
-    "bwd_block_streaming": "backward3_block_per_row_streaming",
-    "bwd_reduce_column": "reduce1_thread_per_column",
-}
+    f"{short}_{variant}": (factory, variant == "vector")
+    for short, factory in (("fwd_warp", "forward1_warp"), ("fwd_block", "forward2_block"),
+                           ("fwd_split_stats", "forward3_split_stats"),
+                           ("fwd_split_normalize", "forward4_split_normalize"),
+                           ("bwd_warp", "backward1_warp"), ("bwd_block", "backward2_block"),
+                           ("bwd_split_sums", "backward3_split_sums"),
+                           ("bwd_split_dx", "backward4_split_dx"))
+    for variant in ("vector", "scalar")}
+KERNELS["bwd_reduce"] = ("reduce1_partials", None)
 
 #: Storage dtypes of ``x``; each kernel is compiled once per dtype.
 DTYPES = ("float16", "float32", "float64")
@@ -87,9 +89,9 @@ def outputs(kernels=None, dtypes=None):
     Examples
     --------
     >>> len(outputs())
-    21
-    >>> outputs(["bwd_reduce_column"], ["float16"])
-    {'bwd_reduce_column.float16.ptx': ('bwd_reduce_column', 'float16')}
+    51
+    >>> outputs(["bwd_reduce"], ["float16"])
+    {'bwd_reduce.float16.ptx': ('bwd_reduce', 'float16')}
     """
     return {f"{kernel}.{dtype}.ptx": (kernel, dtype) for kernel in (kernels or KERNELS)
             for dtype in (dtypes or DTYPES)}
@@ -97,6 +99,9 @@ def outputs(kernels=None, dtypes=None):
 
 def shipped_kernel(kernel, dtype):
     """The kernel launched for ``x`` of ``dtype`` under the shipped tunables (not compiled).
+
+    The register-heaviest configuration the plan can choose: the most
+    vectors a thread holds (``gpu.chunk_limits``), 32-bit column offsets.
 
     Parameters
     ----------
@@ -109,18 +114,27 @@ def shipped_kernel(kernel, dtype):
 
     Examples
     --------
-    >>> shipped_kernel("fwd_warp", "float16").py_func.__name__
-    '_ln_fwd_warp_per_row'
+    >>> shipped_kernel("fwd_warp_vector", "float16").py_func.__name__
+    '_ln_fwd_warp_vector'
     """
     import numpy as np
 
-    from . import _config, gpu
+    from . import gpu
     from ._validate import compute_dtype
-    kernel_set = gpu.build_kernel_set(compute_dtype(np.dtype(dtype)),
-                                      _config.CUDA_WARP_ITEMS_PER_THREAD,
-                                      _config.CUDA_WARP_BLOCK_THREADS,
-                                      _config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_FASTMATH)
-    return getattr(kernel_set, KERNELS[kernel])
+    factory, vector = KERNELS[kernel]
+    storage = np.dtype(dtype)
+    if vector is None:
+        return gpu.reduction_kernel(storage, compute_dtype(storage), gpu._tunables())
+    vec = gpu.VECTOR_BYTES // storage.itemsize if vector else 1
+    direction = "forward" if factory.startswith("forward") else "backward"
+    warp_chunks, block_chunks = gpu.chunk_limits(direction, storage, vec)
+    chunks = warp_chunks if "warp" in factory else block_chunks
+    return gpu.kernel(factory, storage, vec, chunks, "uint32", gpu._tunables())
+
+
+def _launch_bounds(kernel):
+    """The launch bounds the kernel's dispatcher compiles with (None for none)."""
+    return shipped_kernel(kernel, "float32").targetoptions.get("launch_bounds")
 
 
 @functools.cache
@@ -134,9 +148,9 @@ def _library(kernel, dtype):
     from . import _config, gpu
     # Lowered for the lowest architecture; NVVM targets each one from the same IR.
     library, _ = _compile_pyfunc_with_fixup(
-        shipped_kernel(kernel, dtype).py_func, gpu.signatures(dtype)[KERNELS[kernel]],
+        shipped_kernel(kernel, dtype).py_func, gpu.signatures(dtype)[KERNELS[kernel][0]],
         device=False, fastmath=_config.CUDA_FASTMATH, cc=compute_capability(ARCHES[0]),
-        abi="numba")
+        abi="numba", launch_bounds=_launch_bounds(kernel))
     return library
 
 
@@ -161,7 +175,7 @@ def kernel_ptx(kernel, dtype, arch):
 
     Examples
     --------
-    >>> code = kernel_ptx("bwd_reduce_column", "float32", "sm_90")
+    >>> code = kernel_ptx("bwd_reduce", "float32", "sm_90")
     >>> code.count(".entry"), ".target sm_90" in code
     (1, True)
     """
@@ -174,8 +188,9 @@ def kernel_ptx(kernel, dtype, arch):
 
     from . import _config, gpu
     code, _ = cuda.compile_ptx(shipped_kernel(kernel, dtype).py_func,
-                               gpu.signatures(dtype)[KERNELS[kernel]], cc=cc,
-                               fastmath=_config.CUDA_FASTMATH)
+                               gpu.signatures(dtype)[KERNELS[kernel][0]], cc=cc,
+                               fastmath=_config.CUDA_FASTMATH,
+                               launch_bounds=_launch_bounds(kernel))
     return code
 
 
@@ -206,8 +221,8 @@ def write_ptx(out, arch, kernels=None, dtypes=None, compile_kernel=kernel_ptx):
     >>> def fake(kernel, dtype, arch):
     ...     return f".target {arch}\\n.entry {kernel}()\\n"
     >>> with tempfile.TemporaryDirectory() as out:
-    ...     [path.name for path in write_ptx(out, "sm_90", ["bwd_warp"], compile_kernel=fake)]
-    ['bwd_warp.float16.ptx', 'bwd_warp.float32.ptx', 'bwd_warp.float64.ptx']
+    ...     [path.name for path in write_ptx(out, "sm_90", ["bwd_warp_vector"], compile_kernel=fake)]
+    ['bwd_warp_vector.float16.ptx', 'bwd_warp_vector.float32.ptx', 'bwd_warp_vector.float64.ptx']
     """
     compute_capability(arch)  # a bad arch fails before anything is compiled
     out = pathlib.Path(out)
@@ -238,13 +253,14 @@ def parser():
             "Write the PTX of every shipped numba-ln CUDA kernel (the shipped tunables, the "
             "argument types the backend launches) for one architecture: one file per kernel "
             "and dtype, DIR/<kernel>.<dtype>.ptx. Needs numba-ln[cuda], no GPU and no driver."),
-        epilog="kernels: " + ", ".join(f"{name} ({factory})" for name, factory in KERNELS.items()))
+        epilog="kernels: " + ", ".join(f"{name} ({factory})"
+                                       for name, (factory, _) in KERNELS.items()))
     p.add_argument("--arch", required=True, choices=ARCHES,
                    help="target architecture (compute capability 8.0 or 9.0)")
     p.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",
                    help="folder to write into (created when missing)")
     p.add_argument("--kernel", action="append", choices=list(KERNELS), metavar="KERNEL",
-                   help="only this kernel (repeatable; default: all seven, named below)")
+                   help="only this kernel (repeatable; default: all, named below)")
     p.add_argument("--dtype", action="append", choices=DTYPES,
                    help="only this dtype of x (repeatable; default: all three)")
     return p
@@ -274,9 +290,9 @@ def main(argv=None, compile_kernel=kernel_ptx):
     --------
     >>> import tempfile
     >>> with tempfile.TemporaryDirectory() as out:  # doctest: +ELLIPSIS
-    ...     paths = main(["--arch", "sm_90", "--out", out, "--kernel", "fwd_warp",
+    ...     paths = main(["--arch", "sm_90", "--out", out, "--kernel", "fwd_warp_vector",
     ...                   "--dtype", "float32"], compile_kernel=lambda *key: "")
-    /.../fwd_warp.float32.ptx
+    /.../fwd_warp_vector.float32.ptx
     """
     command = parser()
     args = command.parse_args(argv)

@@ -1,0 +1,237 @@
+"""Device building blocks of the CUDA kernels: vector loads and stores, warp and block sums.
+
+The kernels in ``gpu.py`` move row data through :func:`vector_load` and
+:func:`vector_store` only. On a GPU each is one ``ld.global.v*`` /
+``st.global.v*`` of ``width`` elements (16 bytes for the vector kernels, one
+element for the scalar ones) at ``array[row_base + col]``: ``row_base`` is
+the row's 64-bit start, computed once per row; ``col`` is an unsigned
+column offset, 32-bit where the plan allows, so the per-element address
+arithmetic is one 32-bit multiply-add. Loaded values are converted to the
+type of the local array they land in (float16 widens to float32 on load),
+stored ones to the array's type (round to nearest even).
+
+Under numba's CUDA simulator the same kernels call plain Python stand-ins
+that go through :func:`simulated_load` and :func:`simulated_store`; the
+test set-up replaces those two (``tests/gpu/sim_shims.py``) to assert the
+16-byte alignment a GPU requires and to count every element read and
+written.
+
+Reductions: :func:`warp_sum` is a ``shfl.sync.bfly`` butterfly, so every lane
+ends with the same bits; :func:`block_sum` adds the warps' sums in warp
+order after one barrier. Both are fixed-order: results are bit-identical
+from run to run.
+"""
+
+import functools
+import os
+
+from numba import cuda
+
+#: Threads in a warp.
+WARP_SIZE = 32
+#: Every lane of a warp takes part in each shuffle.
+FULL_MASK = 0xFFFFFFFF
+#: Bytes per vector access: the widest global load and store a thread can issue.
+VECTOR_BYTES = 16
+
+_SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
+
+
+def simulated_load(array, index, dest, start, width):
+    """Simulator: ``dest[start + t] = array[index + t]`` for ``t < width``."""
+    for t in range(width):
+        dest[start + t] = array[index + t]
+
+
+def simulated_store(array, index, src, start, width):
+    """Simulator: ``array[index + t] = src[start + t]`` for ``t < width``."""
+    for t in range(width):
+        array[index + t] = src[start + t]
+
+
+def _simulated_access(width, function_name):
+    """A Python stand-in for the vector access of ``width`` elements."""
+    import numba_ln._gpu_ops as ops  # looked up per call: the test shims replace it
+
+    def access(array, row_base, col, local, start):
+        getattr(ops, function_name)(array, int(row_base) + int(col), local, int(start), width)
+    return access
+
+
+def _element_pointer(context, builder, array_type, array, row_base, col):
+    """``&array[row_base + col]`` of a 1-D C-contiguous array, without the wraparound fix-up.
+
+    The row's start comes first (the same ``getelementptr`` for a whole row,
+    so it is computed once); the column offset is zero-extended when
+    unsigned.
+    """
+    from llvmlite import ir
+    intp = ir.IntType(64)
+    data = context.make_array(array_type)(context, builder, array).data
+    row = row_base if row_base.type.width == 64 else builder.zext(row_base, intp)
+    offset = col if col.type.width == 64 else builder.zext(col, intp)
+    return builder.gep(builder.gep(data, [row]), [offset])
+
+
+@functools.cache
+def vector_load(width):
+    """``load(array, row_base, col, dest, start)``: ``width`` elements into a local array.
+
+    ``dest[start:start + width] = array[row_base + col:][:width]``, one
+    access of ``width * itemsize`` bytes, aligned to that many (at most 16):
+    the caller guarantees the alignment. ``row_base`` is an integer,
+    ``col`` an unsigned integer, ``start`` a compile-time constant in the
+    unrolled loops (so ``dest`` stays in registers).
+
+    Parameters
+    ----------
+    width : int
+        Elements per access: 1, 2, 4 or 8.
+
+    Returns
+    -------
+    callable
+        A numba-cuda intrinsic, or a Python function under the simulator.
+
+    Examples
+    --------
+    >>> load = vector_load(4)
+    >>> callable(load)
+    True
+    """
+    if _SIMULATOR:
+        return _simulated_access(width, "simulated_load")
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.cgutils import get_item_pointer
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def load(typingctx, array, row_base, col, dest, start):
+        def codegen(context, builder, sig, args):
+            array_type, _, _, dest_type, start_type = sig.args
+            pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
+            element = context.get_data_type(array_type.dtype)
+            itemsize = context.get_abi_sizeof(element)
+            vector_type = ir.VectorType(element, width)
+            vector = builder.load(builder.bitcast(pointer, vector_type.as_pointer()),
+                                  align=min(VECTOR_BYTES, width * itemsize))
+            local = context.make_array(dest_type)(context, builder, args[3])
+            first = context.cast(builder, args[4], start_type, types.intp)
+            for t in range(width):
+                value = builder.extract_element(vector, ir.Constant(ir.IntType(32), t))
+                value = context.cast(builder, value, array_type.dtype, dest_type.dtype)
+                index = builder.add(first, ir.Constant(first.type, t))
+                builder.store(value, get_item_pointer(context, builder, dest_type, local,
+                                                      [index]))
+            return context.get_dummy_value()
+        return types.void(array, row_base, col, dest, start), codegen
+    return load
+
+
+@functools.cache
+def vector_store(width):
+    """``store(array, row_base, col, src, start)``: ``width`` elements from a local array.
+
+    The mirror of :func:`vector_load`: ``array[row_base + col:][:width] =
+    src[start:start + width]``, converted to ``array``'s type, one aligned
+    access.
+
+    Parameters
+    ----------
+    width : int
+        Elements per access: 1, 2, 4 or 8.
+
+    Returns
+    -------
+    callable
+        A numba-cuda intrinsic, or a Python function under the simulator.
+
+    Examples
+    --------
+    >>> store = vector_store(4)
+    >>> callable(store)
+    True
+    """
+    if _SIMULATOR:
+        return _simulated_access(width, "simulated_store")
+    from llvmlite import ir
+    from numba import types
+    from numba.cuda.cgutils import get_item_pointer
+    from numba.cuda.extending import intrinsic
+
+    @intrinsic
+    def store(typingctx, array, row_base, col, src, start):
+        def codegen(context, builder, sig, args):
+            array_type, _, _, src_type, start_type = sig.args
+            pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
+            element = context.get_data_type(array_type.dtype)
+            itemsize = context.get_abi_sizeof(element)
+            vector_type = ir.VectorType(element, width)
+            local = context.make_array(src_type)(context, builder, args[3])
+            first = context.cast(builder, args[4], start_type, types.intp)
+            vector = ir.Constant(vector_type, ir.Undefined)
+            for t in range(width):
+                index = builder.add(first, ir.Constant(first.type, t))
+                value = builder.load(get_item_pointer(context, builder, src_type, local,
+                                                      [index]))
+                value = context.cast(builder, value, src_type.dtype, array_type.dtype)
+                vector = builder.insert_element(vector, value, ir.Constant(ir.IntType(32), t))
+            builder.store(vector, builder.bitcast(pointer, vector_type.as_pointer()),
+                          align=min(VECTOR_BYTES, width * itemsize))
+            return context.get_dummy_value()
+        return types.void(array, row_base, col, src, start), codegen
+    return store
+
+
+@cuda.jit(device=True, inline="always")
+def warp_sum(value, lanes):
+    """Sum ``value`` over aligned groups of ``lanes`` lanes (a power of two <= 32).
+
+    A butterfly of ``shfl_xor_sync``: every lane of a group ends with the same
+    bits. Every lane of the warp must call it, with the same ``lanes``.
+    """
+    offset = lanes >> 1
+    while offset > 0:
+        value += cuda.shfl_xor_sync(FULL_MASK, value, offset)
+        offset >>= 1
+    return value
+
+
+@cuda.jit(device=True, inline="always")
+def block_sum(buf, value, warps):
+    """Sum ``value`` over a block of ``warps`` full warps; every thread gets the total.
+
+    One barrier: each warp's sum goes to ``buf[warp]``, then every thread adds
+    ``buf[0..warps)`` in warp order. Consecutive sums alternate between two
+    buffers, so a slow thread still reading one cannot see it overwritten
+    (the barrier of the sum in between orders them). Every thread of the
+    block must call it.
+    """
+    total = warp_sum(value, WARP_SIZE)
+    tid = cuda.threadIdx.x
+    if tid % WARP_SIZE == 0:
+        buf[tid // WARP_SIZE] = total
+    cuda.syncthreads()
+    total = buf[0]
+    for warp in range(1, warps):
+        total += buf[warp]
+    return total
+
+
+@cuda.jit(device=True, inline="always")
+def block_sum2(buf, first, second, warps):
+    """Two :func:`block_sum` behind one barrier; ``buf`` holds ``2 * warps`` values."""
+    first = warp_sum(first, WARP_SIZE)
+    second = warp_sum(second, WARP_SIZE)
+    tid = cuda.threadIdx.x
+    if tid % WARP_SIZE == 0:
+        buf[2 * (tid // WARP_SIZE)] = first
+        buf[2 * (tid // WARP_SIZE) + 1] = second
+    cuda.syncthreads()
+    first = buf[0]
+    second = buf[1]
+    for warp in range(1, warps):
+        first += buf[2 * warp]
+        second += buf[2 * warp + 1]
+    return first, second
