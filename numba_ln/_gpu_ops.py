@@ -73,6 +73,41 @@ def _element_pointer(context, builder, array_type, array, row_base, col):
     return builder.gep(builder.gep(data, [row]), [offset])
 
 
+def _packed(element, width, itemsize):
+    """Whether a vector of ``width`` 16-bit elements moves as 32-bit words.
+
+    PTX vector accesses have at most 4 lanes, so 8 float16 as ``<8 x half>``
+    are two 8-byte accesses; as ``<4 x i32>`` they are one of 16 bytes. The
+    words are split with shifts (a plain bitcast is folded back by NVVM).
+    """
+    return itemsize == 2 and width > 4
+
+
+def _lanes_of_words(builder, words, element, width):
+    """The ``width`` 16-bit lanes of a ``<width/2 x i32>`` vector, as ``element`` values."""
+    from llvmlite import ir
+    lanes = []
+    for t in range(width):
+        word = builder.extract_element(words, ir.Constant(ir.IntType(32), t // 2))
+        if t % 2:
+            word = builder.lshr(word, ir.Constant(ir.IntType(32), 16))
+        lanes.append(builder.bitcast(builder.trunc(word, ir.IntType(16)), element))
+    return lanes
+
+
+def _words_of_lanes(builder, lanes):
+    """A ``<len/2 x i32>`` vector packing 16-bit ``lanes`` (little end first)."""
+    from llvmlite import ir
+    i32 = ir.IntType(32)
+    words = ir.Constant(ir.VectorType(i32, len(lanes) // 2), ir.Undefined)
+    for w in range(len(lanes) // 2):
+        low, high = (builder.zext(builder.bitcast(lane, ir.IntType(16)), i32)
+                     for lane in lanes[2 * w:2 * w + 2])
+        word = builder.or_(low, builder.shl(high, ir.Constant(i32, 16)))
+        words = builder.insert_element(words, word, ir.Constant(i32, w))
+    return words
+
+
 @functools.cache
 def vector_load(width):
     """``load(array, row_base, col, dest, start)``: ``width`` elements into a local array.
@@ -113,14 +148,22 @@ def vector_load(width):
             pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
             element = context.get_data_type(array_type.dtype)
             itemsize = context.get_abi_sizeof(element)
-            vector_type = ir.VectorType(element, width)
-            vector = builder.load(builder.bitcast(pointer, vector_type.as_pointer()),
-                                  align=min(VECTOR_BYTES, width * itemsize))
+            align = min(VECTOR_BYTES, width * itemsize)
+            if _packed(element, width, itemsize):
+                words_type = ir.VectorType(ir.IntType(32), width // 2)
+                words = builder.load(builder.bitcast(pointer, words_type.as_pointer()),
+                                     align=align)
+                lanes = _lanes_of_words(builder, words, element, width)
+            else:
+                vector_type = ir.VectorType(element, width)
+                vector = builder.load(builder.bitcast(pointer, vector_type.as_pointer()),
+                                      align=align)
+                lanes = [builder.extract_element(vector, ir.Constant(ir.IntType(32), t))
+                         for t in range(width)]
             local = context.make_array(dest_type)(context, builder, args[3])
             first = context.cast(builder, args[4], start_type, types.intp)
             for t in range(width):
-                value = builder.extract_element(vector, ir.Constant(ir.IntType(32), t))
-                value = context.cast(builder, value, array_type.dtype, dest_type.dtype)
+                value = context.cast(builder, lanes[t], array_type.dtype, dest_type.dtype)
                 index = builder.add(first, ir.Constant(first.type, t))
                 builder.store(value, get_item_pointer(context, builder, dest_type, local,
                                                       [index]))
@@ -167,17 +210,22 @@ def vector_store(width):
             pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
             element = context.get_data_type(array_type.dtype)
             itemsize = context.get_abi_sizeof(element)
-            vector_type = ir.VectorType(element, width)
             local = context.make_array(src_type)(context, builder, args[3])
             first = context.cast(builder, args[4], start_type, types.intp)
-            vector = ir.Constant(vector_type, ir.Undefined)
+            lanes = []
             for t in range(width):
                 index = builder.add(first, ir.Constant(first.type, t))
                 value = builder.load(get_item_pointer(context, builder, src_type, local,
                                                       [index]))
-                value = context.cast(builder, value, src_type.dtype, array_type.dtype)
-                vector = builder.insert_element(vector, value, ir.Constant(ir.IntType(32), t))
-            builder.store(vector, builder.bitcast(pointer, vector_type.as_pointer()),
+                lanes.append(context.cast(builder, value, src_type.dtype, array_type.dtype))
+            if _packed(element, width, itemsize):
+                vector = _words_of_lanes(builder, lanes)
+            else:
+                vector = ir.Constant(ir.VectorType(element, width), ir.Undefined)
+                for t, value in enumerate(lanes):
+                    vector = builder.insert_element(vector, value,
+                                                    ir.Constant(ir.IntType(32), t))
+            builder.store(vector, builder.bitcast(pointer, vector.type.as_pointer()),
                           align=min(VECTOR_BYTES, width * itemsize))
             return context.get_dummy_value()
         return types.void(array, row_base, col, src, start), codegen
@@ -188,13 +236,14 @@ def vector_store(width):
 def warp_sum(value, lanes):
     """Sum ``value`` over aligned groups of ``lanes`` lanes (a power of two <= 32).
 
-    A butterfly of ``shfl_xor_sync``: every lane of a group ends with the same
-    bits. Every lane of the warp must call it, with the same ``lanes``.
+    A butterfly of ``shfl_xor_sync``, unrolled (each step guarded by
+    ``lanes``, the same in every lane): every lane of a group ends with the
+    same bits. Every lane of the warp must call it, with the same ``lanes``.
     """
-    offset = lanes >> 1
-    while offset > 0:
-        value += cuda.shfl_xor_sync(FULL_MASK, value, offset)
-        offset >>= 1
+    for step in range(5):
+        offset = 16 >> step
+        if offset < lanes:
+            value += cuda.shfl_xor_sync(FULL_MASK, value, offset)
     return value
 
 
@@ -203,10 +252,10 @@ def block_sum(buf, value, warps):
     """Sum ``value`` over a block of ``warps`` full warps; every thread gets the total.
 
     One barrier: each warp's sum goes to ``buf[warp]``, then every thread adds
-    ``buf[0..warps)`` in warp order. Consecutive sums alternate between two
-    buffers, so a slow thread still reading one cannot see it overwritten
-    (the barrier of the sum in between orders them). Every thread of the
-    block must call it.
+    ``buf[0..warps)`` in warp order (unrolled to ``len(buf)``, guarded by
+    ``warps``). Consecutive sums alternate between two buffers, so a slow
+    thread still reading one cannot see it overwritten (the barrier of the
+    sum in between orders them). Every thread of the block must call it.
     """
     total = warp_sum(value, WARP_SIZE)
     tid = cuda.threadIdx.x
@@ -214,14 +263,15 @@ def block_sum(buf, value, warps):
         buf[tid // WARP_SIZE] = total
     cuda.syncthreads()
     total = buf[0]
-    for warp in range(1, warps):
-        total += buf[warp]
+    for warp in range(1, buf.size):
+        if warp < warps:
+            total += buf[warp]
     return total
 
 
 @cuda.jit(device=True, inline="always")
 def block_sum2(buf, first, second, warps):
-    """Two :func:`block_sum` behind one barrier; ``buf`` holds ``2 * warps`` values."""
+    """Two :func:`block_sum` behind one barrier; ``buf`` holds two values a warp."""
     first = warp_sum(first, WARP_SIZE)
     second = warp_sum(second, WARP_SIZE)
     tid = cuda.threadIdx.x
@@ -231,7 +281,8 @@ def block_sum2(buf, first, second, warps):
     cuda.syncthreads()
     first = buf[0]
     second = buf[1]
-    for warp in range(1, warps):
-        first += buf[2 * warp]
-        second += buf[2 * warp + 1]
+    for warp in range(1, buf.size // 2):
+        if warp < warps:
+            first += buf[2 * warp]
+            second += buf[2 * warp + 1]
     return first, second

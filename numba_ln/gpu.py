@@ -815,9 +815,13 @@ def vector_width(storage, cols, pointers=(), row_strides=()):
     return vec
 
 
-#: Most elements a thread holds in one unrolled local array: more would not be
-#: unrolled, and the array would go to local memory.
+#: Most elements a thread holds in one unrolled local array, in 16-byte vectors
+#: and in scalars: more would not be unrolled (the array would go to local
+#: memory), and scalar loads need a register for each address.
 MAX_ITEMS = 32
+MAX_SCALAR_ITEMS = 16
+#: Most vectors a thread of a split kernel holds (its backward's limit, for both passes).
+SPLIT_CHUNKS = 4
 
 
 def chunk_limits(direction, storage, vec):
@@ -836,8 +840,24 @@ def chunk_limits(direction, storage, vec):
     storage = np.dtype(storage)
     itemsize = (storage.itemsize if direction == "forward"
                 else 2 * _compute_dtype(storage).itemsize)
-    return tuple(max(1, min(budget // itemsize, MAX_ITEMS) // vec)
+    most = MAX_ITEMS if vec > 1 else MAX_SCALAR_ITEMS
+    return tuple(max(1, min(budget // itemsize, most) // vec)
                  for budget in (_config.CUDA_WARP_ROW_BYTES, _config.CUDA_BLOCK_ROW_BYTES))
+
+
+def max_chunks(name, storage, vec):
+    """The most vectors a thread of kernel ``name`` (a key of FACTORIES) holds under the plan.
+
+    Examples
+    --------
+    >>> [max_chunks(name, np.dtype("float32"), 4) for name in FACTORIES]
+    [8, 8, 4, 4, 4, 4, 4, 4]
+    """
+    direction = "forward" if name.startswith("forward") else "backward"
+    warp_chunks, block_chunks = chunk_limits(direction, storage, vec)
+    if "split" in name:
+        return min(SPLIT_CHUNKS, chunk_limits("backward", storage, vec)[1])
+    return warp_chunks if "warp" in name else block_chunks
 
 
 def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None):
@@ -917,9 +937,11 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
         variant = "split"
         itemsize = storage.itemsize if direction == "forward" else 2 * compute.itemsize
         segment_vectors = max(1, _config.CUDA_SPLIT_SEGMENT_BYTES // itemsize // vec)
+        # Few vectors a thread: a segment is small, and more threads fill the GPU sooner.
+        chunks = max_chunks("backward3_split_sums", storage, vec)
         lanes = block = min(row_threads,
-                            max(WARP_SIZE, _next_pow2(-(-segment_vectors // block_chunks))))
-        chunks = _next_pow2(-(-min(segment_vectors, vectors) // block))
+                            max(WARP_SIZE, _next_pow2(-(-segment_vectors // chunks))))
+        chunks = min(chunks, _next_pow2(-(-segment_vectors // block)))
         segment = block * chunks * vec
         segments = -(-cols // segment)
         row_blocks = max(1, min(rows, 65535))  # gridDim.y's limit

@@ -101,7 +101,7 @@ def shipped_kernel(kernel, dtype):
     """The kernel launched for ``x`` of ``dtype`` under the shipped tunables (not compiled).
 
     The register-heaviest configuration the plan can choose: the most
-    vectors a thread holds (``gpu.chunk_limits``), 32-bit column offsets.
+    vectors a thread holds (``gpu.max_chunks``), 32-bit column offsets.
 
     Parameters
     ----------
@@ -126,10 +126,8 @@ def shipped_kernel(kernel, dtype):
     if vector is None:
         return gpu.reduction_kernel(storage, compute_dtype(storage), gpu._tunables())
     vec = gpu.VECTOR_BYTES // storage.itemsize if vector else 1
-    direction = "forward" if factory.startswith("forward") else "backward"
-    warp_chunks, block_chunks = gpu.chunk_limits(direction, storage, vec)
-    chunks = warp_chunks if "warp" in factory else block_chunks
-    return gpu.kernel(factory, storage, vec, chunks, "uint32", gpu._tunables())
+    return gpu.kernel(factory, storage, vec, gpu.max_chunks(factory, storage, vec), "uint32",
+                      gpu._tunables())
 
 
 def _launch_bounds(kernel):

@@ -23,7 +23,8 @@ dtypes with ptxas's registers and spills. Definitions, checkable by hand:
   pass over the row, or a fully unrolled register cache. One trip moves E
   elements: of the global accesses (shared if none) on its longest path,
   the count per array and direction that most arrays share, leaving out
-  arrays moved once (mean, rstd) unless all are, the smaller on a tie (a
+  arrays moved at most twice (mean, rstd, a segment's partial statistics)
+  unless all are, the smaller on a tie (a
   scalar shift load beside the row's loads counts one more).
 - *Instructions per element* is the costliest path through the row region,
   branches taken forward only, on which a streaming region weighs its
@@ -158,11 +159,12 @@ def _syncs(ins, kinds=_BARRIERS + ("shfl.sync",)):
 
 
 def _elements(path, itemsize):
-    """E of the accesses on a path: per array and direction, the count most share."""
+    """E of the accesses on a path: per array and direction, the count most share
+    (arrays moved at most twice a trip left out unless all are)."""
     moved = collections.Counter()
     for a in [a for a in path if ".global" in a.op] or path:
         moved[a.op[:2], a.array] += a.bytes / _FLOAT_ELEMENT.get(a.type, itemsize)
-    counts = [c for c in moved.values() if c > 1] or list(moved.values())
+    counts = [c for c in moved.values() if c > 2] or list(moved.values())
     return max(counts, key=lambda c: (counts.count(c), -c)) if counts else 0
 
 

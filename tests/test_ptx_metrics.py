@@ -297,13 +297,13 @@ _TINY = """.version 8.0
 
 def test_command_reads_a_folder_of_ptx(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(ptx_metrics, "find_ptxas", lambda: None)
-    for name in ("bwd_new.float16.ptx", "fwd_warp.float64.ptx", "fwd_warp.float16.ptx"):
+    for name in ("bwd_new.float16.ptx", "fwd_warp_vector.float64.ptx", "fwd_warp_vector.float16.ptx"):
         (tmp_path / name).write_text(_TINY.format(arch="sm_90"))
     text = ptx_metrics.main(["--arch", "sm_90", "--ptx-dir", str(tmp_path)])
     assert capsys.readouterr().out == text + "\n"
     # Known kernels in numba_ln.ptx's order, then the others; dtypes in order.
     assert [line.split(" | ")[:2] for line in text.splitlines()[2:]] == [
-        ["| `fwd_warp`", "float16"], ["| `fwd_warp`", "float64"], ["| `bwd_new`", "float16"]]
+        ["| `fwd_warp_vector`", "float16"], ["| `fwd_warp_vector`", "float64"], ["| `bwd_new`", "float16"]]
     with pytest.raises(SystemExit):
         ptx_metrics.main(["--arch", "sm_80", "--ptx-dir", str(tmp_path)])
     assert "is not PTX for sm_80" in capsys.readouterr().err

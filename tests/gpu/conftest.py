@@ -19,7 +19,7 @@ import pytest
 from numba_ln import _config, _cuda_backend
 
 from . import sim_shims
-from .gpu_launch import SHARED_MAX_COLS, SMALL
+from .gpu_launch import SMALL
 
 SIMULATOR = _cuda_backend.simulator_enabled()
 
@@ -85,14 +85,20 @@ def simulator_as_strict_as_a_gpu():
 
 @pytest.fixture
 def small_launch(monkeypatch):
-    """Patch the CUDA tunables small; ``set_shared_limit`` moves the shared/streaming switch."""
+    """Patch the CUDA tunables small (``gpu_launch.SMALL``)."""
     for name, value in SMALL.items():
         monkeypatch.setattr(_config, name, value)
 
-    def set_shared_limit(direction, dtype, cols=SHARED_MAX_COLS):
-        """Rows of up to ``cols`` elements fit the shared-memory cache, for this pass and dtype."""
-        per_element = 1 if direction == "forward" else 4
-        itemsize = 8 if str(dtype) == "float64" else 4
-        monkeypatch.setattr(_config, "CUDA_SHARED_CACHE_BYTES", cols * per_element * itemsize)
 
-    return set_shared_limit
+@pytest.fixture
+def launched(monkeypatch):
+    """The kernels each call launches, by name (``_ln_fwd_warp_vector``, ...), in order."""
+    from numba_ln import gpu
+    names = []
+    real = gpu._run
+
+    def spy(launch, stream, args):
+        names.append(launch.kernel.py_func.__name__)
+        return real(launch, stream, args)
+    monkeypatch.setattr(gpu, "_run", spy)
+    return names

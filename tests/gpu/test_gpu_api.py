@@ -49,10 +49,9 @@ def count_copies(monkeypatch):
     return copies
 
 
-@pytest.mark.parametrize("cols", [20, 70])
+@pytest.mark.parametrize("cols", [20, 150])
 def test_row_strided_input_and_output_are_not_copied(small_launch, no_copies, cols):
     """x[:, :cols] of a wider array, and out= likewise: read and written in place."""
-    small_launch("forward", "float32")
     wide = _data((4, cols + 9))
     weight = _data(cols, seed=1)
     d_wide = cuda.to_device(wide)
@@ -63,7 +62,6 @@ def test_row_strided_input_and_output_are_not_copied(small_launch, no_copies, co
     assert rel_error(host_out[:, :cols], layer_norm(wide[:, :cols], weight)[0]) <= TOL32
     np.testing.assert_array_equal(host_out[:, cols:], -7.0)  # untouched padding
     mean, rstd = _host(result[1]), _host(result[2])
-    small_launch("backward", "float32")
     dy = _data((4, cols + 3), seed=2)
     grads = numba_ln.layer_norm_backward(cuda.to_device(dy)[:, :cols], d_wide[:, :cols],
                                          cuda.to_device(mean), cuda.to_device(rstd),
@@ -73,9 +71,8 @@ def test_row_strided_input_and_output_are_not_copied(small_launch, no_copies, co
         assert rel_error(_host(got), want) <= TOL32
 
 
-@pytest.mark.parametrize("cols", [20, 70])
+@pytest.mark.parametrize("cols", [20, 150])
 def test_transposed_input_is_copied_on_the_device(small_launch, count_copies, cols):
-    small_launch("forward", "float32")
     x = _data((cols, 5))  # rows are the columns of this array
     y = numba_ln.layer_norm(cuda.to_device(x).T)
     assert count_copies == [(5, cols)]
@@ -83,7 +80,6 @@ def test_transposed_input_is_copied_on_the_device(small_launch, count_copies, co
 
 
 def test_in_place(small_launch):
-    small_launch("forward", "float32")
     x = _data((5, 40))
     d_x = cuda.to_device(x)
     y = numba_ln.layer_norm(d_x, out=d_x)
@@ -93,7 +89,6 @@ def test_in_place(small_launch):
 
 def test_out_overlapping_x_gets_the_right_values(small_launch):
     """out and x are shifted views of one buffer: computed aside, then copied in."""
-    small_launch("forward", "float32")
     buffer = _data((6, 40))
     d_buffer = cuda.to_device(buffer)
     numba_ln.layer_norm(d_buffer[1:], out=d_buffer[:-1])
@@ -102,7 +97,6 @@ def test_out_overlapping_x_gets_the_right_values(small_launch):
 
 def test_out_with_another_layout(small_launch):
     """A transposed out= (not row-contiguous) receives y through a device copy."""
-    small_launch("forward", "float64")
     x = _data((5, 30), np.float64)
     d_out = cuda.device_array((30, 5), np.float64)
     y = numba_ln.layer_norm(cuda.to_device(x), out=d_out.T)
@@ -113,7 +107,6 @@ def test_out_with_another_layout(small_launch):
 
 def test_parameters_of_other_dtypes_and_layouts(small_launch):
     """float64 weight (strided) with float32 x: dweight/dbias come back float64."""
-    small_launch("forward", "float32")
     x = _data((4, 24))
     weight_wide = _data(48, np.float64, seed=3)
     bias = _data(24, np.float16, seed=4)
@@ -133,9 +126,8 @@ def test_parameters_of_other_dtypes_and_layouts(small_launch):
         assert rel_error(_host(got), want) <= TOL32
 
 
-@pytest.mark.parametrize("cols", [16, 80])
+@pytest.mark.parametrize("cols", [16, 160])
 def test_nan_and_inf_stay_in_their_row(small_launch, cols):
-    small_launch("forward", "float32")
     x = _data((4, cols))
     x[1, 3] = np.nan
     x[2, 0] = np.inf
@@ -144,7 +136,6 @@ def test_nan_and_inf_stay_in_their_row(small_launch, cols):
     assert np.isnan(y[1]).all() and np.isnan(y[2]).all()
     clean = [0, 3]
     assert rel_error(y[clean], layer_norm(x[clean])[0]) <= TOL32
-    small_launch("backward", "float32")
     dy = _data(x.shape, seed=6)
     dx = _host(numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x),
                                             cuda.to_device(mean), cuda.to_device(rstd))[0])
@@ -153,10 +144,9 @@ def test_nan_and_inf_stay_in_their_row(small_launch, cols):
     assert rel_error(dx[clean], ref) <= TOL32
 
 
-@pytest.mark.parametrize("rows, cols", [(9, 5), (3, 50), (3, 150)])
+@pytest.mark.parametrize("rows, cols", [(9, 5), (3, 50), (3, 150), (3, 300)])
 def test_gradients_are_bit_identical_across_calls(small_launch, rows, cols):
     """Warp kernels (5 columns: 4 rows a block; 50: one) and streaming; blocks loop over rows."""
-    small_launch("backward", "float32")
     x = _data((rows, cols))
     dy = cuda.to_device(_data((rows, cols), seed=1))
     mean, rstd = (cuda.to_device(stat) for stat in layer_norm(x)[1:])
@@ -169,14 +159,12 @@ def test_gradients_are_bit_identical_across_calls(small_launch, rows, cols):
 
 def test_device_cuda_with_numpy_inputs(small_launch):
     """Copied in, computed on the GPU, copied back: NumPy in, NumPy out (and out=)."""
-    small_launch("forward", "float16")
     x = _data((3, 70), np.float16)
     weight = _data(70, np.float16, seed=1)
     out = np.empty_like(x)
     y, mean, rstd = numba_ln.layer_norm(x, weight, device="cuda", out=out, return_stats=True)
     assert y is out and isinstance(mean, np.ndarray) and mean.shape == (3, 1)
     assert rel_error(y, layer_norm(x, weight)[0]) <= TOLERANCE["float16"]
-    small_launch("backward", "float16")
     dy = _data(x.shape, np.float16, seed=2)
     grads = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight, device="cuda")
     assert all(isinstance(g, np.ndarray) for g in grads)
@@ -187,7 +175,6 @@ def test_device_cuda_with_numpy_inputs(small_launch):
 
 def test_byte_swapped_arrays(small_launch):
     """Host arrays bound for the GPU are converted once; device arrays and out= are refused."""
-    small_launch("forward", "float32")
     x = _data((3, 20))
     swapped = x.astype(x.dtype.newbyteorder())
     assert np.array_equal(numba_ln.layer_norm(swapped, device="cuda"),
@@ -208,10 +195,9 @@ def test_masked_arrays_are_refused_before_any_copy():
         numba_ln.layer_norm(np.ma.masked_array(_data((2, 8))), device="cuda")
 
 
-@pytest.mark.parametrize("cols", [20, 70])
+@pytest.mark.parametrize("cols", [20, 150])
 def test_backward_out_in_place_and_aside(small_launch, cols):
     """out= for dx: written directly over dy, through a copy when it overlaps x partly."""
-    small_launch("backward", "float32")
     x, dy = _data((5, cols)), _data((5, cols), seed=1)
     mean, rstd = (s.reshape(-1) for s in layer_norm(x)[1:])
     expected = layer_norm_backward(dy, x, mean, rstd)[0]
@@ -229,7 +215,6 @@ def test_backward_out_in_place_and_aside(small_launch, cols):
 
 
 def test_numba_stream_is_used(small_launch):
-    small_launch("forward", "float32")
     stream = cuda.stream()
     x = _data((3, 40))
     d_x = cuda.to_device(x, stream=stream)
@@ -275,16 +260,23 @@ def test_device_arrays_are_recognised_and_cuda_is_available():
     assert info.available, info.detail
 
 
-def test_default_configuration():
-    """The shipped tunables: a 300-wide row gets a 64-thread block and a shared cache."""
+def test_default_configuration(launched):
+    """The shipped tunables: a 304-wide float32 row gets a 32-lane warp and 16-byte vectors.
+
+    302 columns are not a whole number of vectors: the scalar kernel.
+    """
     from numba_ln import gpu
-    assert gpu.plan("forward", 2, 300, np.float32)[:4] == ("block_per_row_shared", 2,
-                                                              64, 64)
-    x = _data((2, 300))
+    p = gpu.plan("forward", 2, 302, np.float32, [0], [302])
+    assert (p.variant, p.vec, p.lanes, p.chunks) == ("warp", 1, 32, 16)
+    p = gpu.plan("forward", 2, 304, np.float32, [0], [304])
+    assert (p.variant, p.vec, p.lanes, p.chunks) == ("warp", 4, 32, 4)
+    x = _data((2, 304))
     y, mean, rstd = numba_ln.layer_norm(cuda.to_device(x), return_stats=True)
+    assert launched == ["_ln_fwd_warp_vector"]
     assert rel_error(_host(y), layer_norm(x)[0]) <= TOL32
     dy = _data(x.shape, seed=1)
     grads = numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x), mean, rstd)
+    assert launched[1:] == ["_ln_bwd_warp_vector", "_ln_bwd_reduce"]
     for got, want in zip(grads, layer_norm_backward(dy, x, _host(mean), _host(rstd))):
         assert rel_error(_host(got), want) <= TOL32
 
@@ -357,31 +349,33 @@ def test_out_is_written_directly_only_when_safe():
     assert not direct(buffer[4:], buffer[:4], buffer[7])    # a weight inside out
 
 
-@pytest.mark.parametrize("cols", [3, 70, 100])
+@pytest.mark.parametrize("cols", [3, 150, 300])
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
 def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, cols, dtype):
-    """Every launch passes exactly the types tests/test_ptx.py compiles and checks."""
+    """Every launch passes exactly the types tests/test_ptx.py compiles and checks.
+
+    Warp, block and split schedules (3, 150 and 300 columns under
+    ``small_launch``, for float32), float16 gains passed as they are, the
+    reduction last.
+    """
     from numba import typeof
 
     from numba_ln import gpu
     launched = []
-    real = _cuda_backend._launch
+    real = gpu._run
 
-    def spy(kernel, grid, block, stream, shared_bytes, args):
-        launched.append((kernel, tuple(typeof(a) for a in args)))
-        return real(kernel, grid, block, stream, shared_bytes, args)
+    def spy(launch, stream, args):
+        launched.append((launch, tuple(typeof(a) for a in args)))
+        return real(launch, stream, args)
 
-    monkeypatch.setattr(_cuda_backend, "_launch", spy)
-    small_launch("forward", dtype)
+    monkeypatch.setattr(gpu, "_run", spy)
     x = cuda.to_device(_data((1, cols), dtype))
     weight = cuda.to_device(_data(cols, dtype, seed=1))
     _, mean, rstd = numba_ln.layer_norm(x, weight, weight, return_stats=True)
     numba_ln.layer_norm_backward(x, x, mean, rstd, weight)
-    compute = np.float64 if dtype == "float64" else np.float32
-    forward, backward = (gpu.plan(direction, 1, cols, compute)
-                         for direction in ("forward", "backward"))
-    planned = (forward, backward, backward.reduction)
-    assert [kernel for kernel, _ in launched] == [launch.kernel for launch in planned]
-    expected = gpu.signatures(dtype)
-    for (_, types), launch in zip(launched, planned):
-        assert types == expected[launch.kernel_name]
+    planned = [launch.name for direction in ("forward", "backward")
+               for launch in gpu.plan(direction, 1, cols, dtype, [0], [cols]).launches]
+    assert [launch.name for launch, _ in launched] == planned
+    expected = gpu.signatures(dtype, param_dtype=dtype)
+    for launch, types in launched:
+        assert types == expected[launch.name], launch.name

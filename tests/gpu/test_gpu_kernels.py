@@ -1,9 +1,11 @@
 """Every CUDA kernel variant and every boundary, forward and backward, against float64.
 
-With the ``small_launch`` configuration (conftest): warp-per-row kernels for
-rows of up to 64 elements (32 lanes x 2 registers; parts of a warp below 32),
-block-per-row kernels with a shared-memory cache up to 96 elements, streaming
-beyond. ``plan`` is asserted for each shape, so a change of thresholds cannot
+Under the ``small_launch`` configuration (``gpu_launch.SMALL``), float32:
+warp kernels serve rows of up to 128 elements, block kernels up to 256,
+longer rows (and a single row of 200 or more) are split into segments. Each
+case names the schedule it reaches in each pass, whether it runs the vector
+(16-byte) or the scalar kernels, and asserts that ``plan`` chose them and
+that those very kernels were launched, so a change of thresholds cannot
 silently drop a variant from the tests.
 """
 
@@ -16,23 +18,44 @@ from numba_ln import _config
 from numba_ln import gpu
 from numba_ln._validate import compute_dtype as _compute_dtype
 
-from .gpu_launch import SHARED_MAX_COLS, WARP_MAX_COLS
 from .gpu_reference import TOLERANCE, layer_norm, layer_norm_backward, rel_error
 
-#: (cols, forward variant): 1, 31, 32, 33 lanes; the register/shared switch +-1;
-#: the shared/streaming switch +-1.
-COLUMNS = [
-    (1, "warp_per_row"),
-    (31, "warp_per_row"),
-    (32, "warp_per_row"),
-    (33, "warp_per_row"),
-    (WARP_MAX_COLS - 1, "warp_per_row"),
-    (WARP_MAX_COLS, "warp_per_row"),
-    (WARP_MAX_COLS + 1, "block_per_row_shared"),
-    (SHARED_MAX_COLS - 1, "block_per_row_shared"),
-    (SHARED_MAX_COLS, "block_per_row_shared"),
-    (SHARED_MAX_COLS + 1, "block_per_row_streaming"),
+#: (dtype, rows, cols, forward schedule, backward schedule, vector kernels?):
+#: 1, 31, 32, 33 and 128 (the widest) columns for a warp, parts of a warp (4 and 32
+#: columns are 1 and 8 vectors), the warp/block switch +-1 (the scalar backward
+#: holds half as much per thread, so 129 splits), the block/split switch +-1,
+#: a split row with a short last segment, and one long row split to fill the GPU.
+CASES = [
+    ("float32", 3, 1, "warp", "warp", False),
+    ("float32", 3, 4, "warp", "warp", True),
+    ("float32", 3, 31, "warp", "warp", False),
+    ("float32", 3, 32, "warp", "warp", True),
+    ("float32", 3, 33, "warp", "warp", False),
+    ("float32", 3, 128, "warp", "warp", True),
+    ("float32", 3, 129, "block", "split", False),
+    ("float32", 3, 132, "block", "block", True),
+    ("float32", 3, 256, "block", "block", True),
+    ("float32", 3, 257, "split", "split", False),
+    ("float32", 3, 260, "split", "split", True),
+    ("float32", 1, 252, "split", "split", True),
+    ("float16", 3, 8, "warp", "warp", True),
+    ("float16", 3, 33, "warp", "warp", False),
+    ("float16", 3, 264, "block", "block", True),
+    ("float16", 3, 260, "block", "split", False),
+    ("float16", 3, 520, "split", "split", True),
+    ("float64", 3, 4, "warp", "warp", True),
+    ("float64", 3, 33, "warp", "block", False),
+    ("float64", 3, 124, "block", "block", True),
+    ("float64", 3, 257, "split", "split", False),
+    ("float64", 3, 260, "split", "split", True),
 ]
+
+
+def _expected_kernels(direction, schedule, vector):
+    short = {"forward": "fwd", "backward": "bwd"}[direction]
+    names = [f"_ln_{short}_{name.split('_', 1)[1]}_{'vector' if vector else 'scalar'}"
+             for name in gpu.VARIANTS[schedule][direction]]
+    return names + (["_ln_bwd_reduce"] if direction == "backward" else [])
 
 
 def compute_dtype(dtype):
@@ -70,48 +93,41 @@ def _check_backward(dy, x, mean, rstd, weight, result, axis=-1):
     assert rel_error(dbias, ref_dbias) <= tol
 
 
-#: Every boundary in float32; every variant in float16 and float64.
-CASES = ([("float32", cols, variant) for cols, variant in COLUMNS]
-         + [(dtype, cols, variant) for dtype in ("float16", "float64")
-            for cols, variant in (COLUMNS[3], COLUMNS[6], COLUMNS[9])])
-
-
-@pytest.mark.parametrize("dtype, cols, variant", CASES)
-def test_every_variant_and_boundary(small_launch, cols, variant, dtype):
-    """Forward then backward, 3 rows (more rows than backward blocks)."""
-    compute = compute_dtype(dtype)
-    rows = 3
-    small_launch("forward", dtype)
-    assert gpu.plan("forward", rows, cols, compute).variant == variant
+@pytest.mark.parametrize("dtype, rows, cols, forward, backward, vector", CASES)
+def test_every_variant_and_boundary(small_launch, launched, dtype, rows, cols, forward,
+                                    backward, vector):
+    """Forward then backward (3 rows: more than the backward's 2 partial rows)."""
+    storage = np.dtype(dtype)
+    for direction, schedule in (("forward", forward), ("backward", backward)):
+        planned = gpu.plan(direction, rows, cols, storage, [0], [cols])
+        assert (planned.variant, planned.vec > 1) == (schedule, vector), direction
     x = _data((rows, cols), dtype, cols)
     weight = _data(cols, dtype, cols + 1, offset=1.0)
     bias = _data(cols, dtype, cols + 2, offset=0.0)
     dx_, dw_, db_ = (cuda.to_device(a) for a in (x, weight, bias))
     result = numba_ln.layer_norm(dx_, dw_, db_, return_stats=True)
+    assert launched == _expected_kernels("forward", forward, vector)
     mean, rstd = _check_forward(x, weight, bias, result)
 
-    small_launch("backward", dtype)
-    launch = gpu.plan("backward", rows, cols, compute)
-    assert launch.variant == variant
+    launched.clear()
     dy = _data((rows, cols), dtype, cols + 3, offset=0.0)
     grads = numba_ln.layer_norm_backward(cuda.to_device(dy), dx_, cuda.to_device(mean),
                                          cuda.to_device(rstd), dw_)
+    assert launched == _expected_kernels("backward", backward, vector)
     _check_backward(dy, x, mean, rstd, weight, grads)
 
 
 @pytest.mark.parametrize("rows, cols, variant",
                          [(rows, cols, variant) for rows in (0, 1)
-                          for cols, variant in (COLUMNS[3], COLUMNS[6], COLUMNS[9])]
-                         + [(35, 3, "warp_per_row")])
+                          for cols, variant in ((33, "warp"), (132, "block"), (260, "split"))]
+                         + [(35, 3, "warp")])
 def test_row_counts(small_launch, rows, cols, variant):
-    """No rows, one row, and many (8 rows per warp-kernel block, several per group)."""
-    small_launch("forward", "float32")
+    """No rows, one row, and many (11 rows per 32-lane warp: a warp loops in the backward)."""
     x = _data((rows, cols), np.float32, rows + cols)
     result = numba_ln.layer_norm(cuda.to_device(x), return_stats=True)
     assert result[1].shape == result[2].shape == (rows, 1)
     mean, rstd = _check_forward(x, None, None, result)
-    small_launch("backward", "float32")
-    assert gpu.plan("backward", max(rows, 1), cols, np.float32).variant == variant
+    assert gpu.plan("backward", max(rows, 3), cols, np.float32, [0], [cols]).variant == variant
     dy = _data((rows, cols), np.float32, 7, offset=0.0)
     grads = numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x),
                                          cuda.to_device(mean), cuda.to_device(rstd))
@@ -121,26 +137,17 @@ def test_row_counts(small_launch, rows, cols, variant):
         np.testing.assert_array_equal(grads[2].copy_to_host(), 0)
 
 
-@pytest.mark.parametrize("cols, variant", [(3, "warp_per_row"),
-                                           (WARP_MAX_COLS // 2 + 1, "block_per_row_shared"),
-                                           (SHARED_MAX_COLS + 1, "block_per_row_streaming")])
-def test_any_rank_and_axis(small_launch, monkeypatch, cols, variant):
-    """Rank 4, ``axis=-2``: rows of ``2 * cols`` elements, stats of shape (1, 3, 1, 1).
-
-    Block-per-row kernels get two warps here (a two-warp reduction tree).
-    """
-    monkeypatch.setattr(_config, "CUDA_ROW_BLOCK_THREADS", 64)
-    small_launch("forward", "float64", cols=2 * SHARED_MAX_COLS)
+@pytest.mark.parametrize("cols, variant", [(3, "warp"), (40, "block"), (130, "split")])
+def test_any_rank_and_axis(small_launch, cols, variant):
+    """Rank 4, ``axis=-2``: rows of ``2 * cols`` elements, stats of shape (1, 3, 1, 1)."""
     shape = (1, 3, 2, cols)
-    assert gpu.plan("forward", 3, 2 * cols, np.float64).variant == variant
+    assert gpu.plan("forward", 3, 2 * cols, np.float64, [0], [2 * cols]).variant == variant
     x = _data(shape, np.float64, cols)
     weight = _data(shape[2:], np.float64, 1, offset=1.0)
     result = numba_ln.layer_norm(cuda.to_device(x), cuda.to_device(weight), axis=-2,
                                  return_stats=True)
     assert result[1].shape == (1, 3, 1, 1)
     mean, rstd = _check_forward(x, weight, None, result, axis=-2)
-    small_launch("backward", "float64", cols=2 * SHARED_MAX_COLS)
-    assert gpu.plan("backward", 3, 2 * cols, np.float64).variant == variant
     dy = _data(shape, np.float64, 2, offset=0.0)
     grads = numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x),
                                          cuda.to_device(mean), cuda.to_device(rstd),

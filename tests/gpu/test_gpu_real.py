@@ -8,7 +8,7 @@ import pytest
 from numba import cuda
 
 import numba_ln
-from numba_ln import _config, gpu
+from numba_ln import gpu
 
 from .gpu_reference import TOLERANCE, layer_norm, layer_norm_backward, rel_error
 
@@ -19,10 +19,12 @@ def _data(shape, dtype, seed=0):
     return (np.random.default_rng(seed).standard_normal(shape) + 1.0).astype(dtype)
 
 
-#: (rows, cols) reaching each variant with the shipped tunables: warp (256
-#: and below), block + shared cache, block streaming (float32 forward beyond
-#: 8192 columns, backward beyond 2048).
-SHAPES = [(1000, 7), (513, 256), (300, 257), (128, 768), (16, 3000), (4, 12289)]
+#: (rows, cols) reaching each variant with the shipped tunables, float32: warp
+#: (forward up to 1024 columns, backward 512; scalar for widths that are not a
+#: whole number of vectors), block (forward up to 16384, backward 8192), split
+#: beyond, and a long row with few rows split to fill the GPU.
+SHAPES = [(1000, 7), (513, 256), (300, 257), (128, 768), (16, 3000), (16, 3001),
+          (40, 20000), (100, 20004), (1, 65536)]
 
 
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
@@ -43,19 +45,25 @@ def test_shipped_configuration(rows, cols, dtype):
         assert rel_error(got.copy_to_host(), want) <= tol
 
 
-def test_launches_use_the_compiled_signatures():
+def test_launches_use_the_compiled_signatures(monkeypatch):
     """What runs is what tests/test_ptx.py compiled and checked for spills."""
+    from numba import typeof
+    launched = []
+    real = gpu._run
+
+    def spy(launch, stream, args):
+        launched.append((launch.name, tuple(typeof(a) for a in args)))
+        return real(launch, stream, args)
+
+    monkeypatch.setattr(gpu, "_run", spy)
     for dtype in ("float16", "float32", "float64"):
-        test_shipped_configuration(40, 100, dtype)
-        test_shipped_configuration(2, 9000, dtype)
-        test_shipped_configuration(2, 300, dtype)
-        compute = np.dtype(np.float64 if dtype == "float64" else np.float32)
-        kernel_set = gpu.build_kernel_set(compute, _config.CUDA_WARP_ITEMS_PER_THREAD,
-                                          _config.CUDA_WARP_BLOCK_THREADS,
-                                          _config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_FASTMATH)
-        expected = gpu.signatures(dtype)
-        for name in gpu.KernelSet._fields:
-            assert expected[name] in set(getattr(kernel_set, name).overloads), name
+        launched.clear()
+        for rows, cols in ((40, 100), (16, 3000), (2, 9000), (1, 65536)):
+            test_shipped_configuration(rows, cols, dtype)
+        expected = gpu.signatures(dtype, param_dtype=dtype)  # dweight in weight's dtype
+        assert {name for name, _ in launched} == set(expected)
+        for name, types in launched:
+            assert types == expected[name], name
 
 
 def test_raw_stream_handle():
