@@ -30,6 +30,15 @@ which has no warp shuffles at all.
   lies outside the block, or that does not arrive within
   ``SHUFFLE_DEADLINE_S`` makes the waiting lanes raise
   :class:`WarpShuffleError` instead of hanging.
+- ``numba_ln._gpu_ops.simulated_load`` and ``simulated_store``, which every
+  row access of the kernels goes through under the simulator (looked up at
+  call time): the access's first element must sit at a byte address that is
+  a multiple of ``min(16, width * itemsize)``, as the GPU's ``ld.global.v*``
+  requires, or :class:`MisalignedAccessError` names the address and the
+  kernel call site. The address is the 1-D ``array._ary``'s data pointer
+  plus ``index`` strides (the kernels get 1-D buffers that view the
+  caller's memory, so a view's offset is in its pointer). Every element accessed is
+  then recorded in each :func:`counting` counter that is entered.
 
 The simulator re-raises a kernel thread's exception from the launch as
 ``type(e)(msg)``, so these exceptions take a single message argument.
@@ -41,6 +50,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 
 #: Lanes in a warp; lanes are consecutive threads in ``threadIdx`` linear order.
@@ -62,6 +72,10 @@ class DivergentBarrierError(SimulatorShimError):
 
 class WarpShuffleError(SimulatorShimError):
     """A warp shuffle whose lanes did not all take part, or read an inactive lane."""
+
+
+class MisalignedAccessError(SimulatorShimError):
+    """A vector load or store whose first element is not aligned to the access's size."""
 
 
 class _BlockState:
@@ -86,21 +100,27 @@ def _site_text(site):
 
 @contextlib.contextmanager
 def installed():
-    """Patch the simulator with the barrier check and ``shfl_xor_sync`` while entered."""
+    """Patch the simulator with the barrier check, ``shfl_xor_sync`` and strict row accesses."""
     from numba.cuda.simulator import kernel as sim_kernel
     from numba.cuda.simulator import kernelapi as sim_kernelapi
+
+    import numba_ln._gpu_ops as gpu_ops
 
     simulator_dir = os.path.dirname(sim_kernel.__file__) + os.sep
     # Frames in these files are the simulator's, Python's or ours, never kernel source.
     not_kernel_source = {threading.__file__, __file__}
     # Code object -> whether it is kernel source; a barrier asks per frame, ~100k times a run.
-    is_kernel_source = {}
+    # The vector access's simulator stand-in is not: a site starts at the kernel line calling it.
+    is_kernel_source = {code: False for code in gpu_ops._simulated_access.__code__.co_consts
+                        if getattr(code, "co_name", None) == "access"}
     # The closure in BlockManager.run that calls the kernel: frames above it are the thread's.
     thread_entry = [code for code in sim_kernel.BlockManager.run.__code__.co_consts
                     if getattr(code, "co_name", None) == "target"]
     original_init = sim_kernel.BlockManager.__init__
     original_run = sim_kernel.BlockThread.run
     original_syncthreads = sim_kernel.BlockThread.syncthreads
+    original_load = gpu_ops.simulated_load
+    original_store = gpu_ops.simulated_store
 
     def kernel_call_site():
         """(code, line) of each kernel-source frame, innermost first."""
@@ -150,6 +170,30 @@ def installed():
                 f"{_site_text(site)}")
         original_syncthreads(self)
 
+    def checked_access(kind, array, index, width):
+        """Raise if the access is misaligned; else record its elements in the counters."""
+        data = array._ary
+        itemsize = data.itemsize
+        address = data.__array_interface__["data"][0] + index * data.strides[0]
+        alignment = min(gpu_ops.VECTOR_BYTES, width * itemsize)
+        if address % alignment:
+            # The simulator puts the thread's and block's indices in front of the message.
+            raise MisalignedAccessError(
+                f"{kind} of {width} x {itemsize}-byte elements at address {address:#x} "
+                f"(element {index}) is not aligned to {alignment} bytes "
+                f"(address % {alignment} = {address % alignment}), at "
+                f"{_site_text(kernel_call_site())}")
+        for counter in _counters:
+            counter.record(kind, address, itemsize, width)
+
+    def strict_load(array, index, dest, start, width):
+        checked_access("load", array, index, width)
+        original_load(array, index, dest, start, width)
+
+    def strict_store(array, index, src, start, width):
+        checked_access("store", array, index, width)
+        original_store(array, index, src, start, width)
+
     def shfl_xor_sync(fake_cuda, mask, value, offset):
         """Value of lane ``lane ^ offset`` of this warp; every lane of ``mask`` must call."""
         thread = threading.current_thread()
@@ -164,7 +208,119 @@ def installed():
         patch.setattr(sim_kernel.BlockThread, "syncthreads", checked_syncthreads)
         patch.setattr(sim_kernelapi.FakeCUDAModule, "shfl_xor_sync", shfl_xor_sync,
                       raising=False)
+        strict_load.records_into = strict_store.records_into = _counters  # counting() checks
+        patch.setattr(gpu_ops, "simulated_load", strict_load)
+        patch.setattr(gpu_ops, "simulated_store", strict_store)
         yield
+
+
+#: The counters of the :func:`counting` blocks entered now; the strict accesses record into each.
+_counters = []
+
+
+class AccessCounter:
+    """How many times each element was read and written through the kernels' row accesses.
+
+    Records every element that ``_gpu_ops.simulated_load`` (a read) and
+    ``simulated_store`` (a write) access, by the byte address of the
+    element's first byte; :meth:`reads` and :meth:`writes` look the elements
+    of an array up by address. Query arrays that stayed allocated while
+    counting (a freed array's address may be reused), in the dtype the
+    kernels accessed them in.
+    """
+
+    def __init__(self):
+        # The simulator runs a Python thread per CUDA thread: appends go under the lock.
+        self._lock = threading.Lock()
+        # "load"/"store" -> byte address of each element accessed, once per access.
+        self._addresses = {"load": [], "store": []}
+
+    def record(self, kind, address, itemsize, width):
+        """Count the ``width`` elements of ``itemsize`` bytes from ``address`` once, as ``kind``."""
+        with self._lock:
+            self._addresses[kind].extend(range(address, address + width * itemsize, itemsize))
+
+    def reads(self, array):
+        """Times each element of ``array`` was read.
+
+        Parameters
+        ----------
+        array : simulator device array or numpy.ndarray
+            Any view: its elements are found by address, whatever the strides.
+
+        Returns
+        -------
+        numpy.ndarray of int64
+            ``array``'s shape.
+        """
+        return self._counts("load", array)
+
+    def writes(self, array):
+        """Times each element of ``array`` was written; as :meth:`reads`."""
+        return self._counts("store", array)
+
+    @property
+    def total_reads(self):
+        """Elements read, over every array."""
+        return len(self._addresses["load"])
+
+    @property
+    def total_writes(self):
+        """Elements written, over every array."""
+        return len(self._addresses["store"])
+
+    def _counts(self, kind, array):
+        with self._lock:
+            seen = np.array(self._addresses[kind], dtype=np.int64)
+        seen.sort()
+        wanted = element_addresses(array)
+        return (np.searchsorted(seen, wanted, side="right")
+                - np.searchsorted(seen, wanted, side="left"))
+
+
+def element_addresses(array):
+    """Byte address of each element of ``array`` (a simulator device array or a NumPy array).
+
+    Examples
+    --------
+    >>> buffer = np.zeros((2, 4), np.float32)
+    >>> (element_addresses(buffer[:, 1:3]) - element_addresses(buffer)[0, 0]).tolist()
+    [[4, 8], [20, 24]]
+    """
+    data = np.asarray(getattr(array, "_ary", array))
+    addresses = np.array(data.__array_interface__["data"][0], dtype=np.int64)
+    for extent, stride in zip(data.shape, data.strides):
+        addresses = addresses[..., None] + np.arange(extent, dtype=np.int64) * stride
+    return addresses
+
+
+@contextlib.contextmanager
+def counting():
+    """Count the kernels' element reads and writes while entered; yields an :class:`AccessCounter`.
+
+    Needs :func:`installed` entered (the GPU tests' conftest does it for the
+    whole simulator session). Counters may nest; each sees every access made
+    while it is entered.
+
+    Yields
+    ------
+    AccessCounter
+
+    Raises
+    ------
+    RuntimeError
+        The strict accesses are not installed, so nothing would be counted.
+    """
+    import numba_ln._gpu_ops as gpu_ops
+    if getattr(gpu_ops.simulated_load, "records_into", None) is not _counters:
+        raise RuntimeError("sim_shims.counting() needs sim_shims.installed() entered "
+                           "(and NUMBA_ENABLE_CUDASIM=1): nothing would be counted")
+    counter = AccessCounter()
+    _counters.append(counter)
+    try:
+        yield counter
+    finally:
+        _counters.remove(counter)
 
 
 def _exchange(thread, mask, value, source):

@@ -1,9 +1,10 @@
-"""The simulator shims (``sim_shims``): a faithful ``shfl_xor_sync`` and the barrier check.
+"""The simulator shims (``sim_shims``): ``shfl_xor_sync``, the barrier check, strict row accesses.
 
 The shuffle tests that compare values also run on a real GPU (the shim must
 agree with the hardware); the tests that break the rules would hang or be
 undefined on a GPU, so they run only under the simulator, each under a
-timeout so that a hang fails instead of stalling the run.
+timeout so that a hang fails instead of stalling the run. So do the tests
+of the vector accesses' alignment check and of the access counter.
 """
 
 import inspect
@@ -12,10 +13,13 @@ import time
 
 import numpy as np
 import pytest
-from numba import cuda
+from numba import cuda, float32
+
+from numba_ln import _gpu_ops
 
 from .conftest import SIMULATOR
-from .sim_shims import DivergentBarrierError, WarpShuffleError
+from .sim_shims import (DivergentBarrierError, MisalignedAccessError, WarpShuffleError,
+                        counting, element_addresses)
 
 FULL_MASK = 0xFFFFFFFF
 #: Seconds a rule-breaking launch may take before the test calls it a hang.
@@ -233,3 +237,110 @@ def test_barrier_check_passes_uniform_barriers():
     out = cuda.to_device(np.zeros(24, np.int64))
     _uniform_barriers_after_early_exit[1, 32](out)
     np.testing.assert_array_equal(out.copy_to_host(), 2)
+
+
+# --------------------------------------------------------------------------
+# Vector loads and stores: the alignment check and the access counter
+# --------------------------------------------------------------------------
+
+_load4, _store4 = _gpu_ops.vector_load(4), _gpu_ops.vector_store(4)
+_load1, _store1 = _gpu_ops.vector_load(1), _gpu_ops.vector_store(1)
+
+
+@cuda.jit
+def _copy_four(source, source_index, target, target_index):
+    """Thread 0 moves 4 elements through one vector load and one vector store."""
+    local = cuda.local.array(4, float32)
+    if cuda.threadIdx.x == 0:
+        _load4(source, source_index, 0, local, 0)
+        _store4(target, target_index, 0, local, 0)
+
+
+@cuda.jit
+def _copy_one(source, target):
+    """Thread ``t`` copies element ``t``; thread 0 reads element 0 a second time."""
+    local = cuda.local.array(1, float32)
+    tid = cuda.threadIdx.x
+    _load1(source, tid, 0, local, 0)
+    if tid == 0:
+        _load1(source, 0, 0, local, 0)
+    _store1(target, tid, 0, local, 0)
+
+
+def _device_at(dtype, past_64, size):
+    """A simulator device array of ``size`` zeros whose first element is ``past_64`` bytes past
+    a 64-byte boundary (NumPy allows unaligned views)."""
+    dtype = np.dtype(dtype)
+    raw = cuda.to_device(np.zeros(size * dtype.itemsize + 64 + past_64, np.uint8))
+    skip = -element_addresses(raw)[0] % 64 + past_64
+    return raw[skip:skip + size * dtype.itemsize].view(dtype)
+
+
+@simulator_only
+@pytest.mark.parametrize("index", [1, 2, 3, 6])
+def test_vector_load_at_a_misaligned_index_fails(index):
+    """4 float32 need 16-byte alignment: element 6 (8 bytes aligned) is no better than 1."""
+    source = _device_at(np.float32, 0, 16)
+    target = _device_at(np.float32, 0, 16)
+    path, (line,) = lines_calling(_copy_four, "_load4")
+    address = element_addresses(source)[index]
+    with pytest.raises(MisalignedAccessError) as raised:
+        _copy_four[1, 32](source, index, target, 0)
+    message = str(raised.value)
+    assert (f"load of 4 x 4-byte elements at address {address:#x} (element {index}) "
+            f"is not aligned to 16 bytes") in message
+    assert f"{path}:{line} (_copy_four)" in message
+
+
+@simulator_only
+@pytest.mark.parametrize("source_past, launch, problem", [
+    (0, lambda source, target: _copy_four[1, 32](source, 4, target, 2),
+     r"store of 4 x 4-byte elements .* \(element 2\) is not aligned to 16 bytes "
+     r"\(address % 16 = 8\)"),
+    (2, lambda source, target: _copy_one[1, 32](source, target),
+     r"load of 1 x 4-byte elements .* is not aligned to 4 bytes \(address % 4 = 2\)"),
+], ids=["vector-store", "scalar-load"])
+def test_misaligned_store_and_scalar_access_fail(source_past, launch, problem):
+    """Stores are checked as loads are; width 1 asks the element's own alignment (4 bytes here)."""
+    source = _device_at(np.float32, source_past, 32)
+    target = _device_at(np.float32, 0, 32)
+    with pytest.raises(MisalignedAccessError, match=problem):
+        launch(source, target)
+
+
+@simulator_only
+@pytest.mark.parametrize("source_index, target_index", [(0, 0), (4, 12), (12, 4)])
+def test_aligned_vector_accesses_pass(source_index, target_index):
+    values = np.arange(16, dtype=np.float32)
+    source = _device_at(np.float32, 0, 16)
+    source[:] = values
+    target = _device_at(np.float32, 0, 16)
+    _copy_four[1, 32](source, source_index, target, target_index)
+    copied = target.copy_to_host()[target_index:target_index + 4]
+    np.testing.assert_array_equal(copied, values[source_index:source_index + 4])
+
+
+@simulator_only
+def test_counter_counts_each_element_read_and_written():
+    """Element 0 is read twice, the others once; a view with a row stride is looked up by address."""
+    source = _device_at(np.float32, 0, 32)
+    target = _device_at(np.float32, 0, 32)
+    with counting() as counter:
+        _copy_one[1, 32](source, target)
+    expected = np.ones(32, np.int64)
+    expected[0] = 2
+    np.testing.assert_array_equal(counter.reads(source), expected)
+    np.testing.assert_array_equal(counter.writes(target), np.ones(32))
+    assert counter.writes(source).sum() == counter.reads(target).sum() == 0
+    assert (counter.total_reads, counter.total_writes) == (33, 32)
+    rows = source.reshape(4, 8)[:, :3]
+    np.testing.assert_array_equal(counter.reads(rows), expected.reshape(4, 8)[:, :3])
+
+
+@simulator_only
+def test_counting_refuses_to_count_without_the_strict_accesses(monkeypatch):
+    """Without the shims nothing would be recorded: an empty count must not pass for a clean one."""
+    monkeypatch.setattr(_gpu_ops, "simulated_load", lambda *args: None)
+    with pytest.raises(RuntimeError, match="needs sim_shims.installed"):
+        with counting():
+            pass
