@@ -108,6 +108,18 @@ def _words_of_lanes(builder, lanes):
     return words
 
 
+def _access(context, builder, sig, args):
+    """What both intrinsics start from: the element pointer, the element's LLVM type and
+    size, the local array, and its first index."""
+    from numba import types
+    array_type, _, _, local_type, start_type = sig.args
+    pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
+    element = context.get_data_type(array_type.dtype)
+    local = context.make_array(local_type)(context, builder, args[3])
+    first = context.cast(builder, args[4], start_type, types.intp)
+    return pointer, element, context.get_abi_sizeof(element), local, first
+
+
 @functools.cache
 def vector_load(width):
     """``load(array, row_base, col, dest, start)``: ``width`` elements into a local array.
@@ -144,10 +156,8 @@ def vector_load(width):
     @intrinsic
     def load(typingctx, array, row_base, col, dest, start):
         def codegen(context, builder, sig, args):
-            array_type, _, _, dest_type, start_type = sig.args
-            pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
-            element = context.get_data_type(array_type.dtype)
-            itemsize = context.get_abi_sizeof(element)
+            array_type, _, _, dest_type, _ = sig.args
+            pointer, element, itemsize, local, first = _access(context, builder, sig, args)
             align = min(VECTOR_BYTES, width * itemsize)
             if _packed(element, width, itemsize):
                 words_type = ir.VectorType(ir.IntType(32), width // 2)
@@ -160,8 +170,6 @@ def vector_load(width):
                                       align=align)
                 lanes = [builder.extract_element(vector, ir.Constant(ir.IntType(32), t))
                          for t in range(width)]
-            local = context.make_array(dest_type)(context, builder, args[3])
-            first = context.cast(builder, args[4], start_type, types.intp)
             for t in range(width):
                 value = context.cast(builder, lanes[t], array_type.dtype, dest_type.dtype)
                 index = builder.add(first, ir.Constant(first.type, t))
@@ -206,12 +214,8 @@ def vector_store(width):
     @intrinsic
     def store(typingctx, array, row_base, col, src, start):
         def codegen(context, builder, sig, args):
-            array_type, _, _, src_type, start_type = sig.args
-            pointer = _element_pointer(context, builder, array_type, args[0], args[1], args[2])
-            element = context.get_data_type(array_type.dtype)
-            itemsize = context.get_abi_sizeof(element)
-            local = context.make_array(src_type)(context, builder, args[3])
-            first = context.cast(builder, args[4], start_type, types.intp)
+            array_type, _, _, src_type, _ = sig.args
+            pointer, element, itemsize, local, first = _access(context, builder, sig, args)
             lanes = []
             for t in range(width):
                 index = builder.add(first, ir.Constant(first.type, t))

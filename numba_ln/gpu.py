@@ -102,13 +102,140 @@ def _name(kernel, name, vector):
 # per access), the vectors each thread holds and the column-index type.
 # --------------------------------------------------------------------------
 
+@functools.cache
+def _row_steps(vec, chunks, index):
+    """The device functions every kernel is built from, for one vector width and chunk count.
+
+    A thread holds the vectors ``first, first + stride, ...`` (``chunks`` of
+    them, ``vec`` elements each) of a row or segment of ``width`` elements;
+    each step loops over them fully unrolled, so ``cache`` and the other
+    local arrays stay in registers. Returns a dict of name to function.
+    """
+    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
+
+    @cuda.jit(device=True, inline="always")
+    def load_params(weight, bias, has_weight, has_bias, col, w, b):
+        """The gain and bias at columns ``col .. col + vec`` (1 and 0 where absent)."""
+        if has_weight:
+            load(weight, 0, col, w, 0)
+        else:
+            for t in range(vec):
+                w[t] = 1
+        if has_bias:
+            load(bias, 0, col, b, 0)
+        else:
+            for t in range(vec):
+                b[t] = 0
+
+    @cuda.jit(device=True, inline="always")
+    def load_row(x, base, first, stride, width, active, cache, zero):
+        """Load the thread's vectors into ``cache``; return their sum."""
+        total = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if active and col < width:
+                load(x, base, col, cache, k * vec)
+                for t in range(vec):
+                    total += cache[k * vec + t]
+        return total
+
+    @cuda.jit(device=True, inline="always")
+    def deviation_sums(cache, center, first, stride, width, active, zero):
+        """The sums of ``d = x - center`` and of ``d * d`` over the thread's elements."""
+        dsum = zero
+        dsq = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if active and col < width:
+                for t in range(vec):
+                    d = _math.shifted(cache[k * vec + t], center)
+                    dsum += d
+                    dsq += d * d
+        return dsum, dsq
+
+    @cuda.jit(device=True, inline="always")
+    def normalize_row(y, base, weight, bias, has_weight, has_bias, param_start, first, stride,
+                      width, cache, center, correction, row_rstd, w, b):
+        """``y = (x - mean) * rstd * weight + bias`` from ``cache``, stored by vectors."""
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                load_params(weight, bias, has_weight, has_bias, index(param_start + col), w, b)
+                for t in range(vec):
+                    cache[k * vec + t] = _math.normalize_affine(
+                        _math.centered(cache[k * vec + t], center, correction), row_rstd,
+                        w[t], b[t])
+                store(y, base, col, cache, k * vec)
+
+    @cuda.jit(device=True, inline="always")
+    def gradient_sums(dy, dy_base, x, x_base, weight, has_weight, param_start, first, stride,
+                      width, active, row_mean, row_rstd, xhat, g, w, dweight_acc, dbias_acc,
+                      zero):
+        """Load ``dy`` and ``x``; keep ``xhat`` and ``g = w * dy``; add each column's
+        ``dy * xhat`` and ``dy``. Returns the sums of ``g`` and of ``g * xhat``."""
+        sum_g = zero
+        sum_gxhat = zero
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if active and col < width:
+                load(dy, dy_base, col, g, k * vec)
+                load(x, x_base, col, xhat, k * vec)
+                if has_weight:
+                    load(weight, 0, index(param_start + col), w, 0)
+                else:
+                    for t in range(vec):
+                        w[t] = 1
+                for t in range(vec):
+                    grad = g[k * vec + t]
+                    value = _math.normalized(xhat[k * vec + t], row_mean, row_rstd)
+                    xhat[k * vec + t] = value
+                    dweight_acc[k * vec + t] += grad * value
+                    dbias_acc[k * vec + t] += grad
+                    grad = w[t] * grad
+                    g[k * vec + t] = grad
+                    sum_g += grad
+                    sum_gxhat += grad * value
+        return sum_g, sum_gxhat
+
+    @cuda.jit(device=True, inline="always")
+    def input_gradient(dx, base, first, stride, width, xhat, g, row_rstd, mean_g, mean_gxhat):
+        """``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, stored by vectors."""
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                for t in range(vec):
+                    g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
+                                                      row_rstd, mean_g, mean_gxhat)
+                store(dx, base, col, g, k * vec)
+
+    @cuda.jit(device=True, inline="always")
+    def store_partials(dweight_part, dbias_part, base, first, stride, width, dweight_acc,
+                       dbias_acc):
+        """The thread's column sums into its partial rows."""
+        for k in range(chunks):
+            col = index(first + index(k) * stride)
+            if col < width:
+                store(dweight_part, base, col, dweight_acc, k * vec)
+                store(dbias_part, base, col, dbias_acc, k * vec)
+
+    @cuda.jit(device=True, inline="always")
+    def fill(values, value):
+        for i in range(vec * chunks):
+            values[i] = value
+
+    return {"load_row": load_row, "deviation_sums": deviation_sums,
+            "normalize_row": normalize_row, "gradient_sums": gradient_sums,
+            "input_gradient": input_gradient, "store_partials": store_partials, "fill": fill}
+
+
 # Forward 1. Rows of up to lanes * vec * chunks elements, a group of `lanes` threads each (several
 # rows per block). Caches the row in registers. Reduces with warp shuffles: no barrier at all.
 def forward1_warp(storage, vec, chunks, index):
     """Forward kernel 1, ``_ln_fwd_warp_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
-    load_params = _param_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    load_row, deviation_sums = steps["load_row"], steps["deviation_sums"]
+    normalize_row = steps["normalize_row"]
     items = vec * chunks
 
     def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
@@ -120,69 +247,21 @@ def forward1_warp(storage, vec, chunks, index):
         lane = index(tid & (lanes - 1))
         row = int64(cuda.blockIdx.x) * (cuda.blockDim.x // lanes) + tid // lanes
         active = row < rows
-        width = index(cols)
-        stride = index(lanes * vec)
-        first = index(lane * vec)
+        width, stride, first = index(cols), index(lanes * vec), index(lane * vec)
         n = compute(cols)
         zero = compute(0)
-        x_base = row * ldx
-        total = zero
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if active and col < width:
-                load(x, x_base, col, cache, k * vec)
-                for t in range(vec):
-                    total += cache[k * vec + t]
+        total = load_row(x, row * ldx, first, stride, width, active, cache, zero)
         center = _math.mean_offset(_gpu_ops.warp_sum(total, lanes), n)
-        dsum = zero
-        dsq = zero
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if active and col < width:
-                for t in range(vec):
-                    d = _math.shifted(cache[k * vec + t], center)
-                    dsum += d
-                    dsq += d * d
-        dsum = _gpu_ops.warp_sum(dsum, lanes)
-        dsq = _gpu_ops.warp_sum(dsq, lanes)
-        correction = _math.mean_offset(dsum, n)
-        row_rstd = _math.corrected_rstd(dsq, correction, n, eps)
+        dsum, dsq = deviation_sums(cache, center, first, stride, width, active, zero)
+        correction = _math.mean_offset(_gpu_ops.warp_sum(dsum, lanes), n)
+        row_rstd = _math.corrected_rstd(_gpu_ops.warp_sum(dsq, lanes), correction, n, eps)
         if active:
-            y_base = row * ldy
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    load_params(weight, bias, has_weight, has_bias, col, w, b)
-                    for t in range(vec):
-                        cache[k * vec + t] = _math.normalize_affine(
-                            _math.centered(cache[k * vec + t], center, correction),
-                            row_rstd, w[t], b[t])
-                    store(y, y_base, col, cache, k * vec)
+            normalize_row(y, row * ldy, weight, bias, has_weight, has_bias, 0, first, stride,
+                          width, cache, center, correction, row_rstd, w, b)
             if lane == 0:
                 mean[row] = _math.row_mean(center, correction)
                 rstd[row] = row_rstd
     return _jit()(_name(kernel, "_ln_fwd_warp", vec > 1))
-
-
-@functools.cache
-def _param_loader(vec):
-    """``load_params(weight, bias, has_weight, has_bias, col, w, b)``: the gain and bias at
-    columns ``col .. col + vec`` into ``w`` and ``b`` (1 and 0 where absent)."""
-    load = _gpu_ops.vector_load(vec)
-
-    @cuda.jit(device=True, inline="always")
-    def load_params(weight, bias, has_weight, has_bias, col, w, b):
-        if has_weight:
-            load(weight, 0, col, w, 0)
-        else:
-            for t in range(vec):
-                w[t] = 1
-        if has_bias:
-            load(bias, 0, col, b, 0)
-        else:
-            for t in range(vec):
-                b[t] = 0
-    return load_params
 
 
 # Forward 2. Longer rows: a block each, up to CUDA_ROW_BLOCK_THREADS threads of `chunks` vectors.
@@ -191,11 +270,12 @@ def _param_loader(vec):
 def forward2_block(storage, vec, chunks, index):
     """Forward kernel 2, ``_ln_fwd_block_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
-    load_params = _param_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    load_row, deviation_sums = steps["load_row"], steps["deviation_sums"]
+    normalize_row = steps["normalize_row"]
     items = vec * chunks
     max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
-    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+    pair_slots = 2 * max_warps
 
     def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
                eps):
@@ -207,42 +287,17 @@ def forward2_block(storage, vec, chunks, index):
         tid = cuda.threadIdx.x
         warps = cuda.blockDim.x // WARP_SIZE
         row = int64(cuda.blockIdx.x)
-        width = index(cols)
-        stride = index(cuda.blockDim.x * vec)
-        first = index(tid * vec)
+        width, stride, first = index(cols), index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
-        x_base = row * ldx
-        total = zero
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if col < width:
-                load(x, x_base, col, cache, k * vec)
-                for t in range(vec):
-                    total += cache[k * vec + t]
+        total = load_row(x, row * ldx, first, stride, width, True, cache, zero)
         center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
-        dsum = zero
-        dsq = zero
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if col < width:
-                for t in range(vec):
-                    d = _math.shifted(cache[k * vec + t], center)
-                    dsum += d
-                    dsq += d * d
+        dsum, dsq = deviation_sums(cache, center, first, stride, width, True, zero)
         dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
         correction = _math.mean_offset(dsum, n)
         row_rstd = _math.corrected_rstd(dsq, correction, n, eps)
-        y_base = row * ldy
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if col < width:
-                load_params(weight, bias, has_weight, has_bias, col, w, b)
-                for t in range(vec):
-                    cache[k * vec + t] = _math.normalize_affine(
-                        _math.centered(cache[k * vec + t], center, correction),
-                        row_rstd, w[t], b[t])
-                store(y, y_base, col, cache, k * vec)
+        normalize_row(y, row * ldy, weight, bias, has_weight, has_bias, 0, first, stride, width,
+                      cache, center, correction, row_rstd, w, b)
         if tid == 0:
             mean[row] = _math.row_mean(center, correction)
             rstd[row] = row_rstd
@@ -250,14 +305,16 @@ def forward2_block(storage, vec, chunks, index):
 
 
 # Forward 3. Rows cut into segments of `segment` elements, a block each (grid: segments x row
-# blocks). Caches the segment in registers; writes its mean and sum of squared deviations.
+# blocks, looping over rows). Caches the segment in registers; writes its mean and its sum of
+# squared deviations (two barriers a row).
 def forward3_split_stats(storage, vec, chunks, index):
     """Forward kernel 3, ``_ln_fwd_split_stats_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    load = _gpu_ops.vector_load(vec)
+    steps = _row_steps(vec, chunks, index)
+    load_row, deviation_sums = steps["load_row"], steps["deviation_sums"]
     items = vec * chunks
     max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
-    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+    pair_slots = 2 * max_warps
 
     def kernel(x, ldx, partials, rows, cols, segment):
         sums = cuda.shared.array(max_warps, compute)
@@ -268,29 +325,14 @@ def forward3_split_stats(storage, vec, chunks, index):
         seg = cuda.blockIdx.x
         start = index(index(seg) * index(segment))
         width = index(min(cols - int64(start), segment))
-        stride = index(cuda.blockDim.x * vec)
-        first = index(tid * vec)
+        stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(width)
         zero = compute(0)
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
-            x_base = row * ldx + int64(start)
-            total = zero
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    load(x, x_base, col, cache, k * vec)
-                    for t in range(vec):
-                        total += cache[k * vec + t]
+            total = load_row(x, row * ldx + int64(start), first, stride, width, True, cache,
+                             zero)
             center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
-            dsum = zero
-            dsq = zero
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    for t in range(vec):
-                        d = _math.shifted(cache[k * vec + t], center)
-                        dsum += d
-                        dsq += d * d
+            dsum, dsq = deviation_sums(cache, center, first, stride, width, True, zero)
             dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
             if tid == 0:
                 at = 2 * (row * cuda.gridDim.x + seg)
@@ -299,13 +341,13 @@ def forward3_split_stats(storage, vec, chunks, index):
     return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_fwd_split_stats", vec > 1))
 
 
-# Forward 4. The same blocks as forward 3. Each thread combines the row's segment statistics in
-# segment order (no barrier), then normalizes its segment from registers.
+# Forward 4. The same blocks as forward 3. Each thread merges the row's segment statistics in
+# segment order (no barrier), then normalizes its segment (a second read of x).
 def forward4_split_normalize(storage, vec, chunks, index):
     """Forward kernel 4, ``_ln_fwd_split_normalize_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
-    load_params = _param_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    load_row, normalize_row = steps["load_row"], steps["normalize_row"]
     items = vec * chunks
 
     def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, partials, rows,
@@ -318,9 +360,9 @@ def forward4_split_normalize(storage, vec, chunks, index):
         segments = cuda.gridDim.x
         start = index(index(seg) * index(segment))
         width = index(min(cols - int64(start), segment))
-        stride = index(cuda.blockDim.x * vec)
-        first = index(tid * vec)
+        stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
+        zero = compute(0)
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
             at = 2 * row * segments
             row_mean = partials[at]
@@ -333,56 +375,14 @@ def forward4_split_normalize(storage, vec, chunks, index):
                     partials[at + 2 * other + 1], other_count)
                 count += other_count
             row_rstd = _math.reciprocal_std(sumsq, n, eps)
-            x_base = row * ldx + int64(start)
-            y_base = row * ldy + int64(start)
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    load(x, x_base, col, cache, k * vec)
-                    load_params(weight, bias, has_weight, has_bias, index(start + col), w, b)
-                    for t in range(vec):
-                        cache[k * vec + t] = _math.normalize_affine(
-                            _math.shifted(cache[k * vec + t], row_mean), row_rstd, w[t], b[t])
-                    store(y, y_base, col, cache, k * vec)
+            load_row(x, row * ldx + int64(start), first, stride, width, True, cache, zero)
+            normalize_row(y, row * ldy + int64(start), weight, bias, has_weight, has_bias, start,
+                          first, stride, width, cache, row_mean, zero, row_rstd, w, b)
             if seg == 0 and tid == 0:
                 mean[row] = row_mean
                 rstd[row] = row_rstd
     return _jit(_config.CUDA_ROW_BLOCK_THREADS)(
         _name(kernel, "_ln_fwd_split_normalize", vec > 1))
-
-
-@functools.cache
-def _backward_loader(vec):
-    """``chunk(...)``: one vector of a backward row; see its docstring."""
-    load = _gpu_ops.vector_load(vec)
-
-    @cuda.jit(device=True, inline="always")
-    def chunk(dy, dy_base, x, x_base, col, weight, has_weight, weight_col, row_mean, row_rstd,
-              k, xhat, g, w, dweight_acc, dbias_acc, zero):
-        """Load one vector of ``dy`` and ``x`` at ``col`` (and of ``weight`` at
-        ``weight_col``); keep ``xhat`` and ``g = w * dy``; add the columns' ``dy * xhat``
-        and ``dy``. Returns the vector's sums of ``g`` and of ``g * xhat``."""
-        load(dy, dy_base, col, g, k * vec)
-        load(x, x_base, col, xhat, k * vec)
-        if has_weight:
-            load(weight, 0, weight_col, w, 0)
-        else:
-            for t in range(vec):
-                w[t] = 1
-        sum_g = zero
-        sum_gxhat = zero
-        for t in range(vec):
-            grad = g[k * vec + t]
-            value = _math.normalized(xhat[k * vec + t], row_mean, row_rstd)
-            xhat[k * vec + t] = value
-            dweight_acc[k * vec + t] += grad * value
-            dbias_acc[k * vec + t] += grad
-            grad = w[t] * grad
-            g[k * vec + t] = grad
-            sum_g += grad
-            sum_gxhat += grad * value
-        return sum_g, sum_gxhat
-    return chunk
 
 
 # Backward 1. Rows as forward 1; warps loop over rows. Caches xhat and w * dy in registers, and the
@@ -391,8 +391,9 @@ def _backward_loader(vec):
 def backward1_warp(storage, vec, chunks, index):
     """Backward kernel 1, ``_ln_bwd_warp_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    store = _gpu_ops.vector_store(vec)
-    chunk = _backward_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
+    store_partials, fill = steps["store_partials"], steps["fill"]
     items = vec * chunks
 
     def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
@@ -407,43 +408,25 @@ def backward1_warp(storage, vec, chunks, index):
         groups = WARP_SIZE // lanes
         warp = int64(cuda.blockIdx.x) * (cuda.blockDim.x // WARP_SIZE) + tid // WARP_SIZE
         warps = int64(cuda.gridDim.x) * (cuda.blockDim.x // WARP_SIZE)
-        width = index(cols)
-        stride = index(lanes * vec)
-        first = index(lane * vec)
+        width, stride, first = index(cols), index(lanes * vec), index(lane * vec)
         n = compute(cols)
         zero = compute(0)
-        for i in range(items):
-            dweight_acc[i] = zero
-            dbias_acc[i] = zero
+        fill(dweight_acc, zero)
+        fill(dbias_acc, zero)
         base = warp * groups
         while base < rows:  # the same trip count for every lane of the warp
             row = base + (tid % WARP_SIZE) // lanes
             active = row < rows
             row_mean = mean[row] if active else zero
             row_rstd = rstd[row] if active else zero
-            dy_base = row * lddy
-            x_base = row * ldx
-            sum_g = zero
-            sum_gxhat = zero
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if active and col < width:
-                    part_g, part_gxhat = chunk(
-                        dy, dy_base, x, x_base, col, weight, has_weight, col, row_mean,
-                        row_rstd, k, xhat, g, w, dweight_acc, dbias_acc, zero)
-                    sum_g += part_g
-                    sum_gxhat += part_gxhat
+            sum_g, sum_gxhat = gradient_sums(dy, row * lddy, x, row * ldx, weight, has_weight,
+                                             0, first, stride, width, active, row_mean,
+                                             row_rstd, xhat, g, w, dweight_acc, dbias_acc, zero)
             mean_g = _math.mean_offset(_gpu_ops.warp_sum(sum_g, lanes), n)
             mean_gxhat = _math.mean_offset(_gpu_ops.warp_sum(sum_gxhat, lanes), n)
             if active:
-                dx_base = row * lddx
-                for k in range(chunks):
-                    col = index(first + index(k) * stride)
-                    if col < width:
-                        for t in range(vec):
-                            g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
-                                                              row_rstd, mean_g, mean_gxhat)
-                        store(dx, dx_base, col, g, k * vec)
+                input_gradient(dx, row * lddx, first, stride, width, xhat, g, row_rstd, mean_g,
+                               mean_gxhat)
             base += warps * groups
         # The warp's groups hold the same columns: add them, lanes apart, in a fixed order.
         for i in range(items):
@@ -453,12 +436,8 @@ def backward1_warp(storage, vec, chunks, index):
                 dbias_acc[i] += cuda.shfl_xor_sync(_FULL, dbias_acc[i], offset)
                 offset <<= 1
         if tid % WARP_SIZE < lanes:
-            part = warp * cols
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    store(dweight_part, part, col, dweight_acc, k * vec)
-                    store(dbias_part, part, col, dbias_acc, k * vec)
+            store_partials(dweight_part, dbias_part, warp * cols, first, stride, width,
+                           dweight_acc, dbias_acc)
     return _jit()(_name(kernel, "_ln_bwd_warp", vec > 1))
 
 
@@ -467,11 +446,11 @@ def backward1_warp(storage, vec, chunks, index):
 def backward2_block(storage, vec, chunks, index):
     """Backward kernel 2, ``_ln_bwd_block_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    store = _gpu_ops.vector_store(vec)
-    chunk = _backward_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
+    store_partials, fill = steps["store_partials"], steps["fill"]
     items = vec * chunks
-    max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
-    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+    pair_shape = (2, 2 * (_config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE))
 
     def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
                dbias_part, rows, cols):
@@ -483,61 +462,36 @@ def backward2_block(storage, vec, chunks, index):
         dbias_acc = cuda.local.array(items, compute)
         tid = cuda.threadIdx.x
         warps = cuda.blockDim.x // WARP_SIZE
-        width = index(cols)
-        stride = index(cuda.blockDim.x * vec)
-        first = index(tid * vec)
+        width, stride, first = index(cols), index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
-        for i in range(items):
-            dweight_acc[i] = zero
-            dbias_acc[i] = zero
+        fill(dweight_acc, zero)
+        fill(dbias_acc, zero)
         parity = 0
         for row in range(int64(cuda.blockIdx.x), rows, int64(cuda.gridDim.x)):
-            row_mean = mean[row]
-            row_rstd = rstd[row]
-            dy_base = row * lddy
-            x_base = row * ldx
-            sum_g = zero
-            sum_gxhat = zero
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    part_g, part_gxhat = chunk(
-                        dy, dy_base, x, x_base, col, weight, has_weight, col, row_mean,
-                        row_rstd, k, xhat, g, w, dweight_acc, dbias_acc, zero)
-                    sum_g += part_g
-                    sum_gxhat += part_gxhat
+            sum_g, sum_gxhat = gradient_sums(dy, row * lddy, x, row * ldx, weight, has_weight,
+                                             0, first, stride, width, True, mean[row],
+                                             rstd[row], xhat, g, w, dweight_acc, dbias_acc,
+                                             zero)
             # Alternate buffers: the next row's barrier orders this row's reads before reuse.
             sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
             parity ^= 1
-            mean_g = _math.mean_offset(sum_g, n)
-            mean_gxhat = _math.mean_offset(sum_gxhat, n)
-            dx_base = row * lddx
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    for t in range(vec):
-                        g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
-                                                          row_rstd, mean_g, mean_gxhat)
-                    store(dx, dx_base, col, g, k * vec)
-        part = int64(cuda.blockIdx.x) * cols
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if col < width:
-                store(dweight_part, part, col, dweight_acc, k * vec)
-                store(dbias_part, part, col, dbias_acc, k * vec)
+            input_gradient(dx, row * lddx, first, stride, width, xhat, g, rstd[row],
+                           _math.mean_offset(sum_g, n), _math.mean_offset(sum_gxhat, n))
+        store_partials(dweight_part, dbias_part, int64(cuda.blockIdx.x) * cols, first, stride,
+                       width, dweight_acc, dbias_acc)
     return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_block", vec > 1))
 
 
 # Backward 3. Rows cut into segments as forward 3. Writes each segment's sums of w * dy and of
-# w * dy * xhat (block_sum2: one barrier).
+# w * dy * xhat (block_sum2: one barrier a row).
 def backward3_split_sums(storage, vec, chunks, index):
     """Backward kernel 3, ``_ln_bwd_split_sums_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    chunk = _backward_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    gradient_sums, fill = steps["gradient_sums"], steps["fill"]
     items = vec * chunks
-    max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
-    pair_slots, pair_shape = 2 * max_warps, (2, 2 * max_warps)
+    pair_shape = (2, 2 * (_config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE))
 
     def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, sums, rows, cols, segment):
         pairs = cuda.shared.array(pair_shape, compute)
@@ -550,26 +504,15 @@ def backward3_split_sums(storage, vec, chunks, index):
         seg = cuda.blockIdx.x
         start = index(index(seg) * index(segment))
         width = index(min(cols - int64(start), segment))
-        stride = index(cuda.blockDim.x * vec)
-        first = index(tid * vec)
+        stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         zero = compute(0)
-        for i in range(items):
-            unused[i] = zero
+        fill(unused, zero)
         parity = 0
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
-            row_mean = mean[row]
-            row_rstd = rstd[row]
-            sum_g = zero
-            sum_gxhat = zero
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    part_g, part_gxhat = chunk(
-                        dy, row * lddy + int64(start), x, row * ldx + int64(start), col,
-                        weight, has_weight, index(start + col), row_mean, row_rstd, k,
-                        xhat, g, w, unused, unused, zero)
-                    sum_g += part_g
-                    sum_gxhat += part_gxhat
+            sum_g, sum_gxhat = gradient_sums(
+                dy, row * lddy + int64(start), x, row * ldx + int64(start), weight, has_weight,
+                start, first, stride, width, True, mean[row], rstd[row], xhat, g, w, unused,
+                unused, zero)
             sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
             parity ^= 1
             if tid == 0:
@@ -585,8 +528,9 @@ def backward3_split_sums(storage, vec, chunks, index):
 def backward4_split_dx(storage, vec, chunks, index):
     """Backward kernel 4, ``_ln_bwd_split_dx_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    store = _gpu_ops.vector_store(vec)
-    chunk = _backward_loader(vec)
+    steps = _row_steps(vec, chunks, index)
+    gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
+    store_partials, fill = steps["store_partials"], steps["fill"]
     items = vec * chunks
 
     def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, sums, dweight_part,
@@ -601,41 +545,26 @@ def backward4_split_dx(storage, vec, chunks, index):
         segments = cuda.gridDim.x
         start = index(index(seg) * index(segment))
         width = index(min(cols - int64(start), segment))
-        stride = index(cuda.blockDim.x * vec)
-        first = index(tid * vec)
+        stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
-        for i in range(items):
-            dweight_acc[i] = zero
-            dbias_acc[i] = zero
+        fill(dweight_acc, zero)
+        fill(dbias_acc, zero)
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
-            row_mean = mean[row]
-            row_rstd = rstd[row]
             at = 2 * row * segments
             sum_g = sums[at]
             sum_gxhat = sums[at + 1]
             for other in range(1, segments):
                 sum_g += sums[at + 2 * other]
                 sum_gxhat += sums[at + 2 * other + 1]
-            mean_g = _math.mean_offset(sum_g, n)
-            mean_gxhat = _math.mean_offset(sum_gxhat, n)
-            dx_base = row * lddx + int64(start)
-            for k in range(chunks):
-                col = index(first + index(k) * stride)
-                if col < width:
-                    chunk(dy, row * lddy + int64(start), x, row * ldx + int64(start), col,
-                          weight, has_weight, index(start + col), row_mean, row_rstd, k, xhat,
-                          g, w, dweight_acc, dbias_acc, zero)
-                    for t in range(vec):
-                        g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
-                                                          row_rstd, mean_g, mean_gxhat)
-                    store(dx, dx_base, col, g, k * vec)
-        part = int64(cuda.blockIdx.y) * cols + int64(start)
-        for k in range(chunks):
-            col = index(first + index(k) * stride)
-            if col < width:
-                store(dweight_part, part, col, dweight_acc, k * vec)
-                store(dbias_part, part, col, dbias_acc, k * vec)
+            gradient_sums(dy, row * lddy + int64(start), x, row * ldx + int64(start), weight,
+                          has_weight, start, first, stride, width, True, mean[row], rstd[row],
+                          xhat, g, w, dweight_acc, dbias_acc, zero)
+            input_gradient(dx, row * lddx + int64(start), first, stride, width, xhat, g,
+                           rstd[row], _math.mean_offset(sum_g, n),
+                           _math.mean_offset(sum_gxhat, n))
+        store_partials(dweight_part, dbias_part, int64(cuda.blockIdx.y) * cols + int64(start),
+                       first, stride, width, dweight_acc, dbias_acc)
     return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_split_dx", vec > 1))
 
 

@@ -663,10 +663,14 @@ SIMULATED_GPU_ROWS = """
 import sys
 
 sys.setswitchinterval(1e-4)  # simulated threads hand over the GIL at every barrier
-sys.path.insert(0, "tests/gpu")
+sys.path.insert(0, "tests")
 
-from gpu_launch import SMALL  # the GPU tests' small launches: fewer simulated threads
+from gpu import sim_shims  # the simulator has no warp shuffles: the GPU tests' shims add them
+from gpu.gpu_launch import SMALL  # the GPU tests' small launches: fewer simulated threads
 from numba_ln import _config
+
+shims = sim_shims.installed()  # kept: dropping it would undo the patches
+shims.__enter__()
 
 for name, value in SMALL.items():
     setattr(_config, name, value)

@@ -379,3 +379,38 @@ def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, co
     expected = gpu.signatures(dtype, param_dtype=dtype)
     for launch, types in launched:
         assert types == expected[launch.name], launch.name
+
+
+class _Exported:
+    """A foreign array that names the stream its producer used (CUDA array interface v3)."""
+
+    def __init__(self, stream):
+        self.__cuda_array_interface__ = {"shape": (2,), "typestr": "<f4", "data": (0, False),
+                                         "version": 3, "stream": stream}
+
+
+def test_the_stream_an_input_exports_is_the_launch_stream(monkeypatch):
+    """No ``stream=``: the call is ordered after the work that produced its inputs."""
+    monkeypatch.setattr(cuda, "legacy_default_stream", lambda: "legacy", raising=False)
+    monkeypatch.setattr(cuda, "per_thread_default_stream", lambda: "per-thread",
+                        raising=False)
+    monkeypatch.setattr(cuda, "external_stream", lambda handle: ("external", handle))
+    exported = _cuda_backend._exported_stream
+    assert exported([None, _Exported(1)]) == "legacy"
+    assert exported([_Exported(2)]) == "per-thread"
+    assert exported([_Exported(None), _Exported(0xBEEF)]) == ("external", 0xBEEF)
+    assert exported([np.ones(2), _Exported(None)]) is None  # no stream named: none needed
+    assert exported([_Exported(True)]) is None  # a bool is no handle
+
+
+def test_foreign_arrays_are_viewed_without_a_host_synchronization(monkeypatch):
+    calls = []
+
+    def as_cuda_array(obj, sync=True):
+        calls.append(sync)
+        return obj
+
+    monkeypatch.setattr(cuda, "as_cuda_array", as_cuda_array, raising=False)  # simulator: none
+    foreign = _Exported(7)
+    assert _cuda_backend.as_numba_array(foreign) is foreign
+    assert calls == [False]

@@ -46,7 +46,7 @@ CASES = [
     ("float64", 3, 4, "warp", "warp", True),
     ("float64", 3, 33, "warp", "block", False),
     ("float64", 3, 124, "block", "block", True),
-    ("float64", 3, 257, "split", "split", False),
+    ("float64", 3, 129, "split", "split", False),
     ("float64", 3, 260, "split", "split", True),
 ]
 
