@@ -218,8 +218,9 @@ class EventClock:
     The start event is recorded on the default stream, the call made, the
     device synchronized, then the end event recorded and waited for: the
     window holds the host's launch work, the kernels and the wait, as a
-    caller sees them (numba-ln and PyTorch both launch on the default stream,
-    and the synchronization waits for every stream). The host's clock around
+    caller sees them (numba-ln launches on the stream its inputs export or the
+    per-thread default stream, PyTorch on its current stream; the device
+    synchronization waits for every stream). The host's clock around
     the same window is kept as a check.
 
     Parameters

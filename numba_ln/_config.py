@@ -70,8 +70,8 @@ CACHE = os.environ.get("NUMBA_LN_NO_CACHE", "") in ("", "0")
 # ---------------------------------------------------------------------------
 # CUDA (numba_ln/gpu.py). ``gpu.plan`` reads these at every call, so a test
 # may monkeypatch them small and the simulator runs every kernel variant fast.
-# The block sizes must be powers of two: the reductions are shared-memory
-# trees.
+# The block sizes must be powers of two: a row's group of lanes is an aligned
+# power-of-two part of a warp, and block reductions take whole warps.
 # ---------------------------------------------------------------------------
 
 #: Bytes of a row each lane of a warp-per-row kernel holds in registers (the

@@ -745,9 +745,10 @@ def vector_width(storage, cols, pointers=(), row_strides=()):
 
 
 #: Most elements a thread holds in one unrolled local array, in 16-byte vectors
-#: and in scalars: more would not be unrolled (the array would go to local
-#: memory), and scalar loads need a register for each address.
-MAX_ITEMS = 32
+#: (64: eight vectors of float16) and in scalars: more would not be unrolled
+#: (the array would go to local memory), and scalar loads need a register for
+#: each address.
+MAX_ITEMS = 64
 MAX_SCALAR_ITEMS = 16
 #: Most vectors a thread of a split kernel holds (its backward's limit, for both passes).
 SPLIT_CHUNKS = 4
