@@ -24,7 +24,8 @@ PIP_SETUP  := $(PIP) install --quiet "pip>=21.3"
 PIP_LAST   := true
 endif
 
-.PHONY: venv test test-kernels test-ptx test-simulator test-rest test-c
+.PHONY: venv test test-kernels test-ptx test-simulator test-simulator-kernels
+.PHONY: test-simulator-api test-rest test-c
 .PHONY: bench bench-deps bench-pytest bench-readme bench-gpu clean
 
 $(STAMP): pyproject.toml
@@ -36,10 +37,11 @@ $(STAMP): pyproject.toml
 
 venv: $(STAMP)
 
-# Five groups, two at a time (-O prints each group's output when it is done):
-# a cold run is compilation, one core per process. The kernels' tests fill
-# numba's cache while the PTX checks and the GPU kernels under numba's CUDA
-# simulator run beside them; the C tests and the remaining Python tests start
+# Six groups, two at a time (-O prints each group's output when it is done):
+# a cold run is compilation, one core per process. The GPU kernels under
+# numba's CUDA simulator, the longest group, start first; the kernels' tests
+# fill numba's cache beside them, then the PTX checks and the simulator's API
+# tests run; the C tests and the remaining Python tests start
 # once the kernels' tests are done and load the CPU kernels from the cache
 # (two processes that add different signatures of one function to numba's
 # cache at once can leave its index pointing at the wrong code). Outside the
@@ -47,10 +49,13 @@ venv: $(STAMP)
 KERNEL_TESTS := tests/test_backward.py tests/test_forward.py
 PTX_TESTS    := tests/test_ptx.py
 GPU_TESTS    := tests/gpu
+# The simulator's two halves (a Python thread per CUDA thread: the longest groups).
+SIM_KERNEL_TESTS := tests/gpu/test_gpu_kernels.py tests/gpu/test_memory_traffic.py
 C_TESTS      := tests/test_capi.py
 
 test: $(STAMP)
-	@$(MAKE) --no-print-directory -j2 -O test-kernels test-ptx test-simulator test-c test-rest
+	@$(MAKE) --no-print-directory -j2 -O test-simulator-kernels test-kernels test-ptx \
+	  test-simulator-api test-c test-rest
 
 test-kernels: $(STAMP)
 	$(PY) -m pytest $(KERNEL_TESTS)
@@ -58,8 +63,13 @@ test-kernels: $(STAMP)
 test-ptx: $(STAMP)
 	$(PY) -m pytest $(PTX_TESTS)
 
-test-simulator: $(STAMP)
-	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(GPU_TESTS)
+test-simulator: test-simulator-kernels test-simulator-api
+
+test-simulator-kernels: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(SIM_KERNEL_TESTS)
+
+test-simulator-api: $(STAMP)
+	NUMBA_ENABLE_CUDASIM=1 $(PY) -m pytest $(GPU_TESTS) $(addprefix --ignore=,$(SIM_KERNEL_TESTS))
 
 test-c: $(STAMP) | test-kernels
 	$(PY) -m pytest $(C_TESTS)
