@@ -108,11 +108,14 @@ CUDA_SPLIT_SEGMENT_BYTES = 4 * 1024
 #: alone, never of the GPU.
 CUDA_BACKWARD_MAX_PARTIALS = 512
 
-#: The reduction's block: a tile of this many columns ...
-CUDA_REDUCE_TILE_COLS = 32
-#: ... times this many groups of partial rows (each group adds every
-#: ``CUDA_REDUCE_GROUPS``-th partial row; then the groups are added in order).
-CUDA_REDUCE_GROUPS = 16
+#: Threads per block of the gradient reduction (a power of two), as a tile of
+#: columns times groups of partial rows ...
+CUDA_REDUCE_THREADS = 512
+#: ... with at most this many groups (each adds every ``groups``-th partial
+#: row; then the groups are added in order): 512 partial rows give tiles of 8
+#: columns (a 32-byte sector of float32), 96 blocks at 768 columns; fewer
+#: partial rows give wider tiles.
+CUDA_REDUCE_GROUPS = 64
 
 #: numba-cuda ``fastmath``: off, so division and ``sqrt`` are IEEE-rounded and
 #: denormals are kept; the kernels are memory-bound, the approximations would

@@ -568,20 +568,20 @@ def backward4_split_dx(storage, vec, chunks, index):
     return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_split_dx", vec > 1))
 
 
-# Reduce 1. The backward's second stage, parallel over columns and groups of partial rows: a
-# block of (tile columns x groups) threads per tile of columns; thread (c, g) adds partial rows
-# g, g + groups, ... of its column in order, then one barrier and the groups' sums in group order.
+# Reduce 1. The backward's second stage, parallel over columns and groups of partial rows: a block
+# of (tile columns x groups) threads per tile of columns; thread (c, g) adds partial rows g,
+# g + groups, ... of its column in order, then one barrier and the groups' sums in group order.
 def reduce1_partials(storage, param):
     """Reduction kernel 1, ``_ln_bwd_reduce``; ``param`` is the dtype of ``dweight``/``dbias``."""
     compute = _COMPUTE[_compute_dtype(storage)]
-    tile = _config.CUDA_REDUCE_TILE_COLS
-    groups_max = _config.CUDA_REDUCE_GROUPS
-    shape = (2, groups_max, tile)
+    threads = _config.CUDA_REDUCE_THREADS
+    shape = (2, threads)
 
     def _ln_bwd_reduce(dweight_part, dbias_part, parts, cols, dweight, dbias):
         shared = cuda.shared.array(shape, compute)
         c = cuda.threadIdx.x
         group = cuda.threadIdx.y
+        tile = cuda.blockDim.x
         groups = cuda.blockDim.y
         col = int64(cuda.blockIdx.x) * tile + c
         inside = col < cols
@@ -591,16 +591,16 @@ def reduce1_partials(storage, param):
             for part in range(int64(group), parts, int64(groups)):
                 dweight_sum += dweight_part[part * cols + col]
                 dbias_sum += dbias_part[part * cols + col]
-        shared[0, group, c] = dweight_sum
-        shared[1, group, c] = dbias_sum
+        shared[0, group * tile + c] = dweight_sum
+        shared[1, group * tile + c] = dbias_sum
         cuda.syncthreads()
         if group == 0 and inside:
             for other in range(1, groups):
-                dweight_sum += shared[0, other, c]
-                dbias_sum += shared[1, other, c]
+                dweight_sum += shared[0, other * tile + c]
+                dbias_sum += shared[1, other * tile + c]
             dweight[col] = dweight_sum
             dbias[col] = dbias_sum
-    return _jit(tile * groups_max)(_ln_bwd_reduce)
+    return _jit(threads)(_ln_bwd_reduce)
 
 
 # --------------------------------------------------------------------------
@@ -670,8 +670,7 @@ def reduction_kernel(storage, param, tunables=None):
 
 
 def _tunables():
-    return (_config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_REDUCE_TILE_COLS,
-            _config.CUDA_REDUCE_GROUPS, _config.CUDA_FASTMATH)
+    return (_config.CUDA_ROW_BLOCK_THREADS, _config.CUDA_REDUCE_THREADS, _config.CUDA_FASTMATH)
 
 
 class Launch(NamedTuple):
@@ -885,8 +884,10 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
                kernel(name, storage, vec, chunks, index, _tunables()))
         for name in VARIANTS[variant][direction])
     if direction == "backward":
-        tile = _config.CUDA_REDUCE_TILE_COLS
-        groups = min(_config.CUDA_REDUCE_GROUPS, _next_pow2(max(1, partials)))
+        # Few partial rows: fewer groups, wider tiles, the same threads a block.
+        groups = min(_config.CUDA_REDUCE_GROUPS, _next_pow2(max(1, partials)),
+                     _config.CUDA_REDUCE_THREADS)
+        tile = _config.CUDA_REDUCE_THREADS // groups
         param = np.dtype(compute if param is None else param)
         launches += (Launch("reduce1_partials", (-(-cols // tile),), (tile, groups),
                             reduction_kernel(storage, param, _tunables())),)
