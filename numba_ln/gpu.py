@@ -896,7 +896,22 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
 
 
 def _run(launch, stream, args):
-    """``kernel[grid, block, stream](*args)``: every launch goes through here."""
+    """``kernel[grid, block, stream](*args)``: every launch goes through here.
+
+    Raises
+    ------
+    RuntimeError
+        Under numba's CUDA simulator without warp shuffles (it has none of
+        its own; ``tests/gpu/sim_shims.py`` adds a faithful one).
+    """
+    from ._cuda_backend import simulator_enabled
+    if simulator_enabled():
+        from numba.cuda.simulator.kernelapi import FakeCUDAModule
+        if not hasattr(FakeCUDAModule, "shfl_xor_sync"):
+            raise RuntimeError(
+                "numba's CUDA simulator has no warp shuffles (cuda.shfl_xor_sync), which "
+                "numba-ln's kernels use; install a shim first, as tests/gpu/sim_shims.py "
+                "does (sim_shims.installed())")
     launch.kernel[launch.grid, launch.block, stream, 0](*args)
 
 

@@ -414,3 +414,14 @@ def test_foreign_arrays_are_viewed_without_a_host_synchronization(monkeypatch):
     foreign = _Exported(7)
     assert _cuda_backend.as_numba_array(foreign) is foreign
     assert calls == [False]
+
+
+def test_a_simulator_without_shuffles_says_so(monkeypatch):
+    """numba's own simulator has no warp shuffles: a clear error, not an AttributeError deep in
+    a simulated thread."""
+    if not _cuda_backend.simulator_enabled():
+        pytest.skip("a real GPU has warp shuffles")
+    from numba.cuda.simulator.kernelapi import FakeCUDAModule
+    monkeypatch.delattr(FakeCUDAModule, "shfl_xor_sync")
+    with pytest.raises(RuntimeError, match=r"no warp shuffles .*sim_shims.installed\(\)"):
+        numba_ln.layer_norm(cuda.to_device(_data((2, 8))))
