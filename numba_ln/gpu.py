@@ -154,6 +154,16 @@ def _row_steps(vec, chunks, index):
         return dsum, dsq
 
     @cuda.jit(device=True, inline="always")
+    def block_moments(x, base, first, stride, width, cache, sums, pairs, warps, n, zero):
+        """A block's row (or segment) into ``cache``: its ``center`` (sum / n) and the
+        block-wide sums of ``d = x - center`` and ``d * d`` (two barriers)."""
+        total = load_row(x, base, first, stride, width, True, cache, zero)
+        center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
+        dsum, dsq = deviation_sums(cache, center, first, stride, width, True, zero)
+        dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+        return center, dsum, dsq
+
+    @cuda.jit(device=True, inline="always")
     def normalize_row(y, base, weight, bias, has_weight, has_bias, param_start, first, stride,
                       width, cache, center, correction, row_rstd, w, b):
         """``y = (x - mean) * rstd * weight + bias`` from ``cache``, stored by vectors."""
@@ -219,13 +229,21 @@ def _row_steps(vec, chunks, index):
                 store(dbias_part, base, col, dbias_acc, k * vec)
 
     @cuda.jit(device=True, inline="always")
+    def segment_span(cols, segment):
+        """This block's segment of a split row (``blockIdx.x``): first column, width."""
+        start = index(index(cuda.blockIdx.x) * index(segment))
+        return start, index(min(cols - int64(start), segment))
+
+    @cuda.jit(device=True, inline="always")
     def fill(values, value):
         for i in range(vec * chunks):
             values[i] = value
 
     return {"load_row": load_row, "deviation_sums": deviation_sums,
+            "block_moments": block_moments,
             "normalize_row": normalize_row, "gradient_sums": gradient_sums,
-            "input_gradient": input_gradient, "store_partials": store_partials, "fill": fill}
+            "input_gradient": input_gradient, "store_partials": store_partials,
+            "segment_span": segment_span, "fill": fill}
 
 
 # Forward 1. Rows of up to lanes * vec * chunks elements, a group of `lanes` threads each (several
@@ -271,8 +289,7 @@ def forward2_block(storage, vec, chunks, index):
     """Forward kernel 2, ``_ln_fwd_block_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
     steps = _row_steps(vec, chunks, index)
-    load_row, deviation_sums = steps["load_row"], steps["deviation_sums"]
-    normalize_row = steps["normalize_row"]
+    block_moments, normalize_row = steps["block_moments"], steps["normalize_row"]
     items = vec * chunks
     max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
     pair_slots = 2 * max_warps
@@ -290,10 +307,8 @@ def forward2_block(storage, vec, chunks, index):
         width, stride, first = index(cols), index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
-        total = load_row(x, row * ldx, first, stride, width, True, cache, zero)
-        center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
-        dsum, dsq = deviation_sums(cache, center, first, stride, width, True, zero)
-        dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+        center, dsum, dsq = block_moments(x, row * ldx, first, stride, width, cache, sums,
+                                          pairs, warps, n, zero)
         correction = _math.mean_offset(dsum, n)
         row_rstd = _math.corrected_rstd(dsq, correction, n, eps)
         normalize_row(y, row * ldy, weight, bias, has_weight, has_bias, 0, first, stride, width,
@@ -311,7 +326,7 @@ def forward3_split_stats(storage, vec, chunks, index):
     """Forward kernel 3, ``_ln_fwd_split_stats_{vector,scalar}``."""
     compute = _COMPUTE[_compute_dtype(storage)]
     steps = _row_steps(vec, chunks, index)
-    load_row, deviation_sums = steps["load_row"], steps["deviation_sums"]
+    block_moments, segment_span = steps["block_moments"], steps["segment_span"]
     items = vec * chunks
     max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
     pair_slots = 2 * max_warps
@@ -323,17 +338,13 @@ def forward3_split_stats(storage, vec, chunks, index):
         tid = cuda.threadIdx.x
         warps = cuda.blockDim.x // WARP_SIZE
         seg = cuda.blockIdx.x
-        start = index(index(seg) * index(segment))
-        width = index(min(cols - int64(start), segment))
+        start, width = segment_span(cols, segment)
         stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(width)
         zero = compute(0)
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
-            total = load_row(x, row * ldx + int64(start), first, stride, width, True, cache,
-                             zero)
-            center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
-            dsum, dsq = deviation_sums(cache, center, first, stride, width, True, zero)
-            dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+            center, dsum, dsq = block_moments(x, row * ldx + int64(start), first, stride,
+                                              width, cache, sums, pairs, warps, n, zero)
             if tid == 0:
                 at = 2 * (row * cuda.gridDim.x + seg)
                 partials[at] = _math.row_mean(center, _math.mean_offset(dsum, n))
@@ -348,6 +359,7 @@ def forward4_split_normalize(storage, vec, chunks, index):
     compute = _COMPUTE[_compute_dtype(storage)]
     steps = _row_steps(vec, chunks, index)
     load_row, normalize_row = steps["load_row"], steps["normalize_row"]
+    segment_span = steps["segment_span"]
     items = vec * chunks
 
     def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, partials, rows,
@@ -358,8 +370,7 @@ def forward4_split_normalize(storage, vec, chunks, index):
         tid = cuda.threadIdx.x
         seg = cuda.blockIdx.x
         segments = cuda.gridDim.x
-        start = index(index(seg) * index(segment))
-        width = index(min(cols - int64(start), segment))
+        start, width = segment_span(cols, segment)
         stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
@@ -469,14 +480,14 @@ def backward2_block(storage, vec, chunks, index):
         fill(dbias_acc, zero)
         parity = 0
         for row in range(int64(cuda.blockIdx.x), rows, int64(cuda.gridDim.x)):
+            row_rstd = rstd[row]
             sum_g, sum_gxhat = gradient_sums(dy, row * lddy, x, row * ldx, weight, has_weight,
-                                             0, first, stride, width, True, mean[row],
-                                             rstd[row], xhat, g, w, dweight_acc, dbias_acc,
-                                             zero)
+                                             0, first, stride, width, True, mean[row], row_rstd,
+                                             xhat, g, w, dweight_acc, dbias_acc, zero)
             # Alternate buffers: the next row's barrier orders this row's reads before reuse.
             sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
             parity ^= 1
-            input_gradient(dx, row * lddx, first, stride, width, xhat, g, rstd[row],
+            input_gradient(dx, row * lddx, first, stride, width, xhat, g, row_rstd,
                            _math.mean_offset(sum_g, n), _math.mean_offset(sum_gxhat, n))
         store_partials(dweight_part, dbias_part, int64(cuda.blockIdx.x) * cols, first, stride,
                        width, dweight_acc, dbias_acc)
@@ -490,6 +501,7 @@ def backward3_split_sums(storage, vec, chunks, index):
     compute = _COMPUTE[_compute_dtype(storage)]
     steps = _row_steps(vec, chunks, index)
     gradient_sums, fill = steps["gradient_sums"], steps["fill"]
+    segment_span = steps["segment_span"]
     items = vec * chunks
     pair_shape = (2, 2 * (_config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE))
 
@@ -502,8 +514,7 @@ def backward3_split_sums(storage, vec, chunks, index):
         tid = cuda.threadIdx.x
         warps = cuda.blockDim.x // WARP_SIZE
         seg = cuda.blockIdx.x
-        start = index(index(seg) * index(segment))
-        width = index(min(cols - int64(start), segment))
+        start, width = segment_span(cols, segment)
         stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         zero = compute(0)
         fill(unused, zero)
@@ -531,6 +542,7 @@ def backward4_split_dx(storage, vec, chunks, index):
     steps = _row_steps(vec, chunks, index)
     gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
     store_partials, fill = steps["store_partials"], steps["fill"]
+    segment_span = steps["segment_span"]
     items = vec * chunks
 
     def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, sums, dweight_part,
@@ -541,16 +553,15 @@ def backward4_split_dx(storage, vec, chunks, index):
         dweight_acc = cuda.local.array(items, compute)
         dbias_acc = cuda.local.array(items, compute)
         tid = cuda.threadIdx.x
-        seg = cuda.blockIdx.x
         segments = cuda.gridDim.x
-        start = index(index(seg) * index(segment))
-        width = index(min(cols - int64(start), segment))
+        start, width = segment_span(cols, segment)
         stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
         fill(dweight_acc, zero)
         fill(dbias_acc, zero)
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
+            row_rstd = rstd[row]
             at = 2 * row * segments
             sum_g = sums[at]
             sum_gxhat = sums[at + 1]
@@ -558,10 +569,10 @@ def backward4_split_dx(storage, vec, chunks, index):
                 sum_g += sums[at + 2 * other]
                 sum_gxhat += sums[at + 2 * other + 1]
             gradient_sums(dy, row * lddy + int64(start), x, row * ldx + int64(start), weight,
-                          has_weight, start, first, stride, width, True, mean[row], rstd[row],
+                          has_weight, start, first, stride, width, True, mean[row], row_rstd,
                           xhat, g, w, dweight_acc, dbias_acc, zero)
             input_gradient(dx, row * lddx + int64(start), first, stride, width, xhat, g,
-                           rstd[row], _math.mean_offset(sum_g, n),
+                           row_rstd, _math.mean_offset(sum_g, n),
                            _math.mean_offset(sum_gxhat, n))
         store_partials(dweight_part, dbias_part, int64(cuda.blockIdx.y) * cols + int64(start),
                        first, stride, width, dweight_acc, dbias_acc)
@@ -763,8 +774,8 @@ def chunk_limits(direction, storage, vec):
 
     Examples
     --------
-    >>> chunk_limits("forward", np.dtype("float32"), 4), chunk_limits("backward", np.dtype("float32"), 4)
-    ((8, 8), (4, 4))
+    >>> [chunk_limits(direction, np.dtype("float32"), 4) for direction in ("forward", "backward")]
+    [(8, 8), (4, 4)]
     """
     storage = np.dtype(storage)
     itemsize = (storage.itemsize if direction == "forward"

@@ -13,6 +13,7 @@ marked ``real_gpu`` add the default configuration at realistic sizes.
 
 import os
 import sys
+from typing import NamedTuple
 
 import pytest
 
@@ -90,15 +91,26 @@ def small_launch(monkeypatch):
         monkeypatch.setattr(_config, name, value)
 
 
+class Launched(NamedTuple):
+    """One launch the backend made."""
+
+    kernel: str    #: the kernel's name, as profilers show it (``_ln_fwd_warp_vector``, ...)
+    factory: str   #: its factory in ``gpu.py`` (a key of ``gpu.signatures``)
+    types: tuple   #: the numba types of the arguments it was launched with
+
+
 @pytest.fixture
 def launched(monkeypatch):
-    """The kernels each call launches, by name (``_ln_fwd_warp_vector``, ...), in order."""
+    """The launches each call makes, in order (every launch goes through ``gpu._run``)."""
+    from numba import typeof
+
     from numba_ln import gpu
-    names = []
+    launches = []
     real = gpu._run
 
     def spy(launch, stream, args):
-        names.append(launch.kernel.py_func.__name__)
+        launches.append(Launched(launch.kernel.py_func.__name__, launch.name,
+                                 tuple(typeof(a) for a in args)))
         return real(launch, stream, args)
     monkeypatch.setattr(gpu, "_run", spy)
-    return names
+    return launches

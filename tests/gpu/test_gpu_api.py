@@ -272,11 +272,12 @@ def test_default_configuration(launched):
     assert (p.variant, p.vec, p.lanes, p.chunks) == ("warp", 4, 32, 4)
     x = _data((2, 304))
     y, mean, rstd = numba_ln.layer_norm(cuda.to_device(x), return_stats=True)
-    assert launched == ["_ln_fwd_warp_vector"]
+    assert [launch.kernel for launch in launched] == ["_ln_fwd_warp_vector"]
     assert rel_error(_host(y), layer_norm(x)[0]) <= TOL32
     dy = _data(x.shape, seed=1)
     grads = numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x), mean, rstd)
-    assert launched[1:] == ["_ln_bwd_warp_vector", "_ln_bwd_reduce"]
+    assert [launch.kernel for launch in launched[1:]] == ["_ln_bwd_warp_vector",
+                                                          "_ln_bwd_reduce"]
     for got, want in zip(grads, layer_norm_backward(dy, x, _host(mean), _host(rstd))):
         assert rel_error(_host(got), want) <= TOL32
 
@@ -351,34 +352,24 @@ def test_out_is_written_directly_only_when_safe():
 
 @pytest.mark.parametrize("cols", [3, 150, 300])
 @pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_launch_arguments_match_the_ptx_signatures(small_launch, monkeypatch, cols, dtype):
+def test_launch_arguments_match_the_ptx_signatures(small_launch, launched, cols, dtype):
     """Every launch passes exactly the types tests/test_ptx.py compiles and checks.
 
     Warp, block and split schedules (3, 150 and 300 columns under
     ``small_launch``, for float32), float16 gains passed as they are, the
     reduction last.
     """
-    from numba import typeof
-
     from numba_ln import gpu
-    launched = []
-    real = gpu._run
-
-    def spy(launch, stream, args):
-        launched.append((launch, tuple(typeof(a) for a in args)))
-        return real(launch, stream, args)
-
-    monkeypatch.setattr(gpu, "_run", spy)
     x = cuda.to_device(_data((1, cols), dtype))
     weight = cuda.to_device(_data(cols, dtype, seed=1))
     _, mean, rstd = numba_ln.layer_norm(x, weight, weight, return_stats=True)
     numba_ln.layer_norm_backward(x, x, mean, rstd, weight)
     planned = [launch.name for direction in ("forward", "backward")
                for launch in gpu.plan(direction, 1, cols, dtype, [0], [cols]).launches]
-    assert [launch.name for launch, _ in launched] == planned
+    assert [launch.factory for launch in launched] == planned
     expected = gpu.signatures(dtype, param_dtype=dtype)
-    for launch, types in launched:
-        assert types == expected[launch.name], launch.name
+    for launch in launched:
+        assert launch.types == expected[launch.factory], launch.factory
 
 
 class _Exported:

@@ -45,25 +45,16 @@ def test_shipped_configuration(rows, cols, dtype):
         assert rel_error(got.copy_to_host(), want) <= tol
 
 
-def test_launches_use_the_compiled_signatures(monkeypatch):
+def test_launches_use_the_compiled_signatures(launched):
     """What runs is what tests/test_ptx.py compiled and checked for spills."""
-    from numba import typeof
-    launched = []
-    real = gpu._run
-
-    def spy(launch, stream, args):
-        launched.append((launch.name, tuple(typeof(a) for a in args)))
-        return real(launch, stream, args)
-
-    monkeypatch.setattr(gpu, "_run", spy)
     for dtype in ("float16", "float32", "float64"):
         launched.clear()
         for rows, cols in ((40, 100), (16, 3000), (2, 9000), (1, 65536)):
             test_shipped_configuration(rows, cols, dtype)
         expected = gpu.signatures(dtype, param_dtype=dtype)  # dweight in weight's dtype
-        assert {name for name, _ in launched} == set(expected)
-        for name, types in launched:
-            assert types == expected[name], name
+        assert {launch.factory for launch in launched} == set(expected)
+        for launch in launched:
+            assert launch.types == expected[launch.factory], launch.factory
 
 
 def test_raw_stream_handle():
