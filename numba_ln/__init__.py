@@ -9,9 +9,11 @@ from . import _threading
 _threading.configure()
 
 from ._dispatch import CUDAUnavailableError  # noqa: E402
-from .api import Backend, backends, layer_norm, layer_norm_backward  # noqa: E402
+from .api import (Backend, backends, layer_norm, layer_norm_backward, rms_norm,  # noqa: E402
+                  rms_norm_backward)
 
 __version__ = "0.1.0"
 
-__all__ = ["layer_norm", "layer_norm_backward", "backends", "Backend",
+__all__ = ["layer_norm", "layer_norm_backward", "rms_norm", "rms_norm_backward", "backends",
+           "Backend",
            "CUDAUnavailableError", "__version__"]

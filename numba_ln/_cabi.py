@@ -208,13 +208,13 @@ def _forward(dtype):
         b = carray(bias, cols if has_bias else 1, dtype)
         mean_buf = carray(mean, rows, dtype) if has_mean else np.empty(0, dtype)
         rstd_buf = carray(rstd, rows, dtype) if has_rstd else np.empty(0, dtype)
+        no_stride = np.int64(0)
+        arrays = (x_buf, ldx, None, no_stride, w, b, has_weight != 0, has_bias != 0, y_buf,
+                  ldy, None, no_stride, mean_buf, rstd_buf, rows, cols, eps, np.bool_(True))
         if stream:
-            _native.call(kernel, (x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf,
-                                  ldy, mean_buf, rstd_buf, rows, cols, eps,
-                                  np.empty(cpu.stage_elements(y_buf), dtype)))
+            _native.call(kernel, arrays + (np.empty(cpu.stage_elements(y_buf), dtype),))
         else:
-            _native.call(kernel, (x_buf, ldx, w, b, has_weight != 0, has_bias != 0, y_buf,
-                                  ldy, mean_buf, rstd_buf, rows, cols, eps, None))
+            _native.call(kernel, arrays + (None,))
         return OK
     return forward
 
@@ -228,7 +228,8 @@ def _backward_blocks(dtype):
         no_sums = np.empty(0, dtype)  # the C side sums the blocks with `reduce`
         arrays = (_rows(dy, rows, lddy, cols, dtype), lddy, _rows(x, rows, ldx, cols, dtype),
                   ldx, carray(mean, rows, dtype), carray(rstd, rows, dtype),
-                  carray(weight, cols if has_weight else 1, dtype), has_weight != 0, dx_buf,
+                  carray(weight, cols if has_weight else 1, dtype), has_weight != 0,
+                  np.bool_(True), None, np.int64(0), dx_buf,
                   lddx, carray(dweight_part, (blocks, cols), dtype),
                   carray(dbias_part, (blocks, cols), dtype), no_sums, no_sums, rows, cols,
                   block_rows, first_block, stop_block)

@@ -10,7 +10,7 @@ once to C order.
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from . import cpu
+from . import _validate, cpu
 from ._config import SERIAL_MAX_ELEMENTS
 from ._validate import eps_fault, row_stride
 
@@ -92,23 +92,36 @@ def _deliver(result, out):
     return out
 
 
-def forward(spec, x, weight, bias, eps, out, stream=None):
-    """Layer norm of a NumPy array on the CPU; returns ``(y, mean, rstd)``.
+def forward(spec, x, weight, bias, eps, out, stream=None, *, centered=True, residual=None,
+            residual_out=None):
+    """Layer norm (or, not ``centered``, RMSNorm) of a NumPy array on the CPU.
 
-    ``mean`` and ``rstd`` are 1-D, one element per row: the API gives them
-    their keep-dims shape only when the caller asks for them.
+    Returns ``(y, s, mean, rstd)``. ``mean`` and ``rstd`` are 1-D, one
+    element per row (``mean`` is None for RMSNorm): the API gives them their
+    keep-dims shape only when the caller asks for them. With ``residual``,
+    ``s = x + residual`` (``residual_out`` when given) is normalized and
+    returned; else ``s`` is None.
     """
     compute = spec.compute_dtype
     x_buf, ldx = _row_buffer(x, spec)
     w, has_w = _param(weight, compute)
     b, has_b = _param(bias, compute)
-    y, y_buf, ldy = _result_rows(out, (x, weight, bias), spec)
-    mean = np.empty(spec.rows, compute)
+    inputs = (x, weight, bias, residual, residual_out)
+    y, y_buf, ldy = _result_rows(out, inputs, spec)
+    s = r_buf = s_buf = None
+    ldr = lds = 0
+    if residual is not None:
+        s_spec = spec._replace(dtype=_validate.residual_dtype(residual, residual_out, spec))
+        r_buf, ldr = _row_buffer(residual, s_spec)
+        s, s_buf, lds = _result_rows(residual_out, (x, residual, weight, bias), s_spec)
+    mean = np.empty(spec.rows if centered else 0, compute)
     rstd = np.empty(spec.rows, compute)
     if spec.rows:
-        cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
-                   spec.rows, spec.cols, eps)
-    return _deliver(y, out), mean, rstd
+        cpu.ln_fwd(x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd, spec.rows,
+                   spec.cols, eps, centered, r_buf, ldr, s_buf, lds)
+    if s is not None:
+        s = _deliver(s, residual_out)
+    return _deliver(y, out), s, mean if centered else None, rstd
 
 
 def _direct_param(param, dtype, cols):
@@ -121,7 +134,7 @@ def _direct_param(param, dtype, cols):
     return None
 
 
-def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False):
+def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False, centered=True):
     """``layer_norm(x, weight, bias, axis=axis, eps=eps, out=out, return_stats=...)``, or None.
 
     The common case of a NumPy pipeline, for about half the Python overhead
@@ -133,7 +146,8 @@ def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False):
     the inputs. Such a call needs no views and no
     :class:`~numba_ln._validate.Spec`; it runs the same kernels as every
     other forward (the same bits). Anything else, every error included,
-    returns None and takes the general path.
+    returns None and takes the general path. Not ``centered``: RMSNorm
+    (``bias`` None), returning ``y`` or ``(y, rstd)``.
     """
     found = _direct_rows(x)
     if (found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1)
@@ -148,19 +162,19 @@ def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False):
         out = np.empty_like(x)
     elif not _direct_out(out, x, (x, weight, bias)):
         return None
-    if return_stats:
-        mean, rstd = np.empty(rows, dtype), np.empty(rows, dtype)
-    else:
-        mean = rstd = _NO_STATS[dtype]
+    rstd = np.empty(rows, dtype) if return_stats else _NO_STATS[dtype]
+    mean = np.empty(rows, dtype) if return_stats and centered else _NO_STATS[dtype]
     if x.size <= SERIAL_MAX_ELEMENTS:  # the plan's answer at this size, without asking
-        cpu.ln_fwd_rows(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols, mean, rstd,
-                        rows, cols, eps, None)
+        cpu.ln_fwd_rows(x.ravel(), cols, None, 0, w[0], b[0], w[1], b[1], out.ravel(), cols,
+                        None, 0, mean, rstd, rows, cols, eps, centered, None)
     else:
         cpu.ln_fwd(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols, mean, rstd,
-                   rows, cols, eps)
+                   rows, cols, eps, centered)
     if not return_stats:
         return out
     stats_shape = x.shape[:-1] + (1,)
+    if not centered:
+        return out, rstd.reshape(stats_shape)
     return out, mean.reshape(stats_shape), rstd.reshape(stats_shape)
 
 
@@ -206,7 +220,7 @@ def _direct_stat(stat, dtype, rows):
             and _contiguous_aligned(stat))
 
 
-def direct_backward(dy, x, mean, rstd, weight, axis, out):
+def direct_backward(dy, x, mean, rstd, weight, axis, out, centered=True):
     """``layer_norm_backward(dy, x, mean, rstd, weight, axis=axis, out=out)``, or None.
 
     The backward twin of :func:`direct_forward`: ``x`` and ``dy`` of one
@@ -216,15 +230,16 @@ def direct_backward(dy, x, mean, rstd, weight, axis, out):
     as :func:`direct_forward` takes it (``dy`` or ``x`` itself allowed). It
     calls the same ``cpu.ln_bwd`` as the general path, so the bits are the
     same. Anything else, every error included, returns None and takes the
-    general path.
+    general path. Not ``centered``: RMSNorm (``mean`` None), returning
+    ``(dx, dweight)``.
     """
     found = _direct_rows(x)
     if found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1):
         return None
     dtype, rows, cols = found
     if (type(dy) is not np.ndarray or dy.dtype is not dtype or dy.shape != x.shape
-            or not _contiguous_aligned(dy) or not _direct_stat(mean, dtype, rows)
-            or not _direct_stat(rstd, dtype, rows)):
+            or not _contiguous_aligned(dy) or not _direct_stat(rstd, dtype, rows)
+            or (centered and not _direct_stat(mean, dtype, rows))):
         return None
     w = _direct_param(weight, dtype, cols)
     if w is None:
@@ -235,28 +250,34 @@ def direct_backward(dy, x, mean, rstd, weight, axis, out):
         return None
     dweight = np.empty(cols, dtype)
     dbias = np.empty(cols, dtype)
-    cpu.ln_bwd(dy.ravel(), cols, x.ravel(), cols, mean.ravel(), rstd.ravel(), w[0], w[1],
-               out.ravel(), cols, dweight, dbias, rows, cols)
-    return out, dweight, dbias
+    mean = mean.ravel() if centered else _NO_STATS[dtype]
+    cpu.ln_bwd(dy.ravel(), cols, x.ravel(), cols, mean, rstd.ravel(), w[0], w[1],
+               out.ravel(), cols, dweight, dbias, rows, cols, centered)
+    return (out, dweight, dbias) if centered else (out, dweight)
 
 
-def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):
-    """Gradients of layer norm on the CPU; returns ``(dx, dweight, dbias)``.
+def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None, *, centered=True,
+             dresidual=None):
+    """Gradients of layer norm (or, not ``centered``, RMSNorm) on the CPU.
 
-    ``dx`` is ``out`` when given.
+    Returns ``(dx, dweight, dbias)``; ``dx`` is ``out`` when given, plus
+    ``dresidual`` when given; ``mean`` and ``dbias`` are None for RMSNorm.
     """
     compute = spec.compute_dtype
     dy_buf, lddy = _row_buffer(dy, spec)
     x_buf, ldx = _row_buffer(x, spec)
-    mean = np.ascontiguousarray(mean, dtype=compute).reshape(-1)
+    mean = (np.ascontiguousarray(mean, dtype=compute).reshape(-1) if centered
+            else _NO_STATS[compute])
     rstd = np.ascontiguousarray(rstd, dtype=compute).reshape(-1)
     w, has_w = _param(weight, compute)
-    dx, dx_buf, lddx = _result_rows(out, (dy, x, mean, rstd, weight), spec)
+    dres_buf, lddres = (None, 0) if dresidual is None else _row_buffer(dresidual, spec)
+    dx, dx_buf, lddx = _result_rows(out, (dy, x, mean, rstd, weight, dresidual), spec)
     dweight = np.zeros(spec.cols, compute)
     dbias = np.zeros(spec.cols, compute)
     if spec.rows:
         cpu.ln_bwd(dy_buf, lddy, x_buf, ldx, mean, rstd, w, has_w, dx_buf, lddx,
-                   dweight, dbias, spec.rows, spec.cols)
+                   dweight, dbias, spec.rows, spec.cols, centered, dres_buf, lddres)
     shape = spec.normalized_shape
+    dbias = dbias.astype(spec.param_dtype, copy=False).reshape(shape) if centered else None
     return (_deliver(dx, out), dweight.astype(spec.param_dtype, copy=False).reshape(shape),
-            dbias.astype(spec.param_dtype, copy=False).reshape(shape))
+            dbias)

@@ -357,7 +357,8 @@ def _to_device(array, stream):
                                                      stream=stream)
 
 
-def forward(spec, x, weight, bias, eps, out, stream=None):
+def forward(spec, x, weight, bias, eps, out, stream=None, *, centered=True, residual=None,
+            residual_out=None):
     """Layer norm on the GPU; returns ``(y, mean, rstd)`` like ``_cpu_backend.forward``.
 
     Parameters
@@ -374,9 +375,12 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
         Device arrays (``y`` is ``out`` when given) for device inputs; NumPy
         arrays, after the stream is synchronized, for NumPy inputs.
     """
+    if not centered or residual is not None:
+        raise NotImplementedError("RMSNorm and the residual add are not on the GPU yet")
     stream = _as_stream(stream, (x, weight, bias, out))
     if is_device_array(x):
-        return _forward_device(spec, x, weight, bias, eps, out, stream)
+        return (lambda y, mean, rstd: (y, None, mean, rstd))(
+            *_forward_device(spec, x, weight, bias, eps, out, stream))
     y, mean, rstd = _forward_device(spec, _to_device(x, stream), _to_device(weight, stream),
                                     _to_device(bias, stream), eps, None, stream)
     y, mean, rstd = (a.copy_to_host(stream=stream) for a in (y, mean, rstd))
@@ -384,10 +388,11 @@ def forward(spec, x, weight, bias, eps, out, stream=None):
     if out is not None:
         out[...] = y
         y = out
-    return y, mean, rstd
+    return y, None, mean, rstd
 
 
-def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):
+def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None, *, centered=True,
+             dresidual=None):
     """Gradients of layer norm on the GPU; returns ``(dx, dweight, dbias)``.
 
     Parameters
@@ -406,6 +411,8 @@ def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None):
         ``spec.param_dtype`` and bit-identical from call to call (fixed
         blocks, summed in a fixed order).
     """
+    if not centered or dresidual is not None:
+        raise NotImplementedError("RMSNorm and the residual add are not on the GPU yet")
     stream = _as_stream(stream, (dy, x, mean, rstd, weight, out))
     if is_device_array(x):
         return _backward_device(spec, dy, x, mean, rstd, weight, out, stream)

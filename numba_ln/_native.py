@@ -41,7 +41,12 @@ def call(typingctx, address, args):
 
 @intrinsic
 def as_mutable(typingctx, array):
-    """``array`` typed as writable: the kernels only read it, and one type means one callee."""
+    """``array`` typed as writable: the kernels only read it, and one type means one callee.
+
+    ``None`` (an absent optional array) passes through.
+    """
+    if isinstance(array, types.NoneType):
+        return array(array), lambda context, builder, signature, llargs: llargs[0]
     if not isinstance(array, types.Array):
         return None
     target = array.copy(readonly=False)

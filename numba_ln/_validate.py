@@ -236,15 +236,63 @@ def check_param(param, spec, name):
             f"{spec.normalized_shape} (x.shape[{spec.axis}:])")
 
 
-def check_out(out, spec):
-    """``out=`` (``y`` or ``dx``): same shape and dtype as ``x``, writeable (before any write)."""
-    if out.shape != spec.shape:
-        raise ValueError(f"out has shape {tuple(out.shape)}; expected {spec.shape}")
-    if _CANONICAL.get(np.dtype(out.dtype)) is not spec.dtype:
-        raise TypeError(f"out has dtype {np.dtype(out.dtype)}; expected {spec.dtype}")
+def check_out(out, spec, name="out", dtype=None):
+    """``out=`` (``y`` or ``dx``): same shape and dtype as ``x``, writeable (before any write).
+
+    ``dtype`` replaces ``x``'s where another one is expected (``residual_out``).
+    """
+    dtype = spec.dtype if dtype is None else dtype
+    if tuple(out.shape) != spec.shape:
+        raise ValueError(f"{name} has shape {tuple(out.shape)}; expected {spec.shape}")
+    if _CANONICAL.get(np.dtype(out.dtype)) is not dtype:
+        raise TypeError(f"{name} has dtype {np.dtype(out.dtype)}; expected {dtype}")
     flags = getattr(out, "flags", None)  # NumPy's; CUDA arrays carry no such flag
     if flags is not None and not getattr(flags, "writeable", True):
-        raise ValueError("out is read-only; expected a writeable array")
+        raise ValueError(f"{name} is read-only; expected a writeable array")
+
+
+def residual_dtype(residual, residual_out, spec):
+    """Check ``residual=`` and ``residual_out=``; return the dtype of ``s = x + residual``.
+
+    ``residual`` has ``x``'s shape and dtype, or float32 with a float16 ``x``
+    (the residual stream kept in higher precision); ``s`` has the
+    residual's dtype. ``residual_out`` without ``residual`` is an error.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> spec, _ = forward_spec(np.ones((2, 4), np.float16), None, None, -1, 1e-5, None)
+    >>> residual_dtype(np.ones((2, 4), np.float32), None, spec)
+    dtype('float32')
+    """
+    if residual is None:
+        if residual_out is not None:
+            raise ValueError("residual_out= was given without residual=; it receives "
+                             "x + residual, so pass the residual too")
+        return None
+    if tuple(residual.shape) != spec.shape:
+        raise ValueError(f"residual has shape {tuple(residual.shape)}; expected x's shape "
+                         f"{spec.shape}")
+    dtype = _CANONICAL.get(np.dtype(residual.dtype))
+    allowed = (spec.dtype, _FLOAT32) if spec.dtype is _FLOAT16 else (spec.dtype,)
+    if dtype not in allowed:
+        raise TypeError(f"residual has dtype {np.dtype(residual.dtype)}; expected x's dtype "
+                        f"{spec.dtype}" + (" or float32" if len(allowed) > 1 else ""))
+    if residual_out is not None:
+        check_out(residual_out, spec, "residual_out", dtype)
+    return dtype
+
+
+def check_dresidual(dresidual, spec):
+    """``dresidual=`` of a backward call: ``x``'s shape and dtype."""
+    if dresidual is None:
+        return
+    if tuple(dresidual.shape) != spec.shape:
+        raise ValueError(f"dresidual has shape {tuple(dresidual.shape)}; expected x's shape "
+                         f"{spec.shape}")
+    if _CANONICAL.get(np.dtype(dresidual.dtype)) is not spec.dtype:
+        raise TypeError(f"dresidual has dtype {np.dtype(dresidual.dtype)}; expected x's "
+                        f"dtype {spec.dtype}")
 
 
 def forward_spec(x, weight, bias, axis, eps, out):
@@ -259,7 +307,10 @@ def forward_spec(x, weight, bias, axis, eps, out):
 
 
 def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
-    """Check a ``layer_norm_backward`` call; return its :class:`Spec`."""
+    """Check a ``layer_norm_backward`` call; return its :class:`Spec`.
+
+    ``mean`` is None for RMSNorm's backward.
+    """
     param_dtype = None if weight is None else check_float_dtype(weight.dtype, "weight")
     spec = _spec(tuple(x.shape), x.dtype, axis, param_dtype)
     if tuple(dy.shape) != spec.shape:
@@ -267,6 +318,8 @@ def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
     if _CANONICAL.get(np.dtype(dy.dtype)) is not spec.dtype:
         raise TypeError(f"dy has dtype {np.dtype(dy.dtype)}; expected x's dtype {spec.dtype}")
     for name, stat in (("mean", mean), ("rstd", rstd)):
+        if stat is None:
+            continue
         check_float_dtype(stat.dtype, name)
         size = math.prod(stat.shape)
         if size != spec.rows:

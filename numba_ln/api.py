@@ -6,12 +6,58 @@ import numpy as np
 
 from . import _cpu_backend, _cuda_backend, _dispatch, _threading, _validate
 
-_FORWARD_ARRAYS = ("weight", "bias", "out")
-_BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight", "out")
+_FORWARD_ARRAYS = ("weight", "bias", "out", "residual", "residual_out")
+_BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight", "out", "dresidual")
+
+
+def _forward(centered, x, weight, bias, axis, eps, out, return_stats, device, stream, residual,
+             residual_out):
+    """``layer_norm`` (``centered``) or ``rms_norm``: one path for both."""
+    if device is None and residual is None and type(x) is np.ndarray:
+        result = _cpu_backend.direct_forward(x, weight, bias, axis, eps, out, return_stats,
+                                             centered)
+        if result is not None:
+            return result
+    given_out, given_s = out, residual_out
+    backend, x, (weight, bias, out, residual, residual_out) = _dispatch.select(
+        device, x, (weight, bias, out, residual, residual_out), _FORWARD_ARRAYS)
+    spec, eps = _validate.forward_spec(x, weight, bias, axis, eps, out)
+    _validate.residual_dtype(residual, residual_out, spec)
+    y, s, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream,
+                                       centered=centered, residual=residual,
+                                       residual_out=residual_out)
+    if given_out is not None:  # the caller's own object, even when a view was used
+        y = given_out
+    if given_s is not None:
+        s = given_s
+    results = (y,) if residual is None else (y, s)
+    if return_stats:
+        stats = (mean, rstd) if centered else (rstd,)
+        results += tuple(stat.reshape(spec.stats_shape) for stat in stats)
+    return results[0] if len(results) == 1 else results
+
+
+def _backward(centered, dy, x, mean, rstd, weight, axis, out, device, stream, dresidual):
+    """``layer_norm_backward`` (``centered``) or ``rms_norm_backward``."""
+    if device is None and dresidual is None and type(x) is np.ndarray:
+        grads = _cpu_backend.direct_backward(dy, x, mean, rstd, weight, axis, out, centered)
+        if grads is not None:
+            return grads
+    given_out = out
+    backend, x, (dy, mean, rstd, weight, out, dresidual) = _dispatch.select(
+        device, x, (dy, mean, rstd, weight, out, dresidual), _BACKWARD_ARRAYS)
+    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis, out)
+    _validate.check_dresidual(dresidual, spec)
+    dx, dweight, dbias = backend.backward(spec, dy, x, mean, rstd, weight, out, stream,
+                                          centered=centered, dresidual=dresidual)
+    if given_out is not None:  # the caller's own object, even when a view was used
+        dx = given_out
+    return (dx, dweight, dbias) if centered else (dx, dweight)
 
 
 def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
-               return_stats=False, device=None, stream=None):
+               return_stats=False, device=None, stream=None, residual=None,
+               residual_out=None):
     """Layer normalization (Ba, Kiros & Hinton, 2016).
 
     Each row -- the elements of ``x.shape[axis:]`` for one index of
@@ -48,26 +94,41 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
         to the GPU, computes there and returns NumPy arrays.
     stream : numba stream or object with a raw CUDA stream handle, optional
         CUDA stream for GPU work; the default stream otherwise.
+    residual : array, optional
+        Added to ``x`` first, in the same pass: ``s = x + residual`` is
+        normalized and returned (a transformer block's pre-norm residual
+        add). ``x``'s shape and dtype, or float32 with a float16 ``x`` (the
+        residual stream kept in higher precision; ``s`` is then float32).
+    residual_out : array, optional
+        Receives ``s``: ``residual``'s shape and dtype, writeable. It may be
+        ``residual`` itself (updated in place).
 
     Returns
     -------
     y : array
         Same shape and dtype as ``x``.
+    s : array
+        Only with ``residual``: ``x + residual`` in ``residual``'s dtype
+        (``residual_out`` when given).
     mean, rstd : array
-        Only with ``return_stats=True``. float32 for float16 and float32
-        inputs, float64 for float64.
+        Only with ``return_stats=True`` (after ``s``). float32 for float16
+        and float32 inputs, float64 for float64.
 
     Raises
     ------
     TypeError
         ``x``, ``weight``, ``bias`` or ``out`` of an unsupported dtype, or
-        ``out`` of a dtype other than ``x``'s; a masked array; ``eps`` not a
+        ``out`` of a dtype other than ``x``'s; ``residual`` of a dtype other
+        than ``x``'s (or float32 for float16), ``residual_out`` of another
+        than ``residual``'s; a masked array; ``eps`` not a
         real number (bool and str are not); ``axis`` not an integer; a
         byte-swapped CUDA array.
     ValueError
-        ``axis`` out of range, ``weight``/``bias``/``out`` of the wrong shape,
-        read-only ``out``, ``eps`` negative, NaN or infinite, an empty
-        normalized shape, or arrays on different devices.
+        ``axis`` out of range, ``weight``/``bias``/``out``/``residual``/
+        ``residual_out`` of the wrong shape, read-only ``out`` or
+        ``residual_out``, ``residual_out`` without ``residual``, ``eps``
+        negative, NaN or infinite, an empty normalized shape, or arrays on
+        different devices.
     CUDAUnavailableError
         ``device="cuda"`` or a CUDA array, with no usable GPU here.
 
@@ -90,25 +151,20 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     >>> y, mean, rstd = numba_ln.layer_norm(x, return_stats=True)
     >>> mean.ravel()
     array([ 2., 20.], dtype=float32)
+
+    The residual add of a pre-norm transformer block, fused:
+
+    >>> r = np.ones_like(x)
+    >>> y, s = numba_ln.layer_norm(x, residual=r, residual_out=r)
+    >>> s is r, r[0]
+    (True, array([2., 3., 4.], dtype=float32))
     """
-    if device is None and type(x) is np.ndarray:
-        result = _cpu_backend.direct_forward(x, weight, bias, axis, eps, out, return_stats)
-        if result is not None:
-            return result
-    given_out = out
-    backend, x, (weight, bias, out) = _dispatch.select(
-        device, x, (weight, bias, out), _FORWARD_ARRAYS)
-    spec, eps = _validate.forward_spec(x, weight, bias, axis, eps, out)
-    y, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream)
-    if given_out is not None:  # the caller's own object, even when a view was used
-        y = given_out
-    if return_stats:
-        return y, mean.reshape(spec.stats_shape), rstd.reshape(spec.stats_shape)
-    return y
+    return _forward(True, x, weight, bias, axis, eps, out, return_stats, device, stream,
+                    residual, residual_out)
 
 
 def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
-                        device=None, stream=None):
+                        device=None, stream=None, dresidual=None):
     """Gradients of :func:`layer_norm` with respect to ``x``, ``weight`` and ``bias``.
 
     With ``xhat = (x - mean) * rstd`` and ``g = weight * dy``, per row::
@@ -138,6 +194,10 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
         allocating (and the OS zeroing) a fresh ``dx`` on every call.
     device, stream
         As for :func:`layer_norm`.
+    dresidual : array, optional
+        For the fused residual form, the gradient reaching ``s`` through the
+        skip path (``x``'s shape and dtype); added into ``dx``, which is then
+        the gradient of both ``x`` and ``residual``. Pass ``s`` as ``x``.
 
     Returns
     -------
@@ -151,8 +211,9 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
     Raises
     ------
     TypeError, ValueError, CUDAUnavailableError
-        As for :func:`layer_norm` (``out`` included); also ``dy`` not matching
-        ``x``, or ``mean`` / ``rstd`` without one element per row.
+        As for :func:`layer_norm` (``out`` included); also ``dy`` or
+        ``dresidual`` not matching ``x``, or ``mean`` / ``rstd`` without one
+        element per row.
 
     Examples
     --------
@@ -167,18 +228,105 @@ def layer_norm_backward(dy, x, mean, rstd, weight=None, *, axis=-1, out=None,
     >>> numba_ln.layer_norm_backward(np.ones_like(x), x, mean, rstd, out=dx_buffer)[0] is dx_buffer
     True
     """
-    if device is None and type(x) is np.ndarray:
-        grads = _cpu_backend.direct_backward(dy, x, mean, rstd, weight, axis, out)
-        if grads is not None:
-            return grads
-    given_out = out
-    backend, x, (dy, mean, rstd, weight, out) = _dispatch.select(
-        device, x, (dy, mean, rstd, weight, out), _BACKWARD_ARRAYS)
-    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis, out)
-    dx, dweight, dbias = backend.backward(spec, dy, x, mean, rstd, weight, out, stream)
-    if given_out is not None:  # the caller's own object, even when a view was used
-        dx = given_out
-    return dx, dweight, dbias
+    return _backward(True, dy, x, mean, rstd, weight, axis, out, device, stream, dresidual)
+
+
+def rms_norm(x, weight=None, *, axis=-1, eps=1e-5, out=None, return_stats=False, device=None,
+             stream=None, residual=None, residual_out=None):
+    """RMS normalization (Zhang & Sennrich, 2019): layer norm without the centering.
+
+    Each row -- the elements of ``x.shape[axis:]`` -- is divided by its root
+    mean square, then scaled by ``weight``::
+
+        y = x / sqrt(mean(x**2) + eps) * weight
+
+    as PyTorch's ``F.rms_norm(x, x.shape[axis:], weight, eps)`` and ONNX's
+    RMSNormalization (``axis``, ``epsilon``; opset 23) define it. A row is
+    scale-invariant (``rms_norm(c * x) == rms_norm(x)`` for ``c > 0``, up to
+    ``eps``), but unlike :func:`layer_norm` not shift-invariant.
+
+    Parameters
+    ----------
+    x, weight, axis, out, device, stream, residual, residual_out
+        As for :func:`layer_norm` (there is no bias).
+    eps : float, default 1e-5
+        Added to the mean square (ONNX's default); finite and >= 0.
+    return_stats : bool, default False
+        Also return ``rstd = 1 / sqrt(mean(x**2) + eps)`` per row, in the
+        shape :func:`layer_norm` gives its statistics.
+
+    Returns
+    -------
+    y : array
+        Same shape and dtype as ``x``.
+    s : array
+        Only with ``residual``: ``x + residual``, as for :func:`layer_norm`.
+    rstd : array
+        Only with ``return_stats=True``.
+
+    Raises
+    ------
+    TypeError, ValueError, CUDAUnavailableError
+        As for :func:`layer_norm`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_ln
+    >>> x = np.array([[3.0, 4.0], [1.0, 1.0]])
+    >>> numba_ln.rms_norm(x, eps=0.0)
+    array([[0.84852814, 1.13137085],
+           [1.        , 1.        ]])
+    >>> y, rstd = numba_ln.rms_norm(x, eps=0.0, return_stats=True)
+    >>> rstd.ravel()
+    array([0.28284271, 1.        ])
+    """
+    return _forward(False, x, weight, None, axis, eps, out, return_stats, device, stream,
+                    residual, residual_out)
+
+
+def rms_norm_backward(dy, x, rstd, weight=None, *, axis=-1, out=None, device=None,
+                      stream=None, dresidual=None):
+    """Gradients of :func:`rms_norm` with respect to ``x`` and ``weight``.
+
+    With ``xhat = x * rstd`` and ``g = weight * dy``, per row::
+
+        dx      = rstd * (g - xhat * mean(g * xhat))
+        dweight = sum over rows of dy * xhat
+
+    Parameters
+    ----------
+    dy, x, weight, axis, out, device, stream, dresidual
+        As for :func:`layer_norm_backward` (``x`` is ``s`` for the fused
+        residual form).
+    rstd : array
+        The statistic returned by ``rms_norm(..., return_stats=True)``, in
+        that shape or any shape with one element per row.
+
+    Returns
+    -------
+    dx : array
+        ``x``'s shape and dtype; ``out`` when given.
+    dweight : array
+        Shape ``x.shape[axis:]``, ``weight``'s dtype (without ``weight``: the
+        compute dtype). Bit-identical across calls and thread counts.
+
+    Raises
+    ------
+    TypeError, ValueError, CUDAUnavailableError
+        As for :func:`layer_norm_backward`.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> import numba_ln
+    >>> x = np.array([[3.0, 4.0]])
+    >>> y, rstd = numba_ln.rms_norm(x, eps=0.0, return_stats=True)
+    >>> dx, dweight = numba_ln.rms_norm_backward(y, x, rstd)  # the gradient of sum(y**2) / 2
+    >>> bool(np.abs(dx).max() < 1e-12), dweight
+    (True, array([0.72, 1.28]))
+    """
+    return _backward(False, dy, x, None, rstd, weight, axis, out, device, stream, dresidual)
 
 
 class Backend(NamedTuple):

@@ -158,6 +158,46 @@ def _own_stage_impl(stage):
     return lambda stage: np.empty_like(stage)
 
 
+def residual_stage(s, cols, stage):
+    """A row of ``s``'s type to build ``s = x + residual`` in before it is streamed out.
+
+    ``None`` unless there is a residual (``s`` an array) and ``y`` is
+    streamed (``stage`` an array): then ``s`` is streamed too, from this row.
+    """
+    return None if s is None or stage is None else np.empty(cols, s.dtype)
+
+
+@overload(residual_stage, inline="always")
+def _residual_stage_impl(s, cols, stage):
+    if isinstance(s, types.NoneType) or isinstance(stage, types.NoneType):
+        return lambda s, cols, stage: None
+    return lambda s, cols, stage: np.empty(cols, s.dtype)
+
+
+def row_of(a, r, ld, cols):
+    """Row ``r`` of the kernel buffer ``a`` (row stride ``ld``); ``None`` stays ``None``."""
+    return None if a is None else a[r * ld:r * ld + cols]
+
+
+@overload(row_of, inline="always")
+def _row_of_impl(a, r, ld, cols):
+    if isinstance(a, types.NoneType):
+        return lambda a, r, ld, cols: None
+    return lambda a, r, ld, cols: a[r * ld:r * ld + cols]
+
+
+def tail(a, start):
+    """``a[start:]``; ``None`` stays ``None``."""
+    return None if a is None else a[start:]
+
+
+@overload(tail, inline="always")
+def _tail_impl(a, start):
+    if isinstance(a, types.NoneType):
+        return lambda a, start: None
+    return lambda a, start: a[start:]
+
+
 @_piece
 def _smaller(a, b):
     """``min(a, b)`` of two integers, without compiling numba's generic ``min``."""
@@ -197,8 +237,11 @@ def _stream_rest(stage, y, start, count):
 # --------------------------------------------------------------------------- forward
 
 @_shared
-def _row_moments(x, scale):
+def _row_moments(x, scale, centered):
     """``(center, correction, variance)`` of the row ``x * scale`` (see ``_math``).
+
+    Without ``centered`` (RMSNorm) the mean is taken to be zero: pass one is
+    skipped and ``variance`` is the mean of the squares.
 
     Pass one adds the row in float64 lanes: the center's rounding is then
     the only error in a float32 row's mean, and it is known exactly
@@ -213,12 +256,13 @@ def _row_moments(x, scale):
     n = x.shape[0]
     scale64 = np.float64(scale)  # its product fuses with the float64 add
     total = 0.0
-    for start in range(0, n, STATS_BLOCK):
-        block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
-        part = 0.0
-        for j in range(block.shape[0]):
-            part += np.float64(load(block, j)) * scale64
-        total += part
+    if centered:
+        for start in range(0, n, STATS_BLOCK):
+            block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
+            part = 0.0
+            for j in range(block.shape[0]):
+                part += np.float64(load(block, j)) * scale64
+            total += part
     mean = total / n
     center = to_compute(x, mean)
     sumsq = 0.0
@@ -234,7 +278,7 @@ def _row_moments(x, scale):
 
 
 @_piece
-def _ln_fwd_stats(x, eps):
+def _ln_fwd_stats(x, eps, centered):
     """Statistics of one row ``x`` (a 1-D view), corrected two-pass (see ``_math``).
 
     Returns ``(scale, center, correction, rstd_high, rstd_low, mean,
@@ -242,10 +286,11 @@ def _ln_fwd_stats(x, eps):
     :func:`_normalize` needs (the scaled row's rstd in two parts); the last
     two are reported. A finite row whose sums or squares overflow is
     measured again, scaled by a power of two (exact); a row with a NaN or an
-    infinity gives NaN statistics.
+    infinity gives NaN statistics. Without ``centered`` (RMSNorm) the mean,
+    center and correction are zero and the variance is the mean square.
     """
     scale = 1.0
-    center, correction, variance = _row_moments(x, to_compute(x, scale))
+    center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
     if not (math.isfinite(center) and math.isfinite(variance)):
         largest = to_compute(x, 0)  # a power of two bringing max|x| into [0.5, 1) is exact
         for j in range(x.shape[0]):
@@ -253,7 +298,7 @@ def _ln_fwd_stats(x, eps):
             largest = magnitude if magnitude > largest else largest
         if math.isfinite(largest) and largest > 0:  # else a NaN or Inf row: NaN statistics
             scale = math.ldexp(1.0, -math.frexp(largest)[1])
-            center, correction, variance = _row_moments(x, to_compute(x, scale))
+            center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
     scaled_rstd = _math.scaled_rstd(variance, eps, scale)
     rstd_high = to_compute(x, scaled_rstd)
     return (to_compute(x, scale), center, to_compute(x, correction), rstd_high,
@@ -311,30 +356,62 @@ def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, scale, center
     _stream_rest(stage, y, start, cols - start)
 
 
+@_piece
+def _add_residual(x, residual, s, s_stage):
+    """``s = x + residual`` (rounded to ``s``'s type); returns the row to normalize.
+
+    That is ``s`` itself, read back from cache, or -- when ``s_stage`` is
+    an array, for calls large enough to stream -- ``s_stage``, which holds
+    the sum while ``s`` receives it with streaming stores, so ``s`` is never
+    read for ownership.
+    """
+    cols = x.shape[0]
+    if s_stage is None:
+        for j in range(cols):
+            store(s, j, load(x, j) + load(residual, j))
+        return s
+    for j in range(cols):
+        store(s_stage, j, load(x, j) + load(residual, j))
+    head = _line_head(s)
+    for j in range(head):
+        s[j] = s_stage[j]
+    _stream_rest(s_stage[head:], s, head, cols - head)
+    return s_stage
+
+
 @_kernel
-def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
-                eps, stage):
+def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ldy, s, lds,
+                mean, rstd, rows, cols, eps, centered, stage):
     """Forward pass of ``rows`` rows on the calling thread.
 
     ``mean`` and ``rstd`` have one element per row, or none when that
-    statistic is not wanted. ``stage`` is ``None`` for ordinary stores, or a
-    staging row (:func:`new_stage`) to write ``y`` with streaming stores; the
-    values are the same bits either way.
+    statistic is not wanted. ``centered`` is False for RMSNorm (no mean; the
+    caller passes no bias). ``residual`` and ``s`` are ``None``, or buffers
+    (row strides ``ldr`` and ``lds``) of one dtype: then ``s = x +
+    residual`` is stored and normalized. ``stage`` is ``None`` for ordinary
+    stores, or a staging row (:func:`new_stage`) to write ``y`` (and ``s``)
+    with streaming stores; the values are the same bits either way.
     """
     eps = to_compute(x, eps)  # as the C library's float32 functions receive it
     keep_mean = mean.shape[0] > 0
     keep_rstd = rstd.shape[0] > 0
+    s_stage = residual_stage(s, cols, stage)
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
         y_row = y[r * ldy:r * ldy + cols]
+        if residual is None:
+            src = x_row
+        else:
+            src = _add_residual(x_row, residual[r * ldr:r * ldr + cols],
+                                s[r * lds:r * lds + cols], s_stage)
         scale, center, correction, rstd_high, rstd_low, row_mean, row_rstd = _ln_fwd_stats(
-            x_row, eps)
+            src, eps, centered)
         if stage is None:
-            _normalize(x_row, y_row, weight, bias, has_weight, has_bias, scale, center,
+            _normalize(src, y_row, weight, bias, has_weight, has_bias, scale, center,
                        correction, rstd_high, rstd_low, cols)
         else:
             ahead = _smaller(r + 1, rows - 1) * ldx
-            _normalize_streaming(x_row, y_row, weight, bias, has_weight, has_bias, scale,
+            _normalize_streaming(src, y_row, weight, bias, has_weight, has_bias, scale,
                                  center, correction, rstd_high, rstd_low, stage,
                                  x[ahead:ahead + cols])
         if keep_mean:
@@ -346,8 +423,9 @@ def ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, 
 
 
 @_parallel_kernel
-def ln_fwd_parallel(rows_kernel, x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
-                    rstd, rows, cols, eps, stage, tasks, task_rows):
+def ln_fwd_parallel(rows_kernel, x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y,
+                    ldy, s, lds, mean, rstd, rows, cols, eps, centered, stage, tasks,
+                    task_rows):
     """Forward pass, ``tasks`` chunks of ``task_rows`` rows across threads.
 
     Each chunk calls the compiled ``ln_fwd_rows`` at address ``rows_kernel``
@@ -358,37 +436,43 @@ def ln_fwd_parallel(rows_kernel, x, ldx, weight, bias, has_weight, has_bias, y, 
         first = task * task_rows
         count = _smaller(rows, first + task_rows) - first
         _native.call(rows_kernel, (
-            as_mutable(x[first * ldx:]), ldx, as_mutable(weight), as_mutable(bias),
-            has_weight, has_bias, y[first * ldy:], ldy, mean[first:], rstd[first:], count,
-            cols, eps, own_stage(stage)))
+            as_mutable(x[first * ldx:]), ldx, as_mutable(tail(residual, first * ldr)),
+            ldr, as_mutable(weight), as_mutable(bias), has_weight, has_bias, y[first * ldy:],
+            ldy, tail(s, first * lds), lds, mean[first:], rstd[first:], count, cols, eps,
+            centered, own_stage(stage)))
 
 
 @functools.lru_cache(maxsize=None)  # numba types are slow to build: once per variant
-def rows_kernel(storage, compute, streaming):
+def rows_kernel(storage, compute, streaming, residual=None):
     """The address of ``ln_fwd_rows`` for writable, aligned arrays of these dtypes.
 
     What ``ln_fwd_parallel`` and the C library call; ``streaming`` picks the
-    variant (``stage`` an array, or ``None``).
+    variant (``stage`` an array, or ``None``), ``residual`` the dtype of
+    ``residual`` and ``s`` (``None``: no residual).
     """
     array = _native.array
     stage_type = array(storage) if streaming else types.none
+    residual_type = types.none if residual is None else array(residual)
     return _native.address(ln_fwd_rows, (
-        array(storage), types.int64, array(compute), array(compute), types.boolean,
-        types.boolean, array(storage), types.int64, array(compute), array(compute),
-        types.int64, types.int64, types.float64, stage_type))
+        array(storage), types.int64, residual_type, types.int64, array(compute),
+        array(compute), types.boolean, types.boolean, array(storage), types.int64,
+        residual_type, types.int64, array(compute), array(compute), types.int64, types.int64,
+        types.float64, types.boolean, stage_type))
 
 
-def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps):
+def ln_fwd(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps,
+           centered=True, residual=None, ldr=0, s=None, lds=0):
     """Forward pass of ``rows >= 1`` rows, scheduled by :func:`plan`."""
     threaded, tasks, task_rows, stream, _, _ = _plan(0, rows, cols, y.itemsize)
     stage = new_stage(y, True) if stream else None
     if threaded and _threading.parallel_allowed():
-        ln_fwd_parallel(rows_kernel(x.dtype, mean.dtype, stream), x, ldx, weight, bias,
-                        has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps, stage,
-                        tasks, task_rows)
+        kernel = rows_kernel(x.dtype, mean.dtype, stream, None if s is None else s.dtype)
+        ln_fwd_parallel(kernel, x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y,
+                        ldy, s, lds, mean, rstd, rows, cols, eps, centered, stage, tasks,
+                        task_rows)
     else:
-        ln_fwd_rows(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows,
-                    cols, eps, stage)
+        ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ldy, s, lds,
+                    mean, rstd, rows, cols, eps, centered, stage)
 
 
 # --------------------------------------------------------------------------- backward
@@ -446,8 +530,9 @@ def _ln_bwd_pair_sums(dy0, x0, mean0, rstd0, dy1, x1, mean1, rstd1, weight, has_
 
 
 @_shared
-def _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, count):
-    """``dx[j]`` for ``j < count``.
+def _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dresidual, dx, mean_g, mean_gxhat,
+                    count):
+    """``dx[j]`` for ``j < count``, plus ``dresidual[j]`` unless that is ``None``.
 
     Shared, not inlined: inlined copies of this loop rounded its formula
     differently, and which copy ran depended on where the arrays lay.
@@ -456,34 +541,42 @@ def _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxha
     for j in range(count):
         w = weight[j] if has_weight else one
         xhat = _math.normalized(load(x, j), mean, rstd)
-        store(dx, j, _math.grad_input(w * load(dy, j), xhat, rstd, mean_g, mean_gxhat))
+        grad = _math.grad_input(w * load(dy, j), xhat, rstd, mean_g, mean_gxhat)
+        if dresidual is None:
+            store(dx, j, grad)
+        else:
+            store(dx, j, grad + load(dresidual, j))
 
 
 @_piece
-def _ln_bwd_dx(dy, x, mean, rstd, weight, has_weight, dx, sum_g, sum_gxhat, stage):
+def _ln_bwd_dx(dy, x, mean, rstd, weight, has_weight, centered, dresidual, dx, sum_g,
+               sum_gxhat, stage):
     """Pass two over a row: ``dx`` from pass one's sums.
 
-    With a non-empty ``stage`` it is written with streaming stores, as the
+    Without ``centered`` (RMSNorm) the ``mean(g)`` term is absent. With a
+    non-empty ``stage`` it is written with streaming stores, as the
     forward writes ``y`` (``_normalize_streaming``): tiles computed into
     ``stage``, copied out a 64-byte line at a time, the ragged ends stored.
     """
     cols = x.shape[0]
     n = to_compute(x, cols)
-    mean_g = _math.mean_offset(sum_g, n)
+    mean_g = _math.mean_offset(sum_g, n) if centered else n - n
     mean_gxhat = _math.mean_offset(sum_gxhat, n)
     if stage is None or not stage.shape[0]:
-        _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, cols)
+        _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dresidual, dx, mean_g,
+                        mean_gxhat, cols)
         return
     start = _line_head(dx)
-    _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dx, mean_g, mean_gxhat, start)
+    _ln_bwd_dx_part(dy, x, mean, rstd, weight, has_weight, dresidual, dx, mean_g, mean_gxhat,
+                    start)
     tile = np.int64(stage_elements(stage))  # int64 like every other count: one compilation
     while start + tile <= cols:
         _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight,
-                        stage, mean_g, mean_gxhat, tile)
+                        tail(dresidual, start), stage, mean_g, mean_gxhat, tile)
         _stream_lines(stage, dx, start, tile)
         start += tile
-    _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight, stage,
-                    mean_g, mean_gxhat, cols - start)
+    _ln_bwd_dx_part(dy[start:], x[start:], mean, rstd, weight[start:], has_weight,
+                    tail(dresidual, start), stage, mean_g, mean_gxhat, cols - start)
     _stream_rest(stage, dx, start, cols - start)
 
 
@@ -499,10 +592,15 @@ def ln_bwd_reduce(part, out, first_col, stop_col):
 
 
 @_kernel
-def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                  dweight_part, dbias_part, dweight, dbias, rows, cols, block_rows,
-                  first_block, stop_block, stage):
+def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dresidual,
+                  lddres, dx, lddx, dweight_part, dbias_part, dweight, dbias, rows, cols,
+                  block_rows, first_block, stop_block, stage):
     """Blocks ``first_block .. stop_block - 1`` of ``block_rows`` rows: ``dx`` and partial sums.
+
+    Without ``centered`` (RMSNorm) ``mean`` may be empty: rows are taken to
+    have mean zero and ``mean(g)`` drops out of ``dx`` (``dbias_part`` is
+    still summed; the caller ignores it). ``dresidual`` is ``None``, or a
+    buffer (row stride ``lddres``) added into ``dx``.
 
     ``dweight_part``/``dbias_part`` are ``(blocks, cols)``, one row per
     block. Non-empty ``dweight``/``dbias`` also receive the sums of all the
@@ -512,6 +610,7 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
     plan's ``wide``) an array, empty for ordinary stores or a staging row to
     stream ``dx``. Wide rows go through pass one in pairs.
     """
+    zero = to_compute(x, 0)
     for block in range(first_block, stop_block):
         dweight_acc = dweight_part[block]
         dbias_acc = dbias_part[block]
@@ -524,20 +623,26 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
                 s = r + 1
                 dy0, x0 = dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols]
                 dy1, x1 = dy[s * lddy:s * lddy + cols], x[s * ldx:s * ldx + cols]
+                mean0 = mean[r] if centered else zero
+                mean1 = mean[s] if centered else zero
                 sum_g0, sum_gxhat0, sum_g1, sum_gxhat1 = _ln_bwd_pair_sums(
-                    dy0, x0, mean[r], rstd[r], dy1, x1, mean[s], rstd[s], weight,
+                    dy0, x0, mean0, rstd[r], dy1, x1, mean1, rstd[s], weight,
                     has_weight, dweight_acc, dbias_acc)
-                _ln_bwd_dx(dy0, x0, mean[r], rstd[r], weight, has_weight,
-                           dx[r * lddx:r * lddx + cols], sum_g0, sum_gxhat0, stage)
-                _ln_bwd_dx(dy1, x1, mean[s], rstd[s], weight, has_weight,
-                           dx[s * lddx:s * lddx + cols], sum_g1, sum_gxhat1, stage)
+                _ln_bwd_dx(dy0, x0, mean0, rstd[r], weight, has_weight, centered,
+                           row_of(dresidual, r, lddres, cols), dx[r * lddx:r * lddx + cols],
+                           sum_g0, sum_gxhat0, stage)
+                _ln_bwd_dx(dy1, x1, mean1, rstd[s], weight, has_weight, centered,
+                           row_of(dresidual, s, lddres, cols), dx[s * lddx:s * lddx + cols],
+                           sum_g1, sum_gxhat1, stage)
                 r += 2
         while r < stop:
             dy_row, x_row = dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols]
-            sum_g, sum_gxhat = _ln_bwd_sums(dy_row, x_row, mean[r], rstd[r], weight,
+            row_mean = mean[r] if centered else zero
+            sum_g, sum_gxhat = _ln_bwd_sums(dy_row, x_row, row_mean, rstd[r], weight,
                                             has_weight, dweight_acc, dbias_acc)
-            _ln_bwd_dx(dy_row, x_row, mean[r], rstd[r], weight, has_weight,
-                       dx[r * lddx:r * lddx + cols], sum_g, sum_gxhat, stage)
+            _ln_bwd_dx(dy_row, x_row, row_mean, rstd[r], weight, has_weight, centered,
+                       row_of(dresidual, r, lddres, cols), dx[r * lddx:r * lddx + cols],
+                       sum_g, sum_gxhat, stage)
             r += 1
     if stage is not None:
         stream_fence()
@@ -549,8 +654,8 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
 
 @_parallel_kernel
 def ln_bwd_parallel(blocks_kernel, reduce_kernel, phase, tasks, dy, lddy, x, ldx, mean, rstd,
-                    weight, has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias,
-                    rows, cols, block_rows, stage, reduce_cols):
+                    weight, has_weight, centered, dresidual, lddres, dx, lddx, dweight_part,
+                    dbias_part, dweight, dbias, rows, cols, block_rows, stage, reduce_cols):
     """One phase of a threaded backward pass, ``tasks`` tasks across threads.
 
     Phase 0: the blocks (``ln_bwd_blocks``), one per task. Phase 1: the
@@ -559,15 +664,16 @@ def ln_bwd_parallel(blocks_kernel, reduce_kernel, phase, tasks, dy, lddy, x, ldx
     The kernels are called at the addresses :func:`blocks_kernel` gives.
     """
     as_mutable = _native.as_mutable
-    dy, x, mean, rstd, weight = (as_mutable(dy), as_mutable(x), as_mutable(mean),
-                                 as_mutable(rstd), as_mutable(weight))
+    dy, x, mean, rstd, weight, dresidual = (
+        as_mutable(dy), as_mutable(x), as_mutable(mean), as_mutable(rstd), as_mutable(weight),
+        as_mutable(dresidual))
     for task in prange(tasks):
         first = np.int64(task)
         if phase == 0:
             _native.call(blocks_kernel, (
-                dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
-                dbias_part, dweight[:0], dbias[:0], rows, cols, block_rows, first,
-                first + 1, own_stage(stage)))
+                dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dresidual, lddres,
+                dx, lddx, dweight_part, dbias_part, dweight[:0], dbias[:0], rows, cols,
+                block_rows, first, first + 1, own_stage(stage)))
         else:
             first_col = first * reduce_cols
             stop_col = _smaller(cols, first_col + reduce_cols)
@@ -576,17 +682,20 @@ def ln_bwd_parallel(blocks_kernel, reduce_kernel, phase, tasks, dy, lddy, x, ldx
 
 
 @functools.lru_cache(maxsize=None)  # numba types are slow to build: once per variant
-def blocks_kernel(storage, compute, wide):
+def blocks_kernel(storage, compute, wide, dresidual=False):
     """The addresses of ``ln_bwd_blocks`` and ``ln_bwd_reduce`` for writable, aligned arrays.
 
     What ``ln_bwd_parallel`` and the C library call; ``wide`` picks the
-    variant of ``ln_bwd_blocks`` (``stage`` an array, or ``None``).
+    variant of ``ln_bwd_blocks`` (``stage`` an array, or ``None``),
+    ``dresidual`` whether that argument is an array.
     """
     array, int64 = _native.array, types.int64
     stage_type = array(storage) if wide else types.none
     blocks = _native.address(ln_bwd_blocks, (
         array(storage), int64, array(storage), int64, array(compute), array(compute),
-        array(compute), types.boolean, array(storage), int64, array(compute, 2),
+        array(compute), types.boolean, types.boolean,
+        array(storage) if dresidual else types.none, int64, array(storage), int64,
+        array(compute, 2),
         array(compute, 2), array(compute), array(compute), int64, int64, int64, int64, int64,
         stage_type))
     return blocks, _native.address(ln_bwd_reduce, (array(compute, 2), array(compute), int64,
@@ -599,22 +708,23 @@ def backward_stage(dx, wide, stream):
 
 
 def ln_bwd(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-           dweight, dbias, rows, cols):
+           dweight, dbias, rows, cols, centered=True, dresidual=None, lddres=0):
     """Backward pass of ``rows >= 1`` rows, scheduled by :func:`plan`."""
     threaded, blocks, block_rows, stream, wide, reduce_cols = _plan(1, rows, cols, dx.itemsize)
     stage = backward_stage(dx, wide, stream)
     dweight_part = np.empty((blocks, cols), dweight.dtype)
     dbias_part = np.empty((blocks, cols), dbias.dtype)
     if threaded and _threading.parallel_allowed():
-        kernels = blocks_kernel(dx.dtype, dweight.dtype, wide)
+        kernels = blocks_kernel(dx.dtype, dweight.dtype, wide, dresidual is not None)
         for phase, tasks in ((0, blocks), (1, (cols + reduce_cols - 1) // reduce_cols)):
             ln_bwd_parallel(*kernels, phase, tasks, dy, lddy, x, ldx, mean, rstd, weight,
-                            has_weight, dx, lddx, dweight_part, dbias_part, dweight, dbias,
-                            rows, cols, block_rows, stage, reduce_cols)
+                            has_weight, centered, dresidual, lddres, dx, lddx, dweight_part,
+                            dbias_part, dweight, dbias, rows, cols, block_rows, stage,
+                            reduce_cols)
     else:
-        ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                      dweight_part, dbias_part, dweight, dbias, rows, cols, block_rows, 0,
-                      blocks, stage)
+        ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dresidual,
+                      lddres, dx, lddx, dweight_part, dbias_part, dweight, dbias, rows, cols,
+                      block_rows, 0, blocks, stage)
 
 
 _cache.discard_if_stale(ln_fwd_rows)

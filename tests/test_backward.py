@@ -220,7 +220,8 @@ def test_other_calls_take_the_general_path(rng, general_calls):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 2047, 2048, 2051, 5000])
 @pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")
-def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
+@pytest.mark.parametrize("variant", ["layer", "rms+dresidual"])
+def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset, variant):
     """A block of rows with and without streaming stores for ``dx``, at every alignment.
 
     Five rows, taken as wide ones (an array ``stage``): two pairs and a single row.
@@ -237,14 +238,16 @@ def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
     mean = rng.standard_normal(rows).astype(compute)
     rstd = (1 + rng.random(rows)).astype(compute)
     weight = rng.standard_normal(cols).astype(compute)
+    centered = variant == "layer"
+    dresidual = None if centered else dy[::-1].copy()
     results = []
     for stage_bytes in (0, 1024):
         dx = np.full(rows * ld + offset, FILL, dtype)[offset:].view(storage)
         parts = np.empty((1, cols), compute), np.empty((1, cols), compute)
         stage = np.empty(stage_bytes // dx.itemsize, storage)
         no_sums = np.empty(0, compute)
-        cpu.ln_bwd_blocks(dy, ld, x, ld, mean, rstd, weight, True, dx, ld, *parts, no_sums,
-                          no_sums, rows, cols, rows, 0, 1, stage)
+        cpu.ln_bwd_blocks(dy, ld, x, ld, mean, rstd, weight, True, centered, dresidual, ld,
+                          dx, ld, *parts, no_sums, no_sums, rows, cols, rows, 0, 1, stage)
         results.append((dx, *parts))
     assert_streamed_like_plain(*results, rows, cols, ld, dtype)
 

@@ -182,11 +182,13 @@ def test_device_cpu_is_accepted(rng):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("cols", [1, 15, 33, 100, 1000, 1100, 5000])
 @pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")
-def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
+@pytest.mark.parametrize("variant", ["layer", "rms", "residual"])
+def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset, variant):
     """The kernel with and without streaming stores, on rows at every alignment.
 
-    ``offset`` shifts both buffers and pads each row, so row starts fall
-    anywhere in a cache line; the padding must come back untouched.
+    ``offset`` shifts every buffer and pads each row, so row starts fall
+    anywhere in a cache line; the padding must come back untouched. With a
+    residual, ``s = x + residual`` is streamed too.
     """
     from numba_ln import cpu
 
@@ -196,15 +198,25 @@ def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset):
     x = rng.standard_normal(rows * ld + offset).astype(dtype)[offset:].view(storage)
     weight = rng.standard_normal(cols).astype(compute)
     bias = rng.standard_normal(cols).astype(compute)
+    residual = (rng.standard_normal(rows * ld + offset).astype(dtype)[offset:].view(storage)
+                if variant == "residual" else None)
     results = []
     for stream_out in (False, True):
-        y = np.full(rows * ld + offset, FILL, dtype)[offset:].view(storage)
+        y, s = (np.full(rows * ld + offset, FILL, dtype)[offset:].view(storage)
+                for _ in range(2))
         mean, rstd = np.empty(rows, compute), np.empty(rows, compute)
         stage = cpu.new_stage(y, True) if stream_out else None
-        cpu.ln_fwd_rows(x, ld, weight, bias, True, True, y, ld, mean, rstd, rows, cols,
-                        1e-5, stage)
-        results.append((y, mean, rstd))
-    assert_streamed_like_plain(*results, rows, cols, ld, dtype)
+        cpu.ln_fwd_rows(x, ld, residual, ld, weight, bias, True, variant != "rms", y, ld,
+                        None if residual is None else s, ld, mean, rstd, rows, cols, 1e-5,
+                        variant != "rms", stage)
+        results.append((y, s, mean, rstd))
+    assert_streamed_like_plain(*results, rows, cols, ld, dtype, outputs=2)
+    if residual is not None:
+        s = results[1][1].view(dtype)
+        for r in range(rows):
+            row = slice(r * ld, r * ld + cols)
+            np.testing.assert_array_equal(
+                s[row], x.view(dtype)[row] + residual.view(dtype)[row])
 
 
 def _streams(rows, cols, itemsize):
