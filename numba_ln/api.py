@@ -13,7 +13,7 @@ _BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight", "out", "dresidual")
 def _forward(centered, x, weight, bias, axis, eps, out, return_stats, device, stream, residual,
              residual_out):
     """``layer_norm`` (``centered``) or ``rms_norm``: one path for both."""
-    if device is None and residual is None and type(x) is np.ndarray:
+    if device is None and residual is None and residual_out is None and type(x) is np.ndarray:
         result = _cpu_backend.direct_forward(x, weight, bias, axis, eps, out, return_stats,
                                              centered)
         if result is not None:

@@ -296,9 +296,11 @@ def _ln_fwd_stats(x, eps, centered):
         for j in range(x.shape[0]):
             magnitude = abs(load(x, j))
             largest = magnitude if magnitude > largest else largest
-        if math.isfinite(largest) and largest > 0:  # else a NaN or Inf row: NaN statistics
+        if math.isfinite(largest) and largest > 0:
             scale = math.ldexp(1.0, -math.frexp(largest)[1])
             center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
+        else:  # a NaN or Inf row: NaN statistics (RMSNorm's mean square is inf, not NaN)
+            variance = math.nan
     scaled_rstd = _math.scaled_rstd(variance, eps, scale)
     rstd_high = to_compute(x, scaled_rstd)
     return (to_compute(x, scale), center, to_compute(x, correction), rstd_high,
@@ -379,6 +381,19 @@ def _add_residual(x, residual, s, s_stage):
     return s_stage
 
 
+def source_row(x, residual, s, s_stage):
+    """The row a forward pass normalizes: ``x``, or ``s = x + residual`` (``_add_residual``)."""
+    return x if residual is None else _add_residual(x, residual, s, s_stage)
+
+
+@overload(source_row, inline="always")
+def _source_row_impl(x, residual, s, s_stage):
+    # Chosen by type: the two rows may have different dtypes (a float32 residual).
+    if isinstance(residual, types.NoneType):
+        return lambda x, residual, s, s_stage: x
+    return lambda x, residual, s, s_stage: _add_residual(x, residual, s, s_stage)
+
+
 @_kernel
 def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ldy, s, lds,
                 mean, rstd, rows, cols, eps, centered, stage):
@@ -399,11 +414,8 @@ def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ld
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
         y_row = y[r * ldy:r * ldy + cols]
-        if residual is None:
-            src = x_row
-        else:
-            src = _add_residual(x_row, residual[r * ldr:r * ldr + cols],
-                                s[r * lds:r * lds + cols], s_stage)
+        src = source_row(x_row, row_of(residual, r, ldr, cols), row_of(s, r, lds, cols),
+                         s_stage)
         scale, center, correction, rstd_high, rstd_low, row_mean, row_rstd = _ln_fwd_stats(
             src, eps, centered)
         if stage is None:
