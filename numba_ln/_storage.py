@@ -1,12 +1,17 @@
 """Storage types and compute types for the CPU kernels.
 
 numba's CPU target has no float16 type, so float16 arrays reach the CPU
-kernels viewed as ``uint16`` (the raw IEEE binary16 bits). The intrinsics
+kernels viewed as ``uint16`` (the raw IEEE binary16 bits); it knows no
+bfloat16 either, and bfloat16 arrays arrive viewed as ``int16``, so that the
+two 16-bit formats are two numba types and every kernel tells them apart at
+compile time. The intrinsics
 below reinterpret those bits as LLVM's ``half`` and convert with ``fpext`` /
 ``fptrunc``: on x86 with F16C that is one ``vcvtph2ps``/``vcvtps2ph`` per
 vector, so the kernels convert in registers while streaming and never make a
 float32 copy of the array. Rounding is IEEE round-to-nearest-even, as NumPy's
-``astype(np.float16)``.
+``astype(np.float16)``. bfloat16 is the top half of a float32: widening is
+a shift, and narrowing rounds to nearest even in integer arithmetic (a NaN
+stays a quiet NaN of its sign), as ``ml_dtypes`` does.
 
 ``load`` and ``store`` give the kernels one spelling for every storage type:
 they read an element as its compute type (float32 for float16 and float32,
@@ -64,6 +69,45 @@ def float32_to_half_bits(typingctx, value):
         return builder.bitcast(half, ir.IntType(16))
 
     return types.uint16(types.float32), codegen
+
+
+@intrinsic
+def bfloat16_bits_to_float32(typingctx, bits):
+    """Widen bfloat16 bits (an int16) to float32, exactly: they are its top half."""
+    if bits != types.int16:
+        return None
+
+    def codegen(context, builder, signature, args):
+        wide = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(wide, ir.FloatType())
+
+    return types.float32(types.int16), codegen
+
+
+@intrinsic
+def float32_to_bfloat16_bits(typingctx, value):
+    """Round a float32 to the nearest bfloat16, ties to even, and return its bits (an int16).
+
+    Adding ``0x7fff`` plus the kept part's lowest bit, then dropping the low
+    half, is round-to-nearest-even, and carries into the exponent (up to
+    infinity) where it should. A NaN keeps its sign and top payload bits,
+    made quiet. Branch-free, so loops of it vectorize.
+    """
+    if value != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        int32 = ir.IntType(32)
+        bits = builder.bitcast(args[0], int32)
+        upper = builder.lshr(bits, int32(16))
+        rounded = builder.lshr(
+            builder.add(builder.add(bits, int32(0x7FFF)), builder.and_(upper, int32(1))),
+            int32(16))
+        quiet = builder.or_(upper, int32(0x0040))
+        is_nan = builder.fcmp_unordered("uno", args[0], args[0])
+        return builder.trunc(builder.select(is_nan, quiet, rounded), ir.IntType(16))
+
+    return types.int16(types.float32), codegen
 
 
 #: Bytes one ``stream_line`` writes: a cache line.
@@ -179,6 +223,8 @@ def to_compute(array, value):
 def _load_impl(array, index):
     if array.dtype == types.uint16:
         return lambda array, index: half_bits_to_float32(array[index])
+    if array.dtype == types.int16:
+        return lambda array, index: bfloat16_bits_to_float32(array[index])
     return lambda array, index: array[index]
 
 
@@ -187,6 +233,10 @@ def _store_impl(array, index, value):
     if array.dtype == types.uint16:
         def impl(array, index, value):
             array[index] = float32_to_half_bits(types.float32(value))
+        return impl
+    if array.dtype == types.int16:
+        def impl(array, index, value):
+            array[index] = float32_to_bfloat16_bits(types.float32(value))
         return impl
     dtype = array.dtype
 
@@ -202,6 +252,7 @@ def _to_compute_impl(array, value):
     return lambda array, value: types.float32(value)
 
 
-__all__ = ["half_bits_to_float32", "float32_to_half_bits", "load", "store",
+__all__ = ["half_bits_to_float32", "float32_to_half_bits", "bfloat16_bits_to_float32",
+           "float32_to_bfloat16_bits", "load", "store",
            "to_compute", "stream_line", "stream_fence", "prefetch_line", "LINE_BYTES",
            "element_bytes", "line_elements"]
