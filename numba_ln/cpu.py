@@ -284,20 +284,23 @@ def _ln_fwd_stats(x, eps, centered):
     Returns ``(scale, center, correction, rstd_high, rstd_low, mean,
     rstd)``: the first five, in the compute type, are what
     :func:`_normalize` needs (the scaled row's rstd in two parts); the last
-    two are reported. A finite row whose sums or squares overflow is
+    two are reported. A finite row whose sums or squares overflow, or
+    whose squares underflow while ``eps`` is too small to hide it, is
     measured again, scaled by a power of two (exact); a row with a NaN or an
     infinity gives NaN statistics. Without ``centered`` (RMSNorm) the mean,
     center and correction are zero and the variance is the mean square.
     """
     scale = 1.0
     center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
-    if not (math.isfinite(center) and math.isfinite(variance)):
+    if not (math.isfinite(center) and math.isfinite(variance)) or (
+            variance + eps < _UNDERFLOW_VARIANCE):
         largest = to_compute(x, 0)  # a power of two bringing max|x| into [0.5, 1) is exact
         for j in range(x.shape[0]):
             magnitude = abs(load(x, j))
             largest = magnitude if magnitude > largest else largest
         if math.isfinite(largest) and largest > 0:
             scale = math.ldexp(1.0, -math.frexp(largest)[1])
+            scale = scale if scale < _scale_limit(x) else _scale_limit(x)
             center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
         else:  # a NaN or Inf row: NaN statistics (RMSNorm's mean square is inf, not NaN)
             variance = math.nan
@@ -307,6 +310,23 @@ def _ln_fwd_stats(x, eps, centered):
             to_compute(x, scaled_rstd - rstd_high),
             to_compute(x, _math.scaled_mean(center, correction, scale)),
             to_compute(x, scaled_rstd * scale))
+
+
+#: Below this, squares of the row's deviations may have fallen into the
+#: subnormal range and lost their precision (float32's starts at 2**-126).
+_UNDERFLOW_VARIANCE = 2.0 ** -60
+
+
+def _scale_limit(x):
+    """The largest scale of a row of ``x``: a power of two its compute type holds, whose
+    square (``eps * scale**2``, in float64) does too."""
+    return 2.0 ** (511 if x.dtype == np.float64 else 127)
+
+
+@overload(_scale_limit, inline="always")
+def _scale_limit_impl(x):
+    limit = 2.0 ** (511 if x.dtype == types.float64 else 127)
+    return lambda x: limit
 
 
 @_piece

@@ -265,6 +265,20 @@ def test_rows_whose_squares_overflow_are_normalized(dtype, big):
     assert np.isfinite(y).all() and rel_l2(y, expected) <= TOLERANCE[np.dtype(dtype)]
 
 
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+@pytest.mark.parametrize("dtype, tiny", [(np.float32, 1e-39), (np.float32, 1e-20),
+                                         (np.float64, 1e-200), (np.float16, 6e-8)])
+def test_rows_whose_squares_underflow_are_normalized(norm, dtype, tiny):
+    """With ``eps=0`` nothing hides a sum of squares that fell below the smallest normal."""
+    x = (np.array([[1.0, -2.0, 3.0, 0.5]]) * tiny).astype(dtype)
+    scaled = x.astype(np.float64) / tiny
+    if norm == "layer":
+        y, expected = numba_ln.layer_norm(x, eps=0.0), ref.layer_norm(scaled, eps=0.0)[0]
+    else:
+        y, expected = numba_ln.rms_norm(x, eps=0.0), ref.rms_norm(scaled, eps=0.0)[0]
+    assert rel_l2(y, expected) <= max(TOLERANCE[np.dtype(dtype)], 1e-6) * 4  # x was rounded
+
+
 def test_matches_pytorch_rms_norm(rng):
     torch = pytest.importorskip("torch")
     x = rng.standard_normal((4, 6, 10)).astype(np.float32)
