@@ -14,7 +14,6 @@ from . import _validate, cpu
 from ._config import SERIAL_MAX_ELEMENTS
 from ._validate import eps_fault, row_stride
 
-_FLOAT16 = np.dtype(np.float16)  # stored in the kernels' buffers as its raw bits
 _FLOAT32, _FLOAT64 = np.dtype(np.float32), np.dtype(np.float64)
 _NO_PARAM = {dt: np.ones(1, dt) for dt in (_FLOAT32, _FLOAT64)}
 _NO_STATS = {dt: np.empty(0, dt) for dt in (_FLOAT32, _FLOAT64)}
@@ -36,15 +35,16 @@ def _row_buffer(a, spec):
             ld = spec.cols
         size = (spec.rows - 1) * ld + spec.cols if spec.rows else 0
         buffer = as_strided(a, shape=(size,), strides=(a.itemsize,))
-    return (buffer.view(np.uint16) if spec.dtype is _FLOAT16 else buffer), ld
+    storage = _validate.storage_dtype(spec.dtype)
+    return (buffer if storage is spec.dtype else buffer.view(storage)), ld
 
 
 def _new_rows(spec):
     """A fresh C-ordered result of ``x``'s shape and dtype, and its kernel buffer."""
-    if spec.dtype is not _FLOAT16:
-        buffer = np.empty(spec.rows * spec.cols, spec.dtype)
+    storage = _validate.storage_dtype(spec.dtype)
+    buffer = np.empty(spec.rows * spec.cols, storage)
+    if storage is spec.dtype:
         return buffer.reshape(spec.shape), buffer
-    buffer = np.empty(spec.rows * spec.cols, np.uint16)
     return buffer.view(spec.dtype).reshape(spec.shape), buffer
 
 

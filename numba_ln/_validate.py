@@ -26,8 +26,12 @@ from typing import NamedTuple
 import numpy as np
 
 SUPPORTED_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
-_SUPPORTED_NAMES = "float16, float32, float64"
+_SUPPORTED_NAMES = "float16, bfloat16 (ml_dtypes), float32, float64"
 _FLOAT16, _FLOAT32, _FLOAT64 = SUPPORTED_DTYPES
+
+#: ``ml_dtypes.bfloat16``'s dtype once an array of it has been seen (numba-ln
+#: never imports ml_dtypes: an array of it means it is loaded already).
+BFLOAT16 = None
 
 #: Every dtype the kernels accept, by value, to NumPy's own (native) object:
 #: dtypes that compare equal but are other objects (any that came through
@@ -91,11 +95,58 @@ def check_float_dtype(dtype, name):
         return _CANONICAL[dtype]
     except (KeyError, TypeError):
         pass
+    if _register_bfloat16(dtype):
+        return BFLOAT16
     try:
         described = str(np.dtype(dtype))
     except TypeError:
         described = repr(dtype)
     raise TypeError(f"{name} has dtype {described}; supported dtypes are {_SUPPORTED_NAMES}")
+
+
+def _register_bfloat16(dtype):
+    """Whether ``dtype`` is ml_dtypes' bfloat16; the first time, make it a supported dtype.
+
+    It is recognised by what it is -- a 2-byte dtype named ``bfloat16`` whose
+    scalar type comes from ``ml_dtypes`` -- so numba-ln needs no import of
+    ml_dtypes to accept it. It computes in float32, as float16 does.
+    """
+    global BFLOAT16
+    if not isinstance(dtype, np.dtype) or dtype.name != "bfloat16" or dtype.itemsize != 2:
+        return False
+    if not getattr(dtype.type, "__module__", "").startswith("ml_dtypes"):
+        return False
+    BFLOAT16 = dtype
+    _CANONICAL[dtype] = dtype
+    _COMPUTE[dtype] = _FLOAT32
+    return True
+
+
+def is_half(dtype):
+    """Whether ``dtype`` (a supported one) is float16 or bfloat16: stored in 16 bits, computed in float32."""
+    return dtype is _FLOAT16 or (dtype is BFLOAT16 and dtype is not None)
+
+
+def storage_dtype(dtype):
+    """The dtype the kernels see a supported ``dtype``'s elements as.
+
+    float16 is viewed as uint16 and bfloat16 as int16 (raw bits, converted in
+    registers; see ``_storage``); float32 and float64 are themselves.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> storage_dtype(np.dtype(np.float16)), storage_dtype(np.dtype(np.float32))
+    (dtype('uint16'), dtype('float32'))
+    """
+    if dtype is _FLOAT16:
+        return _UINT16
+    if dtype is BFLOAT16 and dtype is not None:
+        return _INT16
+    return dtype
+
+
+_UINT16, _INT16 = np.dtype(np.uint16), np.dtype(np.int16)
 
 
 def is_native(dtype):
@@ -274,7 +325,7 @@ def residual_dtype(residual, residual_out, spec):
         raise ValueError(f"residual has shape {tuple(residual.shape)}; expected x's shape "
                          f"{spec.shape}")
     dtype = _CANONICAL.get(np.dtype(residual.dtype))
-    allowed = (spec.dtype, _FLOAT32) if spec.dtype is _FLOAT16 else (spec.dtype,)
+    allowed = (spec.dtype, _FLOAT32) if is_half(spec.dtype) else (spec.dtype,)
     if dtype not in allowed:
         raise TypeError(f"residual has dtype {np.dtype(residual.dtype)}; expected x's dtype "
                         f"{spec.dtype}" + (" or float32" if len(allowed) > 1 else ""))

@@ -63,3 +63,138 @@ def test_float32_narrows_to_nearest_even_like_ml_dtypes():
     result = out[nan].view(BFLOAT16).astype(np.float32)
     assert np.isnan(result).all()
     np.testing.assert_array_equal(np.signbit(result), np.signbit(values[nan]))
+
+
+# --------------------------------------------------------------------------- the API
+
+import pickle  # noqa: E402
+
+import numba_ln  # noqa: E402
+import reference as ref  # noqa: E402
+from reference import TOLERANCE, rel_l2  # noqa: E402
+
+TOL = TOLERANCE[BFLOAT16]
+#: Serial; threaded; threaded with streamed outputs; wide backward rows.
+SIZES = [(5, 33), (600, 257), (2048, 2304), (40, 5000)]
+
+
+def _bf16(rng, shape, scale=1.0, shift=0.0):
+    return (rng.standard_normal(shape) * scale + shift).astype(BFLOAT16)
+
+
+def _f64(a):
+    return None if a is None else np.asarray(a, np.float64)
+
+
+@pytest.mark.parametrize("shape", SIZES, ids=str)
+@pytest.mark.parametrize("param_dtype", [BFLOAT16, np.float32], ids=["bf16", "f32"])
+def test_layer_norm_forward_and_backward_match_reference(rng, shape, param_dtype):
+    x, dy = _bf16(rng, shape, 3, 1), _bf16(rng, shape)
+    weight = rng.standard_normal(shape[-1]).astype(param_dtype)
+    bias = rng.standard_normal(shape[-1]).astype(param_dtype)
+    y, mean, rstd = numba_ln.layer_norm(x, weight, bias, return_stats=True)
+    y_ref, mean_ref, rstd_ref = ref.layer_norm(_f64(x), _f64(weight), _f64(bias))
+    assert y.dtype == BFLOAT16 and mean.dtype == rstd.dtype == np.float32
+    assert rel_l2(y, y_ref) <= TOL
+    assert rel_l2(mean, mean_ref) <= 1e-6 and rel_l2(rstd, rstd_ref) <= 1e-6
+    dx, dweight, dbias = numba_ln.layer_norm_backward(dy, x, mean, rstd, weight)
+    dx_ref, dweight_ref, dbias_ref = ref.layer_norm_backward(_f64(dy), _f64(x), _f64(weight))
+    assert dx.dtype == BFLOAT16 and dweight.dtype == dbias.dtype == param_dtype
+    assert rel_l2(dx, dx_ref) <= TOL
+    assert rel_l2(dweight, dweight_ref) <= TOL and rel_l2(dbias, dbias_ref) <= TOL
+
+
+@pytest.mark.parametrize("shape", [(3, 4, 17), (600, 257)], ids=str)
+def test_every_axis(rng, shape):
+    x = _bf16(rng, shape)
+    for axis in range(-len(shape), len(shape)):
+        y = numba_ln.layer_norm(x, axis=axis)
+        assert rel_l2(y, ref.layer_norm(_f64(x), axis=axis)[0]) <= TOL, axis
+
+
+@pytest.mark.parametrize("residual_dtype", [BFLOAT16, np.float32], ids=["bf16", "f32"])
+@pytest.mark.parametrize("shape", [(5, 33), (2048, 2304)], ids=str)
+def test_rms_norm_with_a_residual(rng, residual_dtype, shape):
+    x = _bf16(rng, shape)
+    residual = rng.standard_normal(shape).astype(residual_dtype)
+    weight = _bf16(rng, shape[-1:])
+    y, s, rstd = numba_ln.rms_norm(x, weight, residual=residual, return_stats=True)
+    assert y.dtype == BFLOAT16 and s.dtype == residual_dtype
+    np.testing.assert_array_equal(s, (_f64(x) + _f64(residual)).astype(residual_dtype))
+    y_ref, rstd_ref = ref.rms_norm(_f64(s), _f64(weight))
+    assert rel_l2(y, y_ref) <= TOL and rel_l2(rstd, rstd_ref) <= 1e-6
+    dy = _bf16(rng, shape)
+    if residual_dtype is BFLOAT16:
+        dx, dweight = numba_ln.rms_norm_backward(dy, s, rstd, weight, dresidual=dy)
+        dx_ref, dweight_ref = ref.add_rms_norm_backward(_f64(dy), _f64(s), _f64(weight),
+                                                        dresidual=_f64(dy))
+        assert rel_l2(dx, dx_ref) <= TOL and rel_l2(dweight, dweight_ref) <= TOL
+
+
+@pytest.mark.parametrize("layout", ["padded-rows", "fortran", "out", "in-place"])
+def test_layouts_and_outputs_give_the_same_bits(rng, layout):
+    x = _bf16(rng, (600, 96))
+    expected = numba_ln.layer_norm(x)
+    if layout == "padded-rows":
+        padded = np.zeros((600, 100), BFLOAT16)
+        padded[:, :96] = x
+        result = numba_ln.layer_norm(padded[:, :96])
+    elif layout == "fortran":
+        result = numba_ln.layer_norm(np.asfortranarray(x))
+    elif layout == "out":
+        out = np.empty_like(x)
+        assert numba_ln.layer_norm(x, out=out) is out
+        result = out
+    else:
+        x = x.copy()
+        numba_ln.layer_norm(x, out=x)
+        result = x
+    np.testing.assert_array_equal(result.view(np.int16), expected.view(np.int16))
+
+
+def test_pickled_arrays_are_welcome(rng):
+    x = _bf16(rng, (4, 40))
+    np.testing.assert_array_equal(numba_ln.layer_norm(pickle.loads(pickle.dumps(x))),
+                                  numba_ln.layer_norm(x))
+
+
+def test_nan_and_inf_stay_in_their_row(rng):
+    x = _bf16(rng, (600, 96))
+    clean = numba_ln.layer_norm(x)
+    dirty = x.copy()
+    dirty[3, 5], dirty[10, 0], dirty[12, 7] = np.nan, np.inf, -np.inf
+    y = numba_ln.layer_norm(dirty)
+    assert np.isnan(y[[3, 10, 12]].astype(np.float32)).all()
+    good = np.setdiff1d(np.arange(600), [3, 10, 12])
+    np.testing.assert_array_equal(y[good].view(np.int16), clean[good].view(np.int16))
+
+
+@pytest.mark.parametrize("norm", ["layer", "rms"])
+def test_huge_values_do_not_overflow_the_float32_sums(norm):
+    # bfloat16 reaches 3.39e38, as float32 does: the squares overflow float32.
+    x = np.array([[3e38, -3e38, 1e38, 0.0]], BFLOAT16)
+    y = (numba_ln.layer_norm(x, eps=0.0) if norm == "layer"
+         else numba_ln.rms_norm(x, eps=0.0))
+    scaled = _f64(x) / 1e38
+    expected = ref.layer_norm(scaled, eps=0.0)[0] if norm == "layer" else ref.rms_norm(
+        scaled, eps=0.0)[0]
+    assert np.isfinite(y.astype(np.float32)).all() and rel_l2(y, expected) <= TOL
+
+
+def test_subnormal_rows_are_normalized():
+    x = (np.array([[1.0, -2.0, 3.0, 0.5]]) * 1e-39).astype(BFLOAT16)
+    assert (np.abs(_f64(x)) < np.finfo(np.float32).tiny).all()  # every element subnormal
+    y = numba_ln.rms_norm(x, eps=0.0)
+    assert rel_l2(y, ref.rms_norm(_f64(x) * 1e39, eps=0.0)[0]) <= TOL
+
+
+def test_bfloat16_is_recognised_without_numba_ln_importing_ml_dtypes():
+    import subprocess
+    import sys
+    code = ("import sys, numba_ln; assert 'ml_dtypes' not in sys.modules; "
+            "import numpy as np, ml_dtypes; "
+            "print(numba_ln.layer_norm(np.ones((1, 2), ml_dtypes.bfloat16)).dtype)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "bfloat16"
