@@ -99,7 +99,7 @@ def layer_norm(x, weight=None, bias=None, *, axis=-1, eps=1e-5, out=None,
     backend, x, (weight, bias, out) = _dispatch.select(
         device, x, (weight, bias, out), _FORWARD_ARRAYS)
     spec, eps = _validate.forward_spec(x, weight, bias, axis, eps, out)
-    y, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream)
+    y, *_, mean, rstd = backend.forward(spec, x, weight, bias, eps, out, stream)
     if given_out is not None:  # the caller's own object, even when a view was used
         y = given_out
     if return_stats:
