@@ -286,69 +286,107 @@ def _writes_directly(out, inputs, spec):
 # Forward and backward
 # --------------------------------------------------------------------------
 
-def _forward_device(spec, x, weight, bias, eps, out, stream):
+def _forward_device(spec, x, weight, bias, eps, out, stream, centered, residual,
+                    residual_out):
     from numba import cuda
 
     from . import gpu
     compute = spec.compute_dtype
     x = as_numba_array(x)
+    r = None if residual is None else as_numba_array(residual)
     out_array = None if out is None else as_numba_array(out)
-    direct = out_array is not None and _writes_directly(out_array, (x, weight, bias), spec)
+    direct = out_array is not None and _writes_directly(out_array, (x, r, weight, bias), spec)
     y = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
+    s = s_array = None
+    if r is not None:  # s = x + r in r's dtype; into residual_out as out= into y
+        s_dtype = np.dtype(r.dtype)
+        s_array = None if residual_out is None else as_numba_array(residual_out)
+        direct_s = (s_array is not None and np.dtype(s_array.dtype) == s_dtype
+                    and _writes_directly(s_array, (x, r, weight, bias, y), spec))
+        s = s_array if direct_s else cuda.device_array(spec.shape, s_dtype, stream=stream)
+    stats_count = 2 if centered else 1  # rstd, and mean when centered
     if not spec.rows:
-        stats = cuda.device_array(0, compute, stream=stream)
-        return (out if out is not None else y, stats.reshape(spec.stats_shape),
-                stats.reshape(spec.stats_shape))
+        stats = cuda.device_array(0, compute, stream=stream).reshape(spec.stats_shape)
+        return _forward_results(out, y, residual_out, s, stats if centered else None, stats)
     x_buf, ldx = _row_buffer(x, spec, stream)
     y_buf, ldy = _row_buffer(y, spec, stream)
+    r_buf = ldr = s_buf = lds = None
+    rows_of = [x_buf, y_buf]
+    strides = [ldx, ldy]
+    if r is not None:
+        (r_buf, ldr), (s_buf, lds) = _row_buffer(r, spec, stream), _row_buffer(s, spec, stream)
+        rows_of += [r_buf, s_buf]
+        strides += [ldr, lds]
     (w, has_w), (b, has_b) = _gains((weight, bias), spec, x_buf, stream)
-    pointers = [_pointer(a) for a in (x_buf, y_buf) + ((w,) if has_w else ())
-                + ((b,) if has_b else ())]
-    p = gpu.plan("forward", spec.rows, spec.cols, spec.dtype, pointers, (ldx, ldy))
-    # One allocation: mean, rstd, then the split kernels' partial statistics.
-    stats = cuda.device_array(2 * spec.rows + p.workspace, compute, stream=stream)
-    mean, rstd = stats[:spec.rows], stats[spec.rows:2 * spec.rows]
+    pointers = [_pointer(a) for a in rows_of + ([w] if has_w else []) + ([b] if has_b else [])]
+    p = gpu.plan("forward", spec.rows, spec.cols, spec.dtype, pointers, strides,
+                 centered=centered, residual=None if r is None else s.dtype)
+    # One allocation: rstd, mean (centered), then the split kernels' partial statistics.
+    stats = cuda.device_array(stats_count * spec.rows + p.workspace, compute, stream=stream)
+    rstd = stats[:spec.rows]
+    mean = stats[spec.rows:2 * spec.rows] if centered else rstd  # rstd: a stand-in, unused
     gpu.run_forward(p, stream, x_buf, ldx, w, b, has_w, has_b, y_buf, ldy, mean, rstd,
-                    stats[2 * spec.rows:], spec.rows, spec.cols, compute.type(eps))
+                    stats[stats_count * spec.rows:], spec.rows, spec.cols, compute.type(eps),
+                    r_buf, ldr, s_buf, lds)
     if out_array is not None and not direct:
         _assign(out_array, y, stream)
-    return (out if out is not None else y, mean.reshape(spec.stats_shape),
-            rstd.reshape(spec.stats_shape))
+    if s_array is not None and s is not s_array:
+        _assign(s_array, s, stream)
+    return _forward_results(out, y, residual_out, s,
+                            mean.reshape(spec.stats_shape) if centered else None,
+                            rstd.reshape(spec.stats_shape))
 
 
-def _backward_device(spec, dy, x, mean, rstd, weight, out, stream):
+def _forward_results(out, y, residual_out, s, mean, rstd):
+    """``(y, s, mean, rstd)``, the caller's ``out``/``residual_out`` standing for ``y``/``s``."""
+    if s is not None and residual_out is not None:
+        s = residual_out
+    return (out if out is not None else y), s, mean, rstd
+
+
+def _backward_device(spec, dy, x, mean, rstd, weight, out, stream, centered, dresidual):
     from numba import cuda
 
     from . import gpu
     compute = spec.compute_dtype
     out_array = None if out is None else as_numba_array(out)
     direct = out_array is not None and _writes_directly(
-        out_array, (dy, x, mean, rstd, weight), spec)
+        out_array, (dy, x, mean, rstd, weight, dresidual), spec)
     dx = out_array if direct else cuda.device_array(spec.shape, spec.dtype, stream=stream)
-    grads = cuda.device_array(2 * spec.cols, spec.param_dtype, stream=stream)
-    dweight, dbias = grads[:spec.cols], grads[spec.cols:]
+    grads = cuda.device_array((2 if centered else 1) * spec.cols, spec.param_dtype,
+                              stream=stream)
+    dweight = grads[:spec.cols]
+    dbias = grads[spec.cols:] if centered else None
     x_arr = as_numba_array(x)
+    dres_buf = lddres = None
     if spec.rows:
         dy_buf, lddy = _row_buffer(as_numba_array(dy), spec, stream)
         x_buf, ldx = _row_buffer(x_arr, spec, stream)
         dx_buf, lddx = _row_buffer(dx, spec, stream)
-        mean_buf = _vector(mean, spec.rows, compute, stream)
         rstd_buf = _vector(rstd, spec.rows, compute, stream)
+        mean_buf = _vector(mean, spec.rows, compute, stream) if centered else rstd_buf
+        if dresidual is not None:
+            dres_buf, lddres = _row_buffer(as_numba_array(dresidual), spec, stream)
     else:  # only the reduction runs (it writes zeros); these are never read
         x_buf = dy_buf = dx_buf = _flat(x_arr, 0)
         mean_buf = rstd_buf = cuda.device_array(0, compute, stream=stream)
         lddy = ldx = lddx = spec.cols
     ((w, has_w),) = _gains((weight,), spec, x_buf, stream)
-    pointers = [_pointer(a) for a in (dy_buf, x_buf, dx_buf) + ((w,) if has_w else ())]
-    p = gpu.plan("backward", spec.rows, spec.cols, spec.dtype, pointers, (lddy, ldx, lddx),
-                 spec.param_dtype)
+    rows_of = [dy_buf, x_buf, dx_buf] + ([] if dres_buf is None else [dres_buf])
+    strides = [lddy, ldx, lddx] + ([] if dres_buf is None else [lddres])
+    pointers = [_pointer(a) for a in rows_of + ([w] if has_w else [])]
+    p = gpu.plan("backward", spec.rows, spec.cols, spec.dtype, pointers, strides,
+                 spec.param_dtype, centered=centered,
+                 residual=None if dres_buf is None else spec.dtype)
     workspace = cuda.device_array(max(1, p.workspace), compute, stream=stream)
     gpu.run_backward(p, stream, dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w, has_w,
-                     dx_buf, lddx, workspace, spec.rows, spec.cols, dweight, dbias)
+                     dx_buf, lddx, workspace, spec.rows, spec.cols, dweight, dbias, dres_buf,
+                     lddres)
     if out_array is not None and not direct:
         _assign(out_array, dx, stream)
     shape = spec.normalized_shape
-    return (out if out is not None else dx), dweight.reshape(shape), dbias.reshape(shape)
+    return ((out if out is not None else dx), dweight.reshape(shape),
+            None if dbias is None else dbias.reshape(shape))
 
 
 def _to_device(array, stream):
@@ -357,9 +395,24 @@ def _to_device(array, stream):
                                                      stream=stream)
 
 
+def _to_host(results, stream):
+    """Device results (None kept) copied to NumPy, after the stream is synchronized."""
+    results = [None if a is None else a.copy_to_host(stream=stream) for a in results]
+    stream.synchronize()
+    return results
+
+
+def _into(target, result):
+    """``result`` written into the caller's NumPy ``target`` (returned), or ``result``."""
+    if target is None:
+        return result
+    target[...] = result
+    return target
+
+
 def forward(spec, x, weight, bias, eps, out, stream=None, *, centered=True, residual=None,
             residual_out=None):
-    """Layer norm on the GPU; returns ``(y, mean, rstd)`` like ``_cpu_backend.forward``.
+    """Layer norm or RMSNorm on the GPU, with an optional fused residual add.
 
     Parameters
     ----------
@@ -368,40 +421,50 @@ def forward(spec, x, weight, bias, eps, out, stream=None, *, centered=True, resi
         ``weight``/``bias``/``out`` may be None.
     eps : float
     stream : None, numba stream, or an object with a raw CUDA stream handle
+    centered : bool, optional
+        False for RMSNorm (``bias`` is then None): ``y = x * rstd * weight``.
+    residual : array, optional
+        ``x``'s shape; ``x``'s dtype, or float32 with a float16 ``x``
+        (validated by the caller). ``s = x + residual`` is normalized.
+    residual_out : array, optional
+        Receives ``s`` (``residual``'s dtype, ``x``'s shape); may be
+        ``residual`` itself. Allocated when None.
 
     Returns
     -------
-    y, mean, rstd
-        Device arrays (``y`` is ``out`` when given) for device inputs; NumPy
-        arrays, after the stream is synchronized, for NumPy inputs.
+    y, s, mean, rstd
+        Device arrays (``y`` is ``out`` and ``s`` is ``residual_out`` when
+        given) for device inputs; NumPy arrays, after the stream is
+        synchronized, for NumPy inputs. ``s`` is None without a residual,
+        ``mean`` None when not ``centered``.
     """
-    if not centered or residual is not None:
-        raise NotImplementedError("RMSNorm and the residual add are not on the GPU yet")
-    stream = _as_stream(stream, (x, weight, bias, out))
+    stream = _as_stream(stream, (x, residual, weight, bias, out, residual_out))
     if is_device_array(x):
-        return (lambda y, mean, rstd: (y, None, mean, rstd))(
-            *_forward_device(spec, x, weight, bias, eps, out, stream))
-    y, mean, rstd = _forward_device(spec, _to_device(x, stream), _to_device(weight, stream),
-                                    _to_device(bias, stream), eps, None, stream)
-    y, mean, rstd = (a.copy_to_host(stream=stream) for a in (y, mean, rstd))
-    stream.synchronize()
-    if out is not None:
-        out[...] = y
-        y = out
-    return y, None, mean, rstd
+        return _forward_device(spec, x, weight, bias, eps, out, stream, centered, residual,
+                               residual_out)
+    results = _forward_device(spec, *(_to_device(a, stream) for a in (x, weight, bias)), eps,
+                              None, stream, centered, _to_device(residual, stream), None)
+    y, s, mean, rstd = _to_host(results, stream)
+    return _into(out, y), (None if s is None else _into(residual_out, s)), mean, rstd
 
 
 def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None, *, centered=True,
              dresidual=None):
-    """Gradients of layer norm on the GPU; returns ``(dx, dweight, dbias)``.
+    """Gradients of layer norm or RMSNorm on the GPU; returns ``(dx, dweight, dbias)``.
 
     Parameters
     ----------
     spec : _validate.Spec
     dy, x, mean, rstd, weight, out : CUDA arrays, or NumPy arrays (``device="cuda"``)
         ``mean``/``rstd`` in any shape with one element per row, any float
-        dtype; ``weight`` and ``out`` may be None.
+        dtype; ``weight`` and ``out`` may be None, and ``mean`` is None when
+        not ``centered``.
     stream : None, numba stream, or an object with a raw CUDA stream handle
+    centered : bool, optional
+        False for RMSNorm: ``dx = rstd * (g - xhat * mean(g * xhat))``.
+    dresidual : array, optional
+        ``x``'s shape and dtype: the gradient reaching ``s`` through the
+        skip path, added into ``dx``.
 
     Returns
     -------
@@ -409,18 +472,15 @@ def backward(spec, dy, x, mean, rstd, weight, out=None, stream=None, *, centered
         Device arrays for device inputs; NumPy arrays for NumPy inputs
         (``dx`` is ``out`` when given). ``dweight``/``dbias`` are in
         ``spec.param_dtype`` and bit-identical from call to call (fixed
-        blocks, summed in a fixed order).
+        blocks, summed in a fixed order); ``dbias`` is None when not
+        ``centered``.
     """
-    if not centered or dresidual is not None:
-        raise NotImplementedError("RMSNorm and the residual add are not on the GPU yet")
-    stream = _as_stream(stream, (dy, x, mean, rstd, weight, out))
+    stream = _as_stream(stream, (dy, x, mean, rstd, weight, out, dresidual))
     if is_device_array(x):
-        return _backward_device(spec, dy, x, mean, rstd, weight, out, stream)
+        return _backward_device(spec, dy, x, mean, rstd, weight, out, stream, centered,
+                                dresidual)
     results = _backward_device(spec, *(_to_device(a, stream) for a in (dy, x, mean, rstd)),
-                               _to_device(weight, stream), None, stream)
-    dx, dweight, dbias = (a.copy_to_host(stream=stream) for a in results)
-    stream.synchronize()
-    if out is not None:
-        out[...] = dx
-        dx = out
-    return dx, dweight, dbias
+                               _to_device(weight, stream), None, stream, centered,
+                               _to_device(dresidual, stream))
+    dx, dweight, dbias = _to_host(results, stream)
+    return _into(out, dx), dweight, dbias

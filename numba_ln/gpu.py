@@ -55,9 +55,23 @@ the rows a warp or block serves and write one partial row each;
 ``reduce1_partials`` adds the partial rows in a fixed order, parallel over
 columns and over groups of partial rows.
 
+RMSNorm and the fused residual add are the same kernels built with two more
+compile-time arguments. ``centered=False`` (RMSNorm) drops pass one and the
+mean: ``rstd = 1 / sqrt(mean(x * x) + eps)``, ``y = x * rstd * weight`` (no
+bias, no ``mean`` written), and in the backward ``dx = rstd * (g - xhat *
+mean(g * xhat))`` with no ``dbias``. ``residual`` (the dtype of the residual
+stream, None without one) makes the forward load ``r`` beside ``x``, form
+``s = x + r`` in the compute dtype, round it to ``s``'s dtype, store it, and
+normalize the rounded values from the registers; ``s`` is never read back,
+except by ``forward4_split_normalize``, which reads ``s`` in place of ``x``
+(one stream where recomputing would read two, and safe when ``s`` overwrote
+``r``). In the backward, ``residual`` adds ``dresidual`` into ``dx`` as it
+is stored. Kernels are named ``_[add_]{ln,rms}_<pass>_<schedule>_<variant>``.
+
 A factory returns a numba CUDA kernel for one storage dtype, vector width,
-register-cache length and column-index type (all compile-time). Nothing
-compiles until a kernel is launched, then once per argument types.
+register-cache length, column-index type, ``centered`` and ``residual``
+(all compile-time). Nothing compiles until a kernel is launched, then once
+per argument types.
 """
 
 import functools
@@ -91,9 +105,15 @@ def _jit(threads=None):
     return cuda.jit(**options)
 
 
-def _name(kernel, name, vector):
-    """Give ``kernel`` (a Python function) its name in profilers and PTX."""
-    kernel.__name__ = kernel.__qualname__ = f"{name}_{'vector' if vector else 'scalar'}"
+def _name(kernel, name, vec, centered=True, residual=None):
+    """Give ``kernel`` (a Python function) its name in profilers and PTX.
+
+    ``_<op>_<name>_<vector|scalar>``: ``<op>`` is ``ln`` (layer norm) or
+    ``rms`` (RMSNorm), preceded by ``add_`` with a residual stream
+    (``_add_rms_fwd_warp_vector``).
+    """
+    op = ("add_" if residual is not None else "") + ("ln" if centered else "rms")
+    kernel.__name__ = kernel.__qualname__ = f"_{op}_{name}_{'vector' if vec > 1 else 'scalar'}"
     return kernel
 
 
@@ -103,15 +123,23 @@ def _name(kernel, name, vector):
 # --------------------------------------------------------------------------
 
 @functools.cache
-def _row_steps(vec, chunks, index):
+def _row_steps(compute, vec, chunks, index, centered=True, residual=None):
     """The device functions every kernel is built from, for one vector width and chunk count.
 
     A thread holds the vectors ``first, first + stride, ...`` (``chunks`` of
     them, ``vec`` elements each) of a row or segment of ``width`` elements;
     each step loops over them fully unrolled, so ``cache`` and the other
-    local arrays stay in registers. Returns a dict of name to function.
+    local arrays stay in registers. ``centered`` (compile-time) is False for
+    RMSNorm: no mean, no bias, no ``mean(g)`` term. ``residual`` is the dtype
+    of the residual stream (forward: ``r`` and ``s``; backward:
+    ``dresidual``), None without one; the steps that take such a stream
+    ignore it then. Returns a dict of name to function.
     """
     load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
+    has_residual = residual is not None
+    rounded_type = from_dtype(np.dtype(residual)) if has_residual else compute
+    # RMSNorm adds -0.0 as its bias: exact, and the compiler folds the addition away.
+    no_bias = 0.0 if centered else -0.0
 
     @cuda.jit(device=True, inline="always")
     def load_params(weight, bias, has_weight, has_bias, col, w, b):
@@ -121,20 +149,32 @@ def _row_steps(vec, chunks, index):
         else:
             for t in range(vec):
                 w[t] = 1
-        if has_bias:
+        if centered and has_bias:
             load(bias, 0, col, b, 0)
         else:
             for t in range(vec):
-                b[t] = 0
+                b[t] = no_bias
 
     @cuda.jit(device=True, inline="always")
-    def load_row(x, base, first, stride, width, active, cache, zero):
-        """Load the thread's vectors into ``cache``; return their sum."""
+    def load_row(x, base, r, r_base, s, s_base, first, stride, width, active, cache, zero):
+        """Load the thread's vectors into ``cache``; return their sum.
+
+        With a residual, ``cache`` holds ``s = x + r`` rounded to ``s``'s
+        dtype, which is stored here: what is normalized is what was stored.
+        """
+        addend = cuda.local.array(vec, compute)
+        rounded = cuda.local.array(vec, rounded_type)
         total = zero
         for k in range(chunks):
             col = index(first + index(k) * stride)
             if active and col < width:
                 load(x, base, col, cache, k * vec)
+                if has_residual:
+                    load(r, r_base, col, addend, 0)
+                    for t in range(vec):
+                        rounded[t] = cache[k * vec + t] + addend[t]
+                        cache[k * vec + t] = rounded[t]
+                    store(s, s_base, col, rounded, 0)
                 for t in range(vec):
                     total += cache[k * vec + t]
         return total
@@ -154,14 +194,34 @@ def _row_steps(vec, chunks, index):
         return dsum, dsq
 
     @cuda.jit(device=True, inline="always")
-    def block_moments(x, base, first, stride, width, cache, sums, pairs, warps, n, zero):
+    def block_moments(x, base, r, r_base, s, s_base, first, stride, width, cache, sums, pairs,
+                      warps, n, zero):
         """A block's row (or segment) into ``cache``: its ``center`` (sum / n) and the
-        block-wide sums of ``d = x - center`` and ``d * d`` (two barriers)."""
-        total = load_row(x, base, first, stride, width, True, cache, zero)
-        center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
+        block-wide sums of ``d = x - center`` and ``d * d`` (two barriers). Not centered:
+        center and ``sum(d)`` are 0 and ``sum(x * x)`` takes one barrier, in ``sums`` (which
+        a caller looping over rows alternates, as ``block_sum`` asks)."""
+        total = load_row(x, base, r, r_base, s, s_base, first, stride, width, True, cache, zero)
+        if centered:
+            center = _math.mean_offset(_gpu_ops.block_sum(sums, total, warps), n)
+        else:
+            center = zero
         dsum, dsq = deviation_sums(cache, center, first, stride, width, True, zero)
-        dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+        if centered:
+            dsum, dsq = _gpu_ops.block_sum2(pairs, dsum, dsq, warps)
+        else:
+            dsum, dsq = zero, _gpu_ops.block_sum(sums, dsq, warps)
         return center, dsum, dsq
+
+    if centered:
+        @cuda.jit(device=True, inline="always")
+        def row_sums(sums, parity):
+            """``sums`` (1-D): a row's two barriers order its reads before the next row's writes."""
+            return sums
+    else:
+        @cuda.jit(device=True, inline="always")
+        def row_sums(sums, parity):
+            """``sums[parity]`` of two buffers: one barrier a row, so rows alternate them."""
+            return sums[parity]
 
     @cuda.jit(device=True, inline="always")
     def normalize_row(y, base, weight, bias, has_weight, has_bias, param_start, first, stride,
@@ -182,7 +242,8 @@ def _row_steps(vec, chunks, index):
                       width, active, row_mean, row_rstd, xhat, g, w, dweight_acc, dbias_acc,
                       zero):
         """Load ``dy`` and ``x``; keep ``xhat`` and ``g = w * dy``; add each column's
-        ``dy * xhat`` and ``dy``. Returns the sums of ``g`` and of ``g * xhat``."""
+        ``dy * xhat`` and (centered) ``dy``. Returns the sums of ``g`` (0 when not
+        centered) and of ``g * xhat``."""
         sum_g = zero
         sum_gxhat = zero
         for k in range(chunks):
@@ -200,33 +261,43 @@ def _row_steps(vec, chunks, index):
                     value = _math.normalized(xhat[k * vec + t], row_mean, row_rstd)
                     xhat[k * vec + t] = value
                     dweight_acc[k * vec + t] += grad * value
-                    dbias_acc[k * vec + t] += grad
+                    if centered:
+                        dbias_acc[k * vec + t] += grad
                     grad = w[t] * grad
                     g[k * vec + t] = grad
-                    sum_g += grad
+                    if centered:
+                        sum_g += grad
                     sum_gxhat += grad * value
         return sum_g, sum_gxhat
 
     @cuda.jit(device=True, inline="always")
-    def input_gradient(dx, base, first, stride, width, xhat, g, row_rstd, mean_g, mean_gxhat):
-        """``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, stored by vectors."""
+    def input_gradient(dx, base, dres, dres_base, first, stride, width, xhat, g, row_rstd,
+                       mean_g, mean_gxhat):
+        """``dx = rstd * (g - mean(g) - xhat * mean(g * xhat))``, plus ``dresidual`` when
+        there is one, stored by vectors."""
+        skip = cuda.local.array(vec, compute)
         for k in range(chunks):
             col = index(first + index(k) * stride)
             if col < width:
+                if has_residual:
+                    load(dres, dres_base, col, skip, 0)
                 for t in range(vec):
                     g[k * vec + t] = _math.grad_input(g[k * vec + t], xhat[k * vec + t],
                                                       row_rstd, mean_g, mean_gxhat)
+                    if has_residual:
+                        g[k * vec + t] += skip[t]
                 store(dx, base, col, g, k * vec)
 
     @cuda.jit(device=True, inline="always")
     def store_partials(dweight_part, dbias_part, base, first, stride, width, dweight_acc,
                        dbias_acc):
-        """The thread's column sums into its partial rows."""
+        """The thread's column sums into its partial rows (no ``dbias`` when not centered)."""
         for k in range(chunks):
             col = index(first + index(k) * stride)
             if col < width:
                 store(dweight_part, base, col, dweight_acc, k * vec)
-                store(dbias_part, base, col, dbias_acc, k * vec)
+                if centered:
+                    store(dbias_part, base, col, dbias_acc, k * vec)
 
     @cuda.jit(device=True, inline="always")
     def segment_span(cols, segment):
@@ -240,24 +311,31 @@ def _row_steps(vec, chunks, index):
             values[i] = value
 
     return {"load_row": load_row, "deviation_sums": deviation_sums,
-            "block_moments": block_moments,
+            "block_moments": block_moments, "row_sums": row_sums,
             "normalize_row": normalize_row, "gradient_sums": gradient_sums,
             "input_gradient": input_gradient, "store_partials": store_partials,
             "segment_span": segment_span, "fill": fill}
 
 
+def _steps(storage, vec, chunks, index, centered, residual):
+    """The compute type of ``storage`` and the ``_row_steps`` a factory builds from."""
+    compute = _COMPUTE[_compute_dtype(storage)]
+    return compute, _row_steps(compute, vec, chunks, index, centered,
+                               None if residual is None else np.dtype(residual))
+
+
 # Forward 1. Rows of up to lanes * vec * chunks elements, a group of `lanes` threads each (several
 # rows per block). Caches the row in registers. Reduces with warp shuffles: no barrier at all.
-def forward1_warp(storage, vec, chunks, index):
-    """Forward kernel 1, ``_ln_fwd_warp_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+# With a residual, s = x + r is formed and stored as the row is loaded.
+def forward1_warp(storage, vec, chunks, index, centered=True, residual=None):
+    """Forward kernel 1, ``_ln_fwd_warp_{vector,scalar}`` (``_rms_``, ``_add_``: :func:`_name`)."""
+    compute, steps = _steps(storage, vec, chunks, index, centered, residual)
     load_row, deviation_sums = steps["load_row"], steps["deviation_sums"]
     normalize_row = steps["normalize_row"]
     items = vec * chunks
 
-    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
-               eps, lanes):
+    def kernel(x, ldx, r, ldr, s, lds, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+               rows, cols, eps, lanes):
         cache = cuda.local.array(items, compute)
         w = cuda.local.array(vec, compute)
         b = cuda.local.array(vec, compute)
@@ -268,34 +346,35 @@ def forward1_warp(storage, vec, chunks, index):
         width, stride, first = index(cols), index(lanes * vec), index(lane * vec)
         n = compute(cols)
         zero = compute(0)
-        total = load_row(x, row * ldx, first, stride, width, active, cache, zero)
-        center = _math.mean_offset(_gpu_ops.warp_sum(total, lanes), n)
+        total = load_row(x, row * ldx, r, row * ldr, s, row * lds, first, stride, width, active,
+                         cache, zero)
+        center = _math.mean_offset(_gpu_ops.warp_sum(total, lanes), n) if centered else zero
         dsum, dsq = deviation_sums(cache, center, first, stride, width, active, zero)
-        correction = _math.mean_offset(_gpu_ops.warp_sum(dsum, lanes), n)
+        correction = _math.mean_offset(_gpu_ops.warp_sum(dsum, lanes), n) if centered else zero
         row_rstd = _math.corrected_rstd(_gpu_ops.warp_sum(dsq, lanes), correction, n, eps)
         if active:
             normalize_row(y, row * ldy, weight, bias, has_weight, has_bias, 0, first, stride,
                           width, cache, center, correction, row_rstd, w, b)
             if lane == 0:
-                mean[row] = _math.row_mean(center, correction)
+                if centered:
+                    mean[row] = _math.row_mean(center, correction)
                 rstd[row] = row_rstd
-    return _jit()(_name(kernel, "_ln_fwd_warp", vec > 1))
+    return _jit()(_name(kernel, "fwd_warp", vec, centered, residual))
 
 
 # Forward 2. Longer rows: a block each, up to CUDA_ROW_BLOCK_THREADS threads of `chunks` vectors.
 # Caches the row in registers. Reduces with shuffles, then one shared-memory step: two barriers a
-# row (the sum, then the two deviation sums together).
-def forward2_block(storage, vec, chunks, index):
+# row (the sum, then the two deviation sums together; RMSNorm: the sum of squares alone).
+def forward2_block(storage, vec, chunks, index, centered=True, residual=None):
     """Forward kernel 2, ``_ln_fwd_block_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+    compute, steps = _steps(storage, vec, chunks, index, centered, residual)
     block_moments, normalize_row = steps["block_moments"], steps["normalize_row"]
     items = vec * chunks
     max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
     pair_slots = 2 * max_warps
 
-    def kernel(x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols,
-               eps):
+    def kernel(x, ldx, r, ldr, s, lds, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
+               rows, cols, eps):
         sums = cuda.shared.array(max_warps, compute)
         pairs = cuda.shared.array(pair_slots, compute)
         cache = cuda.local.array(items, compute)
@@ -307,32 +386,37 @@ def forward2_block(storage, vec, chunks, index):
         width, stride, first = index(cols), index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(cols)
         zero = compute(0)
-        center, dsum, dsq = block_moments(x, row * ldx, first, stride, width, cache, sums,
-                                          pairs, warps, n, zero)
+        center, dsum, dsq = block_moments(x, row * ldx, r, row * ldr, s, row * lds, first,
+                                          stride, width, cache, sums, pairs, warps, n, zero)
         correction = _math.mean_offset(dsum, n)
         row_rstd = _math.corrected_rstd(dsq, correction, n, eps)
         normalize_row(y, row * ldy, weight, bias, has_weight, has_bias, 0, first, stride, width,
                       cache, center, correction, row_rstd, w, b)
         if tid == 0:
-            mean[row] = _math.row_mean(center, correction)
+            if centered:
+                mean[row] = _math.row_mean(center, correction)
             rstd[row] = row_rstd
-    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_fwd_block", vec > 1))
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "fwd_block", vec, centered,
+                                                      residual))
 
 
 # Forward 3. Rows cut into segments of `segment` elements, a block each (grid: segments x row
 # blocks, looping over rows). Caches the segment in registers; writes its mean and its sum of
-# squared deviations (two barriers a row).
-def forward3_split_stats(storage, vec, chunks, index):
+# squared deviations (two barriers a row; RMSNorm: mean 0 and the sum of squares, one barrier).
+# With a residual it also forms and stores s, which forward 4 reads back instead of x and r: one
+# stream of s's dtype instead of two (x, and r of s's dtype), and in place (s over r) stays safe.
+def forward3_split_stats(storage, vec, chunks, index, centered=True, residual=None):
     """Forward kernel 3, ``_ln_fwd_split_stats_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+    compute, steps = _steps(storage, vec, chunks, index, centered, residual)
     block_moments, segment_span = steps["block_moments"], steps["segment_span"]
+    row_sums = steps["row_sums"]
     items = vec * chunks
     max_warps = _config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE
     pair_slots = 2 * max_warps
+    sums_shape = max_warps if centered else (2, max_warps)
 
-    def kernel(x, ldx, partials, rows, cols, segment):
-        sums = cuda.shared.array(max_warps, compute)
+    def kernel(x, ldx, r, ldr, s, lds, partials, rows, cols, segment):
+        sums = cuda.shared.array(sums_shape, compute)
         pairs = cuda.shared.array(pair_slots, compute)
         cache = cuda.local.array(items, compute)
         tid = cuda.threadIdx.x
@@ -342,22 +426,27 @@ def forward3_split_stats(storage, vec, chunks, index):
         stride, first = index(cuda.blockDim.x * vec), index(tid * vec)
         n = compute(width)
         zero = compute(0)
+        parity = 0
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
-            center, dsum, dsq = block_moments(x, row * ldx + int64(start), first, stride,
-                                              width, cache, sums, pairs, warps, n, zero)
+            center, dsum, dsq = block_moments(
+                x, row * ldx + int64(start), r, row * ldr + int64(start), s,
+                row * lds + int64(start), first, stride, width, cache, row_sums(sums, parity),
+                pairs, warps, n, zero)
+            parity ^= 1
             if tid == 0:
                 at = 2 * (row * cuda.gridDim.x + seg)
                 partials[at] = _math.row_mean(center, _math.mean_offset(dsum, n))
                 partials[at + 1] = _math.deviation_sumsq(dsq, dsum, n)
-    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_fwd_split_stats", vec > 1))
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "fwd_split_stats", vec, centered,
+                                                      residual))
 
 
 # Forward 4. The same blocks as forward 3. Each thread merges the row's segment statistics in
-# segment order (no barrier), then normalizes its segment (a second read of x).
-def forward4_split_normalize(storage, vec, chunks, index):
-    """Forward kernel 4, ``_ln_fwd_split_normalize_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+# segment order (no barrier), then normalizes its segment (a second read of x, or of s).
+def forward4_split_normalize(storage, vec, chunks, index, centered=True, residual=None):
+    """Forward kernel 4, ``_ln_fwd_split_normalize_{vector,scalar}``; its ``x`` is ``s``
+    with a residual, so ``residual`` only names it."""
+    compute, steps = _steps(storage, vec, chunks, index, centered, None)
     load_row, normalize_row = steps["load_row"], steps["normalize_row"]
     segment_span = steps["segment_span"]
     items = vec * chunks
@@ -385,30 +474,34 @@ def forward4_split_normalize(storage, vec, chunks, index):
                     row_mean, sumsq, count, partials[at + 2 * other],
                     partials[at + 2 * other + 1], other_count)
                 count += other_count
+            if not centered:
+                row_mean = zero  # the segments' means are 0: let the compiler know
             row_rstd = _math.reciprocal_std(sumsq, n, eps)
-            load_row(x, row * ldx + int64(start), first, stride, width, True, cache, zero)
+            base = row * ldx + int64(start)
+            load_row(x, base, x, base, x, base, first, stride, width, True, cache, zero)
             normalize_row(y, row * ldy + int64(start), weight, bias, has_weight, has_bias, start,
                           first, stride, width, cache, row_mean, zero, row_rstd, w, b)
             if seg == 0 and tid == 0:
-                mean[row] = row_mean
+                if centered:
+                    mean[row] = row_mean
                 rstd[row] = row_rstd
     return _jit(_config.CUDA_ROW_BLOCK_THREADS)(
-        _name(kernel, "_ln_fwd_split_normalize", vec > 1))
+        _name(kernel, "fwd_split_normalize", vec, centered, residual))
 
 
 # Backward 1. Rows as forward 1; warps loop over rows. Caches xhat and w * dy in registers, and the
 # column sums of dy * xhat and dy across the warp's rows. Reduces rows with shuffles; the groups
 # of a warp add their column sums with shuffles too, and each warp writes one partial row.
-def backward1_warp(storage, vec, chunks, index):
+# With dresidual, it is read as dx is written and added in.
+def backward1_warp(storage, vec, chunks, index, centered=True, residual=None):
     """Backward kernel 1, ``_ln_bwd_warp_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+    compute, steps = _steps(storage, vec, chunks, index, centered, residual)
     gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
     store_partials, fill = steps["store_partials"], steps["fill"]
     items = vec * chunks
 
-    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
-               dbias_part, rows, cols, lanes):
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dres, lddres,
+               dweight_part, dbias_part, rows, cols, lanes):
         xhat = cuda.local.array(items, compute)
         g = cuda.local.array(items, compute)
         w = cuda.local.array(vec, compute)
@@ -428,43 +521,43 @@ def backward1_warp(storage, vec, chunks, index):
         while base < rows:  # the same trip count for every lane of the warp
             row = base + (tid % WARP_SIZE) // lanes
             active = row < rows
-            row_mean = mean[row] if active else zero
+            row_mean = mean[row] if centered and active else zero
             row_rstd = rstd[row] if active else zero
             sum_g, sum_gxhat = gradient_sums(dy, row * lddy, x, row * ldx, weight, has_weight,
                                              0, first, stride, width, active, row_mean,
                                              row_rstd, xhat, g, w, dweight_acc, dbias_acc, zero)
-            mean_g = _math.mean_offset(_gpu_ops.warp_sum(sum_g, lanes), n)
+            mean_g = _math.mean_offset(_gpu_ops.warp_sum(sum_g, lanes), n) if centered else zero
             mean_gxhat = _math.mean_offset(_gpu_ops.warp_sum(sum_gxhat, lanes), n)
             if active:
-                input_gradient(dx, row * lddx, first, stride, width, xhat, g, row_rstd, mean_g,
-                               mean_gxhat)
+                input_gradient(dx, row * lddx, dres, row * lddres, first, stride, width, xhat, g,
+                               row_rstd, mean_g, mean_gxhat)
             base += warps * groups
         # The warp's groups hold the same columns: add them, lanes apart, in a fixed order.
         for i in range(items):
             offset = lanes
             while offset < WARP_SIZE:
                 dweight_acc[i] += cuda.shfl_xor_sync(_FULL, dweight_acc[i], offset)
-                dbias_acc[i] += cuda.shfl_xor_sync(_FULL, dbias_acc[i], offset)
+                if centered:
+                    dbias_acc[i] += cuda.shfl_xor_sync(_FULL, dbias_acc[i], offset)
                 offset <<= 1
         if tid % WARP_SIZE < lanes:
             store_partials(dweight_part, dbias_part, warp * cols, first, stride, width,
                            dweight_acc, dbias_acc)
-    return _jit()(_name(kernel, "_ln_bwd_warp", vec > 1))
+    return _jit()(_name(kernel, "bwd_warp", vec, centered, residual))
 
 
 # Backward 2. Rows as forward 2; blocks loop over rows. Caches as backward 1; each thread owns its
 # columns of the block's partial row. Reduces rows with shuffles and one shared step (one barrier).
-def backward2_block(storage, vec, chunks, index):
+def backward2_block(storage, vec, chunks, index, centered=True, residual=None):
     """Backward kernel 2, ``_ln_bwd_block_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+    compute, steps = _steps(storage, vec, chunks, index, centered, residual)
     gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
     store_partials, fill = steps["store_partials"], steps["fill"]
     items = vec * chunks
     pair_shape = (2, 2 * (_config.CUDA_ROW_BLOCK_THREADS // WARP_SIZE))
 
-    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dweight_part,
-               dbias_part, rows, cols):
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dres, lddres,
+               dweight_part, dbias_part, rows, cols):
         pairs = cuda.shared.array(pair_shape, compute)
         xhat = cuda.local.array(items, compute)
         g = cuda.local.array(items, compute)
@@ -482,24 +575,26 @@ def backward2_block(storage, vec, chunks, index):
         for row in range(int64(cuda.blockIdx.x), rows, int64(cuda.gridDim.x)):
             row_rstd = rstd[row]
             sum_g, sum_gxhat = gradient_sums(dy, row * lddy, x, row * ldx, weight, has_weight,
-                                             0, first, stride, width, True, mean[row], row_rstd,
-                                             xhat, g, w, dweight_acc, dbias_acc, zero)
+                                             0, first, stride, width, True,
+                                             mean[row] if centered else zero, row_rstd, xhat, g,
+                                             w, dweight_acc, dbias_acc, zero)
             # Alternate buffers: the next row's barrier orders this row's reads before reuse.
             sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
             parity ^= 1
-            input_gradient(dx, row * lddx, first, stride, width, xhat, g, row_rstd,
-                           _math.mean_offset(sum_g, n), _math.mean_offset(sum_gxhat, n))
+            input_gradient(dx, row * lddx, dres, row * lddres, first, stride, width, xhat, g,
+                           row_rstd, _math.mean_offset(sum_g, n) if centered else zero,
+                           _math.mean_offset(sum_gxhat, n))
         store_partials(dweight_part, dbias_part, int64(cuda.blockIdx.x) * cols, first, stride,
                        width, dweight_acc, dbias_acc)
-    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_block", vec > 1))
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "bwd_block", vec, centered,
+                                                      residual))
 
 
 # Backward 3. Rows cut into segments as forward 3. Writes each segment's sums of w * dy and of
-# w * dy * xhat (block_sum2: one barrier a row).
-def backward3_split_sums(storage, vec, chunks, index):
+# w * dy * xhat (block_sum2: one barrier a row). dresidual is not read here (backward 4 adds it).
+def backward3_split_sums(storage, vec, chunks, index, centered=True, residual=None):
     """Backward kernel 3, ``_ln_bwd_split_sums_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+    compute, steps = _steps(storage, vec, chunks, index, centered, None)
     gradient_sums, fill = steps["gradient_sums"], steps["fill"]
     segment_span = steps["segment_span"]
     items = vec * chunks
@@ -522,31 +617,31 @@ def backward3_split_sums(storage, vec, chunks, index):
         for row in range(int64(cuda.blockIdx.y), rows, int64(cuda.gridDim.y)):
             sum_g, sum_gxhat = gradient_sums(
                 dy, row * lddy + int64(start), x, row * ldx + int64(start), weight, has_weight,
-                start, first, stride, width, True, mean[row], rstd[row], xhat, g, w, unused,
-                unused, zero)
+                start, first, stride, width, True, mean[row] if centered else zero, rstd[row],
+                xhat, g, w, unused, unused, zero)
             sum_g, sum_gxhat = _gpu_ops.block_sum2(pairs[parity], sum_g, sum_gxhat, warps)
             parity ^= 1
             if tid == 0:
                 at = 2 * (row * cuda.gridDim.x + seg)
                 sums[at] = sum_g
                 sums[at + 1] = sum_gxhat
-    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_split_sums", vec > 1))
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "bwd_split_sums", vec, centered,
+                                                      None))
 
 
 # Backward 4. The same blocks as backward 3, looping over rows. Each thread adds the row's segment
-# sums in segment order (no barrier), writes dx for its segment and keeps its columns' dy * xhat
-# and dy; each block writes its segment of one partial row.
-def backward4_split_dx(storage, vec, chunks, index):
+# sums in segment order (no barrier), writes dx (plus dresidual) for its segment and keeps its
+# columns' dy * xhat and dy; each block writes its segment of one partial row.
+def backward4_split_dx(storage, vec, chunks, index, centered=True, residual=None):
     """Backward kernel 4, ``_ln_bwd_split_dx_{vector,scalar}``."""
-    compute = _COMPUTE[_compute_dtype(storage)]
-    steps = _row_steps(vec, chunks, index)
+    compute, steps = _steps(storage, vec, chunks, index, centered, residual)
     gradient_sums, input_gradient = steps["gradient_sums"], steps["input_gradient"]
     store_partials, fill = steps["store_partials"], steps["fill"]
     segment_span = steps["segment_span"]
     items = vec * chunks
 
-    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, sums, dweight_part,
-               dbias_part, rows, cols, segment):
+    def kernel(dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx, dres, lddres, sums,
+               dweight_part, dbias_part, rows, cols, segment):
         xhat = cuda.local.array(items, compute)
         g = cuda.local.array(items, compute)
         w = cuda.local.array(vec, compute)
@@ -569,26 +664,31 @@ def backward4_split_dx(storage, vec, chunks, index):
                 sum_g += sums[at + 2 * other]
                 sum_gxhat += sums[at + 2 * other + 1]
             gradient_sums(dy, row * lddy + int64(start), x, row * ldx + int64(start), weight,
-                          has_weight, start, first, stride, width, True, mean[row], row_rstd,
-                          xhat, g, w, dweight_acc, dbias_acc, zero)
-            input_gradient(dx, row * lddx + int64(start), first, stride, width, xhat, g,
-                           row_rstd, _math.mean_offset(sum_g, n),
+                          has_weight, start, first, stride, width, True,
+                          mean[row] if centered else zero, row_rstd, xhat, g, w, dweight_acc,
+                          dbias_acc, zero)
+            input_gradient(dx, row * lddx + int64(start), dres, row * lddres + int64(start),
+                           first, stride, width, xhat, g, row_rstd,
+                           _math.mean_offset(sum_g, n) if centered else zero,
                            _math.mean_offset(sum_gxhat, n))
         store_partials(dweight_part, dbias_part, int64(cuda.blockIdx.y) * cols + int64(start),
                        first, stride, width, dweight_acc, dbias_acc)
-    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "_ln_bwd_split_dx", vec > 1))
+    return _jit(_config.CUDA_ROW_BLOCK_THREADS)(_name(kernel, "bwd_split_dx", vec, centered,
+                                                      residual))
 
 
 # Reduce 1. The backward's second stage, parallel over columns and groups of partial rows: a block
 # of (tile columns x groups) threads per tile of columns; thread (c, g) adds partial rows g,
 # g + groups, ... of its column in order, then one barrier and the groups' sums in group order.
-def reduce1_partials(storage, param):
-    """Reduction kernel 1, ``_ln_bwd_reduce``; ``param`` is the dtype of ``dweight``/``dbias``."""
+# Not centered: dweight only.
+def reduce1_partials(storage, param, centered=True):
+    """Reduction kernel 1, ``_ln_bwd_reduce`` (``_rms_bwd_reduce``); ``param`` is the dtype of
+    ``dweight``/``dbias``."""
     compute = _COMPUTE[_compute_dtype(storage)]
     threads = _config.CUDA_REDUCE_THREADS
     shape = (2, threads)
 
-    def _ln_bwd_reduce(dweight_part, dbias_part, parts, cols, dweight, dbias):
+    def kernel(dweight_part, dbias_part, parts, cols, dweight, dbias):
         shared = cuda.shared.array(shape, compute)
         c = cuda.threadIdx.x
         group = cuda.threadIdx.y
@@ -601,7 +701,8 @@ def reduce1_partials(storage, param):
         if inside:
             for part in range(int64(group), parts, int64(groups)):
                 dweight_sum += dweight_part[part * cols + col]
-                dbias_sum += dbias_part[part * cols + col]
+                if centered:
+                    dbias_sum += dbias_part[part * cols + col]
         shared[0, group * tile + c] = dweight_sum
         shared[1, group * tile + c] = dbias_sum
         cuda.syncthreads()
@@ -610,8 +711,10 @@ def reduce1_partials(storage, param):
                 dweight_sum += shared[0, other * tile + c]
                 dbias_sum += shared[1, other * tile + c]
             dweight[col] = dweight_sum
-            dbias[col] = dbias_sum
-    return _jit(threads)(_ln_bwd_reduce)
+            if centered:
+                dbias[col] = dbias_sum
+    kernel.__name__ = kernel.__qualname__ = f"_{'ln' if centered else 'rms'}_bwd_reduce"
+    return _jit(threads)(kernel)
 
 
 # --------------------------------------------------------------------------
@@ -641,8 +744,8 @@ VARIANTS = {
 _INDEX = {"uint32": uint32, "uint64": uint64}
 
 
-@functools.cache
-def kernel(name, storage, vec, chunks, index="uint32", tunables=None):
+def kernel(name, storage, vec, chunks, index="uint32", tunables=None, centered=True,
+           residual=None):
     """The numba CUDA kernel of factory ``name`` for one configuration (built once, not compiled).
 
     Parameters
@@ -658,6 +761,11 @@ def kernel(name, storage, vec, chunks, index="uint32", tunables=None):
     tunables : tuple, optional
         The ``_config`` values the factory reads (part of the cache key, so
         a test that patches them gets kernels built for them).
+    centered : bool, optional
+        False for RMSNorm (no mean, no bias).
+    residual : numpy.dtype, optional
+        Forward: the dtype of the residual ``r`` and of ``s = x + r``;
+        backward: of ``dresidual`` (``x``'s). None: no residual stream.
 
     Returns
     -------
@@ -669,15 +777,27 @@ def kernel(name, storage, vec, chunks, index="uint32", tunables=None):
     >>> gpu.kernel("forward1_warp", np.dtype("float32"), 4, 2).py_func.__name__
     '_ln_fwd_warp_vector'
     """
-    del tunables  # only a cache key
-    return FACTORIES[name](np.dtype(storage), vec, chunks, _INDEX[index])
+    return _built(name, np.dtype(storage), vec, chunks, index, tunables, centered,
+                  None if residual is None else np.dtype(residual))
 
 
 @functools.cache
-def reduction_kernel(storage, param, tunables=None):
-    """The gradient reduction for ``x`` of ``storage`` and ``dweight`` of ``param`` dtype."""
-    del tunables
-    return reduce1_partials(np.dtype(storage), np.dtype(param))
+def _built(name, storage, vec, chunks, index, tunables, centered, residual):
+    """:func:`kernel`, cached on every argument given (defaults too, so one kernel is one key)."""
+    del tunables  # only a cache key
+    return FACTORIES[name](storage, vec, chunks, _INDEX[index], centered, residual)
+
+
+def reduction_kernel(storage, param, tunables=None, centered=True):
+    """The gradient reduction for ``x`` of ``storage`` and ``dweight`` of ``param`` dtype
+    (and ``dbias``, when ``centered``)."""
+    return _built_reduction(np.dtype(storage), np.dtype(param), tunables, centered)
+
+
+@functools.cache
+def _built_reduction(storage, param, tunables, centered):
+    del tunables  # only a cache key
+    return reduce1_partials(storage, param, centered)
 
 
 def _tunables():
@@ -764,28 +884,38 @@ MAX_SCALAR_ITEMS = 16
 SPLIT_CHUNKS = 4
 
 
-def chunk_limits(direction, storage, vec):
+def _row_itemsize(direction, storage, residual=None):
+    """Bytes a thread's budget counts per element it holds: the forward's row (``s``'s
+    dtype with a residual: what is held is ``s``, the residual's vector only passes through
+    at load time), the backward's two compute-type values."""
+    if direction == "forward":
+        return max(storage.itemsize, 0 if residual is None else np.dtype(residual).itemsize)
+    return 2 * _compute_dtype(storage).itemsize
+
+
+def chunk_limits(direction, storage, vec, residual=None):
     """The most vectors a thread of a warp kernel, and of a block kernel, holds.
 
     The forward holds the row (``CUDA_WARP_ROW_BYTES`` / ``CUDA_BLOCK_ROW_BYTES``
-    of storage); the backward four compute-type arrays (``xhat``, ``w * dy``
-    and two column sums) in the registers of two. At most :data:`MAX_ITEMS`
-    elements either way.
+    of storage, or of ``s`` with a ``residual`` of a wider dtype); the backward
+    four compute-type arrays (``xhat``, ``w * dy`` and two column sums) in the
+    registers of two. At most :data:`MAX_ITEMS` elements either way.
 
     Examples
     --------
     >>> [chunk_limits(direction, np.dtype("float32"), 4) for direction in ("forward", "backward")]
     [(8, 8), (4, 4)]
+    >>> chunk_limits("forward", np.dtype("float16"), 8, residual=np.dtype("float32"))
+    (4, 4)
     """
     storage = np.dtype(storage)
-    itemsize = (storage.itemsize if direction == "forward"
-                else 2 * _compute_dtype(storage).itemsize)
+    itemsize = _row_itemsize(direction, storage, residual)
     most = MAX_ITEMS if vec > 1 else MAX_SCALAR_ITEMS
     return tuple(max(1, min(budget // itemsize, most) // vec)
                  for budget in (_config.CUDA_WARP_ROW_BYTES, _config.CUDA_BLOCK_ROW_BYTES))
 
 
-def max_chunks(name, storage, vec):
+def max_chunks(name, storage, vec, residual=None):
     """The most vectors a thread of kernel ``name`` (a key of FACTORIES) holds under the plan.
 
     Examples
@@ -794,13 +924,14 @@ def max_chunks(name, storage, vec):
     [8, 8, 4, 4, 4, 4, 4, 4]
     """
     direction = "forward" if name.startswith("forward") else "backward"
-    warp_chunks, block_chunks = chunk_limits(direction, storage, vec)
+    warp_chunks, block_chunks = chunk_limits(direction, storage, vec, residual)
     if "split" in name:
         return min(SPLIT_CHUNKS, chunk_limits("backward", storage, vec)[1])
     return warp_chunks if "warp" in name else block_chunks
 
 
-def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None):
+def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None, *,
+         centered=True, residual=None):
     """Choose the kernels and launch configuration for a call (the only place that does).
 
     Parameters
@@ -814,6 +945,12 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
         Addresses and row strides of the arrays, for :func:`vector_width`.
     param : numpy.dtype, optional
         dtype of ``dweight``/``dbias`` (backward; default the compute dtype).
+    centered : bool, optional
+        False for RMSNorm: the same schedules, kernels built without the mean.
+    residual : numpy.dtype, optional
+        The residual stream's dtype (forward: ``r`` and ``s``, whose row the
+        forward holds; backward: ``dresidual``); None without one. Its
+        pointers and row strides belong in ``pointers``/``row_strides``.
 
     Returns
     -------
@@ -849,7 +986,8 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
     storage = np.dtype(storage)
     compute = _compute_dtype(storage)
     vec = vector_width(storage, cols, pointers, row_strides)
-    warp_chunks, block_chunks = chunk_limits(direction, storage, vec)
+    residual = None if residual is None else np.dtype(residual)
+    warp_chunks, block_chunks = chunk_limits(direction, storage, vec, residual)
     index = "uint32" if cols + row_threads * block_chunks * vec < 2 ** 32 else "uint64"
     vectors = -(-cols // vec)
     few_long = rows < _config.CUDA_SPLIT_MAX_ROWS and cols >= _config.CUDA_SPLIT_MIN_COLS
@@ -875,7 +1013,7 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
             partials = grid
     else:
         variant = "split"
-        itemsize = storage.itemsize if direction == "forward" else 2 * compute.itemsize
+        itemsize = _row_itemsize(direction, storage, residual)
         segment_vectors = max(1, _config.CUDA_SPLIT_SEGMENT_BYTES // itemsize // vec)
         # Few vectors a thread: a segment is small, and more threads fill the GPU sooner.
         chunks = max_chunks("backward3_split_sums", storage, vec)
@@ -892,7 +1030,7 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
         workspace = 2 * rows * segments
     launches = tuple(
         Launch(name, grid if isinstance(grid, tuple) else (grid,), (block,),
-               kernel(name, storage, vec, chunks, index, _tunables()))
+               kernel(name, storage, vec, chunks, index, _tunables(), centered, residual))
         for name in VARIANTS[variant][direction])
     if direction == "backward":
         # Few partial rows: fewer groups, wider tiles, the same threads a block.
@@ -901,7 +1039,7 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
         tile = _config.CUDA_REDUCE_THREADS // groups
         param = np.dtype(compute if param is None else param)
         launches += (Launch("reduce1_partials", (-(-cols // tile),), (tile, groups),
-                            reduction_kernel(storage, param, _tunables())),)
+                            reduction_kernel(storage, param, _tunables(), centered)),)
         workspace += 2 * partials * cols
     return Plan(variant, vec, chunks, lanes, segment, segments, partials, workspace, launches)
 
@@ -927,47 +1065,59 @@ def _run(launch, stream, args):
 
 
 def run_forward(p, stream, x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                workspace, rows, cols, eps):
+                workspace, rows, cols, eps, r=None, ldr=0, s=None, lds=0):
     """Launch the forward pass ``p`` (from :func:`plan`) on ``stream``.
 
-    ``weight``/``bias`` are any device buffers when absent (``x`` will do);
-    ``workspace`` holds ``p.workspace`` elements of the compute dtype.
+    ``weight``/``bias`` are any device buffers when absent (``x`` will do),
+    as is ``mean`` for RMSNorm (``rstd`` will do); ``workspace`` holds
+    ``p.workspace`` elements of the compute dtype. With a residual ``r``
+    (the plan's ``residual``), ``s = x + r`` is written to ``s``; the split
+    schedule's second kernel normalizes ``s`` as it reads it back.
     """
     if rows == 0:
         return
+    source = (x, ldx) if r is None else (s, lds)  # what the split's second kernel reads
+    if r is None:  # stand-ins the kernels built without a residual never touch
+        r, ldr, s, lds = x, ldx, y, ldy
+    streams = (x, ldx, r, ldr, s, lds)
     if p.variant == "split":
-        _run(p.launches[0], stream, (x, ldx, workspace, rows, cols, p.segment))
-        _run(p.launches[1], stream, (x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean,
-                                     rstd, workspace, rows, cols, p.segment, eps))
+        _run(p.launches[0], stream, streams + (workspace, rows, cols, p.segment))
+        _run(p.launches[1], stream, source + (weight, bias, has_weight, has_bias, y, ldy, mean,
+                                              rstd, workspace, rows, cols, p.segment, eps))
         return
-    args = (x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps)
+    args = streams + (weight, bias, has_weight, has_bias, y, ldy, mean, rstd, rows, cols, eps)
     _run(p.launches[0], stream, args + ((p.lanes,) if p.variant == "warp" else ()))
 
 
 def run_backward(p, stream, dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                 workspace, rows, cols, dweight, dbias):
+                 workspace, rows, cols, dweight, dbias, dres=None, lddres=0):
     """Launch the backward pass ``p`` (from :func:`plan`) on ``stream``, reduction included.
 
     ``workspace`` holds ``p.workspace`` elements of the compute dtype: the
     partial rows of ``dweight`` and of ``dbias``, then (split) the row sums.
+    For RMSNorm ``mean`` is any buffer of the compute dtype and ``dbias``
+    None (neither is touched). ``dres`` (the plan's ``residual``) is added
+    into ``dx``.
     """
     size = p.partials * cols
     dweight_part, dbias_part = workspace[:size], workspace[size:2 * size]
+    if dres is None:  # a stand-in the kernels built without dresidual never touch
+        dres, lddres = dx, lddx
     if rows:
         common = (dy, lddy, x, ldx, mean, rstd, weight, has_weight)
         if p.variant == "split":
             sums = workspace[2 * size:]
             _run(p.launches[0], stream, common + (sums, rows, cols, p.segment))
-            _run(p.launches[1], stream, common + (dx, lddx, sums, dweight_part, dbias_part,
-                                                  rows, cols, p.segment))
+            _run(p.launches[1], stream, common + (dx, lddx, dres, lddres, sums, dweight_part,
+                                                  dbias_part, rows, cols, p.segment))
         else:
-            args = common + (dx, lddx, dweight_part, dbias_part, rows, cols)
+            args = common + (dx, lddx, dres, lddres, dweight_part, dbias_part, rows, cols)
             _run(p.launches[0], stream, args + ((p.lanes,) if p.variant == "warp" else ()))
     _run(p.launches[-1], stream, (dweight_part, dbias_part, p.partials if rows else 0, cols,
-                                  dweight, dbias))
+                                  dweight, dweight if dbias is None else dbias))
 
 
-def signatures(dtype, param_dtype=None, weight_dtype=None):
+def signatures(dtype, param_dtype=None, weight_dtype=None, residual_dtype=None):
     """The argument types every kernel is launched with, for ``x`` of ``dtype``.
 
     The launchers pass exactly these (1-D C-contiguous buffers, int64 sizes,
@@ -982,6 +1132,11 @@ def signatures(dtype, param_dtype=None, weight_dtype=None):
         dtype of ``dweight``/``dbias`` (default: the compute dtype).
     weight_dtype : numpy.dtype, optional
         dtype of ``weight``/``bias`` (default: ``dtype``).
+    residual_dtype : numpy.dtype, optional
+        dtype of the forward's residual ``r`` and of ``s`` (default:
+        ``dtype``, which the stand-ins of a call without a residual have);
+        ``forward4_split_normalize`` then reads ``s``. ``dresidual`` has
+        ``dtype``.
 
     Returns
     -------
@@ -1003,17 +1158,20 @@ def signatures(dtype, param_dtype=None, weight_dtype=None):
     param = from_dtype(np.dtype(compute_np if param_dtype is None else param_dtype))
     gains = from_dtype(np.dtype(dtype if weight_dtype is None else weight_dtype))[::1]
     data, values = storage[::1], compute[::1]
-    forward = (data, int64, gains, gains, boolean, boolean, data, int64, values, values)
+    summed = from_dtype(np.dtype(dtype if residual_dtype is None else residual_dtype))[::1]
+    streams = (data, int64, summed, int64, summed, int64)
+    params = (gains, gains, boolean, boolean, data, int64, values, values)
     backward = (data, int64, data, int64, values, values, gains, boolean)
+    dx = (data, int64, data, int64)  # dx, then dresidual
     return {
-        "forward1_warp": forward + (int64, int64, compute, int64),
-        "forward2_block": forward + (int64, int64, compute),
-        "forward3_split_stats": (data, int64, values, int64, int64, int64),
-        "forward4_split_normalize": forward + (values, int64, int64, int64, compute),
-        "backward1_warp": backward + (data, int64, values, values, int64, int64, int64),
-        "backward2_block": backward + (data, int64, values, values, int64, int64),
+        "forward1_warp": streams + params + (int64, int64, compute, int64),
+        "forward2_block": streams + params + (int64, int64, compute),
+        "forward3_split_stats": streams + (values, int64, int64, int64),
+        "forward4_split_normalize": (summed, int64) + params + (values, int64, int64, int64,
+                                                                compute),
+        "backward1_warp": backward + dx + (values, values, int64, int64, int64),
+        "backward2_block": backward + dx + (values, values, int64, int64),
         "backward3_split_sums": backward + (values, int64, int64, int64),
-        "backward4_split_dx": backward + (data, int64, values, values, values, int64, int64,
-                                          int64),
+        "backward4_split_dx": backward + dx + (values, values, values, int64, int64, int64),
         "reduce1_partials": (values, values, int64, int64, param[::1], param[::1]),
     }

@@ -3,8 +3,9 @@
 ``python -m numba_ln.ptx --arch sm_90 --out DIR`` writes one file per kernel
 and dtype, ``DIR/<kernel>.<dtype>.ptx``: ``<kernel>`` is a name of
 :data:`KERNELS` (``fwd_...`` for the forward pass, ``bwd_...`` for the
-backward pass and its gradient reduction), ``<dtype>`` the storage dtype of
-``x`` (float16, float32 or float64). The kernels are the ones the backend
+backward pass and its gradient reduction; ``rms_...`` for RMSNorm, and
+``add_ln_...``/``add_rms_...`` with the residual stream), ``<dtype>`` the
+storage dtype of ``x`` (float16, float32 or float64). The kernels are the ones the backend
 launches: the shipped tunables of ``_config`` and the exact argument types of
 :func:`numba_ln.gpu.signatures`.
 
@@ -21,22 +22,53 @@ import argparse
 import functools
 import importlib.util
 import pathlib
+from typing import NamedTuple
 
-#: File-name kernel -> (factory in ``numba_ln/gpu.py``, vector variant?); the
-#: gradient reduction has one variant (None).
-KERNELS = {
-    f"{short}_{variant}": (factory, variant == "vector")
-    for short, factory in (("fwd_warp", "forward1_warp"), ("fwd_block", "forward2_block"),
-                           ("fwd_split_stats", "forward3_split_stats"),
-                           ("fwd_split_normalize", "forward4_split_normalize"),
-                           ("bwd_warp", "backward1_warp"), ("bwd_block", "backward2_block"),
-                           ("bwd_split_sums", "backward3_split_sums"),
-                           ("bwd_split_dx", "backward4_split_dx"))
-    for variant in ("vector", "scalar")}
-KERNELS["bwd_reduce"] = ("reduce1_partials", None)
-
-#: Storage dtypes of ``x``; each kernel is compiled once per dtype.
+#: Storage dtypes of ``x``; each kernel is compiled once per dtype (unless it names its own).
 DTYPES = ("float16", "float32", "float64")
+
+
+class Kernel(NamedTuple):
+    """One shipped kernel configuration: a factory of ``numba_ln/gpu.py`` and its flags."""
+
+    factory: str              #: a key of ``gpu.FACTORIES``, or "reduce1_partials"
+    vector: object            #: vector variant? (None: the reduction, which has one)
+    centered: bool = True     #: False: RMSNorm
+    residual: object = None   #: None; "x" (the residual in x's dtype); or a dtype name
+    dtypes: tuple = DTYPES    #: dtypes of ``x`` it is compiled for
+
+
+_SCHEDULES = (("fwd_warp", "forward1_warp"), ("fwd_block", "forward2_block"),
+              ("fwd_split_stats", "forward3_split_stats"),
+              ("fwd_split_normalize", "forward4_split_normalize"),
+              ("bwd_warp", "backward1_warp"), ("bwd_block", "backward2_block"),
+              ("bwd_split_sums", "backward3_split_sums"),
+              ("bwd_split_dx", "backward4_split_dx"))
+
+#: File-name kernel -> :class:`Kernel`. Layer norm's kernels in both variants; of the RMSNorm
+#: and residual ones, the vector kernels that exercise code layer norm's do not (the scalar
+#: ones differ only in their accesses, which layer norm's prove): RMSNorm's forward (its split
+#: second kernel is layer norm's less the mean's store), the residual forward (centered: the
+#: most registers; and a float32 residual with float16 ``x``), RMSNorm's backward with
+#: dresidual; for float16 (eight elements a vector, the most a thread holds) and float64 (the
+#: widest values), whose registers bracket float32's.
+KERNELS = {
+    f"{short}_{variant}": Kernel(factory, variant == "vector")
+    for short, factory in _SCHEDULES for variant in ("vector", "scalar")}
+KERNELS["bwd_reduce"] = Kernel("reduce1_partials", None)
+_FACTORY = dict(_SCHEDULES)
+_EXTREMES = ("float16", "float64")
+KERNELS.update(
+    {f"rms_{short}_vector": Kernel(_FACTORY[short], True, False, None, _EXTREMES)
+     for short in ("fwd_warp", "fwd_block", "fwd_split_stats")})
+KERNELS.update(
+    {f"add_ln_{short}_vector": Kernel(_FACTORY[short], True, True, "x", _EXTREMES)
+     for short in ("fwd_warp", "fwd_block", "fwd_split_stats")})
+KERNELS["add_rms_fwd_warp_vector_r32"] = Kernel("forward1_warp", True, False, "float32",
+                                                ("float16",))
+KERNELS.update(
+    {f"add_rms_{short}_vector": Kernel(_FACTORY[short], True, False, "x", _EXTREMES)
+     for short in ("bwd_warp", "bwd_block", "bwd_split_dx")})
 
 #: Architectures the command writes for, and the tests assemble without spills.
 ARCHES = ("sm_80", "sm_90")
@@ -89,12 +121,35 @@ def outputs(kernels=None, dtypes=None):
     Examples
     --------
     >>> len(outputs())
-    51
+    70
     >>> outputs(["bwd_reduce"], ["float16"])
     {'bwd_reduce.float16.ptx': ('bwd_reduce', 'float16')}
     """
     return {f"{kernel}.{dtype}.ptx": (kernel, dtype) for kernel in (kernels or KERNELS)
-            for dtype in (dtypes or DTYPES)}
+            for dtype in (dtypes or DTYPES) if dtype in KERNELS[kernel].dtypes}
+
+
+def residual_dtype(kernel, dtype):
+    """The dtype of kernel ``kernel``'s residual stream for ``x`` of ``dtype`` (None: none).
+
+    Examples
+    --------
+    >>> residual_dtype("add_rms_fwd_warp_vector_r32", "float16")
+    'float32'
+    >>> kernels = ("add_ln_fwd_warp_vector", "fwd_warp_vector")
+    >>> [residual_dtype(kernel, "float64") for kernel in kernels]
+    ['float64', None]
+    """
+    residual = KERNELS[kernel].residual
+    return dtype if residual == "x" else residual
+
+
+def _signature(kernel, dtype):
+    """The argument types ``kernel`` is launched with for ``x`` of ``dtype``."""
+    from . import gpu
+    factory = KERNELS[kernel].factory
+    residual = residual_dtype(kernel, dtype) if factory.startswith("forward") else None
+    return gpu.signatures(dtype, residual_dtype=residual)[factory]
 
 
 def shipped_kernel(kernel, dtype):
@@ -116,23 +171,27 @@ def shipped_kernel(kernel, dtype):
     --------
     >>> shipped_kernel("fwd_warp_vector", "float16").py_func.__name__
     '_ln_fwd_warp_vector'
+    >>> shipped_kernel("add_rms_bwd_warp_vector", "float16").py_func.__name__
+    '_add_rms_bwd_warp_vector'
     """
     import numpy as np
 
     from . import gpu
     from ._validate import compute_dtype
-    factory, vector = KERNELS[kernel]
+    factory, vector, centered = KERNELS[kernel][:3]
     storage = np.dtype(dtype)
     if vector is None:
-        return gpu.reduction_kernel(storage, compute_dtype(storage), gpu._tunables())
+        return gpu.reduction_kernel(storage, compute_dtype(storage), gpu._tunables(), centered)
     vec = gpu.VECTOR_BYTES // storage.itemsize if vector else 1
-    return gpu.kernel(factory, storage, vec, gpu.max_chunks(factory, storage, vec), "uint32",
-                      gpu._tunables())
+    residual = residual_dtype(kernel, dtype)
+    held = residual if factory.startswith("forward") else None
+    return gpu.kernel(factory, storage, vec, gpu.max_chunks(factory, storage, vec, held),
+                      "uint32", gpu._tunables(), centered, residual)
 
 
 def _launch_bounds(kernel):
     """The launch bounds the kernel's dispatcher compiles with (None for none)."""
-    return shipped_kernel(kernel, "float32").targetoptions.get("launch_bounds")
+    return shipped_kernel(kernel, KERNELS[kernel].dtypes[0]).targetoptions.get("launch_bounds")
 
 
 @functools.cache
@@ -143,10 +202,10 @@ def _library(kernel, dtype):
         from numba.cuda.compiler import _compile_pyfunc_with_fixup
     except ImportError:
         return None
-    from . import _config, gpu
+    from . import _config
     # Lowered for the lowest architecture; NVVM targets each one from the same IR.
     library, _ = _compile_pyfunc_with_fixup(
-        shipped_kernel(kernel, dtype).py_func, gpu.signatures(dtype)[KERNELS[kernel][0]],
+        shipped_kernel(kernel, dtype).py_func, _signature(kernel, dtype),
         device=False, fastmath=_config.CUDA_FASTMATH, cc=compute_capability(ARCHES[0]),
         abi="numba", launch_bounds=_launch_bounds(kernel))
     return library
@@ -184,9 +243,9 @@ def kernel_ptx(kernel, dtype, arch):
         return code
     from numba import cuda
 
-    from . import _config, gpu
+    from . import _config
     code, _ = cuda.compile_ptx(shipped_kernel(kernel, dtype).py_func,
-                               gpu.signatures(dtype)[KERNELS[kernel][0]], cc=cc,
+                               _signature(kernel, dtype), cc=cc,
                                fastmath=_config.CUDA_FASTMATH,
                                launch_bounds=_launch_bounds(kernel))
     return code
@@ -251,8 +310,8 @@ def parser():
             "Write the PTX of every shipped numba-ln CUDA kernel (the shipped tunables, the "
             "argument types the backend launches) for one architecture: one file per kernel "
             "and dtype, DIR/<kernel>.<dtype>.ptx. Needs numba-ln[cuda], no GPU and no driver."),
-        epilog="kernels: " + ", ".join(f"{name} ({factory})"
-                                       for name, (factory, _) in KERNELS.items()))
+        epilog="kernels: " + ", ".join(f"{name} ({kernel.factory})"
+                                       for name, kernel in KERNELS.items()))
     p.add_argument("--arch", required=True, choices=ARCHES,
                    help="target architecture (compute capability 8.0 or 9.0)")
     p.add_argument("--out", required=True, type=pathlib.Path, metavar="DIR",

@@ -14,7 +14,9 @@ from numba import cuda
 import numba_ln
 from numba_ln import _cuda_backend
 
-from .gpu_reference import TOLERANCE, layer_norm, layer_norm_backward, rel_error
+from . import gpu_reference
+from .gpu_reference import OPS, TOLERANCE, layer_norm, layer_norm_backward, rel_error
+from .operations import backward as run_backward, forward as run_forward, residual_dtype
 
 TOL32 = TOLERANCE["float32"]
 
@@ -126,21 +128,28 @@ def test_parameters_of_other_dtypes_and_layouts(small_launch):
         assert rel_error(_host(got), want) <= TOL32
 
 
+@pytest.mark.parametrize("op", OPS)
 @pytest.mark.parametrize("cols", [16, 160])
-def test_nan_and_inf_stay_in_their_row(small_launch, cols):
+def test_nan_and_inf_stay_in_their_row(small_launch, cols, op):
+    """A NaN or an infinity spoils its own row as the reference's (RMSNorm: an infinity makes
+    ``rstd`` 0, so only its own element of ``y`` is NaN), never another row."""
     x = _data((4, cols))
     x[1, 3] = np.nan
     x[2, 0] = np.inf
-    y, mean, rstd = (_host(a) for a in numba_ln.layer_norm(cuda.to_device(x),
-                                                           return_stats=True))
-    assert np.isnan(y[1]).all() and np.isnan(y[2]).all()
+    r = None if residual_dtype(op, "float32") is None else _data(x.shape, seed=3, offset=0.0)
+    y, s, mean, rstd = (None if a is None else _host(a) for a in run_forward(op, x, None, None, r))
+    with np.errstate(invalid="ignore"):
+        ref_y, ref_s, ref_mean, ref_rstd = gpu_reference.forward(op, x, residual=r)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref_y))
+    assert np.isnan(y[1]).all() and np.isnan(y[2]).any()
     clean = [0, 3]
-    assert rel_error(y[clean], layer_norm(x[clean])[0]) <= TOL32
+    assert rel_error(y[clean], ref_y[clean]) <= TOL32
+    s = x if s is None else s
     dy = _data(x.shape, seed=6)
-    dx = _host(numba_ln.layer_norm_backward(cuda.to_device(dy), cuda.to_device(x),
-                                            cuda.to_device(mean), cuda.to_device(rstd))[0])
+    dx = _host(run_backward(op, dy, s, mean, rstd, None, None if r is None else dy)[0])
     assert np.isnan(dx[1]).all() and np.isnan(dx[2]).all()
-    ref = layer_norm_backward(dy[clean], x[clean], mean[clean], rstd[clean])[0]
+    ref = gpu_reference.backward(op, dy[clean], s[clean], None if mean is None else mean[clean],
+                                 rstd[clean], None, None if r is None else dy[clean])[0]
     assert rel_error(dx[clean], ref) <= TOL32
 
 
@@ -416,3 +425,34 @@ def test_a_simulator_without_shuffles_says_so(monkeypatch):
     monkeypatch.delattr(FakeCUDAModule, "shfl_xor_sync")
     with pytest.raises(RuntimeError, match=r"no warp shuffles .*sim_shims.installed\(\)"):
         numba_ln.layer_norm(cuda.to_device(_data((2, 8))))
+
+
+def test_residual_out_in_place_aside_and_on_the_host(small_launch):
+    """``residual_out`` receives ``s`` as ``out`` receives ``y``: directly, through a device copy
+    when its layout is not rows (Fortran order) or it overlaps an input partly, and as a NumPy
+    array with NumPy inputs; a float32 ``s`` for float16 ``x``."""
+    from numba_ln._validate import forward_spec
+    x, r = _data((5, 40), np.float16), _data((5, 40), np.float32, seed=1, offset=0.0)
+    expected_y, expected_s, _, expected_rstd = gpu_reference.forward("add_rms", x, residual=r)
+    spec, eps = forward_spec(x, None, None, -1, 1e-5, None)
+
+    def check(y, s, mean, rstd, s_out):
+        assert s is s_out and mean is None
+        assert rel_error(_host(y), expected_y) <= TOLERANCE["float16"]
+        assert _host(s).dtype == np.float32
+        assert rel_error(_host(s), expected_s) <= TOL32
+        assert rel_error(_host(rstd), expected_rstd) <= TOL32
+
+    fortran = cuda.to_device(np.asfortranarray(np.zeros_like(r)))
+    check(*_cuda_backend.forward(spec, cuda.to_device(x), None, None, eps, None,
+                                 centered=False, residual=cuda.to_device(r),
+                                 residual_out=fortran), fortran)
+    d_buffer = cuda.to_device(np.concatenate([r, r[:1]]))  # s one row past r: overlaps it
+    shifted = d_buffer[1:]
+    check(*_cuda_backend.forward(spec, cuda.to_device(x), None, None, eps, None,
+                                 centered=False, residual=d_buffer[:5], residual_out=shifted),
+          shifted)
+    host_s = np.empty_like(r)
+    check(*_cuda_backend.forward(spec, x, None, None, eps, None, centered=False, residual=r,
+                                 residual_out=host_s), host_s)
+    assert np.array_equal(r, _data((5, 40), np.float32, seed=1, offset=0.0))  # r untouched

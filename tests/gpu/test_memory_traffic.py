@@ -21,7 +21,8 @@ import pytest
 from numba import cuda
 
 import numba_ln
-from numba_ln import _config, gpu
+from numba_ln import _config, _cuda_backend, gpu
+from numba_ln._validate import forward_spec
 
 from .conftest import SIMULATOR
 from .sim_shims import counting, element_addresses
@@ -179,3 +180,53 @@ def test_every_variant_reads_and_writes_each_element_as_planned(tiny_launch, cas
         assert counter.total_writes == counter.writes(out_buffer).sum() + 2 * p.partials * cols
     # The padding is NaN: had a kernel used it, the rows would not be finite.
     assert np.isfinite(out.copy_to_host()).all()
+
+
+#: (operation, variant, vector width, dtype of x, dtype of the residual, rows, cols): the
+#: residual forward of both norms on each schedule, and a float32 residual with float16 x.
+RESIDUAL_CASES = [
+    ("add_ln", "warp", 4, "float32", "float32", 3, 64),
+    ("add_rms", "warp", 1, "float32", "float32", 3, 30),
+    ("add_rms", "block", 4, "float32", "float32", 3, 160),
+    ("add_ln", "block", 1, "float32", "float32", 3, 150),
+    ("add_ln", "split", 4, "float32", "float32", 3, 200),
+    ("add_rms", "warp", 8, "float16", "float32", 3, 64),
+]
+
+
+@pytest.mark.parametrize("case", RESIDUAL_CASES, ids=["-".join(map(str, case))
+                                                      for case in RESIDUAL_CASES])
+def test_residual_forward_reads_x_and_r_once_and_writes_s_and_y_once(tiny_launch, case):
+    """``s = x + r`` is formed as the row is loaded and written once; the statistics and ``y``
+    come from the registers, so ``s`` is never read back -- except by the split variant's
+    second kernel, which reads ``s`` instead of ``x`` and ``r`` again (fewer bytes)."""
+    op, variant, vec, dtype, residual_dtype, rows, cols = case
+    rng = np.random.default_rng(cols)
+    x, x_buffer = _rows_in_padding(rng.standard_normal((rows, cols)).astype(dtype), 0)
+    r, r_buffer = _rows_in_padding(rng.standard_normal((rows, cols)).astype(residual_dtype), 0)
+    out, out_buffer = _rows_in_padding(np.zeros((rows, cols), dtype), 0)
+    s, s_buffer = _rows_in_padding(np.zeros((rows, cols), residual_dtype), 0)
+    weight = _aligned((cols,), dtype, 0)
+    weight[:] = rng.uniform(0.5, 1.5, cols).astype(dtype)
+    inside = _inside(x_buffer.shape, 0, cols)
+    arrays = (x, r, s, out, weight)
+    p = gpu.plan("forward", rows, cols, dtype,
+                 [element_addresses(a)[(0,) * a.ndim] for a in arrays],
+                 (x_buffer.shape[1],) * 4, centered=op == "add_ln", residual=residual_dtype)
+    assert (p.variant, p.vec) == (variant, vec)
+    spec, eps = forward_spec(x, weight, None, -1, 1e-5, out)
+    with counting() as counter:
+        results = _cuda_backend.forward(spec, x, weight, None, eps, out,
+                                        centered=op == "add_ln", residual=r, residual_out=s)
+    assert results[0] is out and results[1] is s
+    _assert_counts(counter.reads(x_buffer), inside, 1, "x reads")
+    _assert_counts(counter.reads(r_buffer), inside, 1, "r reads")
+    _assert_counts(counter.writes(s_buffer), inside, 1, "s writes")
+    _assert_counts(counter.reads(s_buffer), inside, int(variant == "split"), "s reads")
+    _assert_counts(counter.writes(out_buffer), inside, 1, "y writes")
+    assert counter.writes(x_buffer).sum() == counter.writes(r_buffer).sum() == 0
+    assert counter.reads(out_buffer).sum() == 0
+    assert counter.total_reads == sum(counter.reads(a).sum() for a in
+                                      (x_buffer, r_buffer, s_buffer, weight))
+    assert counter.total_writes == counter.writes(s_buffer).sum() + counter.writes(out_buffer).sum()
+    assert np.isfinite(out.copy_to_host()).all() and np.isfinite(s.copy_to_host()).all()
