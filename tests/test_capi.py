@@ -8,6 +8,7 @@ for bit -- both run the same kernels.
 """
 
 import ctypes
+import importlib.util
 import os
 import pathlib
 import re
@@ -16,12 +17,14 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import numba_ln
+import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 C_TESTS = ROOT / "tests" / "c"
@@ -300,6 +303,218 @@ def test_forward_matches_python(driver_results, bits, shape, flags, eps):
 @pytest.mark.parametrize("bits, shape, flags", BACKWARD_CASES)
 def test_backward_matches_python(driver_results, bits, shape, flags):
     driver_results[("backward", bits, shape, flags)].check()
+
+
+# --------------------------------------------------------------------------- RMSNorm and the residual add
+#
+# The functions of issue 17, called in this process through cffi's ABI mode:
+# their prototypes are read from numba_ln.h (the header is the contract), so
+# a call names its arguments and every other pointer is NULL. A host that
+# runs Python already lends it to the library, as test_python_host_* shows.
+
+NEW_FUNCTIONS = ("rms_norm", "rms_norm_backward", "add_layer_norm", "add_layer_norm_backward",
+                 "add_rms_norm", "add_rms_norm_backward")
+#: Pointers a new function never takes as NULL (mean and rstd: in its backward).
+REQUIRED = {"x", "residual", "y", "s", "dy", "dx"}
+BACKWARD_REQUIRED = REQUIRED | {"mean", "rstd"}
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("capi_build", ROOT / "capi" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prototypes():
+    """``{function: [(C type, parameter name)]}`` for every function of numba_ln.h."""
+    header = _load_build().cdef_text((ROOT / "capi" / "numba_ln.h").read_text())
+    found = {}
+    for name, parameters in re.findall(r"\b(nln_\w+)\s*\(([^)]*)\)\s*;", header):
+        pairs = []
+        for declaration in parameters.split(","):
+            if declaration.strip() != "void":
+                ctype, parameter = declaration.replace("*", "* ").rsplit(None, 1)
+                pairs.append((" ".join(ctype.split()), parameter))
+        found[name] = pairs
+    return found
+
+
+PROTOTYPES = _prototypes()
+
+
+class _Library:
+    """libnumba_ln.so loaded here with cffi; :meth:`call` passes arguments by name."""
+
+    def __init__(self, path):
+        import cffi
+
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(_load_build().cdef_text((ROOT / "capi" / "numba_ln.h").read_text()))
+        self.lib = self.ffi.dlopen(str(path))
+
+    def call(self, function, values):
+        """``function(...)`` with ``values[name]`` for each parameter: an array's
+        address for a pointer (NULL when absent or None), else the value."""
+        args = []
+        for ctype, name in PROTOTYPES[function]:
+            if ctype.endswith("*"):
+                value = values.get(name)
+                args.append(self.ffi.NULL if value is None
+                            else self.ffi.cast(ctype, value.ctypes.data))
+            else:
+                args.append(values[name])
+        return getattr(self.lib, function)(*args)
+
+    def last_error(self):
+        return self.ffi.string(self.lib.nln_last_error()).decode()
+
+
+@pytest.fixture(scope="module")
+def capi(libdir):
+    library = _Library(libdir / "libnumba_ln.so")
+    assert library.lib.nln_init() == 0, library.last_error()
+    return library
+
+
+def _matrices(function):
+    """``[(matrix, its row stride)]`` of a function, in parameter order."""
+    parameters = PROTOTYPES[function]
+    return [(name, parameters[i + 1][1]) for i, (ctype, name) in enumerate(parameters[:-1])
+            if ctype.endswith("*") and parameters[i + 1][1].startswith("ld")]
+
+
+# What the Python API and tests/reference.py return for each new function,
+# from its inputs by parameter name: (outputs in order, API call, reference call).
+_API = {
+    "rms_norm": (("y", "rstd"), lambda a, eps: numba_ln.rms_norm(
+        a["x"], a["weight"], eps=eps, return_stats=True),
+        lambda a, eps: reference.rms_norm(a["x"], a["weight"], eps=eps)),
+    "add_layer_norm": (("y", "s", "mean", "rstd"), lambda a, eps: numba_ln.layer_norm(
+        a["x"], a["weight"], a["bias"], eps=eps, return_stats=True, residual=a["residual"]),
+        lambda a, eps: reference.add_layer_norm(a["x"], a["residual"], a["weight"],
+                                                a["bias"], eps=eps)),
+    "add_rms_norm": (("y", "s", "rstd"), lambda a, eps: numba_ln.rms_norm(
+        a["x"], a["weight"], eps=eps, return_stats=True, residual=a["residual"]),
+        lambda a, eps: reference.add_rms_norm(a["x"], a["residual"], a["weight"], eps=eps)),
+    "rms_norm_backward": (("dx", "dweight"), lambda a, eps: numba_ln.rms_norm_backward(
+        a["dy"], a["x"], a["rstd"], a["weight"]),
+        lambda a, eps: reference.rms_norm_backward(a["dy"], a["x"], a["weight"],
+                                                   rstd=a["rstd"])),
+    "add_layer_norm_backward": (("dx", "dweight", "dbias"),
+                                lambda a, eps: numba_ln.layer_norm_backward(
+        a["dy"], a["s"], a["mean"], a["rstd"], a["weight"], dresidual=a["dresidual"]),
+        lambda a, eps: reference.add_layer_norm_backward(
+            a["dy"], a["s"], a["weight"], mean=a["mean"], rstd=a["rstd"],
+            dresidual=a["dresidual"])),
+    "add_rms_norm_backward": (("dx", "dweight"), lambda a, eps: numba_ln.rms_norm_backward(
+        a["dy"], a["s"], a["rstd"], a["weight"], dresidual=a["dresidual"]),
+        lambda a, eps: reference.add_rms_norm_backward(
+            a["dy"], a["s"], a["weight"], rstd=a["rstd"], dresidual=a["dresidual"])),
+}
+
+# "all": every optional input and output given; "none": every one NULL (and
+# lddres 0: ignored without dresidual); "in_place": s is residual and y is x
+# (forward), dx is dresidual, or dy without one (backward).
+VARIANTS = {"all": 1e-5, "none": 0.1, "in_place": 1e-3}
+NEW_CASES = [(function, bits, shape, variant)
+             for function in NEW_FUNCTIONS for bits in (32, 64) for shape in SHAPES
+             for variant in VARIANTS]
+# Large enough (>= 16 MiB) to stream y and s, or dx with wide rows taken in pairs.
+NEW_CASES += [(function, 32, (2048, 2051, 2051, 2053), "all") for function in NEW_FUNCTIONS]
+
+
+class _NewCase:
+    """One call of a new function on padded buffers, and what it must return."""
+
+    def __init__(self, function, bits, shape, variant):
+        self.function, self.variant = function, variant
+        self.backward = function.endswith("backward")
+        self.dtype = dt = DTYPES[bits]
+        self.rows, self.cols, ld_in, ld_out = shape
+        self.eps = VARIANTS[variant]
+        self.ld = dict(_matrices(f"nln_{function}_f{bits}"))
+        parameters = {name for _, name in PROTOTYPES[f"nln_{function}_f{bits}"]}
+        rng = np.random.default_rng(zlib.crc32(repr((function, bits, shape, variant)).encode()))
+        values = {"rows": self.rows, "cols": self.cols, "eps": self.eps,
+                  "weight": (1 + 0.1 * rng.standard_normal(self.cols)).astype(dt),
+                  "bias": (0.1 * rng.standard_normal(self.cols)).astype(dt)}
+        strides = {"x": ld_in, "residual": ld_in + 1, "s": ld_in if self.backward else ld_out + 2,
+                   "dy": ld_out + 1, "dresidual": ld_in + 2}
+        for name, ld_name in self.ld.items():
+            values[ld_name] = strides.get(name, ld_out)
+            matrix = (rng.standard_normal((self.rows, self.cols)) * 2 + 0.5).astype(dt)
+            values[name] = _padded(matrix, values[ld_name], dt, SENTINEL)
+        self.outputs = _API[function][0]
+        if self.backward:  # the statistics of the forward pass
+            source = self.view(values, "s" if "s" in values else "x")
+            if "mean" in parameters:
+                _, mean, rstd = numba_ln.layer_norm(source, values["weight"], return_stats=True)
+                values["mean"] = mean.ravel()
+            else:
+                rstd = numba_ln.rms_norm(source, values["weight"], return_stats=True)[1]
+            values["rstd"] = rstd.ravel()
+        for name in self.outputs:
+            values.setdefault(name, np.full(self.rows if name in ("mean", "rstd") else self.cols,
+                                            SENTINEL, dt))
+        if variant == "none":
+            for name in ("weight", "bias", "mean", "rstd", "dweight", "dbias", "dresidual"):
+                if not (self.backward and name in BACKWARD_REQUIRED):
+                    values[name] = None
+            values["lddres"] = 0
+        elif variant == "in_place":
+            pairs = ((("dx", "dresidual" if "dresidual" in values else "dy"),) if self.backward
+                     else (("y", "x"), ("s", "residual")))
+            for out, source in pairs:
+                if source in values:
+                    values[out] = values[source]
+                    values[self.ld[out]] = values[self.ld[source]]
+        self.values = {name: value for name, value in values.items()
+                       if name in parameters or name == "eps"}
+        api_inputs = {name: self.view(values, name) if name in self.ld else values.get(name)
+                      for name in ("x", "residual", "dy", "s", "dresidual", "weight", "bias",
+                                   "mean", "rstd")}
+        api_inputs = {name: None if a is None else a.copy() for name, a in api_inputs.items()}
+        _, api, ref = _API[function]
+        self.expected = dict(zip(self.outputs, api(api_inputs, self.eps)))
+        self.reference = dict(zip(self.outputs, ref(api_inputs, self.eps)))
+        self.before = {name: a.copy() for name, a in self.values.items()
+                       if isinstance(a, np.ndarray)}
+
+    def view(self, values, name):
+        """Matrix ``name`` of ``values`` as a rows x cols view, or None."""
+        if values.get(name) is None:
+            return None
+        return _rows_view(values[name], self.rows, self.cols, values[self.ld[name]])
+
+    def check(self, status, message):
+        assert status == 0, message
+        written = set()
+        for name in self.outputs:
+            got = self.values.get(name)
+            if got is None:
+                continue
+            written.add(id(got))
+            if name in self.ld:
+                padding = np.ones(got.shape, bool)
+                _rows_view(padding, self.rows, self.cols, self.values[self.ld[name]])[...] = False
+                assert (got[padding] == self.before[name][padding]).all(), f"{name}'s padding"
+                got = self.view(self.values, name)
+            np.testing.assert_array_equal(got, np.reshape(self.expected[name], got.shape), name)
+            if self.cols == 1 and self.backward:
+                continue  # dx = rstd * g * (1 - xhat**2), xhat**2 ~ 1: any rounding is all of it
+            error = reference.rel_l2(got, np.reshape(self.reference[name], got.shape))
+            assert error <= reference.TOLERANCE[np.dtype(self.dtype)], (name, error)
+        for name, before in self.before.items():
+            if id(self.values[name]) not in written:
+                np.testing.assert_array_equal(self.values[name], before, f"input {name}")
+
+
+@pytest.mark.parametrize("function, bits, shape, variant", NEW_CASES)
+def test_new_function_matches_python_and_reference(capi, function, bits, shape, variant):
+    case = _NewCase(function, bits, shape, variant)
+    status = capi.call(f"nln_{function}_f{bits}", case.values)
+    case.check(status, capi.last_error())
 
 
 # --------------------------------------------------------------------------- errors
@@ -742,8 +957,10 @@ def test_cpu_entry_points_are_compiled_c_functions():
     one = np.ones(1, np.float32)
     forward = _cabi._compiled["forward_f32"].ctypes
     as_ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    assert forward(points["forward_rows_f32"], as_ptr(x), 4, as_ptr(one), as_ptr(one), 0, 0,
-                   as_ptr(y), 4, as_ptr(mean), as_ptr(rstd), 1, 1, 2, 4, 0.0, 0) == _cabi.OK
+    no_residual = None
+    assert forward(points["forward_rows_f32"], as_ptr(x), 4, no_residual, 0, as_ptr(one),
+                   as_ptr(one), 0, 0, as_ptr(y), 4, no_residual, 0, as_ptr(mean), as_ptr(rstd),
+                   0, 1, 1, 2, 4, 0.0, 1, 0) == _cabi.OK
     ref, ref_mean, ref_rstd = numba_ln.layer_norm(x.reshape(2, 4), eps=0.0, return_stats=True)
     np.testing.assert_array_equal(y.reshape(2, 4), ref)
     np.testing.assert_array_equal(mean, ref_mean.ravel())
