@@ -9,6 +9,7 @@ for bit -- both run the same kernels.
 
 import ctypes
 import importlib.util
+import inspect
 import os
 import pathlib
 import re
@@ -305,7 +306,7 @@ def test_backward_matches_python(driver_results, bits, shape, flags):
     driver_results[("backward", bits, shape, flags)].check()
 
 
-# --------------------------------------------------------------------------- RMSNorm and the residual add
+# --------------------------------------------------------------------------- RMSNorm, residual add
 #
 # The functions of issue 17, called in this process through cffi's ABI mode:
 # their prototypes are read from numba_ln.h (the header is the contract), so
@@ -354,20 +355,28 @@ class _Library:
         self.lib = self.ffi.dlopen(str(path))
 
     def call(self, function, values):
-        """``function(...)`` with ``values[name]`` for each parameter: an array's
-        address for a pointer (NULL when absent or None), else the value."""
+        """``function(...)`` with ``values[name]`` for each parameter: for a pointer
+        an array (its address), an address, or NULL when absent or None."""
         args = []
         for ctype, name in PROTOTYPES[function]:
             if ctype.endswith("*"):
-                value = values.get(name)
-                args.append(self.ffi.NULL if value is None
-                            else self.ffi.cast(ctype, value.ctypes.data))
+                value = _address(values.get(name))
+                args.append(self.ffi.cast(ctype, value) if value else self.ffi.NULL)
             else:
                 args.append(values[name])
         return getattr(self.lib, function)(*args)
 
     def last_error(self):
         return self.ffi.string(self.lib.nln_last_error()).decode()
+
+
+def _address(value):
+    """The address of an array (host: NumPy; device: ``__cuda_array_interface__``); 0 for None."""
+    if value is None or isinstance(value, int):
+        return value or 0
+    if isinstance(value, np.ndarray):
+        return value.ctypes.data
+    return value.__cuda_array_interface__["data"][0]
 
 
 @pytest.fixture(scope="module")
@@ -384,9 +393,17 @@ def _matrices(function):
             if ctype.endswith("*") and parameters[i + 1][1].startswith("ld")]
 
 
-# What the Python API and tests/reference.py return for each new function,
+# What the Python API and tests/reference.py return for each function here,
 # from its inputs by parameter name: (outputs in order, API call, reference call).
 _API = {
+    "layer_norm": (("y", "mean", "rstd"), lambda a, eps: numba_ln.layer_norm(
+        a["x"], a["weight"], a["bias"], eps=eps, return_stats=True),
+        lambda a, eps: reference.layer_norm(a["x"], a["weight"], a["bias"], eps=eps)),
+    "layer_norm_backward": (("dx", "dweight", "dbias"),
+                            lambda a, eps: numba_ln.layer_norm_backward(
+        a["dy"], a["x"], a["mean"], a["rstd"], a["weight"]),
+        lambda a, eps: reference.layer_norm_backward(a["dy"], a["x"], a["weight"],
+                                                     mean=a["mean"], rstd=a["rstd"])),
     "rms_norm": (("y", "rstd"), lambda a, eps: numba_ln.rms_norm(
         a["x"], a["weight"], eps=eps, return_stats=True),
         lambda a, eps: reference.rms_norm(a["x"], a["weight"], eps=eps)),
@@ -677,6 +694,137 @@ def test_last_error_is_per_thread_and_survives_success(error_report):
     assert error_report["OTHER_THREAD"] == "0 nln_layer_norm_f32: x is NULL"
 
 
+# The functions of issue 17 (CPU and GPU, float32 and float64), called wrongly
+# in this process: each required pointer NULL, each stride too small or past
+# the address space, bad rows, cols and eps. The GPU functions check their
+# arguments before they look for a device.
+NEW_SYMBOLS = [f"nln_{device}{function}_{suffix}" for function in NEW_FUNCTIONS
+               for device in ("", "cuda_") for suffix in ("f32", "f64")]
+SMALL = {"rows": 3, "cols": 4, "ld": 6}
+
+
+def _small_call(function):
+    """Arguments of a valid call of ``function`` on 3 x 4 host buffers of row stride 6."""
+    dtype = np.float32 if function.endswith("f32") else np.float64
+    rows, cols, ld = SMALL["rows"], SMALL["cols"], SMALL["ld"]
+    matrices = dict(_matrices(function))
+    values = {"rows": rows, "cols": cols, "eps": 1e-5}
+    for ctype, name in PROTOTYPES[function]:
+        if name.startswith("ld"):
+            values[name] = ld
+        elif ctype.endswith("*") and name != "stream":
+            size = (rows - 1) * ld + cols if name in matrices else (
+                rows if name in ("mean", "rstd") else cols)
+            values[name] = np.linspace(0.5, 2.0, size).astype(dtype)
+    return values
+
+
+def _bad_calls(function):
+    """``(label, changes, message)`` for each invalid call of ``function``."""
+    backward = "backward" in function
+    itemsize = 4 if function.endswith("f32") else 8
+    required = BACKWARD_REQUIRED if backward else REQUIRED
+    for ctype, name in PROTOTYPES[function]:
+        if ctype.endswith("*") and name in required:
+            yield f"{name}_null", {name: None}, f"{function}: {name} is NULL"
+    huge = 1 << 62
+    for matrix, ld in _matrices(function):
+        yield f"{ld}_small", {ld: 3}, f"{function}: {ld} (3) must be >= cols (4)"
+        yield (f"{ld}_huge", {ld: huge},
+               f"{function}: {matrix} spans (rows - 1) * {ld} + cols = {2 * huge + 4} elements "
+               f"of {itemsize} bytes, more than the address space")
+    yield "rows_negative", {"rows": -1}, f"{function}: rows (-1) must be >= 0"
+    yield "cols_zero", {"cols": 0}, f"{function}: cols (0) must be > 0"
+    if not backward:
+        yield "eps_nan", {"eps": float("nan")}, f"{function}: eps is NaN"
+        yield "eps_inf", {"eps": float("inf")}, f"{function}: eps is infinite"
+        yield "eps_negative", {"eps": -1.0}, f"{function}: eps (-1) must be >= 0"
+
+
+def _call_small(capi, function, changes):
+    """``(status, message, untouched)`` of a small call with ``changes``."""
+    values = _small_call(function)
+    values.update(changes)
+    before = {name: a.copy() for name, a in values.items() if isinstance(a, np.ndarray)}
+    status = capi.call(function, values)
+    untouched = all(np.array_equal(values[name], a) for name, a in before.items())
+    return status, capi.last_error(), untouched
+
+
+@pytest.mark.parametrize("function", NEW_SYMBOLS)
+def test_new_function_rejects_bad_arguments(capi, function):
+    for label, changes, message in _bad_calls(function):
+        status, got, untouched = _call_small(capi, function, changes)
+        assert (label, status) == (label, INVALID), got
+        assert message in got, (label, got)
+        assert untouched, f"{label}: a buffer was written by a failing call"
+
+
+@pytest.mark.parametrize("function", NEW_SYMBOLS)
+def test_new_function_optional_arguments(capi, function):
+    """A valid small call succeeds, with a NULL dresidual whatever lddres says; a
+    GPU function without a GPU says why and writes nothing."""
+    fused_backward = "add_" in function and "backward" in function
+    for changes in [{}] + ([{"dresidual": None, "lddres": -1}] if fused_backward else []):
+        status, message, untouched = _call_small(capi, function, changes)
+        if "cuda_" not in function:
+            assert status == 0, message
+        elif capi.lib.nln_cuda_available():
+            pytest.skip("a GPU is available: host pointers are not device pointers")
+        else:
+            assert status == NO_DEVICE and untouched, message
+            assert f"{function}: no usable GPU" in message, message
+
+
+# The GPU glue (numba_ln._cabi.cuda_forward and cuda_backward), run here
+# without a GPU: device arrays are replaced by NumPy views of the same host
+# buffers, so the public API it calls runs on the CPU and must give the bits
+# of the CPU function of the same name.
+GLUE_CASES = [(function, shape, variant) for function in ("layer_norm", "layer_norm_backward")
+              + NEW_FUNCTIONS for shape in ((9, 33, 40, 35), (0, 8, 8, 8))
+              for variant in VARIANTS]
+
+
+@pytest.mark.parametrize("function, shape, variant", GLUE_CASES)
+def test_gpu_glue_calls_the_public_api(capi, monkeypatch, function, shape, variant):
+    from numba_ln import _cabi
+
+    expected = _NewCase(function, 32, shape, variant)
+    assert capi.call(f"nln_{function}_f32", expected.values) == 0, capi.last_error()
+    case = _NewCase(function, 32, shape, variant)
+    buffers = {a.ctypes.data: a for a in case.values.values() if isinstance(a, np.ndarray)}
+
+    def host_array(address, shape, ld, bits, readonly=False):
+        if not address:
+            return None
+        buffer = buffers[address]
+        view = (_rows_view(buffer, *shape, ld) if len(shape) == 2 else buffer[:shape[0]]).view()
+        view.flags.writeable = not readonly
+        return view
+
+    monkeypatch.setattr(_cabi, "_device_array", host_array)
+    monkeypatch.setattr(_cabi, "_stream", lambda handle: None)
+    monkeypatch.setattr(_cabi, "_copy_into",
+                        lambda src, dst, stream: dst.__setitem__(..., np.reshape(src, dst.shape)))
+    monkeypatch.setattr(_cabi, "_zero",
+                        lambda address, count, bits, stream: buffers[address][:count].fill(0))
+    backward = function.endswith("backward")
+    glue = _cabi.cuda_backward if backward else _cabi.cuda_forward
+    # The C side passes a fused backward's s as x (nln_shim.h).
+    renamed = {"x": "s", "ldx": "lds"} if backward and "add_" in function else {}
+    special = {"bits": 32, "centered": int("layer_norm" in function), "stream": 0}
+
+    def argument(name):
+        if name in special:
+            return special[name]
+        value = case.values.get(renamed.get(name, name))
+        return value if isinstance(value, (int, float)) else _address(value)
+
+    glue(*map(argument, inspect.signature(glue).parameters))
+    for name, got in case.values.items():
+        np.testing.assert_array_equal(got, expected.values[name], name)
+
+
 # --------------------------------------------------------------------------- threads
 
 def test_eight_threads_match_serial_calls_bit_for_bit(compile_c):
@@ -942,6 +1090,43 @@ def test_gpu_entry_points_on_device_pointers(libdir, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0 and "GPU OK" in result.stdout, result.stderr
 
+
+UNSUPPORTED = 2
+GPU_CASES = [(function, bits) for function in NEW_FUNCTIONS for bits in (32, 64)]
+
+
+@pytest.mark.parametrize("function, bits", GPU_CASES)
+def test_new_gpu_functions_match_the_cpu(capi, function, bits):
+    """The nln_cuda_* functions of issue 17 on device copies of a CPU call's buffers.
+
+    Needs a GPU; skips while the CUDA backend has no RMSNorm and residual
+    kernels (the function then returns NLN_ERR_UNSUPPORTED).
+    """
+    from numba_ln import _cabi
+
+    if _cabi.cuda_unavailable_reason() is not None:
+        pytest.skip(f"no GPU: {_cabi.cuda_unavailable_reason()}")
+    from numba import cuda
+
+    for variant in VARIANTS:
+        shape = (300, 200, 208, 210)
+        expected = _NewCase(function, bits, shape, variant)
+        assert capi.call(f"nln_{function}_f{bits}", expected.values) == 0, capi.last_error()
+        case = _NewCase(function, bits, shape, variant)
+        copies = {id(a): cuda.to_device(a) for a in case.values.values()
+                  if isinstance(a, np.ndarray)}  # one per buffer: in place stays in place
+        on_device = {name: copies.get(id(value), value) for name, value in case.values.items()}
+        status = capi.call(f"nln_cuda_{function}_f{bits}", on_device)
+        if status == UNSUPPORTED:
+            pytest.skip(f"needs the GPU kernels of issue 17: {capi.last_error()}")
+        assert status == 0, (variant, capi.last_error())
+        cuda.synchronize()
+        tolerance = {32: 1e-3, 64: 1e-9}[bits]
+        for name, value in expected.values.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(on_device[name].copy_to_host(), value,
+                                           rtol=tolerance, atol=tolerance,
+                                           err_msg=f"{variant}: {name}")
 
 def test_cpu_entry_points_are_compiled_c_functions():
     from numba_ln import _cabi
