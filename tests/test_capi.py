@@ -158,6 +158,27 @@ def test_example_reports_bad_input(compile_c):
     assert result.returncode == 2 and b"ROWS COLS" in result.stderr
 
 
+def test_residual_stream_example_matches_python(compile_c):
+    """capi/examples/residual_stream.c: three fused blocks in place, then a backward."""
+    result = run_clean(compile_c(ROOT / "capi" / "examples" / "residual_stream.c"))
+    assert result.returncode == 0, result.stderr.decode()
+    got = {label: np.array(values.split(), np.float32)
+           for label, _, values in (line.partition(" ")
+                                    for line in result.stdout.decode().splitlines())}
+    i = np.arange(4 * 8)
+    h = (((i * 37) % 11) / np.float32(4) - 1).astype(np.float32).reshape(4, 8)
+    out = (((i * 13) % 7) / np.float32(8)).astype(np.float32).reshape(4, 8)
+    weight = (1 + 0.125 * np.arange(8)).astype(np.float32)
+    for _ in range(3):
+        y, h, rstd = numba_ln.rms_norm(out, weight, residual=h, residual_out=h,
+                                       return_stats=True)
+        out = np.float32(0.5) * y
+    dx, dweight = numba_ln.rms_norm_backward(np.ones_like(h), h, rstd, weight,
+                                             dresidual=np.full_like(h, 0.1))
+    for label, expected in (("h", h), ("y", y), ("dx", dx), ("dweight", dweight)):
+        np.testing.assert_array_equal(got[label], expected.ravel(), label)
+
+
 # --------------------------------------------------------------------------- forward and backward
 
 HAS_WEIGHT, HAS_BIAS, HAS_MEAN, HAS_RSTD, HAS_DWEIGHT, HAS_DBIAS = 1, 2, 4, 8, 16, 32
