@@ -25,7 +25,11 @@ The adapters see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
 kernels take. The C side replaces a NULL ``weight``/``bias`` with a pointer
 to one element and clears the matching ``has_*`` flag; a NULL ``mean`` or
-``rstd`` becomes an empty array (that statistic is not stored).
+``rstd`` becomes an empty array (that statistic is not stored). ``centered``
+is 0 for RMSNorm (no ``mean``: an empty array). ``has_residual`` (forward:
+``residual`` and ``s``) and ``has_dresidual`` (backward) say whether those
+buffers exist; the C side then hands over the kernel variant compiled for
+them (:data:`KERNELS`), and the adapter passes the arrays or ``None``.
 
 The GPU functions (:func:`cuda_forward`, :func:`cuda_backward`) are called
 with the GIL held, from the embedded interpreter: they wrap device pointers

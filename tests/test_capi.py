@@ -453,8 +453,16 @@ _API = {
 
 # "all": every optional input and output given; "none": every one NULL (and
 # lddres 0: ignored without dresidual); "in_place": s is residual and y is x
-# (forward), dx is dresidual, or dy without one (backward).
-VARIANTS = {"all": 1e-5, "none": 0.1, "in_place": 1e-3}
+# (forward), dx is dresidual, or dy without one (backward); "in_place_x": s
+# is x, or y without a residual (forward), dx is dy (backward). The aliases
+# numba_ln.h allows. The value is the forward's eps.
+VARIANTS = {"all": 1e-5, "none": 0.1, "in_place": 1e-3, "in_place_x": 1e-4}
+IN_PLACE = {  # variant: {(backward, fused): ((output, the input it is), ...)}
+    "in_place": {(False, False): (("y", "x"),), (False, True): (("y", "x"), ("s", "residual")),
+                 (True, False): (("dx", "dy"),), (True, True): (("dx", "dresidual"),)},
+    "in_place_x": {(False, False): (("y", "x"),), (False, True): (("s", "x"),),
+                   (True, False): (("dx", "dy"),), (True, True): (("dx", "dy"),)},
+}
 NEW_CASES = [(function, bits, shape, variant)
              for function in NEW_FUNCTIONS for bits in (32, 64) for shape in SHAPES
              for variant in VARIANTS]
@@ -500,13 +508,11 @@ class _NewCase:
                 if not (self.backward and name in BACKWARD_REQUIRED):
                     values[name] = None
             values["lddres"] = 0
-        elif variant == "in_place":
-            pairs = ((("dx", "dresidual" if "dresidual" in values else "dy"),) if self.backward
-                     else (("y", "x"), ("s", "residual")))
-            for out, source in pairs:
-                if source in values:
-                    values[out] = values[source]
-                    values[self.ld[out]] = values[self.ld[source]]
+        else:
+            for out, source in IN_PLACE.get(variant, {}).get(
+                    (self.backward, "add_" in function), ()):
+                values[out] = values[source]
+                values[self.ld[out]] = values[self.ld[source]]
         self.values = {name: value for name, value in values.items()
                        if name in parameters or name == "eps"}
         api_inputs = {name: self.view(values, name) if name in self.ld else values.get(name)
