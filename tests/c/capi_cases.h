@@ -4,10 +4,8 @@
  * forked children (capi_fork.c). Static functions only: each program
  * includes it once.
  *
- * A shape gets one set of inputs; run_shape makes its CALLS_PER_SHAPE CPU
- * calls (layer norm forward and backward, float32 and float64; the fused
- * residual add with RMSNorm, forward and backward, float32) into a set of
- * outputs, and
+ * A shape gets one set of inputs; run_shape makes the four CPU calls
+ * (forward and backward, float32 and float64) into a set of outputs, and
  * compare_shape reports the first output that differs from a reference.
  * Failed calls and mismatches are printed and counted in `failures`.
  */
@@ -26,15 +24,11 @@ typedef struct {
     int64_t rows, cols, ld;
 } shape_t;
 
-/* One complete set of inputs and outputs for a shape; the *r outputs are
- * the fused RMSNorm's (s = x + dy). */
+/* One complete set of inputs and outputs for a shape. */
 typedef struct {
     float *x, *w, *b, *dy, *y, *mean, *rstd, *dx, *dw, *db;
     double *xd, *yd, *meand, *rstdd, *dxd, *dwd, *dbd;
-    float *yr, *sr, *rstdr, *dxr, *dwr;
 } buffers_t;
-
-#define CALLS_PER_SHAPE 6
 
 static int failures;
 static pthread_mutex_t report_lock = PTHREAD_MUTEX_INITIALIZER;
@@ -92,19 +86,13 @@ static void alloc_outputs(const shape_t *s, buffers_t *out)
     out->rstdd = alloc(rows, sizeof(double));
     out->dwd = alloc(cols, sizeof(double));
     out->dbd = alloc(cols, sizeof(double));
-    out->yr = alloc(n, sizeof(float));
-    out->sr = alloc(n, sizeof(float));
-    out->rstdr = alloc(rows, sizeof(float));
-    out->dxr = alloc(n, sizeof(float));
-    out->dwr = alloc(cols, sizeof(float));
 }
 
 static void free_outputs(buffers_t *out)
 {
     free(out->y); free(out->dx); free(out->mean); free(out->rstd); free(out->dw);
     free(out->db); free(out->yd); free(out->dxd); free(out->meand); free(out->rstdd);
-    free(out->dwd); free(out->dbd); free(out->yr); free(out->sr); free(out->rstdr);
-    free(out->dxr); free(out->dwr);
+    free(out->dwd); free(out->dbd);
 }
 
 static void check(nln_status status, const char *what)
@@ -117,7 +105,7 @@ static void check(nln_status status, const char *what)
     }
 }
 
-/* The CALLS_PER_SHAPE calls for shape s into out. */
+/* Forward and backward, float32 and float64, for shape s into out. */
 static void run_shape(const shape_t *s, const buffers_t *in, buffers_t *out)
 {
     check(nln_layer_norm_f32(in->x, s->ld, in->w, in->b, out->y, s->ld, out->mean,
@@ -130,11 +118,6 @@ static void run_shape(const shape_t *s, const buffers_t *in, buffers_t *out)
     check(nln_layer_norm_backward_f64(in->xd, s->ld, in->xd, s->ld, out->meand,
                                       out->rstdd, NULL, out->dxd, s->ld, out->dwd,
                                       out->dbd, s->rows, s->cols), "backward f64");
-    check(nln_add_rms_norm_f32(in->x, s->ld, in->dy, s->ld, in->w, out->yr, s->ld, out->sr,
-                               s->ld, out->rstdr, s->rows, s->cols, 1e-5f), "add rms f32");
-    check(nln_add_rms_norm_backward_f32(in->dy, s->ld, out->sr, s->ld, out->rstdr, in->w,
-                                        in->x, s->ld, out->dxr, s->ld, out->dwr, s->rows,
-                                        s->cols), "add rms backward f32");
 }
 
 static int same(const void *a, const void *b, size_t count, size_t size)
@@ -158,11 +141,6 @@ static void compare_shape(const shape_t *s, const buffers_t *got, const buffers_
     else if (!same(got->dxd, ref->dxd, n, sizeof(double))) bad = "dx f64";
     else if (!same(got->dwd, ref->dwd, cols, sizeof(double))) bad = "dweight f64";
     else if (!same(got->dbd, ref->dbd, cols, sizeof(double))) bad = "dbias f64";
-    else if (!same(got->yr, ref->yr, n, sizeof(float))) bad = "add rms y f32";
-    else if (!same(got->sr, ref->sr, n, sizeof(float))) bad = "add rms s f32";
-    else if (!same(got->rstdr, ref->rstdr, rows, sizeof(float))) bad = "add rms rstd f32";
-    else if (!same(got->dxr, ref->dxr, n, sizeof(float))) bad = "add rms dx f32";
-    else if (!same(got->dwr, ref->dwr, cols, sizeof(float))) bad = "add rms dweight f32";
     if (bad) {
         pthread_mutex_lock(&report_lock);
         printf("MISMATCH %s thread %d shape %lldx%lld (ld %lld): %s\n", phase, thread,
