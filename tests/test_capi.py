@@ -489,7 +489,7 @@ class _NewCase:
                    "dy": ld_out + 1, "dresidual": ld_in + 2}
         for name, ld_name in self.ld.items():
             values[ld_name] = strides.get(name, ld_out)
-            matrix = (rng.standard_normal((self.rows, self.cols)) * 2 + 0.5).astype(dt)
+            matrix = rng.standard_normal((self.rows, self.cols), dtype=dt) * 2 + dt(0.5)
             values[name] = _padded(matrix, values[ld_name], dt, SENTINEL)
         self.outputs = _API[function][0]
         if self.backward:  # the statistics of the forward pass
