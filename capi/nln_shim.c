@@ -413,50 +413,88 @@ static nln_status nln__check_eps(const char *fn, double eps)
     }
 }
 
-static nln_status nln__check_forward(const char *fn, size_t itemsize,
-                                     const void *x, int64_t ldx,
-                                     const void *weight, const void *bias,
-                                     const void *y, int64_t ldy,
-                                     const void *mean, const void *rstd,
-                                     int64_t rows, int64_t cols, double eps)
+/* Return from the calling function with `call`'s status unless it is NLN_OK. */
+#define NLN__TRY(call)                                                                  \
+    do {                                                                                \
+        nln_status status_ = (call);                                                    \
+        if (status_ != NLN_OK)                                                          \
+            return status_;                                                             \
+    } while (0)
+
+/* What a function computes: layer norm centers each row (RMSNorm does not);
+ * the fused forms add a residual first (forward) or the gradient of the
+ * skip path (backward). */
+enum { NLN__CENTERED = 1, NLN__RESIDUAL = 2 };
+
+/* A forward call as an exported function received it (NULL: not given),
+ * then the plan's decisions. RMSNorm has no bias and no mean; residual and
+ * s are given exactly when form has NLN__RESIDUAL. */
+struct nln__forward_args {
+    const struct nln__precision *p;
+    int32_t form;
+    const void *x, *residual, *weight, *bias;
+    void *y, *s, *mean, *rstd;
+    int64_t ldx, ldr, ldy, lds, rows, cols;
+    double eps;
+    int64_t task_rows; /* the plan's */
+    int32_t stream;
+};
+
+/* A backward call as an exported function received it. `x` is the forward
+ * pass's normalized input: `s` of a fused form. RMSNorm has no mean and no
+ * dbias; dresidual may be NULL. Then the plan's decisions. */
+struct nln__backward_args {
+    const struct nln__precision *p;
+    int32_t form;
+    const void *dy, *x, *mean, *rstd, *weight, *dresidual;
+    void *dx, *dweight, *dbias;
+    int64_t lddy, ldx, lddres, lddx, rows, cols;
+    void *dweight_part, *dbias_part; /* the plan's */
+    int64_t blocks, block_rows, reduce_cols;
+    int32_t wide, stream;
+};
+
+static nln_status nln__check_forward(const char *fn, const struct nln__forward_args *a)
 {
-    nln_status status;
-    if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols, itemsize)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "y", y, "ldy", ldy, rows, cols, itemsize)) != NLN_OK ||
-        (status = nln__check_vector(fn, "weight", weight, "cols", cols, itemsize)) != NLN_OK ||
-        (status = nln__check_vector(fn, "bias", bias, "cols", cols, itemsize)) != NLN_OK ||
-        (status = nln__check_vector(fn, "mean", mean, "rows", rows, itemsize)) != NLN_OK ||
-        (status = nln__check_vector(fn, "rstd", rstd, "rows", rows, itemsize)) != NLN_OK)
-        return status;
-    return nln__check_eps(fn, eps);
+    size_t size = a->p->itemsize;
+    int fused = a->form & NLN__RESIDUAL;
+    int64_t rows = a->rows, cols = a->cols;
+    NLN__TRY(nln__check_shape(fn, rows, cols));
+    NLN__TRY(nln__check_matrix(fn, "x", a->x, "ldx", a->ldx, rows, cols, size));
+    if (fused)
+        NLN__TRY(nln__check_matrix(fn, "residual", a->residual, "ldr", a->ldr, rows, cols,
+                                   size));
+    NLN__TRY(nln__check_matrix(fn, "y", a->y, "ldy", a->ldy, rows, cols, size));
+    if (fused)
+        NLN__TRY(nln__check_matrix(fn, "s", a->s, "lds", a->lds, rows, cols, size));
+    NLN__TRY(nln__check_vector(fn, "weight", a->weight, "cols", cols, size));
+    NLN__TRY(nln__check_vector(fn, "bias", a->bias, "cols", cols, size));
+    NLN__TRY(nln__check_vector(fn, "mean", a->mean, "rows", rows, size));
+    NLN__TRY(nln__check_vector(fn, "rstd", a->rstd, "rows", rows, size));
+    return nln__check_eps(fn, a->eps);
 }
 
-static nln_status nln__check_backward(const char *fn, size_t itemsize,
-                                      const void *dy, int64_t lddy,
-                                      const void *x, int64_t ldx,
-                                      const void *mean, const void *rstd,
-                                      const void *weight,
-                                      const void *dx, int64_t lddx,
-                                      const void *dweight, const void *dbias,
-                                      int64_t rows, int64_t cols)
+static nln_status nln__check_backward(const char *fn, const struct nln__backward_args *a)
 {
-    nln_status status;
-    if ((status = nln__check_shape(fn, rows, cols)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "dy", dy, "lddy", lddy, rows, cols, itemsize))
-            != NLN_OK ||
-        (status = nln__check_matrix(fn, "x", x, "ldx", ldx, rows, cols, itemsize)) != NLN_OK ||
-        (status = nln__check_required(fn, "mean", mean)) != NLN_OK ||
-        (status = nln__check_vector(fn, "mean", mean, "rows", rows, itemsize)) != NLN_OK ||
-        (status = nln__check_required(fn, "rstd", rstd)) != NLN_OK ||
-        (status = nln__check_vector(fn, "rstd", rstd, "rows", rows, itemsize)) != NLN_OK ||
-        (status = nln__check_vector(fn, "weight", weight, "cols", cols, itemsize)) != NLN_OK ||
-        (status = nln__check_matrix(fn, "dx", dx, "lddx", lddx, rows, cols, itemsize))
-            != NLN_OK ||
-        (status = nln__check_vector(fn, "dweight", dweight, "cols", cols, itemsize))
-            != NLN_OK)
-        return status;
-    return nln__check_vector(fn, "dbias", dbias, "cols", cols, itemsize);
+    size_t size = a->p->itemsize;
+    int fused = a->form & NLN__RESIDUAL;
+    int64_t rows = a->rows, cols = a->cols;
+    NLN__TRY(nln__check_shape(fn, rows, cols));
+    NLN__TRY(nln__check_matrix(fn, "dy", a->dy, "lddy", a->lddy, rows, cols, size));
+    NLN__TRY(nln__check_matrix(fn, fused ? "s" : "x", a->x, fused ? "lds" : "ldx", a->ldx,
+                               rows, cols, size));
+    if (a->form & NLN__CENTERED)
+        NLN__TRY(nln__check_required(fn, "mean", a->mean));
+    NLN__TRY(nln__check_vector(fn, "mean", a->mean, "rows", rows, size));
+    NLN__TRY(nln__check_required(fn, "rstd", a->rstd));
+    NLN__TRY(nln__check_vector(fn, "rstd", a->rstd, "rows", rows, size));
+    NLN__TRY(nln__check_vector(fn, "weight", a->weight, "cols", cols, size));
+    if (a->dresidual != NULL)
+        NLN__TRY(nln__check_matrix(fn, "dresidual", a->dresidual, "lddres", a->lddres, rows,
+                                   cols, size));
+    NLN__TRY(nln__check_matrix(fn, "dx", a->dx, "lddx", a->lddx, rows, cols, size));
+    NLN__TRY(nln__check_vector(fn, "dweight", a->dweight, "cols", cols, size));
+    return nln__check_vector(fn, "dbias", a->dbias, "cols", cols, size);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -748,69 +786,66 @@ static const void *nln__at(const void *base, int64_t elements, size_t itemsize)
     return base ? (const char *)base + (size_t)elements * itemsize : NULL;
 }
 
-struct nln__forward_args {
-    const struct nln__precision *p;
-    const void *x, *weight, *bias;
-    void *y, *mean, *rstd;
-    int64_t ldx, ldy, rows, cols, task_rows;
-    int32_t has_weight, has_bias, stream;
-    double eps;
-};
-
 /* Rows task * task_rows onwards, at most task_rows of them. */
 static int nln__forward_task(void *args, int64_t task)
 {
     const struct nln__forward_args *a = args;
-    size_t size = a->p->itemsize;
+    const struct nln__precision *p = a->p;
+    size_t size = p->itemsize;
     int64_t first = task * a->task_rows;
     int64_t stop = first + a->task_rows < a->rows ? first + a->task_rows : a->rows;
-    return a->p->forward(a->stream ? a->p->forward_rows_streaming : a->p->forward_rows,
-                         nln__at(a->x, first * a->ldx, size), a->ldx, a->weight, a->bias,
-                         a->has_weight, a->has_bias, (void *)nln__at(a->y, first * a->ldy, size),
-                         a->ldy, (void *)nln__at(a->mean, first, size),
-                         (void *)nln__at(a->rstd, first, size), a->mean != NULL,
-                         a->rstd != NULL, stop - first, a->cols, a->eps,
-                         a->stream) != NLN_ENTRY_OK;
+    uintptr_t kernel = a->residual ? (a->stream ? p->forward_rows_streaming_residual
+                                                : p->forward_rows_residual)
+                                   : (a->stream ? p->forward_rows_streaming : p->forward_rows);
+    return p->forward(kernel, nln__at(a->x, first * a->ldx, size), a->ldx,
+                      nln__at(a->residual, first * a->ldr, size), a->ldr,
+                      a->weight ? a->weight : p->one, a->bias ? a->bias : p->one,
+                      a->weight != NULL, a->bias != NULL,
+                      (void *)nln__at(a->y, first * a->ldy, size), a->ldy,
+                      (void *)nln__at(a->s, first * a->lds, size), a->lds,
+                      (void *)nln__at(a->mean, first, size),
+                      (void *)nln__at(a->rstd, first, size), a->residual != NULL,
+                      a->mean != NULL, a->rstd != NULL, stop - first, a->cols, a->eps,
+                      (a->form & NLN__CENTERED) != 0, a->stream) != NLN_ENTRY_OK;
 }
 
-static nln_status nln__layer_norm(const char *fn, const struct nln__precision *p,
-                                  const void *x, int64_t ldx, const void *weight,
-                                  const void *bias, void *y, int64_t ldy, void *mean,
-                                  void *rstd, int64_t rows, int64_t cols, double eps)
+static nln_status nln__cuda_forward(const char *fn, const struct nln__forward_args *a,
+                                    void *stream);
+static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_args *a,
+                                     void *stream);
+
+/* Every forward function: the checks, then the GPU (on_gpu) or the plan's
+ * tasks on the CPU. */
+static nln_status nln__forward(const char *fn, struct nln__forward_args *a, int on_gpu,
+                               void *stream)
 {
     struct nln__plan plan;
-    nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, p->itemsize, x, ldx, weight, bias, y, ldy, mean,
-                                     rstd, rows, cols, eps)) != NLN_OK ||
-        rows == 0 || (status = nln__plan(fn, 0, rows, cols, p->itemsize, &plan)) != NLN_OK)
-        return status;
-    struct nln__forward_args args = {
-        .p = p, .x = x, .weight = weight ? weight : p->one, .bias = bias ? bias : p->one,
-        .y = y, .mean = mean, .rstd = rstd, .ldx = ldx, .ldy = ldy, .rows = rows,
-        .cols = cols, .task_rows = plan.task_rows, .has_weight = weight != NULL,
-        .has_bias = bias != NULL, .stream = (int32_t)plan.stream, .eps = eps};
-    return nln__kernel_status(
-        fn, nln__run(nln__forward_task, &args, plan.tasks, plan.threaded));
+    NLN__TRY(nln__ready(fn));
+    NLN__TRY(nln__check_forward(fn, a));
+    if (on_gpu)
+        return nln__cuda_forward(fn, a, stream);
+    if (a->rows == 0)
+        return NLN_OK;
+    NLN__TRY(nln__plan(fn, 0, a->rows, a->cols, a->p->itemsize, &plan));
+    a->task_rows = plan.task_rows;
+    a->stream = (int32_t)plan.stream;
+    return nln__kernel_status(fn, nln__run(nln__forward_task, a, plan.tasks, plan.threaded));
 }
-
-struct nln__backward_args {
-    const struct nln__precision *p;
-    const void *dy, *x, *mean, *rstd, *weight;
-    void *dx, *dweight, *dbias, *dweight_part, *dbias_part;
-    int64_t lddy, ldx, lddx, rows, cols, blocks, block_rows, reduce_cols;
-    int32_t has_weight, wide, stream;
-};
 
 /* One block of rows: its part of dx and its row of partial sums. */
 static int nln__backward_task(void *args, int64_t block)
 {
     const struct nln__backward_args *a = args;
-    return a->p->backward_blocks(a->wide ? a->p->backward_rows_wide : a->p->backward_rows,
-                                 a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd, a->weight,
-                                 a->has_weight, a->dx, a->lddx, a->dweight_part,
-                                 a->dbias_part, a->rows, a->cols, a->block_rows, block,
-                                 block + 1, a->wide, a->stream) != NLN_ENTRY_OK;
+    const struct nln__precision *p = a->p;
+    uintptr_t kernel = a->dresidual ? (a->wide ? p->backward_rows_wide_dresidual
+                                               : p->backward_rows_dresidual)
+                                    : (a->wide ? p->backward_rows_wide : p->backward_rows);
+    return p->backward_blocks(kernel, a->dy, a->lddy, a->x, a->ldx, a->mean, a->rstd,
+                              a->weight ? a->weight : p->one, a->weight != NULL,
+                              (a->form & NLN__CENTERED) != 0, a->dresidual, a->lddres,
+                              a->dresidual != NULL, a->dx, a->lddx, a->dweight_part,
+                              a->dbias_part, a->rows, a->cols, a->block_rows, block,
+                              block + 1, a->wide, a->stream) != NLN_ENTRY_OK;
 }
 
 /* reduce_cols columns of dweight and dbias: the blocks' partial sums in block order. */
@@ -829,56 +864,50 @@ static int nln__reduce_task(void *args, int64_t chunk)
     return failed;
 }
 
-/* The blocks of the plan, then their sums: the partition depends on the shape
- * alone, so the bits do not depend on the thread count. */
-static nln_status nln__layer_norm_backward(const char *fn, const struct nln__precision *p,
-                                           const void *dy, int64_t lddy, const void *x,
-                                           int64_t ldx, const void *mean, const void *rstd,
-                                           const void *weight, void *dx, int64_t lddx,
-                                           void *dweight, void *dbias, int64_t rows,
-                                           int64_t cols)
+/* Every backward function: the checks, then the GPU (on_gpu) or, on the
+ * CPU, the blocks of the plan and their sums: the partition depends on the
+ * shape alone, so the bits do not depend on the thread count. */
+static nln_status nln__backward(const char *fn, struct nln__backward_args *a, int on_gpu,
+                                void *stream)
 {
     struct nln__plan plan;
-    nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, p->itemsize, dy, lddy, x, ldx, mean, rstd, weight,
-                                      dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
-        return status;
-    if (rows == 0) { /* sums over no rows: +0.0, all bits zero */
-        if (dweight)
-            memset(dweight, 0, (size_t)cols * p->itemsize);
-        if (dbias)
-            memset(dbias, 0, (size_t)cols * p->itemsize);
+    size_t size = a->p->itemsize;
+    NLN__TRY(nln__ready(fn));
+    NLN__TRY(nln__check_backward(fn, a));
+    if (on_gpu)
+        return nln__cuda_backward(fn, a, stream);
+    if (a->rows == 0) { /* sums over no rows: +0.0, all bits zero */
+        if (a->dweight)
+            memset(a->dweight, 0, (size_t)a->cols * size);
+        if (a->dbias)
+            memset(a->dbias, 0, (size_t)a->cols * size);
         return NLN_OK;
     }
-    if ((status = nln__plan(fn, 1, rows, cols, p->itemsize, &plan)) != NLN_OK)
-        return status;
-    nln__count part_count = (nln__count)plan.tasks * (nln__count)cols;
+    NLN__TRY(nln__plan(fn, 1, a->rows, a->cols, size, &plan));
+    nln__count part_count = (nln__count)plan.tasks * (nln__count)a->cols;
     /* Implied by dy's check (blocks <= rows, cols <= lddy); kept beside the
        allocation it guards. */
-    if (!nln__fits(NULL, part_count, p->itemsize))
+    if (!nln__fits(NULL, part_count, size))
         return nln__span_error(fn, "the partial sums of dweight and dbias", NULL,
-                               "blocks * cols", part_count, p->itemsize);
-    struct nln__backward_args args = {
-        .p = p, .dy = dy, .x = x, .mean = mean, .rstd = rstd,
-        .weight = weight ? weight : p->one, .dx = dx, .dweight = dweight, .dbias = dbias,
-        .dweight_part = malloc((size_t)part_count * p->itemsize),
-        .dbias_part = malloc((size_t)part_count * p->itemsize),
-        .lddy = lddy, .ldx = ldx, .lddx = lddx, .rows = rows, .cols = cols,
-        .blocks = plan.tasks, .block_rows = plan.task_rows, .reduce_cols = plan.reduce_cols,
-        .has_weight = weight != NULL, .wide = (int32_t)plan.wide,
-        .stream = (int32_t)plan.stream};
+                               "blocks * cols", part_count, size);
+    a->blocks = plan.tasks;
+    a->block_rows = plan.task_rows;
+    a->reduce_cols = plan.reduce_cols;
+    a->wide = (int32_t)plan.wide;
+    a->stream = (int32_t)plan.stream;
+    a->dweight_part = malloc((size_t)part_count * size);
+    a->dbias_part = malloc((size_t)part_count * size);
     int failed;
-    if (!args.dweight_part || !args.dbias_part) {
-        free(args.dweight_part);
-        free(args.dbias_part);
+    if (!a->dweight_part || !a->dbias_part) {
+        free(a->dweight_part);
+        free(a->dbias_part);
         return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
     }
-    failed = nln__run(nln__backward_task, &args, plan.tasks, plan.threaded);
-    failed |= nln__run(nln__reduce_task, &args,
-                       (cols + plan.reduce_cols - 1) / plan.reduce_cols, plan.threaded);
-    free(args.dweight_part);
-    free(args.dbias_part);
+    failed = nln__run(nln__backward_task, a, plan.tasks, plan.threaded);
+    failed |= nln__run(nln__reduce_task, a, (a->cols + plan.reduce_cols - 1) / plan.reduce_cols,
+                       plan.threaded);
+    free(a->dweight_part);
+    free(a->dbias_part);
     return nln__kernel_status(fn, failed);
 }
 
@@ -891,85 +920,114 @@ NLN_API int nln_cuda_available(void)
     return nln__py_cuda_available() == 1;
 }
 
-/* Forward on the GPU: checks here, then the Python side (with the GIL). */
-static nln_status nln__cuda_forward(const char *fn, int32_t bits, const void *x,
-                                    int64_t ldx, const void *weight, const void *bias,
-                                    void *y, int64_t ldy, void *mean, void *rstd,
-                                    int64_t rows, int64_t cols, double eps, void *stream)
+/* A checked forward call on the GPU: the Python side (with the GIL). */
+static nln_status nln__cuda_forward(const char *fn, const struct nln__forward_args *a,
+                                    void *stream)
 {
     nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_forward(fn, (size_t)bits / 8, x, ldx, weight, bias, y, ldy,
-                                     mean, rstd, rows, cols, eps)) != NLN_OK)
-        return status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_forward(
-        bits, (uintptr_t)x, ldx, (uintptr_t)weight, (uintptr_t)bias, (uintptr_t)y, ldy,
-        (uintptr_t)mean, (uintptr_t)rstd, rows, cols, eps, (uintptr_t)stream);
+        (int32_t)(8 * a->p->itemsize), (a->form & NLN__CENTERED) != 0, (uintptr_t)a->x,
+        a->ldx, (uintptr_t)a->residual, a->ldr, (uintptr_t)a->weight, (uintptr_t)a->bias,
+        (uintptr_t)a->y, a->ldy, (uintptr_t)a->s, a->lds, (uintptr_t)a->mean,
+        (uintptr_t)a->rstd, a->rows, a->cols, a->eps, (uintptr_t)stream);
     return status == NLN_OK ? NLN_OK : nln__fail_from_python(status, fn);
 }
 
-static nln_status nln__cuda_backward(const char *fn, int32_t bits, const void *dy,
-                                     int64_t lddy, const void *x, int64_t ldx,
-                                     const void *mean, const void *rstd,
-                                     const void *weight, void *dx, int64_t lddx,
-                                     void *dweight, void *dbias,
-                                     int64_t rows, int64_t cols, void *stream)
+static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_args *a,
+                                     void *stream)
 {
     nln_status status;
-    if ((status = nln__ready(fn)) != NLN_OK ||
-        (status = nln__check_backward(fn, (size_t)bits / 8, dy, lddy, x, ldx, mean, rstd,
-                                      weight, dx, lddx, dweight, dbias, rows, cols)) != NLN_OK)
-        return status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_backward(
-        bits, (uintptr_t)dy, lddy, (uintptr_t)x, ldx, (uintptr_t)mean, (uintptr_t)rstd,
-        (uintptr_t)weight, (uintptr_t)dx, lddx, (uintptr_t)dweight, (uintptr_t)dbias,
-        rows, cols, (uintptr_t)stream);
+        (int32_t)(8 * a->p->itemsize), (a->form & NLN__CENTERED) != 0, (uintptr_t)a->dy,
+        a->lddy, (uintptr_t)a->x, a->ldx, (uintptr_t)a->mean, (uintptr_t)a->rstd,
+        (uintptr_t)a->weight, (uintptr_t)a->dresidual, a->lddres, (uintptr_t)a->dx, a->lddx,
+        (uintptr_t)a->dweight, (uintptr_t)a->dbias, a->rows, a->cols, (uintptr_t)stream);
     return status == NLN_OK ? NLN_OK : nln__fail_from_python(status, fn);
 }
 
 /* ------------------------------------------------------------------ exported functions
  *
- * One set per precision: each names itself and hands its precision's table
- * to the bodies above.
+ * Each function of numba_ln.h names itself and describes its call to the
+ * bodies above. NLN__EXPORT defines a pair: nln_NAME_SUFFIX on the CPU and
+ * nln_cuda_NAME_SUFFIX on the GPU, which takes the same parameters and then
+ * the stream. KIND is forward or backward; the designated initializers that
+ * follow fill in struct nln__KIND_args.
  */
-#define NLN__DEFINE_EXPORTS(suffix, T)                                                  \
-    NLN_API nln_status nln_layer_norm_##suffix(                                        \
-        const T *x, int64_t ldx, const T *weight, const T *bias, T *y, int64_t ldy,    \
-        T *mean, T *rstd, int64_t rows, int64_t cols, T eps)                           \
-    {                                                                                  \
-        return nln__layer_norm("nln_layer_norm_" #suffix, &nln__##suffix, x, ldx,     \
-                               weight, bias, y, ldy, mean, rstd, rows, cols, eps);     \
-    }                                                                                  \
-                                                                                       \
-    NLN_API nln_status nln_layer_norm_backward_##suffix(                               \
-        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
-        const T *rstd, const T *weight, T *dx, int64_t lddx, T *dweight, T *dbias,     \
-        int64_t rows, int64_t cols)                                                    \
-    {                                                                                  \
-        return nln__layer_norm_backward("nln_layer_norm_backward_" #suffix,           \
-                                        &nln__##suffix, dy, lddy, x, ldx, mean, rstd,  \
-                                        weight, dx, lddx, dweight, dbias, rows, cols); \
-    }                                                                                  \
-                                                                                       \
-    NLN_API nln_status nln_cuda_layer_norm_##suffix(                                   \
-        const T *x, int64_t ldx, const T *weight, const T *bias, T *y, int64_t ldy,    \
-        T *mean, T *rstd, int64_t rows, int64_t cols, T eps, void *stream)             \
-    {                                                                                  \
-        return nln__cuda_forward("nln_cuda_layer_norm_" #suffix, 8 * sizeof(T), x, ldx, \
-                                 weight, bias, y, ldy, mean, rstd, rows, cols, eps,    \
-                                 stream);                                              \
-    }                                                                                  \
-                                                                                       \
-    NLN_API nln_status nln_cuda_layer_norm_backward_##suffix(                          \
-        const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,             \
-        const T *rstd, const T *weight, T *dx, int64_t lddx, T *dweight, T *dbias,     \
-        int64_t rows, int64_t cols, void *stream)                                      \
-    {                                                                                  \
-        return nln__cuda_backward("nln_cuda_layer_norm_backward_" #suffix,             \
-                                  8 * sizeof(T), dy, lddy, x, ldx, mean, rstd, weight, \
-                                  dx, lddx, dweight, dbias, rows, cols, stream);       \
+#define NLN__WITH_STREAM(...) (__VA_ARGS__, void *stream)
+
+#define NLN__EXPORT(name, suffix, kind, params, ...)                                    \
+    NLN_API nln_status nln_##name##_##suffix params                                     \
+    {                                                                                   \
+        struct nln__##kind##_args a = {.p = &nln__##suffix, __VA_ARGS__};              \
+        return nln__##kind("nln_" #name "_" #suffix, &a, 0, NULL);                      \
+    }                                                                                   \
+                                                                                        \
+    NLN_API nln_status nln_cuda_##name##_##suffix NLN__WITH_STREAM params               \
+    {                                                                                   \
+        struct nln__##kind##_args a = {.p = &nln__##suffix, __VA_ARGS__};              \
+        return nln__##kind("nln_cuda_" #name "_" #suffix, &a, 1, stream);               \
     }
+
+/* One precision's functions, in the header's order. */
+#define NLN__DEFINE_EXPORTS(suffix, T)                                                  \
+    NLN__EXPORT(layer_norm, suffix, forward,                                            \
+                (const T *x, int64_t ldx, const T *weight, const T *bias, T *y,         \
+                 int64_t ldy, T *mean, T *rstd, int64_t rows, int64_t cols, T eps),     \
+                .form = NLN__CENTERED, .x = x, .ldx = ldx, .weight = weight,            \
+                .bias = bias, .y = y, .ldy = ldy, .mean = mean, .rstd = rstd,           \
+                .rows = rows, .cols = cols, .eps = eps)                                 \
+    NLN__EXPORT(layer_norm_backward, suffix, backward,                                  \
+                (const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,     \
+                 const T *rstd, const T *weight, T *dx, int64_t lddx, T *dweight,       \
+                 T *dbias, int64_t rows, int64_t cols),                                 \
+                .form = NLN__CENTERED, .dy = dy, .lddy = lddy, .x = x, .ldx = ldx,      \
+                .mean = mean, .rstd = rstd, .weight = weight, .dx = dx, .lddx = lddx,   \
+                .dweight = dweight, .dbias = dbias, .rows = rows, .cols = cols)         \
+    NLN__EXPORT(rms_norm, suffix, forward,                                              \
+                (const T *x, int64_t ldx, const T *weight, T *y, int64_t ldy, T *rstd,  \
+                 int64_t rows, int64_t cols, T eps),                                    \
+                .form = 0, .x = x, .ldx = ldx, .weight = weight, .y = y, .ldy = ldy,    \
+                .rstd = rstd, .rows = rows, .cols = cols, .eps = eps)                   \
+    NLN__EXPORT(rms_norm_backward, suffix, backward,                                    \
+                (const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *rstd,     \
+                 const T *weight, T *dx, int64_t lddx, T *dweight, int64_t rows,        \
+                 int64_t cols),                                                         \
+                .form = 0, .dy = dy, .lddy = lddy, .x = x, .ldx = ldx, .rstd = rstd,    \
+                .weight = weight, .dx = dx, .lddx = lddx, .dweight = dweight,           \
+                .rows = rows, .cols = cols)                                             \
+    NLN__EXPORT(add_layer_norm, suffix, forward,                                        \
+                (const T *x, int64_t ldx, const T *residual, int64_t ldr,               \
+                 const T *weight, const T *bias, T *y, int64_t ldy, T *s, int64_t lds,  \
+                 T *mean, T *rstd, int64_t rows, int64_t cols, T eps),                  \
+                .form = NLN__CENTERED | NLN__RESIDUAL, .x = x, .ldx = ldx,              \
+                .residual = residual, .ldr = ldr, .weight = weight, .bias = bias,       \
+                .y = y, .ldy = ldy, .s = s, .lds = lds, .mean = mean, .rstd = rstd,     \
+                .rows = rows, .cols = cols, .eps = eps)                                 \
+    NLN__EXPORT(add_layer_norm_backward, suffix, backward,                              \
+                (const T *dy, int64_t lddy, const T *s, int64_t lds, const T *mean,     \
+                 const T *rstd, const T *weight, const T *dresidual, int64_t lddres,    \
+                 T *dx, int64_t lddx, T *dweight, T *dbias, int64_t rows,               \
+                 int64_t cols),                                                         \
+                .form = NLN__CENTERED | NLN__RESIDUAL, .dy = dy, .lddy = lddy, .x = s,  \
+                .ldx = lds, .mean = mean, .rstd = rstd, .weight = weight,               \
+                .dresidual = dresidual, .lddres = lddres, .dx = dx, .lddx = lddx,       \
+                .dweight = dweight, .dbias = dbias, .rows = rows, .cols = cols)         \
+    NLN__EXPORT(add_rms_norm, suffix, forward,                                          \
+                (const T *x, int64_t ldx, const T *residual, int64_t ldr,               \
+                 const T *weight, T *y, int64_t ldy, T *s, int64_t lds, T *rstd,        \
+                 int64_t rows, int64_t cols, T eps),                                    \
+                .form = NLN__RESIDUAL, .x = x, .ldx = ldx, .residual = residual,        \
+                .ldr = ldr, .weight = weight, .y = y, .ldy = ldy, .s = s, .lds = lds,   \
+                .rstd = rstd, .rows = rows, .cols = cols, .eps = eps)                   \
+    NLN__EXPORT(add_rms_norm_backward, suffix, backward,                                \
+                (const T *dy, int64_t lddy, const T *s, int64_t lds, const T *rstd,     \
+                 const T *weight, const T *dresidual, int64_t lddres, T *dx,            \
+                 int64_t lddx, T *dweight, int64_t rows, int64_t cols),                 \
+                .form = NLN__RESIDUAL, .dy = dy, .lddy = lddy, .x = s, .ldx = lds,      \
+                .rstd = rstd, .weight = weight, .dresidual = dresidual,                 \
+                .lddres = lddres, .dx = dx, .lddx = lddx, .dweight = dweight,           \
+                .rows = rows, .cols = cols)
 
 NLN__PRECISIONS(NLN__DEFINE_EXPORTS)

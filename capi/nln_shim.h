@@ -41,20 +41,25 @@ NLN_PYTHON_SIDE int32_t nln__py_init(struct nln_runtime *runtime);
 NLN_PYTHON_SIDE int32_t nln__py_cuda_available(void);
 
 /* Implemented in Python: the GPU passes on device pointers (0 for NULL),
- * `bits` = 32 or 64, arguments already checked by C. Return an nln_status;
- * on failure the reason is in nln__set_error. */
-NLN_PYTHON_SIDE int32_t nln__py_cuda_forward(int32_t bits,
+ * `bits` = 32 or 64, `centered` = 1 for layer norm and 0 for RMSNorm,
+ * arguments already checked by C; `residual` and `s` are both 0 or both
+ * given, and `x` of the backward is `s` of a fused forward. Return an
+ * nln_status; on failure the reason is in nln__set_error. */
+NLN_PYTHON_SIDE int32_t nln__py_cuda_forward(int32_t bits, int32_t centered,
                                              uintptr_t x, int64_t ldx,
+                                             uintptr_t residual, int64_t ldr,
                                              uintptr_t weight, uintptr_t bias,
                                              uintptr_t y, int64_t ldy,
+                                             uintptr_t s, int64_t lds,
                                              uintptr_t mean, uintptr_t rstd,
                                              int64_t rows, int64_t cols, double eps,
                                              uintptr_t stream);
-NLN_PYTHON_SIDE int32_t nln__py_cuda_backward(int32_t bits,
+NLN_PYTHON_SIDE int32_t nln__py_cuda_backward(int32_t bits, int32_t centered,
                                               uintptr_t dy, int64_t lddy,
                                               uintptr_t x, int64_t ldx,
                                               uintptr_t mean, uintptr_t rstd,
                                               uintptr_t weight,
+                                              uintptr_t dresidual, int64_t lddres,
                                               uintptr_t dx, int64_t lddx,
                                               uintptr_t dweight, uintptr_t dbias,
                                               int64_t rows, int64_t cols,

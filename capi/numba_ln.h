@@ -28,7 +28,11 @@
  * - Inputs come first, then outputs. Inputs are const.
  * - For each row: y = (x - mean) * rstd * weight + bias, with
  *   mean = sum(x) / cols, var = sum((x - mean)^2) / cols (biased) and
- *   rstd = 1 / sqrt(var + eps).
+ *   rstd = 1 / sqrt(var + eps). RMSNorm (nln_rms_norm_*) does not center:
+ *   y = x * rstd * weight with rstd = 1 / sqrt(sum(x^2) / cols + eps).
+ * - The fused forms (nln_add_*) normalize s = x + residual (rounded to the
+ *   precision) and store s too, for the next block of a transformer; their
+ *   backward forms add the gradient that reaches s through the skip path.
  * - Every function returns an nln_status; on failure nln_last_error() says
  *   what was wrong. After NLN_ERR_INVALID_ARGUMENT, NLN_ERR_NO_DEVICE or
  *   NLN_ERR_INIT no output has been written; after NLN_ERR_INTERNAL (a kernel
@@ -188,6 +192,144 @@ NLN_API nln_status nln_layer_norm_backward_f64(const double *dy, int64_t lddy,
                                                double *dweight, double *dbias,
                                                int64_t rows, int64_t cols);
 
+/* RMSNorm forward, float32: per row, y = x * rstd * weight with
+ * rstd = 1 / sqrt(sum(x^2) / cols + eps). Nothing is centered and there is
+ * no bias. Parameters, returns and in-place use as nln_layer_norm_f32,
+ * without bias and mean, and with
+ *
+ *   rstd    [out] rows values 1 / sqrt(sum(x^2) / cols + eps); NULL if not
+ *                 wanted.
+ *   eps     [in]  added to the mean square; finite and >= 0. */
+NLN_API nln_status nln_rms_norm_f32(const float *x, int64_t ldx, const float *weight,
+                                    float *y, int64_t ldy, float *rstd,
+                                    int64_t rows, int64_t cols, float eps);
+
+/* As nln_rms_norm_f32, in double precision. */
+NLN_API nln_status nln_rms_norm_f64(const double *x, int64_t ldx, const double *weight,
+                                    double *y, int64_t ldy, double *rstd,
+                                    int64_t rows, int64_t cols, double eps);
+
+/* RMSNorm backward, float32: the gradients with respect to x and weight.
+ * With xhat = x * rstd and g = weight * dy, per row
+ * dx = rstd * (g - xhat * mean(g * xhat)). Parameters, returns, in-place use
+ * and determinism as nln_layer_norm_backward_f32, without mean and dbias,
+ * and with
+ *
+ *   rstd    [in]  rows rstd values from nln_rms_norm_f32. Required.
+ *   dweight [out] cols values, sum over rows of dy * x * rstd; overwritten,
+ *                 not accumulated (zeros for rows == 0). NULL if not wanted. */
+NLN_API nln_status nln_rms_norm_backward_f32(const float *dy, int64_t lddy,
+                                             const float *x, int64_t ldx,
+                                             const float *rstd, const float *weight,
+                                             float *dx, int64_t lddx, float *dweight,
+                                             int64_t rows, int64_t cols);
+
+/* As nln_rms_norm_backward_f32, in double precision. */
+NLN_API nln_status nln_rms_norm_backward_f64(const double *dy, int64_t lddy,
+                                             const double *x, int64_t ldx,
+                                             const double *rstd, const double *weight,
+                                             double *dx, int64_t lddx, double *dweight,
+                                             int64_t rows, int64_t cols);
+
+/* Residual add and layer norm in one pass, float32: s = x + residual is
+ * stored, and y, mean and rstd are nln_layer_norm_f32's of s. Parameters and
+ * returns as nln_layer_norm_f32, and
+ *
+ *   residual [in]  rows x cols matrix added to x, row stride ldr. Required.
+ *   ldr      [in]  row stride of residual in elements, >= cols.
+ *   s        [out] rows x cols sum x + residual, row stride lds. Required:
+ *                  the next block's residual and the backward pass's input.
+ *   lds      [in]  row stride of s in elements, >= cols.
+ *
+ * s may be residual itself (with lds == ldr), to update the residual stream
+ * in place, or x itself (lds == ldx); y may be x itself (ldy == ldx) when s
+ * is not. y and s must not overlap, and any other overlap of an output with
+ * an input is undefined. */
+NLN_API nln_status nln_add_layer_norm_f32(const float *x, int64_t ldx,
+                                          const float *residual, int64_t ldr,
+                                          const float *weight, const float *bias,
+                                          float *y, int64_t ldy, float *s, int64_t lds,
+                                          float *mean, float *rstd,
+                                          int64_t rows, int64_t cols, float eps);
+
+/* As nln_add_layer_norm_f32, in double precision. */
+NLN_API nln_status nln_add_layer_norm_f64(const double *x, int64_t ldx,
+                                          const double *residual, int64_t ldr,
+                                          const double *weight, const double *bias,
+                                          double *y, int64_t ldy, double *s, int64_t lds,
+                                          double *mean, double *rstd,
+                                          int64_t rows, int64_t cols, double eps);
+
+/* Backward of nln_add_layer_norm_f32: the gradients with respect to x (and,
+ * equally, residual), weight and bias. Parameters, returns and determinism
+ * as nln_layer_norm_backward_f32 with s and lds (the forward pass's s) in
+ * place of x and ldx, and
+ *
+ *   dresidual [in]  rows x cols gradient that reaches s through the skip
+ *                   path (the next block's gradient with respect to its
+ *                   residual), row stride lddres, added to dx. NULL means
+ *                   zeros: lddres is then ignored, and this is
+ *                   nln_layer_norm_backward_f32 of s.
+ *   lddres    [in]  row stride of dresidual, >= cols.
+ *
+ * dx, the gradient with respect to x and to residual (they are the same), may
+ * be dy or dresidual itself (with the same row stride); any other overlap
+ * with an input is undefined. */
+NLN_API nln_status nln_add_layer_norm_backward_f32(const float *dy, int64_t lddy,
+                                                   const float *s, int64_t lds,
+                                                   const float *mean, const float *rstd,
+                                                   const float *weight,
+                                                   const float *dresidual, int64_t lddres,
+                                                   float *dx, int64_t lddx,
+                                                   float *dweight, float *dbias,
+                                                   int64_t rows, int64_t cols);
+
+/* As nln_add_layer_norm_backward_f32, in double precision. */
+NLN_API nln_status nln_add_layer_norm_backward_f64(const double *dy, int64_t lddy,
+                                                   const double *s, int64_t lds,
+                                                   const double *mean, const double *rstd,
+                                                   const double *weight,
+                                                   const double *dresidual, int64_t lddres,
+                                                   double *dx, int64_t lddx,
+                                                   double *dweight, double *dbias,
+                                                   int64_t rows, int64_t cols);
+
+/* Residual add and RMSNorm in one pass, float32: s = x + residual is
+ * stored, and y and rstd are nln_rms_norm_f32's of s. Parameters, returns
+ * and in-place use as nln_add_layer_norm_f32, without bias and mean. */
+NLN_API nln_status nln_add_rms_norm_f32(const float *x, int64_t ldx,
+                                        const float *residual, int64_t ldr,
+                                        const float *weight, float *y, int64_t ldy,
+                                        float *s, int64_t lds, float *rstd,
+                                        int64_t rows, int64_t cols, float eps);
+
+/* As nln_add_rms_norm_f32, in double precision. */
+NLN_API nln_status nln_add_rms_norm_f64(const double *x, int64_t ldx,
+                                        const double *residual, int64_t ldr,
+                                        const double *weight, double *y, int64_t ldy,
+                                        double *s, int64_t lds, double *rstd,
+                                        int64_t rows, int64_t cols, double eps);
+
+/* Backward of nln_add_rms_norm_f32: the gradients with respect to x (and,
+ * equally, residual) and weight. Parameters, returns, in-place use and
+ * determinism as nln_add_layer_norm_backward_f32, without mean and dbias;
+ * rstd and dweight as for nln_rms_norm_backward_f32 (with s in place of x);
+ * a NULL dresidual makes this nln_rms_norm_backward_f32 of s. */
+NLN_API nln_status nln_add_rms_norm_backward_f32(const float *dy, int64_t lddy,
+                                                 const float *s, int64_t lds,
+                                                 const float *rstd, const float *weight,
+                                                 const float *dresidual, int64_t lddres,
+                                                 float *dx, int64_t lddx, float *dweight,
+                                                 int64_t rows, int64_t cols);
+
+/* As nln_add_rms_norm_backward_f32, in double precision. */
+NLN_API nln_status nln_add_rms_norm_backward_f64(const double *dy, int64_t lddy,
+                                                 const double *s, int64_t lds,
+                                                 const double *rstd, const double *weight,
+                                                 const double *dresidual, int64_t lddres,
+                                                 double *dx, int64_t lddx, double *dweight,
+                                                 int64_t rows, int64_t cols);
+
 /* 1 if the nln_cuda_* functions can run here (a CUDA driver, a GPU, and the
  * numba-cuda package in the embedded environment), else 0. Starts the
  * library like nln_init(); 0 if that fails. */
@@ -238,6 +380,92 @@ NLN_API nln_status nln_cuda_layer_norm_backward_f64(const double *dy, int64_t ld
                                                     double *dweight, double *dbias,
                                                     int64_t rows, int64_t cols,
                                                     void *stream);
+
+/* GPU RMSNorm and the fused residual forms: arguments as the CPU function
+ * of the same name without "cuda_", with device pointers, then `stream` as
+ * for nln_cuda_layer_norm_f32; returns as nln_cuda_layer_norm_f32. */
+NLN_API nln_status nln_cuda_rms_norm_f32(const float *x, int64_t ldx, const float *weight,
+                                         float *y, int64_t ldy, float *rstd,
+                                         int64_t rows, int64_t cols, float eps,
+                                         void *stream);
+NLN_API nln_status nln_cuda_rms_norm_f64(const double *x, int64_t ldx, const double *weight,
+                                         double *y, int64_t ldy, double *rstd,
+                                         int64_t rows, int64_t cols, double eps,
+                                         void *stream);
+NLN_API nln_status nln_cuda_rms_norm_backward_f32(const float *dy, int64_t lddy,
+                                                  const float *x, int64_t ldx,
+                                                  const float *rstd, const float *weight,
+                                                  float *dx, int64_t lddx, float *dweight,
+                                                  int64_t rows, int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_rms_norm_backward_f64(const double *dy, int64_t lddy,
+                                                  const double *x, int64_t ldx,
+                                                  const double *rstd, const double *weight,
+                                                  double *dx, int64_t lddx, double *dweight,
+                                                  int64_t rows, int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_f32(const float *x, int64_t ldx,
+                                               const float *residual, int64_t ldr,
+                                               const float *weight, const float *bias,
+                                               float *y, int64_t ldy, float *s, int64_t lds,
+                                               float *mean, float *rstd,
+                                               int64_t rows, int64_t cols, float eps,
+                                               void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_f64(const double *x, int64_t ldx,
+                                               const double *residual, int64_t ldr,
+                                               const double *weight, const double *bias,
+                                               double *y, int64_t ldy, double *s, int64_t lds,
+                                               double *mean, double *rstd,
+                                               int64_t rows, int64_t cols, double eps,
+                                               void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_backward_f32(const float *dy, int64_t lddy,
+                                                        const float *s, int64_t lds,
+                                                        const float *mean, const float *rstd,
+                                                        const float *weight,
+                                                        const float *dresidual,
+                                                        int64_t lddres,
+                                                        float *dx, int64_t lddx,
+                                                        float *dweight, float *dbias,
+                                                        int64_t rows, int64_t cols,
+                                                        void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_backward_f64(const double *dy, int64_t lddy,
+                                                        const double *s, int64_t lds,
+                                                        const double *mean,
+                                                        const double *rstd,
+                                                        const double *weight,
+                                                        const double *dresidual,
+                                                        int64_t lddres,
+                                                        double *dx, int64_t lddx,
+                                                        double *dweight, double *dbias,
+                                                        int64_t rows, int64_t cols,
+                                                        void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_f32(const float *x, int64_t ldx,
+                                             const float *residual, int64_t ldr,
+                                             const float *weight, float *y, int64_t ldy,
+                                             float *s, int64_t lds, float *rstd,
+                                             int64_t rows, int64_t cols, float eps,
+                                             void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_f64(const double *x, int64_t ldx,
+                                             const double *residual, int64_t ldr,
+                                             const double *weight, double *y, int64_t ldy,
+                                             double *s, int64_t lds, double *rstd,
+                                             int64_t rows, int64_t cols, double eps,
+                                             void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_backward_f32(const float *dy, int64_t lddy,
+                                                      const float *s, int64_t lds,
+                                                      const float *rstd, const float *weight,
+                                                      const float *dresidual, int64_t lddres,
+                                                      float *dx, int64_t lddx, float *dweight,
+                                                      int64_t rows, int64_t cols,
+                                                      void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_backward_f64(const double *dy, int64_t lddy,
+                                                      const double *s, int64_t lds,
+                                                      const double *rstd,
+                                                      const double *weight,
+                                                      const double *dresidual,
+                                                      int64_t lddres,
+                                                      double *dx, int64_t lddx,
+                                                      double *dweight,
+                                                      int64_t rows, int64_t cols,
+                                                      void *stream);
 
 #ifdef __cplusplus
 }

@@ -25,7 +25,11 @@ The adapters see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
 kernels take. The C side replaces a NULL ``weight``/``bias`` with a pointer
 to one element and clears the matching ``has_*`` flag; a NULL ``mean`` or
-``rstd`` becomes an empty array (that statistic is not stored).
+``rstd`` becomes an empty array (that statistic is not stored). ``centered``
+is 0 for RMSNorm (no ``mean``: an empty array). ``has_residual`` (forward:
+``residual`` and ``s``) and ``has_dresidual`` (backward) say whether those
+buffers exist; the C side then hands over the kernel variant compiled for
+them (:data:`KERNELS`), and the adapter passes the arrays or ``None``.
 
 The GPU functions (:func:`cuda_forward`, :func:`cuda_backward`) are called
 with the GIL held, from the embedded interpreter: they wrap device pointers
@@ -53,30 +57,38 @@ ENTRY_POINTS = (
                         "int64_t *fields", False),
     ("eps_fault", "int32_t", "double eps", False),
     ("forward", "int32_t",
-     "uintptr_t kernel, const void *x, int64_t ldx, const void *weight, const void *bias, "
-     "int32_t has_weight, int32_t has_bias, void *y, int64_t ldy, void *mean, void *rstd, "
+     "uintptr_t kernel, const void *x, int64_t ldx, const void *residual, int64_t ldr, "
+     "const void *weight, const void *bias, int32_t has_weight, int32_t has_bias, void *y, "
+     "int64_t ldy, void *s, int64_t lds, void *mean, void *rstd, int32_t has_residual, "
      "int32_t has_mean, int32_t has_rstd, int64_t rows, int64_t cols, double eps, "
-     "int32_t stream", True),
+     "int32_t centered, int32_t stream", True),
     ("backward_blocks", "int32_t",
      "uintptr_t kernel, const void *dy, int64_t lddy, const void *x, int64_t ldx, "
-     "const void *mean, const void *rstd, const void *weight, int32_t has_weight, void *dx, "
-     "int64_t lddx, void *dweight_part, void *dbias_part, int64_t rows, int64_t cols, "
-     "int64_t block_rows, int64_t first_block, int64_t stop_block, int32_t wide, "
-     "int32_t stream", True),
+     "const void *mean, const void *rstd, const void *weight, int32_t has_weight, "
+     "int32_t centered, const void *dresidual, int64_t lddres, int32_t has_dresidual, "
+     "void *dx, int64_t lddx, void *dweight_part, void *dbias_part, int64_t rows, "
+     "int64_t cols, int64_t block_rows, int64_t first_block, int64_t stop_block, "
+     "int32_t wide, int32_t stream", True),
     ("reduce", "int32_t", "uintptr_t kernel, const void *part, int64_t blocks, int64_t cols, "
                           "void *out, int64_t first_col, int64_t stop_col", True),
 )
 
 #: The kernels the C side hands to the per-precision entry points, by the
 #: address of their machine code: ``(name, entry point, variant)``. The
-#: variant picks ``stage``'s type (``numba_ln.cpu``): ``None``, or an array
-#: (streaming stores; for the backward, wide rows).
+#: variant names the kernel arguments that are arrays rather than ``None``
+#: (``numba_ln.cpu``): ``"stage"`` (the forward's streaming stores, the
+#: backward's wide rows) and ``"residual"`` (the forward's ``residual`` and
+#: ``s``, the backward's ``dresidual``).
 KERNELS = (
-    ("forward_rows", "forward", None),
-    ("forward_rows_streaming", "forward", "stage"),
-    ("backward_rows", "backward_blocks", None),
-    ("backward_rows_wide", "backward_blocks", "stage"),
-    ("block_sums", "reduce", None),
+    ("forward_rows", "forward", ()),
+    ("forward_rows_streaming", "forward", ("stage",)),
+    ("forward_rows_residual", "forward", ("residual",)),
+    ("forward_rows_streaming_residual", "forward", ("stage", "residual")),
+    ("backward_rows", "backward_blocks", ()),
+    ("backward_rows_wide", "backward_blocks", ("stage",)),
+    ("backward_rows_dresidual", "backward_blocks", ("residual",)),
+    ("backward_rows_wide_dresidual", "backward_blocks", ("stage", "residual")),
+    ("block_sums", "reduce", ()),
 )
 
 #: The C library's precisions: ``(suffix, C type, NumPy dtype)``.
@@ -199,45 +211,64 @@ def _eps_fault():
     return eps_fault
 
 
+@njit(inline="always")
+def _call_staged(kernel, arguments, like, staged, stream):
+    """Call ``kernel`` with ``arguments`` and, last, its ``stage``.
+
+    That is ``None`` unless ``staged``; else a staging row for ``like``'s
+    type, empty unless ``stream`` (``cpu.ln_fwd_rows`` is staged only to
+    stream; ``cpu.ln_bwd_blocks`` is staged for wide rows, and streams
+    from a non-empty row).
+    """
+    if staged:
+        stage = np.empty(cpu.stage_elements(like) if stream else 0, like.dtype)
+        _native.call(kernel, arguments + (stage,))
+    else:
+        _native.call(kernel, arguments + (None,))
+
+
 def _forward(dtype):
-    def forward(kernel, x, ldx, weight, bias, has_weight, has_bias, y, ldy, mean, rstd,
-                has_mean, has_rstd, rows, cols, eps, stream):
+    def forward(kernel, x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ldy, s,
+                lds, mean, rstd, has_residual, has_mean, has_rstd, rows, cols, eps, centered,
+                stream):
         x_buf = _rows(x, rows, ldx, cols, dtype)
         y_buf = _rows(y, rows, ldy, cols, dtype)
         w = carray(weight, cols if has_weight else 1, dtype)
         b = carray(bias, cols if has_bias else 1, dtype)
         mean_buf = carray(mean, rows, dtype) if has_mean else np.empty(0, dtype)
         rstd_buf = carray(rstd, rows, dtype) if has_rstd else np.empty(0, dtype)
-        no_stride = np.int64(0)
-        arrays = (x_buf, ldx, None, no_stride, w, b, has_weight != 0, has_bias != 0, y_buf,
-                  ldy, None, no_stride, mean_buf, rstd_buf, rows, cols, eps, np.bool_(True))
-        if stream:
-            _native.call(kernel, arrays + (np.empty(cpu.stage_elements(y_buf), dtype),))
+        params = (w, b, has_weight != 0, has_bias != 0, y_buf, ldy)
+        stats = (mean_buf, rstd_buf, rows, cols, eps, centered != 0)
+        if has_residual:
+            _call_staged(kernel, (x_buf, ldx, _rows(residual, rows, ldr, cols, dtype), ldr)
+                         + params + (_rows(s, rows, lds, cols, dtype), lds) + stats,
+                         y_buf, stream, stream)
         else:
-            _native.call(kernel, arrays + (None,))
+            _call_staged(kernel, (x_buf, ldx, None, ldr) + params + (None, lds) + stats,
+                         y_buf, stream, stream)
         return OK
     return forward
 
 
 def _backward_blocks(dtype):
-    def backward_blocks(kernel, dy, lddy, x, ldx, mean, rstd, weight, has_weight, dx, lddx,
-                        dweight_part, dbias_part, rows, cols, block_rows, first_block,
-                        stop_block, wide, stream):
+    def backward_blocks(kernel, dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered,
+                        dresidual, lddres, has_dresidual, dx, lddx, dweight_part, dbias_part,
+                        rows, cols, block_rows, first_block, stop_block, wide, stream):
         blocks = (rows + block_rows - 1) // block_rows
         dx_buf = _rows(dx, rows, lddx, cols, dtype)
         no_sums = np.empty(0, dtype)  # the C side sums the blocks with `reduce`
-        arrays = (_rows(dy, rows, lddy, cols, dtype), lddy, _rows(x, rows, ldx, cols, dtype),
-                  ldx, carray(mean, rows, dtype), carray(rstd, rows, dtype),
-                  carray(weight, cols if has_weight else 1, dtype), has_weight != 0,
-                  np.bool_(True), None, np.int64(0), dx_buf,
-                  lddx, carray(dweight_part, (blocks, cols), dtype),
-                  carray(dbias_part, (blocks, cols), dtype), no_sums, no_sums, rows, cols,
-                  block_rows, first_block, stop_block)
-        if wide:
-            stage = np.empty(cpu.stage_elements(dx_buf) if stream else 0, dtype)
-            _native.call(kernel, arrays + (stage,))
+        inputs = (_rows(dy, rows, lddy, cols, dtype), lddy, _rows(x, rows, ldx, cols, dtype),
+                  ldx, carray(mean, rows, dtype) if centered else no_sums,
+                  carray(rstd, rows, dtype), carray(weight, cols if has_weight else 1, dtype),
+                  has_weight != 0, centered != 0)
+        outputs = (dx_buf, lddx, carray(dweight_part, (blocks, cols), dtype),
+                   carray(dbias_part, (blocks, cols), dtype), no_sums, no_sums, rows, cols,
+                   block_rows, first_block, stop_block)
+        if has_dresidual:
+            _call_staged(kernel, inputs + (_rows(dresidual, rows, lddres, cols, dtype), lddres)
+                         + outputs, dx_buf, wide, stream)
         else:
-            _native.call(kernel, arrays + (None,))
+            _call_staged(kernel, inputs + (None, lddres) + outputs, dx_buf, wide, stream)
         return OK
     return backward_blocks
 
@@ -268,10 +299,11 @@ def _compile(name, result, parameters, dtype=None, suffix=""):
 
 def _kernel_address(entry, variant, dtype):
     """The address of the kernel an entry point of ``dtype`` calls, in one variant."""
-    with_stage = variant is not None
+    dtype = np.dtype(dtype)
+    staged, residual = "stage" in variant, "residual" in variant
     if entry == "forward":
-        return cpu.rows_kernel(np.dtype(dtype), np.dtype(dtype), with_stage)
-    blocks, block_sums = cpu.blocks_kernel(np.dtype(dtype), np.dtype(dtype), with_stage)
+        return cpu.rows_kernel(dtype, dtype, staged, dtype if residual else None)
+    blocks, block_sums = cpu.blocks_kernel(dtype, dtype, staged, residual)
     return blocks if entry == "backward_blocks" else block_sums
 
 
@@ -388,18 +420,23 @@ def _copy_into(src, dst, stream):
         dst.setitem(tuple(slice(None) for _ in dst.shape), src, stream=stream)
 
 
-def cuda_forward(bits, x, ldx, weight, bias, y, ldy, mean, rstd, rows, cols, eps,
-                 stream):
+def cuda_forward(bits, centered, x, ldx, residual, ldr, weight, bias, y, ldy, s, lds, mean,
+                 rstd, rows, cols, eps, stream):
     """The GPU forward pass on raw device pointers (0 for NULL).
 
     Parameters
     ----------
     bits : {32, 64}
         float32 or float64.
-    x, weight, bias, y, mean, rstd : int
-        Device pointers, as in ``nln_cuda_layer_norm_f32``; ``weight``,
-        ``bias``, ``mean`` and ``rstd`` may be 0.
-    ldx, ldy, rows, cols : int
+    centered : int
+        1 for layer norm (``numba_ln.layer_norm``), 0 for RMSNorm
+        (``numba_ln.rms_norm``; ``bias`` and ``mean`` are then 0).
+    x, residual, weight, bias, y, s, mean, rstd : int
+        Device pointers, as in ``nln_cuda_add_layer_norm_f32``; ``residual``
+        and ``s`` are 0 or both given (then ``s = x + residual`` is stored
+        and normalized; ``s`` may equal ``residual``); ``weight``, ``bias``,
+        ``mean`` and ``rstd`` may be 0.
+    ldx, ldr, ldy, lds, rows, cols : int
         Row strides and shape, already checked by the C side; ``rows == 0``
         does nothing.
     eps : float
@@ -416,29 +453,36 @@ def cuda_forward(bits, x, ldx, weight, bias, y, ldy, mean, rstd, rows, cols, eps
 
     if rows == 0:
         return
-    s = _stream(stream)
-    _, mean_out, rstd_out = numba_ln.layer_norm(
-        _device_array(x, (rows, cols), ldx, bits, True),
-        _device_array(weight, (cols,), cols, bits, True),
-        _device_array(bias, (cols,), cols, bits, True),
-        eps=eps, out=_device_array(y, (rows, cols), ldy, bits), return_stats=True, stream=s)
-    for address, result in ((mean, mean_out), (rstd, rstd_out)):
+    st = _stream(stream)
+    matrix = _matrices(bits, rows, cols)
+    params = (_device_array(weight, (cols,), cols, bits, True),)
+    if centered:
+        params += (_device_array(bias, (cols,), cols, bits, True),)
+    results = (numba_ln.layer_norm if centered else numba_ln.rms_norm)(
+        matrix(x, ldx, True), *params, eps=eps, out=matrix(y, ldy), return_stats=True,
+        stream=st, residual=matrix(residual, ldr, True), residual_out=matrix(s, lds))
+    stats = results[2:] if residual else results[1:]
+    for address, result in zip((mean, rstd) if centered else (rstd,), stats):
         if address:
-            _copy_into(result, _device_array(address, (rows,), 1, bits), s)
+            _copy_into(result, _device_array(address, (rows,), 1, bits), st)
 
 
-def cuda_backward(bits, dy, lddy, x, ldx, mean, rstd, weight, dx, lddx, dweight, dbias,
-                  rows, cols, stream):
+def cuda_backward(bits, centered, dy, lddy, x, ldx, mean, rstd, weight, dresidual, lddres,
+                  dx, lddx, dweight, dbias, rows, cols, stream):
     """The GPU backward pass on raw device pointers (0 for NULL).
 
     Parameters
     ----------
     bits : {32, 64}
         float32 or float64.
-    dy, x, mean, rstd, weight, dx, dweight, dbias : int
-        Device pointers, as in ``nln_cuda_layer_norm_backward_f32``;
-        ``weight``, ``dweight`` and ``dbias`` may be 0.
-    lddy, ldx, lddx, rows, cols : int
+    centered : int
+        1 for layer norm (``numba_ln.layer_norm_backward``), 0 for RMSNorm
+        (``numba_ln.rms_norm_backward``; ``mean`` and ``dbias`` are then 0).
+    dy, x, mean, rstd, weight, dresidual, dx, dweight, dbias : int
+        Device pointers, as in ``nln_cuda_add_layer_norm_backward_f32``
+        (``x`` is ``s`` there); ``weight``, ``dresidual``, ``dweight`` and
+        ``dbias`` may be 0.
+    lddy, ldx, lddres, lddx, rows, cols : int
         Row strides and shape, already checked by the C side; with
         ``rows == 0`` only ``dweight`` and ``dbias`` are written (zeros).
     stream : int
@@ -451,19 +495,27 @@ def cuda_backward(bits, dy, lddy, x, ldx, mean, rstd, weight, dx, lddx, dweight,
     """
     import numba_ln
 
-    s = _stream(stream)
+    st = _stream(stream)
     if rows == 0:  # sums over no rows
         for address in (dweight, dbias):
             if address:
-                _zero(address, cols, bits, s)
+                _zero(address, cols, bits, st)
         return
-    dx_out, dweight_out, dbias_out = numba_ln.layer_norm_backward(
-        _device_array(dy, (rows, cols), lddy, bits, True),
-        _device_array(x, (rows, cols), ldx, bits, True),
-        _device_array(mean, (rows,), 1, bits, True),
-        _device_array(rstd, (rows,), 1, bits, True),
-        _device_array(weight, (cols,), cols, bits, True), stream=s)
-    _copy_into(dx_out, _device_array(dx, (rows, cols), lddx, bits), s)
-    for address, result in ((dweight, dweight_out), (dbias, dbias_out)):
+    matrix = _matrices(bits, rows, cols)
+    stats = (mean, rstd) if centered else (rstd,)
+    grads = (numba_ln.layer_norm_backward if centered else numba_ln.rms_norm_backward)(
+        matrix(dy, lddy, True), matrix(x, ldx, True),
+        *(_device_array(address, (rows,), 1, bits, True) for address in stats),
+        _device_array(weight, (cols,), cols, bits, True), stream=st,
+        dresidual=matrix(dresidual, lddres, True))
+    _copy_into(grads[0], matrix(dx, lddx), st)
+    for address, result in zip((dweight, dbias), grads[1:]):
         if address:
-            _copy_into(result, _device_array(address, (cols,), 1, bits), s)
+            _copy_into(result, _device_array(address, (cols,), 1, bits), st)
+
+
+def _matrices(bits, rows, cols):
+    """``matrix(address, ld, readonly=False)``: a ``rows x cols`` device view, or None for 0."""
+    def matrix(address, ld, readonly=False):
+        return _device_array(address, (rows, cols), ld, bits, readonly)
+    return matrix

@@ -8,6 +8,8 @@ for bit -- both run the same kernels.
 """
 
 import ctypes
+import importlib.util
+import inspect
 import os
 import pathlib
 import re
@@ -16,12 +18,14 @@ import shutil
 import struct
 import subprocess
 import sys
+import zlib
 
 import numpy as np
 import pytest
 from numpy.lib.stride_tricks import as_strided
 
 import numba_ln
+import reference
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 C_TESTS = ROOT / "tests" / "c"
@@ -152,6 +156,27 @@ def test_example_reports_bad_input(compile_c):
     exe = compile_c(ROOT / "capi" / "examples" / "normalize.c")
     result = run_clean(exe, stdin=b"2 0\n")
     assert result.returncode == 2 and b"ROWS COLS" in result.stderr
+
+
+def test_residual_stream_example_matches_python(compile_c):
+    """capi/examples/residual_stream.c: three fused blocks in place, then a backward."""
+    result = run_clean(compile_c(ROOT / "capi" / "examples" / "residual_stream.c"))
+    assert result.returncode == 0, result.stderr.decode()
+    got = {label: np.array(values.split(), np.float32)
+           for label, _, values in (line.partition(" ")
+                                    for line in result.stdout.decode().splitlines())}
+    i = np.arange(4 * 8)
+    h = (((i * 37) % 11) / np.float32(4) - 1).astype(np.float32).reshape(4, 8)
+    out = (((i * 13) % 7) / np.float32(8)).astype(np.float32).reshape(4, 8)
+    weight = (1 + 0.125 * np.arange(8)).astype(np.float32)
+    for _ in range(3):
+        y, h, rstd = numba_ln.rms_norm(out, weight, residual=h, residual_out=h,
+                                       return_stats=True)
+        out = np.float32(0.5) * y
+    dx, dweight = numba_ln.rms_norm_backward(np.ones_like(h), h, rstd, weight,
+                                             dresidual=np.full_like(h, 0.1))
+    for label, expected in (("h", h), ("y", y), ("dx", dx), ("dweight", dweight)):
+        np.testing.assert_array_equal(got[label], expected.ravel(), label)
 
 
 # --------------------------------------------------------------------------- forward and backward
@@ -300,6 +325,240 @@ def test_forward_matches_python(driver_results, bits, shape, flags, eps):
 @pytest.mark.parametrize("bits, shape, flags", BACKWARD_CASES)
 def test_backward_matches_python(driver_results, bits, shape, flags):
     driver_results[("backward", bits, shape, flags)].check()
+
+
+# --------------------------------------------------------------------------- RMSNorm, residual add
+#
+# The functions of issue 17, called in this process through cffi's ABI mode:
+# their prototypes are read from numba_ln.h (the header is the contract), so
+# a call names its arguments and every other pointer is NULL. A host that
+# runs Python already lends it to the library, as test_python_host_* shows.
+
+NEW_FUNCTIONS = ("rms_norm", "rms_norm_backward", "add_layer_norm", "add_layer_norm_backward",
+                 "add_rms_norm", "add_rms_norm_backward")
+#: Pointers a new function never takes as NULL (mean and rstd: in its backward).
+REQUIRED = {"x", "residual", "y", "s", "dy", "dx"}
+BACKWARD_REQUIRED = REQUIRED | {"mean", "rstd"}
+
+
+def _load_build():
+    spec = importlib.util.spec_from_file_location("capi_build", ROOT / "capi" / "build.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _prototypes():
+    """``{function: [(C type, parameter name)]}`` for every function of numba_ln.h."""
+    header = _load_build().cdef_text((ROOT / "capi" / "numba_ln.h").read_text())
+    found = {}
+    for name, parameters in re.findall(r"\b(nln_\w+)\s*\(([^)]*)\)\s*;", header):
+        pairs = []
+        for declaration in parameters.split(","):
+            if declaration.strip() != "void":
+                ctype, parameter = declaration.replace("*", "* ").rsplit(None, 1)
+                pairs.append((" ".join(ctype.split()), parameter))
+        found[name] = pairs
+    return found
+
+
+PROTOTYPES = _prototypes()
+
+
+class _Library:
+    """libnumba_ln.so loaded here with cffi; :meth:`call` passes arguments by name."""
+
+    def __init__(self, path):
+        import cffi
+
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(_load_build().cdef_text((ROOT / "capi" / "numba_ln.h").read_text()))
+        self.lib = self.ffi.dlopen(str(path))
+
+    def call(self, function, values):
+        """``function(...)`` with ``values[name]`` for each parameter: for a pointer
+        an array (its address), an address, or NULL when absent or None."""
+        args = []
+        for ctype, name in PROTOTYPES[function]:
+            if ctype.endswith("*"):
+                value = _address(values.get(name))
+                args.append(self.ffi.cast(ctype, value) if value else self.ffi.NULL)
+            else:
+                args.append(values[name])
+        return getattr(self.lib, function)(*args)
+
+    def last_error(self):
+        return self.ffi.string(self.lib.nln_last_error()).decode()
+
+
+def _address(value):
+    """The address of an array (host: NumPy; device: ``__cuda_array_interface__``); 0 for None."""
+    if value is None or isinstance(value, int):
+        return value or 0
+    if isinstance(value, np.ndarray):
+        return value.ctypes.data
+    return value.__cuda_array_interface__["data"][0]
+
+
+@pytest.fixture(scope="module")
+def capi(libdir):
+    library = _Library(libdir / "libnumba_ln.so")
+    assert library.lib.nln_init() == 0, library.last_error()
+    return library
+
+
+def _matrices(function):
+    """``[(matrix, its row stride)]`` of a function, in parameter order."""
+    parameters = PROTOTYPES[function]
+    return [(name, parameters[i + 1][1]) for i, (ctype, name) in enumerate(parameters[:-1])
+            if ctype.endswith("*") and parameters[i + 1][1].startswith("ld")]
+
+
+# What the Python API and tests/reference.py return for each function here,
+# from its inputs by parameter name: (outputs in order, API call, reference call).
+_API = {
+    "layer_norm": (("y", "mean", "rstd"), lambda a, eps: numba_ln.layer_norm(
+        a["x"], a["weight"], a["bias"], eps=eps, return_stats=True),
+        lambda a, eps: reference.layer_norm(a["x"], a["weight"], a["bias"], eps=eps)),
+    "layer_norm_backward": (("dx", "dweight", "dbias"),
+                            lambda a, eps: numba_ln.layer_norm_backward(
+        a["dy"], a["x"], a["mean"], a["rstd"], a["weight"]),
+        lambda a, eps: reference.layer_norm_backward(a["dy"], a["x"], a["weight"],
+                                                     mean=a["mean"], rstd=a["rstd"])),
+    "rms_norm": (("y", "rstd"), lambda a, eps: numba_ln.rms_norm(
+        a["x"], a["weight"], eps=eps, return_stats=True),
+        lambda a, eps: reference.rms_norm(a["x"], a["weight"], eps=eps)),
+    "add_layer_norm": (("y", "s", "mean", "rstd"), lambda a, eps: numba_ln.layer_norm(
+        a["x"], a["weight"], a["bias"], eps=eps, return_stats=True, residual=a["residual"]),
+        lambda a, eps: reference.add_layer_norm(a["x"], a["residual"], a["weight"],
+                                                a["bias"], eps=eps)),
+    "add_rms_norm": (("y", "s", "rstd"), lambda a, eps: numba_ln.rms_norm(
+        a["x"], a["weight"], eps=eps, return_stats=True, residual=a["residual"]),
+        lambda a, eps: reference.add_rms_norm(a["x"], a["residual"], a["weight"], eps=eps)),
+    "rms_norm_backward": (("dx", "dweight"), lambda a, eps: numba_ln.rms_norm_backward(
+        a["dy"], a["x"], a["rstd"], a["weight"]),
+        lambda a, eps: reference.rms_norm_backward(a["dy"], a["x"], a["weight"],
+                                                   rstd=a["rstd"])),
+    "add_layer_norm_backward": (("dx", "dweight", "dbias"),
+                                lambda a, eps: numba_ln.layer_norm_backward(
+        a["dy"], a["s"], a["mean"], a["rstd"], a["weight"], dresidual=a["dresidual"]),
+        lambda a, eps: reference.add_layer_norm_backward(
+            a["dy"], a["s"], a["weight"], mean=a["mean"], rstd=a["rstd"],
+            dresidual=a["dresidual"])),
+    "add_rms_norm_backward": (("dx", "dweight"), lambda a, eps: numba_ln.rms_norm_backward(
+        a["dy"], a["s"], a["rstd"], a["weight"], dresidual=a["dresidual"]),
+        lambda a, eps: reference.add_rms_norm_backward(
+            a["dy"], a["s"], a["weight"], rstd=a["rstd"], dresidual=a["dresidual"])),
+}
+
+# "all": every optional input and output given; "none": every one NULL (and
+# lddres 0: ignored without dresidual); "in_place": s is residual and y is x
+# (forward), dx is dresidual, or dy without one (backward); "in_place_x": s
+# is x, or y without a residual (forward), dx is dy (backward). The aliases
+# numba_ln.h allows. The value is the forward's eps.
+VARIANTS = {"all": 1e-5, "none": 0.1, "in_place": 1e-3, "in_place_x": 1e-4}
+IN_PLACE = {  # variant: {(backward, fused): ((output, the input it is), ...)}
+    "in_place": {(False, False): (("y", "x"),), (False, True): (("y", "x"), ("s", "residual")),
+                 (True, False): (("dx", "dy"),), (True, True): (("dx", "dresidual"),)},
+    "in_place_x": {(False, False): (("y", "x"),), (False, True): (("s", "x"),),
+                   (True, False): (("dx", "dy"),), (True, True): (("dx", "dy"),)},
+}
+NEW_CASES = [(function, bits, shape, variant)
+             for function in NEW_FUNCTIONS for bits in (32, 64) for shape in SHAPES
+             for variant in VARIANTS]
+# Large enough (>= 16 MiB) to stream y and s, or dx with wide rows taken in pairs.
+NEW_CASES += [(function, 32, (2048, 2051, 2051, 2053), "all") for function in NEW_FUNCTIONS]
+
+
+class _NewCase:
+    """One call of a new function on padded buffers, and what it must return."""
+
+    def __init__(self, function, bits, shape, variant):
+        self.function, self.variant = function, variant
+        self.backward = function.endswith("backward")
+        self.dtype = dt = DTYPES[bits]
+        self.rows, self.cols, ld_in, ld_out = shape
+        self.eps = VARIANTS[variant]
+        self.ld = dict(_matrices(f"nln_{function}_f{bits}"))
+        parameters = {name for _, name in PROTOTYPES[f"nln_{function}_f{bits}"]}
+        rng = np.random.default_rng(zlib.crc32(repr((function, bits, shape, variant)).encode()))
+        values = {"rows": self.rows, "cols": self.cols, "eps": self.eps,
+                  "weight": (1 + 0.1 * rng.standard_normal(self.cols)).astype(dt),
+                  "bias": (0.1 * rng.standard_normal(self.cols)).astype(dt)}
+        strides = {"x": ld_in, "residual": ld_in + 1, "s": ld_in if self.backward else ld_out + 2,
+                   "dy": ld_out + 1, "dresidual": ld_in + 2}
+        for name, ld_name in self.ld.items():
+            values[ld_name] = strides.get(name, ld_out)
+            matrix = rng.standard_normal((self.rows, self.cols), dtype=dt) * 2 + dt(0.5)
+            values[name] = _padded(matrix, values[ld_name], dt, SENTINEL)
+        self.outputs = _API[function][0]
+        if self.backward:  # the statistics of the forward pass
+            source = self.view(values, "s" if "s" in values else "x")
+            if "mean" in parameters:
+                _, mean, rstd = numba_ln.layer_norm(source, values["weight"], return_stats=True)
+                values["mean"] = mean.ravel()
+            else:
+                rstd = numba_ln.rms_norm(source, values["weight"], return_stats=True)[1]
+            values["rstd"] = rstd.ravel()
+        for name in self.outputs:
+            values.setdefault(name, np.full(self.rows if name in ("mean", "rstd") else self.cols,
+                                            SENTINEL, dt))
+        if variant == "none":
+            for name in ("weight", "bias", "mean", "rstd", "dweight", "dbias", "dresidual"):
+                if not (self.backward and name in BACKWARD_REQUIRED):
+                    values[name] = None
+            values["lddres"] = 0
+        else:
+            for out, source in IN_PLACE.get(variant, {}).get(
+                    (self.backward, "add_" in function), ()):
+                values[out] = values[source]
+                values[self.ld[out]] = values[self.ld[source]]
+        self.values = {name: value for name, value in values.items()
+                       if name in parameters or name == "eps"}
+        api_inputs = {name: self.view(values, name) if name in self.ld else values.get(name)
+                      for name in ("x", "residual", "dy", "s", "dresidual", "weight", "bias",
+                                   "mean", "rstd")}
+        api_inputs = {name: None if a is None else a.copy() for name, a in api_inputs.items()}
+        _, api, ref = _API[function]
+        self.expected = dict(zip(self.outputs, api(api_inputs, self.eps)))
+        self.reference = dict(zip(self.outputs, ref(api_inputs, self.eps)))
+        self.before = {name: a.copy() for name, a in self.values.items()
+                       if isinstance(a, np.ndarray)}
+
+    def view(self, values, name):
+        """Matrix ``name`` of ``values`` as a rows x cols view, or None."""
+        if values.get(name) is None:
+            return None
+        return _rows_view(values[name], self.rows, self.cols, values[self.ld[name]])
+
+    def check(self, status, message):
+        assert status == 0, message
+        written = set()
+        for name in self.outputs:
+            got = self.values.get(name)
+            if got is None:
+                continue
+            written.add(id(got))
+            if name in self.ld:
+                padding = np.ones(got.shape, bool)
+                _rows_view(padding, self.rows, self.cols, self.values[self.ld[name]])[...] = False
+                assert (got[padding] == self.before[name][padding]).all(), f"{name}'s padding"
+                got = self.view(self.values, name)
+            np.testing.assert_array_equal(got, np.reshape(self.expected[name], got.shape), name)
+            if self.cols == 1 and self.backward:
+                continue  # dx = rstd * g * (1 - xhat**2), xhat**2 ~ 1: any rounding is all of it
+            error = reference.rel_l2(got, np.reshape(self.reference[name], got.shape))
+            assert error <= reference.TOLERANCE[np.dtype(self.dtype)], (name, error)
+        for name, before in self.before.items():
+            if id(self.values[name]) not in written:
+                np.testing.assert_array_equal(self.values[name], before, f"input {name}")
+
+
+@pytest.mark.parametrize("function, bits, shape, variant", NEW_CASES)
+def test_new_function_matches_python_and_reference(capi, function, bits, shape, variant):
+    case = _NewCase(function, bits, shape, variant)
+    status = capi.call(f"nln_{function}_f{bits}", case.values)
+    case.check(status, capi.last_error())
 
 
 # --------------------------------------------------------------------------- errors
@@ -460,6 +719,137 @@ def test_last_error_is_per_thread_and_survives_success(error_report):
     assert error_report["AFTER_SUCCESS"] == "0 nln_layer_norm_f32: x is NULL"
     assert error_report["THREAD_ERROR"] == "nln_layer_norm_f32: cols (0) must be > 0"
     assert error_report["OTHER_THREAD"] == "0 nln_layer_norm_f32: x is NULL"
+
+
+# The functions of issue 17 (CPU and GPU, float32 and float64), called wrongly
+# in this process: each required pointer NULL, each stride too small or past
+# the address space, bad rows, cols and eps. The GPU functions check their
+# arguments before they look for a device.
+NEW_SYMBOLS = [f"nln_{device}{function}_{suffix}" for function in NEW_FUNCTIONS
+               for device in ("", "cuda_") for suffix in ("f32", "f64")]
+SMALL = {"rows": 3, "cols": 4, "ld": 6}
+
+
+def _small_call(function):
+    """Arguments of a valid call of ``function`` on 3 x 4 host buffers of row stride 6."""
+    dtype = np.float32 if function.endswith("f32") else np.float64
+    rows, cols, ld = SMALL["rows"], SMALL["cols"], SMALL["ld"]
+    matrices = dict(_matrices(function))
+    values = {"rows": rows, "cols": cols, "eps": 1e-5}
+    for ctype, name in PROTOTYPES[function]:
+        if name.startswith("ld"):
+            values[name] = ld
+        elif ctype.endswith("*") and name != "stream":
+            size = (rows - 1) * ld + cols if name in matrices else (
+                rows if name in ("mean", "rstd") else cols)
+            values[name] = np.linspace(0.5, 2.0, size).astype(dtype)
+    return values
+
+
+def _bad_calls(function):
+    """``(label, changes, message)`` for each invalid call of ``function``."""
+    backward = "backward" in function
+    itemsize = 4 if function.endswith("f32") else 8
+    required = BACKWARD_REQUIRED if backward else REQUIRED
+    for ctype, name in PROTOTYPES[function]:
+        if ctype.endswith("*") and name in required:
+            yield f"{name}_null", {name: None}, f"{function}: {name} is NULL"
+    huge = 1 << 62
+    for matrix, ld in _matrices(function):
+        yield f"{ld}_small", {ld: 3}, f"{function}: {ld} (3) must be >= cols (4)"
+        yield (f"{ld}_huge", {ld: huge},
+               f"{function}: {matrix} spans (rows - 1) * {ld} + cols = {2 * huge + 4} elements "
+               f"of {itemsize} bytes, more than the address space")
+    yield "rows_negative", {"rows": -1}, f"{function}: rows (-1) must be >= 0"
+    yield "cols_zero", {"cols": 0}, f"{function}: cols (0) must be > 0"
+    if not backward:
+        yield "eps_nan", {"eps": float("nan")}, f"{function}: eps is NaN"
+        yield "eps_inf", {"eps": float("inf")}, f"{function}: eps is infinite"
+        yield "eps_negative", {"eps": -1.0}, f"{function}: eps (-1) must be >= 0"
+
+
+def _call_small(capi, function, changes):
+    """``(status, message, untouched)`` of a small call with ``changes``."""
+    values = _small_call(function)
+    values.update(changes)
+    before = {name: a.copy() for name, a in values.items() if isinstance(a, np.ndarray)}
+    status = capi.call(function, values)
+    untouched = all(np.array_equal(values[name], a) for name, a in before.items())
+    return status, capi.last_error(), untouched
+
+
+@pytest.mark.parametrize("function", NEW_SYMBOLS)
+def test_new_function_rejects_bad_arguments(capi, function):
+    for label, changes, message in _bad_calls(function):
+        status, got, untouched = _call_small(capi, function, changes)
+        assert (label, status) == (label, INVALID), got
+        assert message in got, (label, got)
+        assert untouched, f"{label}: a buffer was written by a failing call"
+
+
+@pytest.mark.parametrize("function", NEW_SYMBOLS)
+def test_new_function_optional_arguments(capi, function):
+    """A valid small call succeeds, with a NULL dresidual whatever lddres says; a
+    GPU function without a GPU says why and writes nothing."""
+    fused_backward = "add_" in function and "backward" in function
+    for changes in [{}] + ([{"dresidual": None, "lddres": -1}] if fused_backward else []):
+        status, message, untouched = _call_small(capi, function, changes)
+        if "cuda_" not in function:
+            assert status == 0, message
+        elif capi.lib.nln_cuda_available():
+            pytest.skip("a GPU is available: host pointers are not device pointers")
+        else:
+            assert status == NO_DEVICE and untouched, message
+            assert f"{function}: no usable GPU" in message, message
+
+
+# The GPU glue (numba_ln._cabi.cuda_forward and cuda_backward), run here
+# without a GPU: device arrays are replaced by NumPy views of the same host
+# buffers, so the public API it calls runs on the CPU and must give the bits
+# of the CPU function of the same name.
+GLUE_CASES = [(function, shape, variant) for function in ("layer_norm", "layer_norm_backward")
+              + NEW_FUNCTIONS for shape in ((9, 33, 40, 35), (0, 8, 8, 8))
+              for variant in VARIANTS]
+
+
+@pytest.mark.parametrize("function, shape, variant", GLUE_CASES)
+def test_gpu_glue_calls_the_public_api(capi, monkeypatch, function, shape, variant):
+    from numba_ln import _cabi
+
+    expected = _NewCase(function, 32, shape, variant)
+    assert capi.call(f"nln_{function}_f32", expected.values) == 0, capi.last_error()
+    case = _NewCase(function, 32, shape, variant)
+    buffers = {a.ctypes.data: a for a in case.values.values() if isinstance(a, np.ndarray)}
+
+    def host_array(address, shape, ld, bits, readonly=False):
+        if not address:
+            return None
+        buffer = buffers[address]
+        view = (_rows_view(buffer, *shape, ld) if len(shape) == 2 else buffer[:shape[0]]).view()
+        view.flags.writeable = not readonly
+        return view
+
+    monkeypatch.setattr(_cabi, "_device_array", host_array)
+    monkeypatch.setattr(_cabi, "_stream", lambda handle: None)
+    monkeypatch.setattr(_cabi, "_copy_into",
+                        lambda src, dst, stream: dst.__setitem__(..., np.reshape(src, dst.shape)))
+    monkeypatch.setattr(_cabi, "_zero",
+                        lambda address, count, bits, stream: buffers[address][:count].fill(0))
+    backward = function.endswith("backward")
+    glue = _cabi.cuda_backward if backward else _cabi.cuda_forward
+    # The C side passes a fused backward's s as x (nln_shim.h).
+    renamed = {"x": "s", "ldx": "lds"} if backward and "add_" in function else {}
+    special = {"bits": 32, "centered": int("layer_norm" in function), "stream": 0}
+
+    def argument(name):
+        if name in special:
+            return special[name]
+        value = case.values.get(renamed.get(name, name))
+        return value if isinstance(value, (int, float)) else _address(value)
+
+    glue(*map(argument, inspect.signature(glue).parameters))
+    for name, got in case.values.items():
+        np.testing.assert_array_equal(got, expected.values[name], name)
 
 
 # --------------------------------------------------------------------------- threads
@@ -728,6 +1118,43 @@ def test_gpu_entry_points_on_device_pointers(libdir, tmp_path):
     assert result.returncode == 0 and "GPU OK" in result.stdout, result.stderr
 
 
+UNSUPPORTED = 2
+GPU_CASES = [(function, bits) for function in NEW_FUNCTIONS for bits in (32, 64)]
+
+
+@pytest.mark.parametrize("function, bits", GPU_CASES)
+def test_new_gpu_functions_match_the_cpu(capi, function, bits):
+    """The nln_cuda_* functions of issue 17 on device copies of a CPU call's buffers.
+
+    Needs a GPU; skips while the CUDA backend has no RMSNorm and residual
+    kernels (the function then returns NLN_ERR_UNSUPPORTED).
+    """
+    from numba_ln import _cabi
+
+    if _cabi.cuda_unavailable_reason() is not None:
+        pytest.skip(f"no GPU: {_cabi.cuda_unavailable_reason()}")
+    from numba import cuda
+
+    for variant in VARIANTS:
+        shape = (300, 200, 208, 210)
+        expected = _NewCase(function, bits, shape, variant)
+        assert capi.call(f"nln_{function}_f{bits}", expected.values) == 0, capi.last_error()
+        case = _NewCase(function, bits, shape, variant)
+        copies = {id(a): cuda.to_device(a) for a in case.values.values()
+                  if isinstance(a, np.ndarray)}  # one per buffer: in place stays in place
+        on_device = {name: copies.get(id(value), value) for name, value in case.values.items()}
+        status = capi.call(f"nln_cuda_{function}_f{bits}", on_device)
+        if status == UNSUPPORTED:
+            pytest.skip(f"needs the GPU kernels of issue 17: {capi.last_error()}")
+        assert status == 0, (variant, capi.last_error())
+        cuda.synchronize()
+        tolerance = {32: 1e-3, 64: 1e-9}[bits]
+        for name, value in expected.values.items():
+            if isinstance(value, np.ndarray):
+                np.testing.assert_allclose(on_device[name].copy_to_host(), value,
+                                           rtol=tolerance, atol=tolerance,
+                                           err_msg=f"{variant}: {name}")
+
 def test_cpu_entry_points_are_compiled_c_functions():
     from numba_ln import _cabi
 
@@ -742,8 +1169,10 @@ def test_cpu_entry_points_are_compiled_c_functions():
     one = np.ones(1, np.float32)
     forward = _cabi._compiled["forward_f32"].ctypes
     as_ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
-    assert forward(points["forward_rows_f32"], as_ptr(x), 4, as_ptr(one), as_ptr(one), 0, 0,
-                   as_ptr(y), 4, as_ptr(mean), as_ptr(rstd), 1, 1, 2, 4, 0.0, 0) == _cabi.OK
+    no_residual = None
+    assert forward(points["forward_rows_f32"], as_ptr(x), 4, no_residual, 0, as_ptr(one),
+                   as_ptr(one), 0, 0, as_ptr(y), 4, no_residual, 0, as_ptr(mean), as_ptr(rstd),
+                   0, 1, 1, 2, 4, 0.0, 1, 0) == _cabi.OK
     ref, ref_mean, ref_rstd = numba_ln.layer_norm(x.reshape(2, 4), eps=0.0, return_stats=True)
     np.testing.assert_array_equal(y.reshape(2, 4), ref)
     np.testing.assert_array_equal(mean, ref_mean.ravel())

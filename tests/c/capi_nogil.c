@@ -4,7 +4,8 @@
  * After nln_init(), the main thread takes the GIL of the embedded Python
  * (PyGILState_Ensure, found in the already loaded libpython) and keeps it
  * while a second thread makes CPU calls of up to ROWS x 1024 elements,
- * forward and backward, with and without the optional outputs. The test
+ * forward and backward, with and without the optional outputs, layer norm
+ * and the fused residual forms (RMSNorm's among them). The test
  * runs it with ROWS at the largest serial size
  * (numba_ln._config.SERIAL_MAX_ELEMENTS) and at four times that, where the
  * library spreads a call over its own threads. A call that needed the GIL
@@ -34,10 +35,10 @@ static void *calls_without_gil(void *arg)
     size_t n = (size_t)rows * COLS;
     float *x = malloc(n * sizeof(float)), *y = malloc(n * sizeof(float));
     float *dx = malloc(n * sizeof(float)), *mean = malloc((size_t)rows * sizeof(float));
-    float *rstd = malloc((size_t)rows * sizeof(float));
+    float *rstd = malloc((size_t)rows * sizeof(float)), *s = malloc(n * sizeof(float));
     static float dw[COLS], db[COLS];
     (void)arg;
-    if (!x || !y || !dx || !mean || !rstd) {
+    if (!x || !y || !dx || !mean || !rstd || !s) {
         failed = 1;
         done = 1;
         return NULL;
@@ -54,7 +55,11 @@ static void *calls_without_gil(void *arg)
             nln_layer_norm_backward_f32(y, COLS, x, COLS, mean, rstd, NULL, dx, COLS, dw, db,
                                         rows, COLS) != NLN_OK ||
             nln_layer_norm_backward_f32(y, COLS, x, COLS, mean, rstd, NULL, dx, COLS, NULL,
-                                        NULL, rows, COLS) != NLN_OK)
+                                        NULL, rows, COLS) != NLN_OK ||
+            nln_add_layer_norm_f32(x, COLS, y, COLS, NULL, NULL, dx, COLS, s, COLS, mean, rstd,
+                                   rows, COLS, 1e-5f) != NLN_OK ||
+            nln_add_rms_norm_backward_f32(y, COLS, s, COLS, rstd, NULL, x, COLS, dx, COLS, dw,
+                                          rows, COLS) != NLN_OK)
             failed = 1;
     }
     free(x);
@@ -62,6 +67,7 @@ static void *calls_without_gil(void *arg)
     free(dx);
     free(mean);
     free(rstd);
+    free(s);
     done = 1;
     return NULL;
 }
