@@ -96,7 +96,8 @@ def run(case_list, devices=("cpu",), workspace=None, budget_s=timer.DEFAULT_BUDG
     skipped = {} if skipped is None else skipped
     found = []
     for case in case_list:
-        entries = prepare_all(case, competitors(devices), workspace, progress, skipped)
+        entries = prepare_all(case, competitors(devices, case.operation), workspace, progress,
+                              skipped)
         timings = timer.measure([e.call for e in entries], budget_s,
                                 followers={i for i, e in enumerate(entries)
                                            if e.competitor.roofline})
@@ -171,8 +172,8 @@ def records(case, timed):
         ``group``, ``small``), the competitor (``implementation``, ``key``,
         ``device``, ``roofline``, ``kernel``), ``bytes``, the timing
         (``best_s``, ``median_s``, ``samples``, ``loops``), :func:`figures`
-        and the speedups over NumPy and PyTorch on the same device (None
-        where absent).
+        and the speedups over NumPy, PyTorch and (the fused residual add)
+        numba-ln unfused on the same device (None where absent).
     """
     by_key = {(p.competitor.device, p.competitor.key): timing for p, timing in timed}
     found = []
@@ -181,6 +182,7 @@ def records(case, timed):
         roofline = by_key.get((competitor.device, "roofline"))
         numpy_t = by_key.get(("cpu", "numpy"))
         torch_t = by_key.get((competitor.device, "torch"))
+        unfused_t = by_key.get((competitor.device, "numba_ln_unfused"))
         found.append({
             "operation": case.operation, "rows": case.rows, "cols": case.cols,
             "shape": case.label, "dtype": case.dtype, "group": case.group,
@@ -191,6 +193,7 @@ def records(case, timed):
             **figures(case, timing.best_s, roofline.best_s if roofline else None),
             "speedup_vs_numpy": numpy_t.best_s / timing.best_s if numpy_t else None,
             "speedup_vs_torch": torch_t.best_s / timing.best_s if torch_t else None,
+            "speedup_vs_unfused": unfused_t.best_s / timing.best_s if unfused_t else None,
         })
     return found
 
