@@ -96,7 +96,7 @@ def target_records(records):
 
 #: The columns of :func:`norm_rows`.
 NORM_COLUMNS = ("operation", "dtype", "shape", "median", "% roofline", "x unfused",
-                "x PyTorch")
+                "x PyTorch", "others")
 
 
 def _median_ratio(numerator, denominator):
@@ -144,7 +144,8 @@ def norm_rows(records):
             rows.append((operation, dtype, shape, format_time(mine["median_s"]),
                          _percent(_median_ratio(by_key.get("roofline"), mine)),
                          _ratio(_median_ratio(by_key.get("numba_ln_unfused"), mine)),
-                         _ratio(_median_ratio(by_key.get("torch"), mine))))
+                         _ratio(_median_ratio(by_key.get("torch"), mine)),
+                         _percent(mine.get("others_cpu"))))
     return [NORM_COLUMNS] + rows if rows else []
 
 
@@ -153,7 +154,9 @@ _NORM_METHOD = ("numba-ln with `out=` (and `residual_out=`) preallocated; median
                 "add's copy moves x and the residual: twice a copy's bytes); x unfused: "
                 "`np.add(x, r, out=s)` then the norm of s with `out=`, over the fused call; "
                 "x PyTorch: `F.layer_norm` / `F.rms_norm` (after `torch.add(x, r, out=s)` for "
-                "the fused add) over numba-ln")
+                "the fused add) over numba-ln; others: the share of the CPUs other processes "
+                "took while the case was timed (the kernels are compute-bound per core on a "
+                "2-core machine, so a busy neighbour lowers % roofline)")
 
 
 def _text_table(rows, first_figure=None):

@@ -98,16 +98,18 @@ def run(case_list, devices=("cpu",), workspace=None, budget_s=timer.DEFAULT_BUDG
     for case in case_list:
         entries = prepare_all(case, competitors(devices, case.operation), workspace, progress,
                               skipped)
+        before, start = cpu_seconds(), time.perf_counter()
         timings = timer.measure([e.call for e in entries], budget_s,
                                 followers={i for i, e in enumerate(entries)
                                            if e.competitor.roofline})
+        others = others_share(before, cpu_seconds(), time.perf_counter() - start)
         best = {}  # a roofline's fastest kernel stands for it
         for entry, timing in zip(entries, timings):
             key = entry.competitor.id
             if key not in best or timing.best_s < best[key][1].best_s:
                 best[key] = (entry, timing)
         del entries
-        found += records(case, list(best.values()))
+        found += records(case, list(best.values()), others)
         if progress:
             progress.step()
     workspace.clear()
@@ -157,13 +159,16 @@ def note(skipped, name, reason):
         skipped[name] = f"{known}; {reason}"
 
 
-def records(case, timed):
+def records(case, timed, others=None):
     """One case's timings as records with GB/s, roofline fraction and speedups.
 
     Parameters
     ----------
     case : Case
     timed : list of (Prepared, Timing)
+    others : float, optional
+        The share of the CPUs other processes used while the case was timed
+        (:func:`others_share`).
 
     Returns
     -------
@@ -173,7 +178,8 @@ def records(case, timed):
         ``device``, ``roofline``, ``kernel``), ``bytes``, the timing
         (``best_s``, ``median_s``, ``samples``, ``loops``), :func:`figures`
         and the speedups over NumPy, PyTorch and (the fused residual add)
-        numba-ln unfused on the same device (None where absent).
+        numba-ln unfused on the same device (None where absent), and
+        ``others_cpu`` (``others``).
     """
     by_key = {(p.competitor.device, p.competitor.key): timing for p, timing in timed}
     found = []
@@ -194,6 +200,7 @@ def records(case, timed):
             "speedup_vs_numpy": numpy_t.best_s / timing.best_s if numpy_t else None,
             "speedup_vs_torch": torch_t.best_s / timing.best_s if torch_t else None,
             "speedup_vs_unfused": unfused_t.best_s / timing.best_s if unfused_t else None,
+            "others_cpu": others,
         })
     return found
 

@@ -177,6 +177,7 @@ def test_run_writes_json_with_every_figure(tiny_run):
         assert r["bytes"] == streams[r["operation"]] * 4 * 64 * 4
         fused = r["operation"] in cases.RESIDUAL_OPERATIONS
         assert (r["speedup_vs_unfused"] is not None) == fused
+        assert r["others_cpu"] is None or 0 <= r["others_cpu"] <= 1
         assert r["best_s"] > 0 and r["median_s"] >= r["best_s"] and r["samples"] >= 1
         assert r["gbps"] == pytest.approx(r["bytes"] / r["best_s"] / 1e9)
         assert r["roofline_fraction"] == pytest.approx(r["gbps"] / r["roofline_gbps"])
@@ -590,8 +591,11 @@ def test_norm_rows_are_ratios_of_medians():
                record("add_ln_forward", "torch", 8.0)]
     rows = report.norm_rows(records)
     assert rows[0] == report.NORM_COLUMNS
-    assert rows[1:] == [("forward", "float32", "4x8", "2.00 s", "50%", "", "2.00x"),
-                        ("add_ln_forward", "float32", "4x8", "4.00 s", "75%", "1.50x", "2.00x")]
+    records[5]["others_cpu"] = 0.25
+    rows = report.norm_rows(records)
+    assert rows[1:] == [("forward", "float32", "4x8", "2.00 s", "50%", "", "2.00x", ""),
+                        ("add_ln_forward", "float32", "4x8", "4.00 s", "75%", "1.50x", "2.00x",
+                         "25%")]
     assert report.norm_rows(records[:4]) == []  # no norm operation measured
 
 
