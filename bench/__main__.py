@@ -13,8 +13,9 @@ import sys
 from pathlib import Path
 
 from . import curve, report, runner, timer
-from .cases import (DTYPES, OPERATIONS, QUICK_SHAPES, cases, default_shapes, parse_choices,
-                    parse_shapes, shapes_text)
+from .cases import (ALL_OPERATIONS, DTYPES, NORM_SHAPES, OPERATIONS, QUICK_NORM_SHAPES,
+                    QUICK_SHAPES, cases, default_shapes, parse_choices, parse_shapes,
+                    shapes_text)
 from .competitors import Workspace, gpu_unavailable_reason
 
 #: Seconds of timed calls per figure with ``--quick``.
@@ -28,12 +29,16 @@ def parser():
         description=(
             "Time layer norm (forward and backward) in numba-ln, plain NumPy, PyTorch (when "
             "installed), the numba-ln C ABI (when built) and, with a GPU, numba-ln CUDA and "
-            "PyTorch CUDA; beside them a copy moving the same bytes (the roofline). Prints "
+            "PyTorch CUDA; on the CPU also RMSNorm's forward and the fused residual add + "
+            "norm (beside numba-ln unfused: np.add then the norm); beside them a copy moving "
+            "the same bytes (the roofline). Prints "
             "time, GB/s, % of roofline and speedups; --out also writes JSON and a plot. "
             "The default run ends with the size curve: float32 on the CPU, numba-ln against "
             "PyTorch from one row to past the L3 cache, medians of interleaved rounds."),
-        epilog=(f"default shapes: {shapes_text(default_shapes())}; "
-                f"--quick: {shapes_text(QUICK_SHAPES)}; "
+        epilog=(f"default shapes: {shapes_text(default_shapes())} "
+                f"({', '.join(ALL_OPERATIONS[len(OPERATIONS):])}: {shapes_text(NORM_SHAPES)}); "
+                f"--quick: {shapes_text(QUICK_SHAPES)} "
+                f"({shapes_text(QUICK_NORM_SHAPES)}); "
                 f"size curve: {shapes_text(curve.SHAPES)}"))
     p.add_argument("--device", default="all", metavar="{cpu,cuda,all}",
                    help="where to run: cpu, cuda, or all (default: all = the CPU, and the "
@@ -44,8 +49,11 @@ def parser():
     p.add_argument("--shapes", metavar="LIST",
                    help="comma-separated ROWSxCOLS, e.g. 65536x1024,1x768 "
                         "(default: the default or --quick set)")
-    p.add_argument("--ops", default="forward,backward", metavar="LIST",
-                   help="comma-separated operations: forward, backward (default: both)")
+    p.add_argument("--ops", default=",".join(ALL_OPERATIONS), metavar="LIST",
+                   help=f"comma-separated operations: {', '.join(ALL_OPERATIONS)} (default: "
+                        f"all; forward and backward are layer norm's, rms_forward RMSNorm's, "
+                        f"add_ln_forward / add_rms_forward the fused residual add + norm; "
+                        f"the last three on the CPU only)")
     p.add_argument("--quick", action="store_true",
                    help="a small set and shorter timings (under a minute on 2 cores)")
     p.add_argument("--budget", type=float, metavar="SECONDS",
@@ -89,11 +97,16 @@ def settings(p, args):
     if args.curve and args.device == "cuda":
         p.error("--curve: the size curve is measured on the CPU (--device cpu or all)")
     dtypes = parse(parse_choices, args.dtype, DTYPES, "dtype", option="--dtype")
-    operations = parse(parse_choices, args.ops, OPERATIONS, "operation", option="--ops")
+    operations = parse(parse_choices, args.ops, ALL_OPERATIONS, "operation", option="--ops")
     if args.shapes is not None:
         shapes = parse(parse_shapes, args.shapes, option="--shapes")
+        norm_shapes = shapes
     else:
         shapes = QUICK_SHAPES if args.quick else default_shapes()
+        norm_shapes = QUICK_NORM_SHAPES if args.quick else NORM_SHAPES
+    curve_operations = [op for op in operations if op in OPERATIONS]
+    if args.curve and not curve_operations:
+        p.error(f"--curve: the size curve measures {' and '.join(OPERATIONS)} only")
     if args.curve and args.no_curve:
         p.error("--curve and --no-curve contradict each other")
     if args.rounds < 1:
@@ -112,18 +125,25 @@ def settings(p, args):
     points = None  # the size curve's; the default run ends with it
     if args.curve:
         points, shapes = (shapes if args.shapes is not None else curve.SHAPES), ()
-    elif args.shapes is None and not args.quick and not args.no_curve and "cpu" in devices:
+        norm_shapes = ()
+    elif (args.shapes is None and not args.quick and not args.no_curve and "cpu" in devices
+          and curve_operations):
         points = curve.SHAPES
-    size_curve = points and {"shapes": [list(s) for s in points], "rounds": args.rounds}
+    size_curve = points and {"shapes": [list(s) for s in points], "rounds": args.rounds,
+                             "operations": curve_operations}
+    if "cpu" not in devices:  # the norm operations run on the CPU only
+        operations = tuple(op for op in operations if op in OPERATIONS)
     return {"devices": devices, "dtypes": dtypes, "operations": operations,
-            "shapes": [list(s) for s in shapes], "budget_s": budget, "quick": args.quick,
+            "shapes": [list(s) for s in shapes],
+            "norm_shapes": [list(s) for s in norm_shapes], "budget_s": budget,
+            "quick": args.quick,
             "capi_lib": args.capi_lib, "size_curve": size_curve, "gpu_reason": gpu_reason}
 
 
 def measure(chosen, argv):
     """Run the benchmark with the settings :func:`settings` chose; return the results."""
     case_list = cases([tuple(s) for s in chosen["shapes"]], chosen["dtypes"],
-                      chosen["operations"])
+                      chosen["operations"], [tuple(s) for s in chosen["norm_shapes"]])
     skipped = {}
     if case_list and "cuda" not in chosen["devices"] and chosen["gpu_reason"] is not None:
         skipped["GPU rows (numba-ln CUDA, PyTorch CUDA)"] = chosen["gpu_reason"]
@@ -138,9 +158,10 @@ def measure(chosen, argv):
     results["machine"]["load_average_before"] = load_before
     if chosen["size_curve"]:
         shapes = [tuple(s) for s in chosen["size_curve"]["shapes"]]
-        progress = runner.Progress(len(shapes) * len(chosen["operations"]))
+        operations = chosen["size_curve"]["operations"]
+        progress = runner.Progress(len(shapes) * len(operations))
         results["size_curve"] = curve.run(shapes, chosen["size_curve"]["rounds"],
-                                          chosen["operations"], progress, skipped)
+                                          operations, progress, skipped)
     return results
 
 

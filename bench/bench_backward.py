@@ -6,7 +6,7 @@ from bench.cases import Case
 from bench.competitors import competitors
 
 
-@pytest.mark.parametrize("competitor", competitors(), ids=lambda c: c.id)
+@pytest.mark.parametrize("competitor", competitors(operation="backward"), ids=lambda c: c.id)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
 def test_backward(benchmark, case_runner, throughput_shape, dtype, competitor):
     case_runner(benchmark, Case("backward", *throughput_shape, dtype), competitor)

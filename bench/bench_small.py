@@ -6,8 +6,9 @@ from bench.cases import OPERATIONS, Case
 from bench.competitors import competitors
 
 
-@pytest.mark.parametrize("competitor", competitors(), ids=lambda c: c.id)
+@pytest.mark.parametrize("operation, competitor",
+                         [(op, c) for op in OPERATIONS for c in competitors(operation=op)],
+                         ids=lambda v: v if isinstance(v, str) else v.id)
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
-@pytest.mark.parametrize("operation", OPERATIONS)
 def test_small(benchmark, case_runner, small_shape, operation, dtype, competitor):
     case_runner(benchmark, Case(operation, *small_shape, dtype), competitor)

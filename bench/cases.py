@@ -2,9 +2,16 @@
 
 Conventions
 -----------
-- **Bytes moved** count the big arrays once each: forward reads ``x`` and
-  writes ``y`` (``2 * x.nbytes``); backward reads ``x`` and ``dy`` and writes
-  ``dx`` (``3 * x.nbytes``). ``weight``, ``bias``, the per-row statistics and
+- **Operations**: layer norm's ``forward`` and ``backward``
+  (:data:`OPERATIONS`, the ones every device and the size curve measure),
+  and on the CPU :data:`NORM_OPERATIONS`: ``rms_forward`` (``rms_norm``),
+  and the fused residual add ``add_ln_forward`` / ``add_rms_forward``
+  (``s = x + residual`` then the norm of ``s``; ``y`` and ``s`` returned).
+- **Bytes moved** count the big arrays once each: forward and rms_forward
+  read ``x`` and write ``y`` (``2 * x.nbytes``); backward reads ``x`` and
+  ``dy`` and writes ``dx`` (``3 * x.nbytes``); the fused add reads ``x`` and
+  the residual and writes ``y`` and ``s`` (``4 * x.nbytes``: twice a
+  copy's). ``weight``, ``bias``, the per-row statistics and
   ``dweight``/``dbias`` are not counted (they are at most ``1 / rows`` of the
   traffic).
 - Every implementation's output is checked against a float64 reference on a
@@ -18,7 +25,16 @@ import numpy as np
 
 from numba_ln import layer_norm
 
+#: Layer norm's: on every device, in the size curve and in ``bench/gpu.py``.
 OPERATIONS = ("forward", "backward")
+#: RMSNorm's forward and the fused residual add + norm (issue 17), CPU only.
+NORM_OPERATIONS = ("rms_forward", "add_ln_forward", "add_rms_forward")
+#: The operations that add a residual first: they return ``(y, s)``.
+RESIDUAL_OPERATIONS = ("add_ln_forward", "add_rms_forward")
+ALL_OPERATIONS = OPERATIONS + NORM_OPERATIONS
+#: Arrays of ``x``'s size each operation streams (bytes moved = this * x.nbytes).
+STREAMS = {"forward": 2, "backward": 3, "rms_forward": 2, "add_ln_forward": 4,
+           "add_rms_forward": 4}
 DTYPES = ("float32", "float16", "float64")
 EPS = 1e-5
 
@@ -36,6 +52,11 @@ TARGET_SHAPES = ((65536, 1024), (16384, 4096))
 
 #: ``--quick``: one target shape, one odd shape, one long-row shape, and latency.
 QUICK_SHAPES = ((16384, 1024), (4096, 4097), (128, 65536), (1, 768))
+#: Where :data:`NORM_OPERATIONS` run when no ``--shapes`` are given: issue 17's
+#: target shapes and one latency shape (``--quick``: the first and last of
+#: :data:`QUICK_SHAPES`).
+NORM_SHAPES = TARGET_SHAPES + ((1, 768),)
+QUICK_NORM_SHAPES = ((16384, 1024), (1, 768))
 #: Under ``pytest --benchmark-disable`` every benchmark runs once, as a test:
 #: shapes small enough that the whole suite takes seconds, still covering the
 #: serial and parallel kernels, an odd width and a long row.
@@ -51,7 +72,8 @@ class Case:
 
     Attributes
     ----------
-    operation : {"forward", "backward"}
+    operation : str
+        One of :data:`ALL_OPERATIONS`.
     rows, cols : int
         The 2-D problem: ``rows`` independent rows of ``cols`` elements.
     dtype : {"float32", "float16", "float64"}
@@ -79,9 +101,18 @@ class Case:
 
     @property
     def bytes_moved(self):
-        """Bytes the operation must move: ``x`` and ``y``, or ``x``, ``dy`` and ``dx``."""
-        streams = 2 if self.operation == "forward" else 3
-        return streams * self.rows * self.cols * np.dtype(self.dtype).itemsize
+        """Bytes the operation must move: :data:`STREAMS` arrays of ``x``'s size."""
+        return STREAMS[self.operation] * self.rows * self.cols * np.dtype(self.dtype).itemsize
+
+    @property
+    def residual(self):
+        """True for the fused residual add (the result is ``(y, s)``)."""
+        return self.operation in RESIDUAL_OPERATIONS
+
+    @property
+    def rms(self):
+        """True for RMSNorm's operations (no centering, no bias)."""
+        return self.operation in ("rms_forward", "add_rms_forward")
 
     @property
     def small(self):
@@ -89,22 +120,37 @@ class Case:
         return self.shape in SMALL_SHAPES or self.rows * self.cols < 1 << 14
 
 
-def cases(shapes, dtypes=("float32", "float16"), operations=OPERATIONS):
+def cases(shapes, dtypes=("float32", "float16"), operations=OPERATIONS, norm_shapes=None):
     """Every (operation, shape, dtype) combination, shapes outermost.
 
     Parameters
     ----------
     shapes : iterable of (int, int)
     dtypes, operations : iterable of str
+    norm_shapes : iterable of (int, int), optional
+        Where the operations of :data:`NORM_OPERATIONS` run (default:
+        ``shapes``); shapes in it but not in ``shapes`` come last.
 
     Returns
     -------
     list of Case
         Ordered shape, then dtype, then operation, so that consecutive cases
         share their input arrays.
+
+    Examples
+    --------
+    >>> [c.group for c in cases([(2, 8)], ["float32"], ["forward", "rms_forward"], [])]
+    ['forward|2x8|float32']
     """
-    return [Case(op, rows, cols, dt) for rows, cols in shapes for dt in dtypes
-            for op in operations]
+    shapes = [tuple(s) for s in shapes]
+    norm_shapes = shapes if norm_shapes is None else [tuple(s) for s in norm_shapes]
+    found = []
+    for rows, cols in shapes + [s for s in norm_shapes if s not in shapes]:
+        for dt in dtypes:
+            for op in operations:
+                if (rows, cols) in (norm_shapes if op in NORM_OPERATIONS else shapes):
+                    found.append(Case(op, rows, cols, dt))
+    return found
 
 
 def default_shapes():
@@ -204,6 +250,13 @@ class Inputs:
     mean: np.ndarray
     rstd: np.ndarray
 
+    @property
+    def residual(self):
+        """The residual the fused add reads: ``dy``'s numbers (``x``'s shape and
+        dtype, values of order 1), so no case holds a fifth big array. No
+        operation reads both, and none writes to it."""
+        return self.dy
+
 
 def draw(shape, seed=0):
     """The float32 numbers every dtype of a shape is made from.
@@ -287,6 +340,45 @@ def numpy_forward(x, weight, bias, eps=EPS):
     return xhat.astype(x.dtype, copy=False), mean, rstd
 
 
+def numpy_rms_forward(x, weight, eps=EPS):
+    """RMSNorm in plain NumPy (float16 computed in float32), temporaries in place.
+
+    Parameters
+    ----------
+    x : ndarray, shape (rows, cols)
+    weight : ndarray, shape (cols,)
+    eps : float
+
+    Returns
+    -------
+    y, rstd : ndarray
+        ``y`` in ``x``'s dtype; ``rstd = 1 / sqrt(mean(x**2) + eps)`` of shape
+        ``(rows, 1)``.
+    """
+    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    xc = x.astype(compute, copy=False)
+    ms = np.einsum("ij,ij->i", xc, xc)[:, None]
+    ms /= x.shape[-1]
+    ms += eps
+    rstd = np.sqrt(ms)
+    np.reciprocal(rstd, out=rstd)
+    y = xc * rstd
+    y *= weight
+    return y.astype(x.dtype, copy=False), rstd
+
+
+def numpy_add_forward(x, residual, weight, bias, rms=False, eps=EPS):
+    """``s = x + residual``, then layer norm (or RMSNorm) of ``s``, in plain NumPy.
+
+    Returns
+    -------
+    y, s : ndarray
+    """
+    s = np.add(x, residual)
+    y = numpy_rms_forward(s, weight, eps)[0] if rms else numpy_forward(s, weight, bias, eps)[0]
+    return y, s
+
+
 def numpy_backward(dy, x, mean, rstd, weight):
     """Layer-norm gradients in plain NumPy (float16 computed in float32).
 
@@ -320,12 +412,18 @@ def numpy_backward(dy, x, mean, rstd, weight):
 
 
 def _reference_rows(case, inputs):
-    """Row indices checked, and the float64 reference output on them."""
+    """Row indices checked, and the float64 reference output on them (``(y, s)`` for
+    the fused residual add)."""
     picks = np.unique(np.linspace(0, case.rows - 1, min(case.rows, 16)).astype(np.int64))
     x = inputs.x[picks].astype(np.float64)
     w = inputs.weight.astype(np.float64)
     b = inputs.bias.astype(np.float64)
-    if case.operation == "forward":
+    if case.residual:
+        expected = numpy_add_forward(x, inputs.residual[picks].astype(np.float64), w, b,
+                                     rms=case.rms)
+    elif case.operation == "rms_forward":
+        expected, _ = numpy_rms_forward(x, w)
+    elif case.operation == "forward":
         expected, _, _ = numpy_forward(x, w, b)
     else:
         mean = inputs.mean.reshape(-1)[picks].astype(np.float64)
@@ -346,22 +444,31 @@ def check_output(case, inputs, output):
     inputs : Inputs
     output : array or tuple
         What the implementation returned (host or device arrays); the first
-        element of a tuple is ``y`` or ``dx``.
+        element of a tuple is ``y`` or ``dx``, for the fused residual add the
+        second is ``s`` (checked too).
 
     Raises
     ------
     AssertionError
         With the largest error and where it occurred.
     """
-    first = output[0] if isinstance(output, (tuple, list)) else output
+    outputs = output if isinstance(output, (tuple, list)) else (output,)
     picks, expected = _reference_rows(case, inputs)
-    got = to_host(first).reshape(case.shape)[picks].astype(np.float64)
-    scale = max(1.0, float(np.max(np.abs(expected))))
-    error = np.abs(got - expected)
-    worst = float(np.nanmax(error)) if error.size else 0.0
-    if not np.all(np.isfinite(got)) or worst > _TOLERANCE[case.dtype] * scale:
-        raise AssertionError(f"{case.group}: result differs from the float64 reference "
-                             f"by {worst:.3g} (tolerance {_TOLERANCE[case.dtype] * scale:.3g})")
+    checked = [("result", outputs[0], expected)]
+    if case.residual:
+        if len(outputs) < 2:
+            raise AssertionError(f"{case.group}: no residual sum s returned beside y")
+        checked = [("result", outputs[0], expected[0]), ("residual sum s", outputs[1],
+                                                         expected[1])]
+    for what, got, want in checked:
+        got = to_host(got).reshape(case.shape)[picks].astype(np.float64)
+        scale = max(1.0, float(np.max(np.abs(want))))
+        error = np.abs(got - want)
+        worst = float(np.nanmax(error)) if error.size else 0.0
+        tolerance = _TOLERANCE[case.dtype] * scale
+        if not np.all(np.isfinite(got)) or worst > tolerance:
+            raise AssertionError(f"{case.group}: {what} differs from the float64 reference "
+                                 f"by {worst:.3g} (tolerance {tolerance:.3g})")
 
 
 def to_host(array):

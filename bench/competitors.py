@@ -7,13 +7,24 @@ its own (:data:`CURVE_COMPETITORS`): numba-ln and PyTorch's aten kernels, both
 allocating and returning the statistics, NumPy and the roofline.
 
 - **Roofline**: a kernel that does nothing but stream the same bytes with the
-  same pattern. On the CPU, forward's roofline is a copy ``x -> y``;
-  backward's reads two arrays and writes one (``dx = x ^ dy`` on the raw
-  bits). Each comes two ways -- a numba ``prange`` kernel on every numba
-  thread (no fast-math) and NumPy's single-threaded call (``np.copyto``,
-  which is libc's ``memcpy``, or ``np.bitwise_xor``) -- and the faster one
-  in the same timing rounds is the roofline. On a GPU it is a
+  same pattern. On the CPU, forward's (and rms_forward's) roofline is a copy
+  ``x -> y``; backward's reads two arrays and writes one (``dx = x ^ dy`` on
+  the raw bits); the fused residual add's reads two and writes two (``x ->
+  y`` and ``residual -> s``: twice a copy's bytes). Each comes two ways --
+  a numba ``prange`` kernel on every numba thread (no fast-math) and
+  NumPy's single-threaded call (``np.copyto``, which is libc's ``memcpy``,
+  or ``np.bitwise_xor``; ``np.copyto`` twice for the fused add) -- and the
+  faster one in the same timing rounds is the roofline. On a GPU it is a
   device-to-device copy of the same number of bytes.
+- **The fused residual add** (``add_ln_forward``, ``add_rms_forward``) has
+  ``y`` and ``s`` preallocated in its ``out=`` row (``out=``,
+  ``residual_out=``), beside *numba-ln unfused* (``np.add(x, r, out=s)``,
+  then the norm of ``s`` with ``out=``: what a user writes without the
+  fused form) and PyTorch (``torch.add(x, r, out=s)`` into a preallocated
+  ``s``, then ``F.layer_norm`` / ``F.rms_norm``, which take no ``out=`` and
+  allocate ``y``; PyTorch's CPU has no fused form).
+- Layer norm's ``forward`` and ``backward`` run on every device; the
+  operations of :data:`~bench.cases.NORM_OPERATIONS` on the CPU only.
 - GPU callables synchronize the device before returning, so the clock covers
   the work.
 - A competitor that cannot run here raises :class:`Unavailable` with the
@@ -36,7 +47,11 @@ from numba import prange
 
 from numba_ln import backends, layer_norm, layer_norm_backward
 
-from .cases import EPS, check_output, draw, make_inputs, numpy_backward, numpy_forward
+from numba_ln import rms_norm
+
+from .cases import (ALL_OPERATIONS, EPS, OPERATIONS, RESIDUAL_OPERATIONS, check_output, draw,
+                    make_inputs, numpy_add_forward, numpy_backward, numpy_forward,
+                    numpy_rms_forward)
 
 DEVICES = ("cpu", "cuda")
 ROOT = Path(__file__).resolve().parent.parent
@@ -63,6 +78,9 @@ class Competitor:
         ``build(case, inputs, workspace)``: the zero-argument callable to time
         (it returns the result, checked before timing), or for the roofline a
         dict of such callables by kernel name; raises :class:`Unavailable`.
+    operations : tuple of str
+        The operations it implements (default: every one of
+        :data:`~bench.cases.ALL_OPERATIONS`).
     """
 
     key: str
@@ -70,6 +88,7 @@ class Competitor:
     device: str
     roofline: bool
     build: Callable
+    operations: tuple = ALL_OPERATIONS
 
     @property
     def id(self):
@@ -125,12 +144,24 @@ class Workspace:
 # --------------------------------------------------------------------------- numba-ln, NumPy
 
 
+def _norm(case, inputs):
+    """The forward norm of ``case`` as ``norm(x, **options)``: layer norm or RMSNorm."""
+    w, b = inputs.weight, inputs.bias
+    if case.rms:
+        return lambda x, **options: rms_norm(x, w, eps=EPS, **options)
+    return lambda x, **options: layer_norm(x, w, b, eps=EPS, **options)
+
+
 def _build_numba_ln(case, inputs, workspace):
     x, w, b = inputs.x, inputs.weight, inputs.bias
-    if case.operation == "forward":
-        return lambda: layer_norm(x, w, b, eps=EPS)
-    dy, mean, rstd = inputs.dy, inputs.mean, inputs.rstd
-    return lambda: layer_norm_backward(dy, x, mean, rstd, w)
+    if case.operation == "backward":
+        dy, mean, rstd = inputs.dy, inputs.mean, inputs.rstd
+        return lambda: layer_norm_backward(dy, x, mean, rstd, w)
+    norm = _norm(case, inputs)
+    if case.residual:
+        r = inputs.residual
+        return lambda: norm(x, residual=r)
+    return lambda: norm(x)
 
 
 def _build_numba_ln_stats(case, inputs, workspace):
@@ -143,16 +174,37 @@ def _build_numba_ln_stats(case, inputs, workspace):
 def _build_numba_ln_out(case, inputs, workspace):
     x, w, b = inputs.x, inputs.weight, inputs.bias
     result = np.empty_like(x)  # y, or dx: written in place call after call
-    if case.operation == "forward":
-        return lambda: layer_norm(x, w, b, eps=EPS, out=result)
-    dy, mean, rstd = inputs.dy, inputs.mean, inputs.rstd
-    return lambda: layer_norm_backward(dy, x, mean, rstd, w, out=result)
+    if case.operation == "backward":
+        dy, mean, rstd = inputs.dy, inputs.mean, inputs.rstd
+        return lambda: layer_norm_backward(dy, x, mean, rstd, w, out=result)
+    norm = _norm(case, inputs)
+    if case.residual:
+        r, s = inputs.residual, np.empty_like(inputs.residual)
+        return lambda: norm(x, out=result, residual=r, residual_out=s)
+    return lambda: norm(x, out=result)
+
+
+def _build_numba_ln_unfused(case, inputs, workspace):
+    """``s = x + r`` by NumPy into ``s``, then numba-ln's norm of ``s`` into ``y``."""
+    x, r = inputs.x, inputs.residual
+    y, s = np.empty_like(x), np.empty_like(r)
+    norm = _norm(case, inputs)
+
+    def call():
+        np.add(x, r, out=s)
+        return norm(s, out=y), s
+    return call
 
 
 def _build_numpy(case, inputs, workspace):
     x, w, b = inputs.x, inputs.weight, inputs.bias
     if case.operation == "forward":
         return lambda: numpy_forward(x, w, b)
+    if case.operation == "rms_forward":
+        return lambda: numpy_rms_forward(x, w)
+    if case.residual:
+        r = inputs.residual
+        return lambda: numpy_add_forward(x, r, w, b, rms=case.rms)
     dy, mean, rstd = inputs.dy, inputs.mean, inputs.rstd
     return lambda: numpy_backward(dy, x, mean, rstd, w)
 
@@ -189,8 +241,28 @@ def _torch_call(case, inputs, device, sync, kernels=False):
 
     x, w, b = tensor(inputs.x), tensor(inputs.weight), tensor(inputs.bias)
     shape = [case.cols]
+    functional = torch.nn.functional
     try:
-        if case.operation == "forward":
+        if case.operation in ("rms_forward",) + RESIDUAL_OPERATIONS:
+            if kernels:
+                raise Unavailable(f"no aten kernel call for {case.operation}")
+            norm = ((lambda a: functional.rms_norm(a, shape, w, EPS)) if case.rms
+                    else (lambda a: functional.layer_norm(a, shape, w, b, EPS)))
+            if case.residual:
+                r = tensor(inputs.residual)
+                s = torch.empty_like(r)
+
+                def call():  # F.layer_norm / F.rms_norm take no out=
+                    torch.add(x, r, out=s)
+                    y = norm(s)
+                    sync()
+                    return y, s
+            else:
+                def call():
+                    y = norm(x)
+                    sync()
+                    return y
+        elif case.operation == "forward":
             forward = (torch.ops.aten.native_layer_norm if kernels
                        else torch.nn.functional.layer_norm)
 
@@ -304,6 +376,16 @@ def _copy_parallel(src, dst, chunks):
 
 
 @numba.njit(parallel=True, cache=True)
+def _copy2_parallel(a, b, dst_a, dst_b, chunks):
+    for chunk in prange(chunks):
+        lo, hi = _chunk(dst_a.size, chunks, chunk)
+        s, t, d, e = a[lo:hi], b[lo:hi], dst_a[lo:hi], dst_b[lo:hi]
+        for i in range(d.size):
+            d[i] = s[i]
+            e[i] = t[i]
+
+
+@numba.njit(parallel=True, cache=True)
 def _xor_parallel(a, b, dst, chunks):
     for chunk in prange(chunks):
         lo, hi = _chunk(dst.size, chunks, chunk)
@@ -336,13 +418,20 @@ def roofline_candidates(case, inputs, out=None):
     -------
     dict of str to callable
         Each callable moves :attr:`Case.bytes_moved` bytes in the case's
-        pattern (forward: ``out = x``; backward: ``out = x ^ dy`` on the raw
-        bits).
+        pattern (forward, rms_forward: ``out = x``; backward: ``out = x ^ dy``
+        on the raw bits; the fused add: ``out = x`` and a second array ``=
+        residual``).
     """
     x = _raw(inputs.x)
     out = np.empty_like(x) if out is None else _raw(out).view(x.dtype)
     threads = numba.get_num_threads()
-    if case.operation == "forward":
+    if case.residual:  # x -> out and residual -> a second array: 2 reads, 2 writes
+        r = _raw(inputs.residual)
+        s = np.empty_like(r)
+        return {f"numba prange 2 copies, {threads} threads":
+                lambda: _copy2_parallel(x, r, out, s, threads),
+                "np.copyto twice": lambda: (np.copyto(out, x), np.copyto(s, r))}
+    if case.operation in ("forward", "rms_forward"):
         return {f"numba prange copy, {threads} threads":
                 lambda: _copy_parallel(x, out, threads),
                 "np.copyto": lambda: np.copyto(out, x)}
@@ -365,11 +454,20 @@ _C_FLOATS = {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}
 _C_PARAMETERS = {
     "forward": ("x", "ldx", "weight", "bias", "y", "ldy", "mean", "rstd", "rows", "cols",
                 "eps"),
+    "rms_forward": ("x", "ldx", "weight", "y", "ldy", "rstd", "rows", "cols", "eps"),
+    "add_ln_forward": ("x", "ldx", "residual", "ldr", "weight", "bias", "y", "ldy", "s", "lds",
+                       "mean", "rstd", "rows", "cols", "eps"),
+    "add_rms_forward": ("x", "ldx", "residual", "ldr", "weight", "y", "ldy", "s", "lds", "rstd",
+                        "rows", "cols", "eps"),
     "backward": ("dy", "lddy", "x", "ldx", "mean", "rstd", "weight", "dx", "lddx", "dweight",
                  "dbias", "rows", "cols"),
 }
+#: Each operation's C function, less the dtype suffix (issue 17 names the new ones).
+_C_FUNCTIONS = {"forward": "nln_layer_norm_", "backward": "nln_layer_norm_backward_",
+                "rms_forward": "nln_rms_norm_", "add_ln_forward": "nln_add_layer_norm_",
+                "add_rms_forward": "nln_add_rms_norm_"}
 #: The row-major matrices, passed in the case's dtype; vectors are converted.
-_C_MATRICES = ("x", "y", "dy", "dx")
+_C_MATRICES = ("x", "y", "dy", "dx", "residual", "s")
 
 
 def default_capi_library():
@@ -446,8 +544,7 @@ def load_capi(library, header):
 def _build_capi(case, inputs, workspace):
     library, header = find_capi_library(workspace.capi_lib)
     ffi, lib = load_capi(library, header)
-    function = "nln_layer_norm" + ("_" if case.operation == "forward" else "_backward_")
-    function += _C_SUFFIXES[case.dtype]
+    function = _C_FUNCTIONS[case.operation] + _C_SUFFIXES[case.dtype]
     if function not in dir(lib):
         raise Unavailable(f"{header.name} declares no {function}")
     try:
@@ -460,9 +557,10 @@ def _build_capi(case, inputs, workspace):
     # Output vectors start as zeros: converted to the header's type, garbage could overflow.
     data = {"x": inputs.x, "weight": inputs.weight, "ldx": cols, "rows": rows, "cols": cols,
             "eps": EPS}
-    if case.operation == "forward":
+    if case.operation != "backward":
         data.update(bias=inputs.bias, y=result, ldy=cols, mean=np.zeros(rows),
-                    rstd=np.zeros(rows))
+                    rstd=np.zeros(rows), residual=inputs.residual, ldr=cols,
+                    s=np.empty_like(inputs.residual), lds=cols)
     else:
         data.update(dy=inputs.dy, lddy=cols, dx=result, lddx=cols,
                     mean=inputs.mean.reshape(-1), rstd=inputs.rstd.reshape(-1),
@@ -485,12 +583,14 @@ def _build_capi(case, inputs, workspace):
             value = ffi.from_buffer(f"{kind.item.cname}[]", value)
         values.append(value)
 
+    s = data.get("s")  # contiguous in the case's dtype: passed as it is, like y
+
     def call():
         status = fn(*values)
         if status:
             detail = ffi.string(lib.nln_last_error()).decode(errors="replace")
             raise RuntimeError(f"{function} returned status {status}: {detail}")
-        return result
+        return (result, s) if case.residual else result
 
     call.arrays = arrays
     return call
@@ -502,15 +602,17 @@ def _build_capi(case, inputs, workspace):
 COMPETITORS = (
     Competitor("roofline", "copy roofline", "cpu", True, _build_roofline_cpu),
     Competitor("numba_ln_out", "numba-ln (out=)", "cpu", False, _build_numba_ln_out),
+    Competitor("numba_ln_unfused", "numba-ln unfused", "cpu", False, _build_numba_ln_unfused,
+               RESIDUAL_OPERATIONS),
     Competitor("numba_ln", "numba-ln", "cpu", False, _build_numba_ln),
     Competitor("capi", "numba-ln C ABI", "cpu", False, _build_capi),
     Competitor("torch", "PyTorch", "cpu", False, _build_torch_cpu),
     Competitor("numpy", "NumPy", "cpu", False, _build_numpy),
-    Competitor("roofline", "copy roofline", "cuda", True, _build_roofline_cuda),
+    Competitor("roofline", "copy roofline", "cuda", True, _build_roofline_cuda, OPERATIONS),
     Competitor("numba_ln_out", "numba-ln (out=)", "cuda", False,
-               functools.partial(_build_numba_ln_cuda, out=True)),
-    Competitor("numba_ln", "numba-ln", "cuda", False, _build_numba_ln_cuda),
-    Competitor("torch", "PyTorch", "cuda", False, _build_torch_cuda),
+               functools.partial(_build_numba_ln_cuda, out=True), OPERATIONS),
+    Competitor("numba_ln", "numba-ln", "cuda", False, _build_numba_ln_cuda, OPERATIONS),
+    Competitor("torch", "PyTorch", "cuda", False, _build_torch_cuda, OPERATIONS),
 )
 
 
@@ -526,20 +628,25 @@ CURVE_COMPETITORS = (
 )
 
 
-def competitors(devices=DEVICES):
+def competitors(devices=DEVICES, operation=None):
     """The competitors on ``devices``: roofline first on each device, NumPy last.
 
-    Every competitor implements both operations.
+    Every competitor implements layer norm's forward and backward; the CPU's
+    the other operations too, and *numba-ln unfused* only the fused residual
+    add's.
 
     Parameters
     ----------
     devices : iterable of str
+    operation : str, optional
+        Only the competitors that implement it (default: all).
 
     Returns
     -------
     list of Competitor
     """
-    return [c for c in COMPETITORS if c.device in devices]
+    return [c for c in COMPETITORS
+            if c.device in devices and (operation is None or operation in c.operations)]
 
 
 @dataclass

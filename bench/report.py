@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .cases import OPERATIONS, TARGET_SHAPES
+from .cases import ALL_OPERATIONS, NORM_OPERATIONS, OPERATIONS, TARGET_SHAPES
 
 COLUMNS = ("shape", "device", "implementation", "time", "GB/s", "% roofline",
            "x NumPy", "x PyTorch")
@@ -92,6 +92,71 @@ def target_records(records):
     shapes = {f"{r}x{c}" for r, c in TARGET_SHAPES} | {"1x768"}
     return [r for r in records if r["device"] == "cpu" and r["shape"] in shapes
             and r["key"] in ("numba_ln", "numba_ln_out", "capi")]
+
+
+#: The columns of :func:`norm_rows`.
+NORM_COLUMNS = ("operation", "dtype", "shape", "median", "% roofline", "x unfused",
+                "x PyTorch", "others")
+
+
+def _median_ratio(numerator, denominator):
+    if not (numerator and denominator):
+        return None
+    return numerator["median_s"] / denominator["median_s"]
+
+
+def norm_rows(records):
+    """numba-ln (out=) on the CPU: layer norm, RMSNorm and the fused residual add, by medians.
+
+    Issue 17's ratios, at every shape and dtype where an operation of
+    :data:`~bench.cases.NORM_OPERATIONS` was measured: the forward's (layer
+    norm and RMSNorm) and the fused add's share of the roofline (the copy
+    moving the same bytes -- twice a copy's for the fused add), and the fused
+    add's speedup over numba-ln unfused (``np.add`` into ``s``, then the norm
+    with ``out=``) and over PyTorch (``torch.add(out=)`` then ``F.layer_norm``
+    / ``F.rms_norm``). All are ratios of medians of the same interleaved run.
+
+    Parameters
+    ----------
+    records : list of dict
+
+    Returns
+    -------
+    list of tuple of str
+        A header (:data:`NORM_COLUMNS`), then one row per operation, shape
+        and dtype; empty where no norm operation was measured.
+    """
+    found = {}
+    for r in records:
+        if r["device"] == "cpu":
+            found.setdefault((r["dtype"], r["shape"], r["operation"]), {})[r["key"]] = r
+    places = []
+    for dtype, shape, operation in found:
+        if operation in NORM_OPERATIONS and (dtype, shape) not in places:
+            places.append((dtype, shape))
+    rows = []
+    for dtype, shape in places:
+        for operation in ALL_OPERATIONS:
+            by_key = found.get((dtype, shape, operation), {})
+            mine = by_key.get("numba_ln_out")
+            if operation == "backward" or not mine:
+                continue
+            rows.append((operation, dtype, shape, format_time(mine["median_s"]),
+                         _percent(_median_ratio(by_key.get("roofline"), mine)),
+                         _ratio(_median_ratio(by_key.get("numba_ln_unfused"), mine)),
+                         _ratio(_median_ratio(by_key.get("torch"), mine)),
+                         _percent(mine.get("others_cpu"))))
+    return [NORM_COLUMNS] + rows if rows else []
+
+
+_NORM_METHOD = ("numba-ln with `out=` (and `residual_out=`) preallocated; median of the "
+                "interleaved samples; % roofline: the copy's median over numba-ln's (the fused "
+                "add's copy moves x and the residual: twice a copy's bytes); x unfused: "
+                "`np.add(x, r, out=s)` then the norm of s with `out=`, over the fused call; "
+                "x PyTorch: `F.layer_norm` / `F.rms_norm` (after `torch.add(x, r, out=s)` for "
+                "the fused add) over numba-ln; others: the share of the CPUs other processes "
+                "took while the case was timed (the kernels are compute-bound per core on a "
+                "2-core machine, so a busy neighbour lowers % roofline)")
 
 
 def _text_table(rows, first_figure=None):
@@ -247,13 +312,20 @@ def format_text(results):
     out = [f"numba-ln benchmark, {results['date']}",
            machine_line(results), versions_line(results)]
     if results["results"]:
-        out.append("time: best of the timed calls; GB/s: bytes moved / time (forward x+y, "
-                   "backward x+dy+dx); % roofline: of the copy moving the same bytes on the "
+        out.append("time: best of the timed calls; GB/s: bytes moved / time (forward and "
+                   "rms_forward x+y, backward x+dy+dx, add_*_forward x+r+y+s); % roofline: of "
+                   "the copy moving the same bytes on the "
                    "same device in this run; xNumPy / xPyTorch: speedup over them")
     out.append("")
     for (operation, dtype), records in sections(results["results"]).items():
         out.append(f"== {operation}, {dtype}")
         out.append(_text_table([COLUMNS] + [row_cells(r) for r in records]))
+        out.append("")
+    norms = norm_rows(results["results"])
+    if norms:
+        out.append("== layer norm, RMSNorm and the fused residual add (CPU): "
+                   + _NORM_METHOD.replace("`", ""))
+        out.append(_text_table(norms, first_figure=3))
         out.append("")
     targets = target_records(results["results"])
     if targets:
@@ -303,11 +375,17 @@ def format_markdown(results, plot=None, curve_plot=None):
         out += ["Time is the best of the timed calls after a warm-up call (JIT compilation "
                 "excluded); the implementations of one case are timed in interleaved rounds, "
                 "the roofline throughout, so a noisy moment hits them alike. GB/s counts the "
-                "bytes that must move: forward reads `x` and writes `y`; backward reads `x` "
-                "and `dy` and writes `dx`. **% roofline** compares with a plain streaming "
+                "bytes that must move: forward (and RMSNorm's, `rms_forward`) reads `x` and "
+                "writes `y`; backward reads `x` and `dy` and writes `dx`; the fused residual "
+                "add + norm (`add_ln_forward`, `add_rms_forward`) reads `x` and `r` and "
+                "writes `y` and `s = x + r`. **% roofline** compares with a plain streaming "
                 "kernel moving the same bytes on the same device in the same run (the faster "
                 "of a numba `prange` kernel on every thread and NumPy's "
-                "`copyto`/`bitwise_xor`). `numba-ln (out=)` writes into a preallocated array; "
+                "`copyto`/`bitwise_xor`; for the fused add, two copies). `numba-ln (out=)` "
+                "writes into preallocated arrays (`out=`, and `residual_out=` for the fused "
+                "add); `numba-ln unfused` is `np.add(x, r, out=s)` then the norm of `s` with "
+                "`out=`; PyTorch's fused-add row is `torch.add(x, r, out=s)` then "
+                "`F.layer_norm` / `F.rms_norm` (which take no `out=`); "
                 "`numba-ln` allocates its result, as PyTorch and NumPy do; `numba-ln C ABI` "
                 "calls `libnumba_ln.so` from Python with caller-allocated outputs. The NumPy "
                 "implementation is plain vectorized NumPy (`numpy_forward` / `numpy_backward` "
@@ -331,6 +409,10 @@ def format_markdown(results, plot=None, curve_plot=None):
                 _markdown_table([("operation", "dtype") + COLUMNS]
                                 + [(r["operation"], r["dtype"]) + row_cells(r)
                                    for r in targets]), ""]
+    norms = norm_rows(results["results"])
+    if norms:
+        out += ["## Layer norm, RMSNorm and the fused residual add (CPU)", "",
+                f"{_NORM_METHOD}.", "", _markdown_table(norms, first_figure=3), ""]
     curve = results.get("size_curve")
     if curve:
         out += [f"## Size curve, {curve['dtype']}", "",
@@ -355,7 +437,8 @@ def format_markdown(results, plot=None, curve_plot=None):
     out += ["Run it yourself from a checkout: `make bench` (the default set above), "
             "`python -m bench --quick` (under a minute on two cores), or pick with "
             "`--device cpu|cuda|all`, `--dtype float32,float16`, `--shapes 65536x1024,1x768`, "
-            "`--ops forward,backward`, `--capi-lib PATH`; `--out DIR` writes `results.json`, "
+            "`--ops forward,backward,rms_forward,add_ln_forward,add_rms_forward`, "
+            "`--capi-lib PATH`; `--out DIR` writes `results.json`, "
             "`plot.png` and `size_curve.png`. `python -m bench --curve` measures the size "
             "curve alone (`--rounds N`, default 15; `--no-curve` leaves it out of the "
             "default run). The same cases run under pytest-benchmark with "
@@ -364,7 +447,7 @@ def format_markdown(results, plot=None, curve_plot=None):
     return "\n".join(out)
 
 
-_COLORS = {"numba-ln (out=)": "tab:red", "numba-ln": "tab:green",
+_COLORS = {"numba-ln (out=)": "tab:red", "numba-ln": "tab:green", "numba-ln unfused": "tab:brown",
            "numba-ln C ABI": "tab:purple", "PyTorch": "tab:orange", "NumPy": "tab:blue"}
 
 
@@ -395,7 +478,7 @@ def plot(results, path):
     records = [r for r in results["results"] if not r["small"]]
     dtypes = [d for d in ("float32", "float16", "float64")
               if any(r["dtype"] == d for r in records)]
-    columns = [(op, dev) for dev in ("cpu", "cuda") for op in ("forward", "backward")
+    columns = [(op, dev) for dev in ("cpu", "cuda") for op in ALL_OPERATIONS
                if any((r["operation"], r["device"]) == (op, dev) for r in records)]
     order = {}  # implementations in the order they were measured: roofline first
     for r in records:

@@ -96,17 +96,20 @@ def run(case_list, devices=("cpu",), workspace=None, budget_s=timer.DEFAULT_BUDG
     skipped = {} if skipped is None else skipped
     found = []
     for case in case_list:
-        entries = prepare_all(case, competitors(devices), workspace, progress, skipped)
+        entries = prepare_all(case, competitors(devices, case.operation), workspace, progress,
+                              skipped)
+        before, start = cpu_seconds(), time.perf_counter()
         timings = timer.measure([e.call for e in entries], budget_s,
                                 followers={i for i, e in enumerate(entries)
                                            if e.competitor.roofline})
+        others = others_share(before, cpu_seconds(), time.perf_counter() - start)
         best = {}  # a roofline's fastest kernel stands for it
         for entry, timing in zip(entries, timings):
             key = entry.competitor.id
             if key not in best or timing.best_s < best[key][1].best_s:
                 best[key] = (entry, timing)
         del entries
-        found += records(case, list(best.values()))
+        found += records(case, list(best.values()), others)
         if progress:
             progress.step()
     workspace.clear()
@@ -156,13 +159,16 @@ def note(skipped, name, reason):
         skipped[name] = f"{known}; {reason}"
 
 
-def records(case, timed):
+def records(case, timed, others=None):
     """One case's timings as records with GB/s, roofline fraction and speedups.
 
     Parameters
     ----------
     case : Case
     timed : list of (Prepared, Timing)
+    others : float, optional
+        The share of the CPUs other processes used while the case was timed
+        (:func:`others_share`).
 
     Returns
     -------
@@ -171,8 +177,9 @@ def records(case, timed):
         ``group``, ``small``), the competitor (``implementation``, ``key``,
         ``device``, ``roofline``, ``kernel``), ``bytes``, the timing
         (``best_s``, ``median_s``, ``samples``, ``loops``), :func:`figures`
-        and the speedups over NumPy and PyTorch on the same device (None
-        where absent).
+        and the speedups over NumPy, PyTorch and (the fused residual add)
+        numba-ln unfused on the same device (None where absent), and
+        ``others_cpu`` (``others``).
     """
     by_key = {(p.competitor.device, p.competitor.key): timing for p, timing in timed}
     found = []
@@ -181,6 +188,7 @@ def records(case, timed):
         roofline = by_key.get((competitor.device, "roofline"))
         numpy_t = by_key.get(("cpu", "numpy"))
         torch_t = by_key.get((competitor.device, "torch"))
+        unfused_t = by_key.get((competitor.device, "numba_ln_unfused"))
         found.append({
             "operation": case.operation, "rows": case.rows, "cols": case.cols,
             "shape": case.label, "dtype": case.dtype, "group": case.group,
@@ -191,6 +199,8 @@ def records(case, timed):
             **figures(case, timing.best_s, roofline.best_s if roofline else None),
             "speedup_vs_numpy": numpy_t.best_s / timing.best_s if numpy_t else None,
             "speedup_vs_torch": torch_t.best_s / timing.best_s if torch_t else None,
+            "speedup_vs_unfused": unfused_t.best_s / timing.best_s if unfused_t else None,
+            "others_cpu": others,
         })
     return found
 

@@ -143,7 +143,13 @@ def test_run_prints_the_table(tiny_run):
     for name in ("copy roofline", "numba-ln (out=)", "numba-ln", "NumPy"):
         assert f"  {name}  " in stdout
     assert "4x64" in stdout
-    assert "] 0/2 " in stderr and "] 1/2 " in stderr  # the progress bar: one line per case
+    # The progress bar: one line per case (layer norm's two operations, then the three of
+    # issue 17, at the one shape given).
+    assert "] 0/5 " in stderr and "] 4/5 " in stderr
+    for heading in ("== rms_forward, float32", "== add_ln_forward, float32",
+                    "== add_rms_forward, float32"):
+        assert heading in stdout
+    assert "  numba-ln unfused  " in stdout
 
 
 def test_run_writes_json_with_every_figure(tiny_run):
@@ -160,17 +166,25 @@ def test_run_writes_json_with_every_figure(tiny_run):
     assert results["settings"]["devices"] == ["cpu"]
     records = results["results"]
     keys = {(r["operation"], r["key"]) for r in records}
-    assert {(operation, key) for operation in ("forward", "backward")
+    assert {(operation, key) for operation in cases.ALL_OPERATIONS
             for key in ("roofline", "numba_ln_out", "numba_ln", "numpy")} <= keys
+    assert {key for operation, key in keys if key == "numba_ln_unfused"} == {"numba_ln_unfused"}
+    assert {operation for operation, key in keys if key == "numba_ln_unfused"} == set(
+        cases.RESIDUAL_OPERATIONS)
+    streams = {"forward": 2, "backward": 3, "rms_forward": 2, "add_ln_forward": 4,
+               "add_rms_forward": 4}
     for r in records:
-        assert r["bytes"] == (2 if r["operation"] == "forward" else 3) * 4 * 64 * 4
+        assert r["bytes"] == streams[r["operation"]] * 4 * 64 * 4
+        fused = r["operation"] in cases.RESIDUAL_OPERATIONS
+        assert (r["speedup_vs_unfused"] is not None) == fused
+        assert r["others_cpu"] is None or 0 <= r["others_cpu"] <= 1
         assert r["best_s"] > 0 and r["median_s"] >= r["best_s"] and r["samples"] >= 1
         assert r["gbps"] == pytest.approx(r["bytes"] / r["best_s"] / 1e9)
         assert r["roofline_fraction"] == pytest.approx(r["gbps"] / r["roofline_gbps"])
         assert r["speedup_vs_numpy"] > 0
         assert r["group"] == f"{r['operation']}|4x64|float32"
     roofline = [r for r in records if r["key"] == "roofline"]
-    assert len(roofline) == 2  # one per operation: the faster kernel stands for it
+    assert len(roofline) == 5  # one per operation: the faster kernel stands for it
     assert all(r["kernel"] and r["roofline_fraction"] == pytest.approx(1.0) for r in roofline)
     if versions["torch"] is None:
         assert any("PyTorch" in name for name in results["skipped"])
@@ -266,7 +280,43 @@ def test_which_runs_measure_the_size_curve(argv, curve_shapes, table_shapes):
     if curve_shapes is None:
         assert not found["size_curve"]
     else:
-        assert found["size_curve"] == {"shapes": curve_shapes, "rounds": 7}
+        assert found["size_curve"] == {"shapes": curve_shapes, "rounds": 7,
+                                       "operations": ["forward", "backward"]}
+
+
+@pytest.mark.parametrize("argv, norm_shapes", [
+    ([], cases.NORM_SHAPES),
+    (["--quick"], cases.QUICK_NORM_SHAPES),
+    (["--shapes", "2x64,1x8"], ((2, 64), (1, 8))),
+    (["--curve"], ()),
+])
+def test_where_the_norm_operations_run(argv, norm_shapes):
+    found = chosen(argv)
+    assert found["norm_shapes"] == [list(s) for s in norm_shapes]
+    if "--curve" not in argv:
+        assert found["operations"] == cases.ALL_OPERATIONS
+    made = cases.cases([tuple(s) for s in found["shapes"]], ["float32"], found["operations"],
+                       [tuple(s) for s in found["norm_shapes"]])
+    for operation in cases.NORM_OPERATIONS:
+        assert [c.shape for c in made if c.operation == operation] == [
+            tuple(s) for s in norm_shapes]
+    for operation in cases.OPERATIONS:
+        assert [c.shape for c in made if c.operation == operation] == [
+            tuple(s) for s in found["shapes"]]
+
+
+def test_norm_operations_only_on_the_cpu_and_not_in_the_curve(capsys, monkeypatch):
+    assert "the size curve measures forward and backward only" in usage_error(
+        capsys, ["--curve", "--ops", "rms_forward"])
+    curve_ops = chosen(["--ops", "backward,add_ln_forward"])["size_curve"]["operations"]
+    assert curve_ops == ["backward"]
+    assert not chosen(["--ops", "rms_forward"])["size_curve"]
+    monkeypatch.setattr("bench.__main__.gpu_unavailable_reason", lambda: None)
+    assert chosen(["--device", "cuda"])["operations"] == cases.OPERATIONS
+    for operation in cases.NORM_OPERATIONS:
+        assert {c.device for c in competitors.competitors(operation=operation)} == {"cpu"}
+    assert [c.key for c in competitors.competitors(("cpu",), "backward")] == [
+        "roofline", "numba_ln_out", "numba_ln", "capi", "torch", "numpy"]
 
 
 def test_curve_points_are_the_issues():
@@ -471,6 +521,82 @@ def test_check_output_rejects_a_wrong_result():
     bad[-1, 3] += 0.5
     with pytest.raises(AssertionError, match="differs from the float64 reference"):
         cases.check_output(case, inputs, bad)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+def test_check_output_checks_both_results_of_the_fused_add(rms):
+    case = cases.Case("add_rms_forward" if rms else "add_ln_forward", 8, 16, "float32")
+    inputs = cases.make_inputs(case.shape, case.dtype)
+    norm = (lambda x: numba_ln.rms_norm(x, inputs.weight)) if rms else (
+        lambda x: numba_ln.layer_norm(x, inputs.weight, inputs.bias))
+    s = inputs.x + inputs.residual
+    cases.check_output(case, inputs, (norm(s), s))
+    with pytest.raises(AssertionError, match="result differs"):  # the norm of x, not of s
+        cases.check_output(case, inputs, (norm(inputs.x), s))
+    with pytest.raises(AssertionError, match="residual sum s differs"):
+        cases.check_output(case, inputs, (norm(s), inputs.x))
+    with pytest.raises(AssertionError, match="no residual sum s"):
+        cases.check_output(case, inputs, norm(s))
+
+
+def test_rms_forward_reference_is_not_layer_norm():
+    case = cases.Case("rms_forward", 8, 16, "float32")
+    inputs = cases.make_inputs(case.shape, case.dtype)
+    cases.check_output(case, inputs, numba_ln.rms_norm(inputs.x, inputs.weight))
+    with pytest.raises(AssertionError, match="differs"):
+        cases.check_output(case, inputs, numba_ln.layer_norm(inputs.x, inputs.weight))
+
+
+@pytest.mark.parametrize("operation", cases.RESIDUAL_OPERATIONS)
+def test_fused_add_rows_write_y_and_s(operation):
+    """numba-ln (out=) and numba-ln unfused write their preallocated y and s call after call,
+    and never the inputs."""
+    workspace = competitors.Workspace()
+    case = cases.Case(operation, 5, 40, "float32")
+    inputs = workspace.inputs(case)
+    x, r = inputs.x.copy(), inputs.residual.copy()
+    for key in ("numba_ln_out", "numba_ln_unfused"):
+        [prepared] = prepare(key, case, workspace)
+        y1, s1 = prepared.call()
+        y2, s2 = prepared.call()
+        assert y1 is y2 and s1 is s2  # the same buffers
+        np.testing.assert_array_equal(s1, x + r)
+    np.testing.assert_array_equal(inputs.x, x)
+    np.testing.assert_array_equal(inputs.residual, r)
+
+
+@pytest.mark.parametrize("operation", cases.RESIDUAL_OPERATIONS)
+def test_fused_add_roofline_copies_both_arrays(operation):
+    case = cases.Case(operation, 3, 1001, "float16")
+    inputs = cases.make_inputs(case.shape, case.dtype)
+    out = np.zeros_like(inputs.x)
+    candidates = competitors.roofline_candidates(case, inputs, out)
+    assert len(candidates) == 2 and any("prange" in name for name in candidates)
+    for call in candidates.values():
+        out[...] = 0
+        call()
+        np.testing.assert_array_equal(out, inputs.x)
+    assert case.bytes_moved == 2 * cases.Case("forward", 3, 1001, "float16").bytes_moved
+
+
+def test_norm_rows_are_ratios_of_medians():
+    def record(operation, key, median_s):
+        return {"device": "cpu", "dtype": "float32", "shape": "4x8", "operation": operation,
+                "key": key, "median_s": median_s}
+    records = [record("forward", "roofline", 1.0), record("forward", "numba_ln_out", 2.0),
+               record("forward", "torch", 4.0), record("backward", "numba_ln_out", 9.0),
+               record("add_ln_forward", "roofline", 3.0),
+               record("add_ln_forward", "numba_ln_out", 4.0),
+               record("add_ln_forward", "numba_ln_unfused", 6.0),
+               record("add_ln_forward", "torch", 8.0)]
+    rows = report.norm_rows(records)
+    assert rows[0] == report.NORM_COLUMNS
+    records[5]["others_cpu"] = 0.25
+    rows = report.norm_rows(records)
+    assert rows[1:] == [("forward", "float32", "4x8", "2.00 s", "50%", "", "2.00x", ""),
+                        ("add_ln_forward", "float32", "4x8", "4.00 s", "75%", "1.50x", "2.00x",
+                         "25%")]
+    assert report.norm_rows(records[:4]) == []  # no norm operation measured
 
 
 def test_workspace_keeps_one_case_of_inputs():
