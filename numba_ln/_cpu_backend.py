@@ -134,7 +134,8 @@ def _direct_param(param, dtype, cols):
     return None
 
 
-def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False, centered=True):
+def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False, centered=True,
+                   residual=None, residual_out=None):
     """``layer_norm(x, weight, bias, axis=axis, eps=eps, out=out, return_stats=...)``, or None.
 
     The common case of a NumPy pipeline, for about half the Python overhead
@@ -147,7 +148,9 @@ def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False, cen
     :class:`~numba_ln._validate.Spec`; it runs the same kernels as every
     other forward (the same bits). Anything else, every error included,
     returns None and takes the general path. Not ``centered``: RMSNorm
-    (``bias`` None), returning ``y`` or ``(y, rstd)``.
+    (``bias`` None), returning ``y`` or ``(y, rstd)``. A ``residual`` of
+    ``x``'s shape, dtype and layout, with ``residual_out`` None or as ``out``
+    is taken (it may be ``residual`` or ``x``), adds ``s`` after ``y``.
     """
     found = _direct_rows(x)
     if (found is None or type(axis) is not int or (axis != -1 and axis != x.ndim - 1)
@@ -158,24 +161,36 @@ def direct_forward(x, weight, bias, axis, eps, out=None, return_stats=False, cen
     b = _direct_param(bias, dtype, cols)
     if w is None or b is None:
         return None
+    s = r_buf = s_buf = None
+    if residual is not None:
+        if (type(residual) is not np.ndarray or residual.dtype is not dtype
+                or residual.shape != x.shape or not _contiguous_aligned(residual)):
+            return None
+        if residual_out is None:
+            residual_out = np.empty_like(x)
+        elif not _direct_out(residual_out, x, (x, residual, weight, bias)):
+            return None
+        s, r_buf, s_buf = residual_out, residual.ravel(), residual_out.ravel()
+    elif residual_out is not None:  # an error: the general path says which
+        return None
     if out is None:
         out = np.empty_like(x)
-    elif not _direct_out(out, x, (x, weight, bias)):
+    elif out is s or not _direct_out(out, x, (x, weight, bias, residual, s)):
         return None
     rstd = np.empty(rows, dtype) if return_stats else _NO_STATS[dtype]
     mean = np.empty(rows, dtype) if return_stats and centered else _NO_STATS[dtype]
     if x.size <= SERIAL_MAX_ELEMENTS:  # the plan's answer at this size, without asking
-        cpu.ln_fwd_rows(x.ravel(), cols, None, 0, w[0], b[0], w[1], b[1], out.ravel(), cols,
-                        None, 0, mean, rstd, rows, cols, eps, centered, None)
+        cpu.ln_fwd_rows(x.ravel(), cols, r_buf, cols, w[0], b[0], w[1], b[1], out.ravel(), cols,
+                        s_buf, cols, mean, rstd, rows, cols, eps, centered, None)
     else:
         cpu.ln_fwd(x.ravel(), cols, w[0], b[0], w[1], b[1], out.ravel(), cols, mean, rstd,
-                   rows, cols, eps, centered)
-    if not return_stats:
-        return out
-    stats_shape = x.shape[:-1] + (1,)
-    if not centered:
-        return out, rstd.reshape(stats_shape)
-    return out, mean.reshape(stats_shape), rstd.reshape(stats_shape)
+                   rows, cols, eps, centered, r_buf, cols, s_buf, cols)
+    results = (out,) if s is None else (out, s)
+    if return_stats:
+        stats_shape = x.shape[:-1] + (1,)
+        stats = (mean, rstd) if centered else (rstd,)
+        results += tuple(stat.reshape(stats_shape) for stat in stats)
+    return results[0] if len(results) == 1 else results
 
 
 def _direct_rows(x):

@@ -85,7 +85,7 @@ def check_float_dtype(dtype, name):
     >>> check_float_dtype(np.dtype(np.int64), "weight")
     Traceback (most recent call last):
     ...
-    TypeError: weight has dtype int64; supported dtypes are float16, float32, float64
+    TypeError: weight has dtype int64; supported dtypes are float16, bfloat16 (ml_dtypes), float32, float64
     """
     # NumPy's native float dtypes are singletons: an identity test is the fast
     # path (a small call pays for every comparison of dtype objects).

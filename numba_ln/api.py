@@ -13,9 +13,9 @@ _BACKWARD_ARRAYS = ("dy", "mean", "rstd", "weight", "out", "dresidual")
 def _forward(centered, x, weight, bias, axis, eps, out, return_stats, device, stream, residual,
              residual_out):
     """``layer_norm`` (``centered``) or ``rms_norm``: one path for both."""
-    if device is None and residual is None and residual_out is None and type(x) is np.ndarray:
+    if device is None and type(x) is np.ndarray:
         result = _cpu_backend.direct_forward(x, weight, bias, axis, eps, out, return_stats,
-                                             centered)
+                                             centered, residual, residual_out)
         if result is not None:
             return result
     given_out, given_s = out, residual_out

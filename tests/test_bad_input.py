@@ -72,7 +72,8 @@ REFUSED = {
     "masked rstd": (_backward(rstd=_masked(np.ones((4, 1), np.float32))), TypeError,
                     r"rstd is a masked array"),
     "byte-swapped int": (_forward(x=_x().astype(">i4")), TypeError,
-                         r"x has dtype >i4; supported dtypes are float16, float32, float64"),
+                         r"x has dtype >i4; supported dtypes are float16, bfloat16 \(ml_dtypes\), "
+                         r"float32, float64"),
 }
 
 

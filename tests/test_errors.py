@@ -12,7 +12,7 @@ STATS = np.ones((4, 1), np.float32)
 @pytest.mark.parametrize("dtype", [np.int32, np.int64, np.bool_, np.complex64, object])
 def test_unsupported_x_dtype(dtype):
     with pytest.raises(TypeError, match=r"x has dtype .*; supported dtypes are float16, "
-                                        r"float32, float64"):
+                                        r"bfloat16 \(ml_dtypes\), float32, float64"):
         numba_ln.layer_norm(np.ones((2, 3), dtype))
 
 

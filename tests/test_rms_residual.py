@@ -403,3 +403,20 @@ def test_rms_norm_is_not_shift_invariant_unlike_layer_norm():
     assert np.abs(numba_ln.rms_norm(x + 10.0) - numba_ln.rms_norm(x)).max() > 0.1
     # A constant row: layer norm gives zeros, RMSNorm ones.
     np.testing.assert_allclose(numba_ln.rms_norm(np.full((1, 4), 5.0), eps=0.0), 1.0)
+
+
+@pytest.mark.parametrize("op", ["layer", "rms"])
+@pytest.mark.parametrize("shape", [(1, 768), (32, 1024), (300, 1024)], ids=str)
+def test_fused_calls_take_the_short_path_to_the_same_bits(rng, op, shape, general_calls):
+    x, residual = (rng.standard_normal(shape).astype(np.float32) for _ in range(2))
+    weight = rng.standard_normal(shape[-1]).astype(np.float32)
+    specs = general_calls("forward_spec")
+    s_out = np.empty_like(x)
+    short = _fused(op, x, residual, weight, residual_out=s_out)
+    in_place = _fused(op, x, residual.copy(), weight)
+    assert specs == [] and short[1] is s_out
+    general = _fused(op, x, memoryview(residual.copy()), weight)  # not an ndarray: general
+    assert len(specs) == 1
+    for a, b, c in zip(short, in_place, general):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
