@@ -366,8 +366,13 @@ def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
     spec = _spec(tuple(x.shape), x.dtype, axis, param_dtype)
     if tuple(dy.shape) != spec.shape:
         raise ValueError(f"dy has shape {tuple(dy.shape)}; expected x's shape {spec.shape}")
-    if _CANONICAL.get(np.dtype(dy.dtype)) is not spec.dtype:
-        raise TypeError(f"dy has dtype {np.dtype(dy.dtype)}; expected x's dtype {spec.dtype}")
+    dy_dtype = _CANONICAL.get(np.dtype(dy.dtype))
+    if dy_dtype is not spec.dtype:
+        hint = (f" (with a float32 residual stream, x is s: pass dy.astype({spec.dtype.name}))"
+                if dy_dtype is not None and is_half(dy_dtype) and spec.dtype is _FLOAT32
+                else "")
+        raise TypeError(f"dy has dtype {np.dtype(dy.dtype)}; expected x's dtype "
+                        f"{spec.dtype}{hint}")
     for name, stat in (("mean", mean), ("rstd", rstd)):
         if stat is None:
             continue

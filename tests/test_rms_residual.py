@@ -420,3 +420,11 @@ def test_fused_calls_take_the_short_path_to_the_same_bits(rng, op, shape, genera
     for a, b, c in zip(short, in_place, general):
         np.testing.assert_array_equal(a, b)
         np.testing.assert_array_equal(a, c)
+
+
+def test_a_float16_dy_with_a_float32_s_says_how_to_call():
+    s = np.ones((2, 4), np.float32)
+    with pytest.raises(TypeError, match=r"dy has dtype float16; expected x's dtype float32 "
+                                        r"\(with a float32 residual stream, x is s: pass "
+                                        r"dy.astype\(float32\)\)"):
+        numba_ln.rms_norm_backward(np.ones((2, 4), np.float16), s, np.ones(2, np.float32))
