@@ -141,7 +141,9 @@ def storage_dtype(dtype):
     """
     if dtype is _FLOAT16:
         return _UINT16
-    if dtype is BFLOAT16 and dtype is not None:
+    if dtype is _FLOAT32 or dtype is _FLOAT64:
+        return dtype
+    if (dtype is BFLOAT16 and dtype is not None) or _register_bfloat16(dtype):
         return _INT16
     return dtype
 

@@ -352,4 +352,4 @@ DTYPES = [np.float16, np.float32, np.float64]
 
 def param_dtype(dtype):
     """A gain/bias dtype that differs from x's where that is the realistic case."""
-    return np.float32 if dtype == np.float16 else dtype
+    return np.float32 if np.dtype(dtype).itemsize == 2 else dtype  # float16, bfloat16

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import numba_ln
+from numba_ln._validate import storage_dtype
 from reference import DTYPES, TOLERANCE, layer_norm as ref_layer_norm, param_dtype
 from reference import layer_norm_backward as ref_backward, rel_l2
 from layouts import unaligned_copy
@@ -231,7 +232,7 @@ def test_streaming_stores_write_the_same_bits(rng, dtype, cols, offset, variant)
     from numba_ln import cpu
 
     rows, ld = 5, cols + offset
-    storage = np.uint16 if dtype == np.float16 else dtype
+    storage = storage_dtype(np.dtype(dtype))
     compute = np.float64 if dtype == np.float64 else np.float32
     dy, x = (rng.standard_normal(rows * ld + offset).astype(dtype)[offset:].view(storage)
              for _ in range(2))
