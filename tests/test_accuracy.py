@@ -26,6 +26,7 @@ import pytest
 import numba_ln
 from reference import layer_norm as ref_layer_norm
 from reference import layer_norm_backward as ref_backward
+from reference import BFLOAT16
 
 EPS = 1e-5
 
@@ -38,7 +39,7 @@ KINDS = {
     "student-t2": lambda rng, shape: rng.standard_t(2, shape),
 }
 COLS = [100, 768, 4099, 65536]
-DTYPES = [np.float32, np.float16]
+DTYPES = [np.float32, np.float16] + ([BFLOAT16] if BFLOAT16 is not None else [])
 
 # A pairwise float32 sum reaches 3.5 and PyTorch 7.2 ulps of this scale over
 # thousands of rows; a sum shifted by the row's first element reaches 18 to 420.
@@ -113,10 +114,12 @@ def rstd_bound(rstd_ref, compute):
 
 
 def _output_rounding(values, dtype):
-    """Half an ulp of each value in a float16 output; float32/64 rounding is in the k eps."""
-    if np.dtype(dtype) != np.float16:
-        return 0.0
-    return 0.5 * np.spacing(np.abs(values).astype(np.float16)).astype(np.float64)
+    """Half an ulp of each value in a 16-bit output; float32/64 rounding is in the k eps."""
+    if np.dtype(dtype) == np.float16:
+        return 0.5 * np.spacing(np.abs(values).astype(np.float16)).astype(np.float64)
+    if np.dtype(dtype) == BFLOAT16:  # float32's significand cut by 16 bits, subnormals too
+        return 0.5 * 65536.0 * np.spacing(np.abs(values).astype(np.float32)).astype(np.float64)
+    return 0.0
 
 
 def y_bound(y_ref, dtype):
@@ -206,11 +209,17 @@ def test_dx_within_eps_of_the_row_scale(dtype, kind, cols):
 def _torch_results(dtype, kind, cols):
     """PyTorch's y, mean, rstd and dx (from its own statistics) as float64 NumPy arrays.
 
-    float16 x and dy go in as float16 with float32 weight and bias, as numba-ln gets them.
+    float16 (bfloat16) x and dy go in as such with float32 weight and bias, as numba-ln gets
+    them.
     """
     import torch
 
-    x, weight, bias, dy = (torch.from_numpy(a.copy()) for a in _inputs(dtype, kind, cols))
+    def tensor(a):  # torch.from_numpy knows no ml_dtypes bfloat16: pass its bits
+        if a.dtype == BFLOAT16:
+            return torch.from_numpy(a.view(np.int16).copy()).view(torch.bfloat16)
+        return torch.from_numpy(a.copy())
+
+    x, weight, bias, dy = (tensor(a) for a in _inputs(dtype, kind, cols))
     y, mean, rstd = torch.ops.aten.native_layer_norm(x, [cols], weight, bias, EPS)
     dx, _, _ = torch.ops.aten.native_layer_norm_backward(dy, x, [cols], mean, rstd, weight,
                                                         bias, [True, True, True])
