@@ -85,20 +85,22 @@ def _run_on_gpu(function, *args):
 
 
 @ffi.def_extern(error=lib.NLN_ERR_INTERNAL)
-def nln__py_cuda_forward(bits, centered, x, ldx, residual, ldr, weight, bias, y, ldy, s, lds,
+def nln__py_cuda_forward(precision, centered, x, ldx, residual, ldr, weight, bias, y, ldy, s, lds,
                          mean, rstd, rows, cols, eps, stream):
     """Every ``nln_cuda_*`` forward function, after the C side's checks."""
     from numba_ln import _cabi
 
-    return _run_on_gpu(_cabi.cuda_forward, bits, centered, x, ldx, residual, ldr, weight,
-                       bias, y, ldy, s, lds, mean, rstd, rows, cols, eps, stream)
+    return _run_on_gpu(_cabi.cuda_forward, ffi.string(precision).decode(), centered, x, ldx,
+                       residual, ldr, weight, bias, y, ldy, s, lds, mean, rstd, rows, cols,
+                       eps, stream)
 
 
 @ffi.def_extern(error=lib.NLN_ERR_INTERNAL)
-def nln__py_cuda_backward(bits, centered, dy, lddy, x, ldx, mean, rstd, weight, dresidual,
+def nln__py_cuda_backward(precision, centered, dy, lddy, x, ldx, mean, rstd, weight, dresidual,
                           lddres, dx, lddx, dweight, dbias, rows, cols, stream):
     """Every ``nln_cuda_*_backward`` function, after the C side's checks."""
     from numba_ln import _cabi
 
-    return _run_on_gpu(_cabi.cuda_backward, bits, centered, dy, lddy, x, ldx, mean, rstd,
-                       weight, dresidual, lddres, dx, lddx, dweight, dbias, rows, cols, stream)
+    return _run_on_gpu(_cabi.cuda_backward, ffi.string(precision).decode(), centered, dy,
+                       lddy, x, ldx, mean, rstd, weight, dresidual, lddres, dx, lddx, dweight,
+                       dbias, rows, cols, stream)

@@ -107,11 +107,15 @@ static struct {
 #undef NLN__FIELD
 } nln__shared;
 
-/* One precision: its element size, a stand-in for a NULL weight or bias (the
- * kernels are then told to ignore it), its entry points, and the addresses of
- * the compiled kernels they call (opaque to C). */
+/* One precision: the size of its data, gains and biases (itemsize) and of
+ * its statistics, parameter gradients and kernel gains (param_size: float
+ * for float16 and bfloat16, whose gains the shim widens, see
+ * nln__widen_params), its suffix, a stand-in for a NULL weight or bias of
+ * param_size (the kernels are then told to ignore it), its entry points, and
+ * the addresses of the compiled kernels they call (opaque to C). */
 struct nln__precision {
-    size_t itemsize;
+    size_t itemsize, param_size;
+    const char *suffix;
     const void *one;
 #define NLN__FIELD(name, suffix) nln__##name##_fn name;
     NLN__PRECISION_ENTRIES(NLN__FIELD, _)
@@ -121,9 +125,10 @@ struct nln__precision {
 #undef NLN__FIELD
 };
 
-#define NLN__DEFINE_PRECISION(suffix, T)                                                \
-    static const T nln__one_##suffix = 1;                                              \
-    static struct nln__precision nln__##suffix = {sizeof(T), &nln__one_##suffix};
+#define NLN__DEFINE_PRECISION(suffix, T, CT)                                            \
+    static const CT nln__one_##suffix = 1;                                             \
+    static struct nln__precision nln__##suffix = {sizeof(T), sizeof(CT), #suffix,      \
+                                                  &nln__one_##suffix};
 NLN__PRECISIONS(NLN__DEFINE_PRECISION)
 #undef NLN__DEFINE_PRECISION
 
@@ -248,7 +253,7 @@ static void nln__load(void)
 #define NLN__BIND_KERNEL(name, suffix)                                                  \
     nln__##suffix.name = runtime.name##_##suffix;                                      \
     missing |= !runtime.name##_##suffix;
-#define NLN__BIND_PRECISION(suffix, T)                                                  \
+#define NLN__BIND_PRECISION(suffix, T, CT)                                              \
     NLN__PRECISION_ENTRIES(NLN__BIND, suffix) NLN__PRECISION_KERNELS(NLN__BIND_KERNEL, suffix)
     NLN__SHARED_ENTRIES(NLN__BIND_SHARED)
     NLN__PRECISIONS(NLN__BIND_PRECISION)
@@ -456,7 +461,7 @@ struct nln__backward_args {
 
 static nln_status nln__check_forward(const char *fn, const struct nln__forward_args *a)
 {
-    size_t size = a->p->itemsize;
+    size_t size = a->p->itemsize, param_size = a->p->param_size;
     int fused = a->form & NLN__RESIDUAL;
     int64_t rows = a->rows, cols = a->cols;
     NLN__TRY(nln__check_shape(fn, rows, cols));
@@ -469,14 +474,14 @@ static nln_status nln__check_forward(const char *fn, const struct nln__forward_a
         NLN__TRY(nln__check_matrix(fn, "s", a->s, "lds", a->lds, rows, cols, size));
     NLN__TRY(nln__check_vector(fn, "weight", a->weight, "cols", cols, size));
     NLN__TRY(nln__check_vector(fn, "bias", a->bias, "cols", cols, size));
-    NLN__TRY(nln__check_vector(fn, "mean", a->mean, "rows", rows, size));
-    NLN__TRY(nln__check_vector(fn, "rstd", a->rstd, "rows", rows, size));
+    NLN__TRY(nln__check_vector(fn, "mean", a->mean, "rows", rows, param_size));
+    NLN__TRY(nln__check_vector(fn, "rstd", a->rstd, "rows", rows, param_size));
     return nln__check_eps(fn, a->eps);
 }
 
 static nln_status nln__check_backward(const char *fn, const struct nln__backward_args *a)
 {
-    size_t size = a->p->itemsize;
+    size_t size = a->p->itemsize, param_size = a->p->param_size;
     int fused = a->form & NLN__RESIDUAL;
     int64_t rows = a->rows, cols = a->cols;
     NLN__TRY(nln__check_shape(fn, rows, cols));
@@ -485,16 +490,16 @@ static nln_status nln__check_backward(const char *fn, const struct nln__backward
                                rows, cols, size));
     if (a->form & NLN__CENTERED)
         NLN__TRY(nln__check_required(fn, "mean", a->mean));
-    NLN__TRY(nln__check_vector(fn, "mean", a->mean, "rows", rows, size));
+    NLN__TRY(nln__check_vector(fn, "mean", a->mean, "rows", rows, param_size));
     NLN__TRY(nln__check_required(fn, "rstd", a->rstd));
-    NLN__TRY(nln__check_vector(fn, "rstd", a->rstd, "rows", rows, size));
+    NLN__TRY(nln__check_vector(fn, "rstd", a->rstd, "rows", rows, param_size));
     NLN__TRY(nln__check_vector(fn, "weight", a->weight, "cols", cols, size));
     if (a->dresidual != NULL)
         NLN__TRY(nln__check_matrix(fn, "dresidual", a->dresidual, "lddres", a->lddres, rows,
                                    cols, size));
     NLN__TRY(nln__check_matrix(fn, "dx", a->dx, "lddx", a->lddx, rows, cols, size));
-    NLN__TRY(nln__check_vector(fn, "dweight", a->dweight, "cols", cols, size));
-    return nln__check_vector(fn, "dbias", a->dbias, "cols", cols, size);
+    NLN__TRY(nln__check_vector(fn, "dweight", a->dweight, "cols", cols, param_size));
+    return nln__check_vector(fn, "dbias", a->dbias, "cols", cols, param_size);
 }
 
 /* ------------------------------------------------------------------ public API */
@@ -752,6 +757,7 @@ static int nln__parallel(nln__task_fn run, void *arg, int64_t count)
     "the CPU kernel raised an exception (numba printed it on stderr); outputs may be " \
     "partly written"
 #define NLN_OUT_OF_MEMORY "no memory for the backward pass's partial sums"
+#define NLN_NO_GAIN_MEMORY "no memory for the gains and biases widened to float"
 
 static nln_status nln__kernel_status(const char *fn, int failed)
 {
@@ -780,6 +786,44 @@ static nln_status nln__plan(const char *fn, int32_t backward, int64_t rows, int6
     return NLN_OK;
 }
 
+/* float16 and bfloat16 functions take weight and bias in the data's type;
+ * the kernels take them in the compute type (param_size). For those
+ * precisions the `count` given ones of params[] (NULL: not given, stays
+ * NULL) are widened by the precision's compiled `widen` (numba_ln._storage's
+ * conversion), once per call and before any task runs, into one allocation
+ * that *held points to afterwards (NULL if none: the caller frees it);
+ * params[] then point into it. Other precisions are left alone. */
+static nln_status nln__widen_params(const char *fn, const struct nln__precision *p,
+                                    int64_t cols, const void **params, int count, void **held)
+{
+    size_t bytes = (size_t)cols * p->param_size; /* cols * itemsize fits: checked */
+    char *widened;
+    int given = 0;
+    *held = NULL;
+    for (int i = 0; i < count; ++i)
+        given |= params[i] != NULL;
+    if (p->itemsize == p->param_size || !given)
+        return NLN_OK;
+    if (!nln__fits(NULL, (nln__count)cols * (nln__count)count, p->param_size))
+        return nln__span_error(fn, "the widened gains and biases", NULL, "count * cols",
+                               (nln__count)cols * (nln__count)count, p->param_size);
+    widened = malloc((size_t)count * bytes);
+    if (widened == NULL)
+        return nln__fail(NLN_ERR_INTERNAL, fn, NLN_NO_GAIN_MEMORY);
+    *held = widened;
+    for (int i = 0; i < count; ++i) {
+        if (params[i] == NULL)
+            continue;
+        if (p->widen(params[i], cols, widened + (size_t)i * bytes) != NLN_ENTRY_OK) {
+            free(widened);
+            *held = NULL;
+            return nln__fail(NLN_ERR_INTERNAL, fn, NLN_KERNEL_FAILED);
+        }
+        params[i] = widened + (size_t)i * bytes;
+    }
+    return NLN_OK;
+}
+
 /* `base` advanced by `elements` elements of `itemsize` bytes; NULL stays NULL. */
 static const void *nln__at(const void *base, int64_t elements, size_t itemsize)
 {
@@ -791,7 +835,7 @@ static int nln__forward_task(void *args, int64_t task)
 {
     const struct nln__forward_args *a = args;
     const struct nln__precision *p = a->p;
-    size_t size = p->itemsize;
+    size_t size = p->itemsize, param_size = p->param_size;
     int64_t first = task * a->task_rows;
     int64_t stop = first + a->task_rows < a->rows ? first + a->task_rows : a->rows;
     uintptr_t kernel = a->residual ? (a->stream ? p->forward_rows_streaming_residual
@@ -803,8 +847,8 @@ static int nln__forward_task(void *args, int64_t task)
                       a->weight != NULL, a->bias != NULL,
                       (void *)nln__at(a->y, first * a->ldy, size), a->ldy,
                       (void *)nln__at(a->s, first * a->lds, size), a->lds,
-                      (void *)nln__at(a->mean, first, size),
-                      (void *)nln__at(a->rstd, first, size), a->residual != NULL,
+                      (void *)nln__at(a->mean, first, param_size),
+                      (void *)nln__at(a->rstd, first, param_size), a->residual != NULL,
                       a->mean != NULL, a->rstd != NULL, stop - first, a->cols, a->eps,
                       (a->form & NLN__CENTERED) != 0, a->stream) != NLN_ENTRY_OK;
 }
@@ -820,6 +864,9 @@ static nln_status nln__forward(const char *fn, struct nln__forward_args *a, int 
                                void *stream)
 {
     struct nln__plan plan;
+    const void *params[2];
+    void *widened;
+    nln_status status;
     NLN__TRY(nln__ready(fn));
     NLN__TRY(nln__check_forward(fn, a));
     if (on_gpu)
@@ -829,7 +876,17 @@ static nln_status nln__forward(const char *fn, struct nln__forward_args *a, int 
     NLN__TRY(nln__plan(fn, 0, a->rows, a->cols, a->p->itemsize, &plan));
     a->task_rows = plan.task_rows;
     a->stream = (int32_t)plan.stream;
-    return nln__kernel_status(fn, nln__run(nln__forward_task, a, plan.tasks, plan.threaded));
+    params[0] = a->weight;
+    params[1] = a->bias;
+    status = nln__widen_params(fn, a->p, a->cols, params, 2, &widened);
+    if (status == NLN_OK) {
+        a->weight = params[0];
+        a->bias = params[1];
+        status = nln__kernel_status(fn, nln__run(nln__forward_task, a, plan.tasks,
+                                                 plan.threaded));
+    }
+    free(widened);
+    return status;
 }
 
 /* One block of rows: its part of dx and its row of partial sums. */
@@ -871,7 +928,8 @@ static nln_status nln__backward(const char *fn, struct nln__backward_args *a, in
                                 void *stream)
 {
     struct nln__plan plan;
-    size_t size = a->p->itemsize;
+    size_t size = a->p->param_size; /* of the partial sums, dweight and dbias */
+    void *widened;
     NLN__TRY(nln__ready(fn));
     NLN__TRY(nln__check_backward(fn, a));
     if (on_gpu)
@@ -883,7 +941,7 @@ static nln_status nln__backward(const char *fn, struct nln__backward_args *a, in
             memset(a->dbias, 0, (size_t)a->cols * size);
         return NLN_OK;
     }
-    NLN__TRY(nln__plan(fn, 1, a->rows, a->cols, size, &plan));
+    NLN__TRY(nln__plan(fn, 1, a->rows, a->cols, a->p->itemsize, &plan));
     nln__count part_count = (nln__count)plan.tasks * (nln__count)a->cols;
     /* Implied by dy's check (blocks <= rows, cols <= lddy); kept beside the
        allocation it guards. */
@@ -895,12 +953,14 @@ static nln_status nln__backward(const char *fn, struct nln__backward_args *a, in
     a->reduce_cols = plan.reduce_cols;
     a->wide = (int32_t)plan.wide;
     a->stream = (int32_t)plan.stream;
+    NLN__TRY(nln__widen_params(fn, a->p, a->cols, &a->weight, 1, &widened));
     a->dweight_part = malloc((size_t)part_count * size);
     a->dbias_part = malloc((size_t)part_count * size);
     int failed;
     if (!a->dweight_part || !a->dbias_part) {
         free(a->dweight_part);
         free(a->dbias_part);
+        free(widened);
         return nln__fail(NLN_ERR_INTERNAL, fn, NLN_OUT_OF_MEMORY);
     }
     failed = nln__run(nln__backward_task, a, plan.tasks, plan.threaded);
@@ -908,6 +968,7 @@ static nln_status nln__backward(const char *fn, struct nln__backward_args *a, in
                        plan.threaded);
     free(a->dweight_part);
     free(a->dbias_part);
+    free(widened);
     return nln__kernel_status(fn, failed);
 }
 
@@ -927,7 +988,7 @@ static nln_status nln__cuda_forward(const char *fn, const struct nln__forward_ar
     nln_status status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_forward(
-        (int32_t)(8 * a->p->itemsize), (a->form & NLN__CENTERED) != 0, (uintptr_t)a->x,
+        a->p->suffix, (a->form & NLN__CENTERED) != 0, (uintptr_t)a->x,
         a->ldx, (uintptr_t)a->residual, a->ldr, (uintptr_t)a->weight, (uintptr_t)a->bias,
         (uintptr_t)a->y, a->ldy, (uintptr_t)a->s, a->lds, (uintptr_t)a->mean,
         (uintptr_t)a->rstd, a->rows, a->cols, a->eps, (uintptr_t)stream);
@@ -940,7 +1001,7 @@ static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_
     nln_status status;
     nln__error[0] = '\0';
     status = (nln_status)nln__py_cuda_backward(
-        (int32_t)(8 * a->p->itemsize), (a->form & NLN__CENTERED) != 0, (uintptr_t)a->dy,
+        a->p->suffix, (a->form & NLN__CENTERED) != 0, (uintptr_t)a->dy,
         a->lddy, (uintptr_t)a->x, a->ldx, (uintptr_t)a->mean, (uintptr_t)a->rstd,
         (uintptr_t)a->weight, (uintptr_t)a->dresidual, a->lddres, (uintptr_t)a->dx, a->lddx,
         (uintptr_t)a->dweight, (uintptr_t)a->dbias, a->rows, a->cols, (uintptr_t)stream);
@@ -953,7 +1014,9 @@ static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_
  * bodies above. NLN__EXPORT defines a pair: nln_NAME_SUFFIX on the CPU and
  * nln_cuda_NAME_SUFFIX on the GPU, which takes the same parameters and then
  * the stream. KIND is forward or backward; the designated initializers that
- * follow fill in struct nln__KIND_args.
+ * follow fill in struct nln__KIND_args. NLN__DEFINE_EXPORTS takes a row of
+ * NLN__PRECISIONS: T is the precision's data type (x, weight, bias, y, ...),
+ * CT its compute type (mean, rstd, dweight, dbias, eps).
  */
 #define NLN__WITH_STREAM(...) (__VA_ARGS__, void *stream)
 
@@ -971,28 +1034,28 @@ static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_
     }
 
 /* One precision's functions, in the header's order. */
-#define NLN__DEFINE_EXPORTS(suffix, T)                                                  \
+#define NLN__DEFINE_EXPORTS(suffix, T, CT)                                              \
     NLN__EXPORT(layer_norm, suffix, forward,                                            \
                 (const T *x, int64_t ldx, const T *weight, const T *bias, T *y,         \
-                 int64_t ldy, T *mean, T *rstd, int64_t rows, int64_t cols, T eps),     \
+                 int64_t ldy, CT *mean, CT *rstd, int64_t rows, int64_t cols, CT eps),  \
                 .form = NLN__CENTERED, .x = x, .ldx = ldx, .weight = weight,            \
                 .bias = bias, .y = y, .ldy = ldy, .mean = mean, .rstd = rstd,           \
                 .rows = rows, .cols = cols, .eps = eps)                                 \
     NLN__EXPORT(layer_norm_backward, suffix, backward,                                  \
-                (const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *mean,     \
-                 const T *rstd, const T *weight, T *dx, int64_t lddx, T *dweight,       \
-                 T *dbias, int64_t rows, int64_t cols),                                 \
+                (const T *dy, int64_t lddy, const T *x, int64_t ldx, const CT *mean,    \
+                 const CT *rstd, const T *weight, T *dx, int64_t lddx, CT *dweight,     \
+                 CT *dbias, int64_t rows, int64_t cols),                                \
                 .form = NLN__CENTERED, .dy = dy, .lddy = lddy, .x = x, .ldx = ldx,      \
                 .mean = mean, .rstd = rstd, .weight = weight, .dx = dx, .lddx = lddx,   \
                 .dweight = dweight, .dbias = dbias, .rows = rows, .cols = cols)         \
     NLN__EXPORT(rms_norm, suffix, forward,                                              \
-                (const T *x, int64_t ldx, const T *weight, T *y, int64_t ldy, T *rstd,  \
-                 int64_t rows, int64_t cols, T eps),                                    \
+                (const T *x, int64_t ldx, const T *weight, T *y, int64_t ldy, CT *rstd, \
+                 int64_t rows, int64_t cols, CT eps),                                   \
                 .form = 0, .x = x, .ldx = ldx, .weight = weight, .y = y, .ldy = ldy,    \
                 .rstd = rstd, .rows = rows, .cols = cols, .eps = eps)                   \
     NLN__EXPORT(rms_norm_backward, suffix, backward,                                    \
-                (const T *dy, int64_t lddy, const T *x, int64_t ldx, const T *rstd,     \
-                 const T *weight, T *dx, int64_t lddx, T *dweight, int64_t rows,        \
+                (const T *dy, int64_t lddy, const T *x, int64_t ldx, const CT *rstd,    \
+                 const T *weight, T *dx, int64_t lddx, CT *dweight, int64_t rows,       \
                  int64_t cols),                                                         \
                 .form = 0, .dy = dy, .lddy = lddy, .x = x, .ldx = ldx, .rstd = rstd,    \
                 .weight = weight, .dx = dx, .lddx = lddx, .dweight = dweight,           \
@@ -1000,15 +1063,15 @@ static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_
     NLN__EXPORT(add_layer_norm, suffix, forward,                                        \
                 (const T *x, int64_t ldx, const T *residual, int64_t ldr,               \
                  const T *weight, const T *bias, T *y, int64_t ldy, T *s, int64_t lds,  \
-                 T *mean, T *rstd, int64_t rows, int64_t cols, T eps),                  \
+                 CT *mean, CT *rstd, int64_t rows, int64_t cols, CT eps),               \
                 .form = NLN__CENTERED | NLN__RESIDUAL, .x = x, .ldx = ldx,              \
                 .residual = residual, .ldr = ldr, .weight = weight, .bias = bias,       \
                 .y = y, .ldy = ldy, .s = s, .lds = lds, .mean = mean, .rstd = rstd,     \
                 .rows = rows, .cols = cols, .eps = eps)                                 \
     NLN__EXPORT(add_layer_norm_backward, suffix, backward,                              \
-                (const T *dy, int64_t lddy, const T *s, int64_t lds, const T *mean,     \
-                 const T *rstd, const T *weight, const T *dresidual, int64_t lddres,    \
-                 T *dx, int64_t lddx, T *dweight, T *dbias, int64_t rows,               \
+                (const T *dy, int64_t lddy, const T *s, int64_t lds, const CT *mean,    \
+                 const CT *rstd, const T *weight, const T *dresidual, int64_t lddres,   \
+                 T *dx, int64_t lddx, CT *dweight, CT *dbias, int64_t rows,             \
                  int64_t cols),                                                         \
                 .form = NLN__CENTERED | NLN__RESIDUAL, .dy = dy, .lddy = lddy, .x = s,  \
                 .ldx = lds, .mean = mean, .rstd = rstd, .weight = weight,               \
@@ -1016,15 +1079,15 @@ static nln_status nln__cuda_backward(const char *fn, const struct nln__backward_
                 .dweight = dweight, .dbias = dbias, .rows = rows, .cols = cols)         \
     NLN__EXPORT(add_rms_norm, suffix, forward,                                          \
                 (const T *x, int64_t ldx, const T *residual, int64_t ldr,               \
-                 const T *weight, T *y, int64_t ldy, T *s, int64_t lds, T *rstd,        \
-                 int64_t rows, int64_t cols, T eps),                                    \
+                 const T *weight, T *y, int64_t ldy, T *s, int64_t lds, CT *rstd,       \
+                 int64_t rows, int64_t cols, CT eps),                                   \
                 .form = NLN__RESIDUAL, .x = x, .ldx = ldx, .residual = residual,        \
                 .ldr = ldr, .weight = weight, .y = y, .ldy = ldy, .s = s, .lds = lds,   \
                 .rstd = rstd, .rows = rows, .cols = cols, .eps = eps)                   \
     NLN__EXPORT(add_rms_norm_backward, suffix, backward,                                \
-                (const T *dy, int64_t lddy, const T *s, int64_t lds, const T *rstd,     \
+                (const T *dy, int64_t lddy, const T *s, int64_t lds, const CT *rstd,    \
                  const T *weight, const T *dresidual, int64_t lddres, T *dx,            \
-                 int64_t lddx, T *dweight, int64_t rows, int64_t cols),                 \
+                 int64_t lddx, CT *dweight, int64_t rows, int64_t cols),                \
                 .form = NLN__RESIDUAL, .dy = dy, .lddy = lddy, .x = s, .ldx = lds,      \
                 .rstd = rstd, .weight = weight, .dresidual = dresidual,                 \
                 .lddres = lddres, .dx = dx, .lddx = lddx, .dweight = dweight,           \

@@ -41,11 +41,12 @@ NLN_PYTHON_SIDE int32_t nln__py_init(struct nln_runtime *runtime);
 NLN_PYTHON_SIDE int32_t nln__py_cuda_available(void);
 
 /* Implemented in Python: the GPU passes on device pointers (0 for NULL),
- * `bits` = 32 or 64, `centered` = 1 for layer norm and 0 for RMSNorm,
+ * `precision` the functions' suffix ("f32", "f64", "f16", "bf16": an entry of
+ * numba_ln._cabi.PRECISIONS), `centered` = 1 for layer norm and 0 for RMSNorm,
  * arguments already checked by C; `residual` and `s` are both 0 or both
  * given, and `x` of the backward is `s` of a fused forward. Return an
  * nln_status; on failure the reason is in nln__set_error. */
-NLN_PYTHON_SIDE int32_t nln__py_cuda_forward(int32_t bits, int32_t centered,
+NLN_PYTHON_SIDE int32_t nln__py_cuda_forward(const char *precision, int32_t centered,
                                              uintptr_t x, int64_t ldx,
                                              uintptr_t residual, int64_t ldr,
                                              uintptr_t weight, uintptr_t bias,
@@ -54,7 +55,7 @@ NLN_PYTHON_SIDE int32_t nln__py_cuda_forward(int32_t bits, int32_t centered,
                                              uintptr_t mean, uintptr_t rstd,
                                              int64_t rows, int64_t cols, double eps,
                                              uintptr_t stream);
-NLN_PYTHON_SIDE int32_t nln__py_cuda_backward(int32_t bits, int32_t centered,
+NLN_PYTHON_SIDE int32_t nln__py_cuda_backward(const char *precision, int32_t centered,
                                               uintptr_t dy, int64_t lddy,
                                               uintptr_t x, int64_t ldx,
                                               uintptr_t mean, uintptr_t rstd,

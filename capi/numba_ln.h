@@ -26,6 +26,16 @@
  *   whose size in bytes exceeds PTRDIFF_MAX, or that would run past the end
  *   of the address space, is NLN_ERR_INVALID_ARGUMENT.
  * - Inputs come first, then outputs. Inputs are const.
+ * - 16-bit data: the _f16 and _bf16 functions take their data, gains and
+ *   biases as 16-bit values in uint16_t (host byte order), and their
+ *   statistics (mean, rstd), parameter gradients (dweight, dbias) and eps as
+ *   float. _f16 is IEEE 754 binary16: 1 sign bit, 5 exponent bits, 10
+ *   fraction bits (C23's _Float16 and CUDA's __half have these bits).
+ *   _bf16 is bfloat16: the top 16 bits of an IEEE 754 binary32 -- 1 sign, 8
+ *   exponent, 7 fraction bits -- so (uint32_t)b << 16 is the float's bit
+ *   pattern (CUDA's __nv_bfloat16 has these bits). They compute in float32;
+ *   every 16-bit result (y, s, dx) is rounded to nearest, ties to even, and
+ *   a NaN stays a NaN.
  * - For each row: y = (x - mean) * rstd * weight + bias, with
  *   mean = sum(x) / cols, var = sum((x - mean)^2) / cols (biased) and
  *   rstd = 1 / sqrt(var + eps). RMSNorm (nln_rms_norm_*) does not center:
@@ -330,6 +340,104 @@ NLN_API nln_status nln_add_rms_norm_backward_f64(const double *dy, int64_t lddy,
                                                  double *dx, int64_t lddx, double *dweight,
                                                  int64_t rows, int64_t cols);
 
+/* float16 (_f16) and bfloat16 (_bf16): every CPU function above, on 16-bit
+ * data (see "16-bit data" at the top). Parameters, returns, in-place use and
+ * determinism as the float32 function of the same name, with
+ *
+ *   x, residual, weight, bias, y, s, dy, dresidual, dx
+ *                 [in/out] 16-bit values in uint16_t: the data, the gains
+ *                 and the biases.
+ *   mean, rstd, dweight, dbias, eps
+ *                 float, as in the float32 functions.
+ *
+ * weight and bias are widened to float once per call (cols values, into a
+ * buffer the call allocates and frees), not per row; a NULL weight or bias
+ * means all ones or all zeros, as in float32. */
+NLN_API nln_status nln_layer_norm_f16(const uint16_t *x, int64_t ldx, const uint16_t *weight,
+                                      const uint16_t *bias, uint16_t *y, int64_t ldy,
+                                      float *mean, float *rstd, int64_t rows, int64_t cols,
+                                      float eps);
+NLN_API nln_status nln_layer_norm_bf16(const uint16_t *x, int64_t ldx, const uint16_t *weight,
+                                       const uint16_t *bias, uint16_t *y, int64_t ldy,
+                                       float *mean, float *rstd, int64_t rows, int64_t cols,
+                                       float eps);
+NLN_API nln_status nln_layer_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                               const uint16_t *x, int64_t ldx,
+                                               const float *mean, const float *rstd,
+                                               const uint16_t *weight, uint16_t *dx,
+                                               int64_t lddx, float *dweight, float *dbias,
+                                               int64_t rows, int64_t cols);
+NLN_API nln_status nln_layer_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                const uint16_t *x, int64_t ldx,
+                                                const float *mean, const float *rstd,
+                                                const uint16_t *weight, uint16_t *dx,
+                                                int64_t lddx, float *dweight, float *dbias,
+                                                int64_t rows, int64_t cols);
+NLN_API nln_status nln_rms_norm_f16(const uint16_t *x, int64_t ldx, const uint16_t *weight,
+                                    uint16_t *y, int64_t ldy, float *rstd, int64_t rows,
+                                    int64_t cols, float eps);
+NLN_API nln_status nln_rms_norm_bf16(const uint16_t *x, int64_t ldx, const uint16_t *weight,
+                                     uint16_t *y, int64_t ldy, float *rstd, int64_t rows,
+                                     int64_t cols, float eps);
+NLN_API nln_status nln_rms_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                             const uint16_t *x, int64_t ldx, const float *rstd,
+                                             const uint16_t *weight, uint16_t *dx,
+                                             int64_t lddx, float *dweight, int64_t rows,
+                                             int64_t cols);
+NLN_API nln_status nln_rms_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                              const uint16_t *x, int64_t ldx,
+                                              const float *rstd, const uint16_t *weight,
+                                              uint16_t *dx, int64_t lddx, float *dweight,
+                                              int64_t rows, int64_t cols);
+NLN_API nln_status nln_add_layer_norm_f16(const uint16_t *x, int64_t ldx,
+                                          const uint16_t *residual, int64_t ldr,
+                                          const uint16_t *weight, const uint16_t *bias,
+                                          uint16_t *y, int64_t ldy, uint16_t *s, int64_t lds,
+                                          float *mean, float *rstd, int64_t rows, int64_t cols,
+                                          float eps);
+NLN_API nln_status nln_add_layer_norm_bf16(const uint16_t *x, int64_t ldx,
+                                           const uint16_t *residual, int64_t ldr,
+                                           const uint16_t *weight, const uint16_t *bias,
+                                           uint16_t *y, int64_t ldy, uint16_t *s, int64_t lds,
+                                           float *mean, float *rstd, int64_t rows,
+                                           int64_t cols, float eps);
+NLN_API nln_status nln_add_layer_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                                   const uint16_t *s, int64_t lds,
+                                                   const float *mean, const float *rstd,
+                                                   const uint16_t *weight,
+                                                   const uint16_t *dresidual, int64_t lddres,
+                                                   uint16_t *dx, int64_t lddx, float *dweight,
+                                                   float *dbias, int64_t rows, int64_t cols);
+NLN_API nln_status nln_add_layer_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                    const uint16_t *s, int64_t lds,
+                                                    const float *mean, const float *rstd,
+                                                    const uint16_t *weight,
+                                                    const uint16_t *dresidual, int64_t lddres,
+                                                    uint16_t *dx, int64_t lddx, float *dweight,
+                                                    float *dbias, int64_t rows, int64_t cols);
+NLN_API nln_status nln_add_rms_norm_f16(const uint16_t *x, int64_t ldx,
+                                        const uint16_t *residual, int64_t ldr,
+                                        const uint16_t *weight, uint16_t *y, int64_t ldy,
+                                        uint16_t *s, int64_t lds, float *rstd, int64_t rows,
+                                        int64_t cols, float eps);
+NLN_API nln_status nln_add_rms_norm_bf16(const uint16_t *x, int64_t ldx,
+                                         const uint16_t *residual, int64_t ldr,
+                                         const uint16_t *weight, uint16_t *y, int64_t ldy,
+                                         uint16_t *s, int64_t lds, float *rstd, int64_t rows,
+                                         int64_t cols, float eps);
+NLN_API nln_status nln_add_rms_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                                 const uint16_t *s, int64_t lds,
+                                                 const float *rstd, const uint16_t *weight,
+                                                 const uint16_t *dresidual, int64_t lddres,
+                                                 uint16_t *dx, int64_t lddx, float *dweight,
+                                                 int64_t rows, int64_t cols);
+NLN_API nln_status nln_add_rms_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                  const uint16_t *s, int64_t lds,
+                                                  const float *rstd, const uint16_t *weight,
+                                                  const uint16_t *dresidual, int64_t lddres,
+                                                  uint16_t *dx, int64_t lddx, float *dweight,
+                                                  int64_t rows, int64_t cols);
+
 /* 1 if the nln_cuda_* functions can run here (a CUDA driver, a GPU, and the
  * numba-cuda package in the embedded environment), else 0. Starts the
  * library like nln_init(); 0 if that fails. */
@@ -466,6 +574,114 @@ NLN_API nln_status nln_cuda_add_rms_norm_backward_f64(const double *dy, int64_t 
                                                       double *dweight,
                                                       int64_t rows, int64_t cols,
                                                       void *stream);
+
+/* GPU float16 and bfloat16: arguments as the CPU function of the same name
+ * without "cuda_", with device pointers, then `stream` as for
+ * nln_cuda_layer_norm_f32; returns as nln_cuda_layer_norm_f32. The gains are
+ * handed to the CUDA backend in their 16-bit type. */
+NLN_API nln_status nln_cuda_layer_norm_f16(const uint16_t *x, int64_t ldx,
+                                           const uint16_t *weight, const uint16_t *bias,
+                                           uint16_t *y, int64_t ldy, float *mean, float *rstd,
+                                           int64_t rows, int64_t cols, float eps,
+                                           void *stream);
+NLN_API nln_status nln_cuda_layer_norm_bf16(const uint16_t *x, int64_t ldx,
+                                            const uint16_t *weight, const uint16_t *bias,
+                                            uint16_t *y, int64_t ldy, float *mean, float *rstd,
+                                            int64_t rows, int64_t cols, float eps,
+                                            void *stream);
+NLN_API nln_status nln_cuda_layer_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                                    const uint16_t *x, int64_t ldx,
+                                                    const float *mean, const float *rstd,
+                                                    const uint16_t *weight, uint16_t *dx,
+                                                    int64_t lddx, float *dweight, float *dbias,
+                                                    int64_t rows, int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_layer_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                     const uint16_t *x, int64_t ldx,
+                                                     const float *mean, const float *rstd,
+                                                     const uint16_t *weight, uint16_t *dx,
+                                                     int64_t lddx, float *dweight,
+                                                     float *dbias, int64_t rows, int64_t cols,
+                                                     void *stream);
+NLN_API nln_status nln_cuda_rms_norm_f16(const uint16_t *x, int64_t ldx,
+                                         const uint16_t *weight, uint16_t *y, int64_t ldy,
+                                         float *rstd, int64_t rows, int64_t cols, float eps,
+                                         void *stream);
+NLN_API nln_status nln_cuda_rms_norm_bf16(const uint16_t *x, int64_t ldx,
+                                          const uint16_t *weight, uint16_t *y, int64_t ldy,
+                                          float *rstd, int64_t rows, int64_t cols, float eps,
+                                          void *stream);
+NLN_API nln_status nln_cuda_rms_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                                  const uint16_t *x, int64_t ldx,
+                                                  const float *rstd, const uint16_t *weight,
+                                                  uint16_t *dx, int64_t lddx, float *dweight,
+                                                  int64_t rows, int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_rms_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                   const uint16_t *x, int64_t ldx,
+                                                   const float *rstd, const uint16_t *weight,
+                                                   uint16_t *dx, int64_t lddx, float *dweight,
+                                                   int64_t rows, int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_f16(const uint16_t *x, int64_t ldx,
+                                               const uint16_t *residual, int64_t ldr,
+                                               const uint16_t *weight, const uint16_t *bias,
+                                               uint16_t *y, int64_t ldy, uint16_t *s,
+                                               int64_t lds, float *mean, float *rstd,
+                                               int64_t rows, int64_t cols, float eps,
+                                               void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_bf16(const uint16_t *x, int64_t ldx,
+                                                const uint16_t *residual, int64_t ldr,
+                                                const uint16_t *weight, const uint16_t *bias,
+                                                uint16_t *y, int64_t ldy, uint16_t *s,
+                                                int64_t lds, float *mean, float *rstd,
+                                                int64_t rows, int64_t cols, float eps,
+                                                void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                                        const uint16_t *s, int64_t lds,
+                                                        const float *mean, const float *rstd,
+                                                        const uint16_t *weight,
+                                                        const uint16_t *dresidual,
+                                                        int64_t lddres, uint16_t *dx,
+                                                        int64_t lddx, float *dweight,
+                                                        float *dbias, int64_t rows,
+                                                        int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_add_layer_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                         const uint16_t *s, int64_t lds,
+                                                         const float *mean, const float *rstd,
+                                                         const uint16_t *weight,
+                                                         const uint16_t *dresidual,
+                                                         int64_t lddres, uint16_t *dx,
+                                                         int64_t lddx, float *dweight,
+                                                         float *dbias, int64_t rows,
+                                                         int64_t cols, void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_f16(const uint16_t *x, int64_t ldx,
+                                             const uint16_t *residual, int64_t ldr,
+                                             const uint16_t *weight, uint16_t *y, int64_t ldy,
+                                             uint16_t *s, int64_t lds, float *rstd,
+                                             int64_t rows, int64_t cols, float eps,
+                                             void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_bf16(const uint16_t *x, int64_t ldx,
+                                              const uint16_t *residual, int64_t ldr,
+                                              const uint16_t *weight, uint16_t *y, int64_t ldy,
+                                              uint16_t *s, int64_t lds, float *rstd,
+                                              int64_t rows, int64_t cols, float eps,
+                                              void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_backward_f16(const uint16_t *dy, int64_t lddy,
+                                                      const uint16_t *s, int64_t lds,
+                                                      const float *rstd,
+                                                      const uint16_t *weight,
+                                                      const uint16_t *dresidual,
+                                                      int64_t lddres, uint16_t *dx,
+                                                      int64_t lddx, float *dweight,
+                                                      int64_t rows, int64_t cols,
+                                                      void *stream);
+NLN_API nln_status nln_cuda_add_rms_norm_backward_bf16(const uint16_t *dy, int64_t lddy,
+                                                       const uint16_t *s, int64_t lds,
+                                                       const float *rstd,
+                                                       const uint16_t *weight,
+                                                       const uint16_t *dresidual,
+                                                       int64_t lddres, uint16_t *dx,
+                                                       int64_t lddx, float *dweight,
+                                                       int64_t rows, int64_t cols,
+                                                       void *stream);
 
 #ifdef __cplusplus
 }

@@ -23,26 +23,38 @@ it, so each is compiled in a fraction of a second.
 
 The adapters see raw pointers. Each buffer becomes a 1-D array of
 ``(rows - 1) * ld + cols`` elements with ``numba.carray``, the layout the
-kernels take. The C side replaces a NULL ``weight``/``bias`` with a pointer
-to one element and clears the matching ``has_*`` flag; a NULL ``mean`` or
-``rstd`` becomes an empty array (that statistic is not stored). ``centered``
-is 0 for RMSNorm (no ``mean``: an empty array). ``has_residual`` (forward:
-``residual`` and ``s``) and ``has_dresidual`` (backward) say whether those
-buffers exist; the C side then hands over the kernel variant compiled for
-them (:data:`KERNELS`), and the adapter passes the arrays or ``None``.
+kernels take: the data (``x``, ``y``, ``residual``, ``s``, ``dy``, ``dx``,
+``dresidual``) in the precision's storage type, everything else in its
+compute type (:data:`PRECISIONS`). The kernels take gains and biases in the
+compute type, so for float16 and bfloat16 the C side widens the 16-bit
+``weight``/``bias`` once per call, before any task runs, with the ``widen``
+entry point (``cols`` elements each). It replaces a NULL ``weight``/``bias``
+with a pointer to one compute element and clears the matching ``has_*``
+flag; a NULL ``mean`` or ``rstd`` becomes an empty array (that statistic is
+not stored). ``centered`` is 0 for RMSNorm (no ``mean``: an empty array).
+``has_residual`` (forward: ``residual`` and ``s``) and ``has_dresidual``
+(backward) say whether those buffers exist; the C side then hands over the
+kernel variant compiled for them (:data:`KERNELS`), and the adapter passes
+the arrays or ``None``.
 
 The GPU functions (:func:`cuda_forward`, :func:`cuda_backward`) are called
 with the GIL held, from the embedded interpreter: they wrap device pointers
-in objects exposing ``__cuda_array_interface__`` and call the public API.
+in objects exposing ``__cuda_array_interface__`` (bfloat16 as ``<V2``) and
+call the public API. A 16-bit backward pass widens ``weight`` to float32 on
+the device first (:func:`_widened_gains`): the API returns ``dweight`` and
+``dbias`` in the gains' dtype, the C ABI in float.
 """
 
+import functools
 import inspect
+from collections import namedtuple
 
 import numpy as np
 from numba import carray, njit, types
 
 from . import _native, cpu  # cpu first: it empties numba's cache if a kernel source changed
 from ._cache import cfunc
+from ._storage import load
 from ._validate import eps_fault as _eps_rule
 
 #: What an entry point returns on success (numba's wrapper returns 0 on error).
@@ -50,8 +62,11 @@ OK = 1
 
 #: The C library's compiled entry points: ``(name, C result, C parameters,
 #: one per precision)``. A per-precision entry ``forward`` is exported as
-#: ``forward_f32`` and ``forward_f64``; data pointers are ``void *`` so that
-#: one C body serves both precisions. ``kernel`` is one of :data:`KERNELS`.
+#: ``forward_f32``, ``forward_f64``, ``forward_f16`` and ``forward_bf16``; data
+#: pointers are ``void *`` so that one C body serves every precision.
+#: ``kernel`` is one of :data:`KERNELS`. ``widen`` converts ``count`` elements
+#: of the storage type to the compute type (the C side calls it for 16-bit
+#: gains only).
 ENTRY_POINTS = (
     ("plan", "int32_t", "int32_t backward, int64_t rows, int64_t cols, int64_t itemsize, "
                         "int64_t *fields", False),
@@ -71,6 +86,7 @@ ENTRY_POINTS = (
      "int32_t wide, int32_t stream", True),
     ("reduce", "int32_t", "uintptr_t kernel, const void *part, int64_t blocks, int64_t cols, "
                           "void *out, int64_t first_col, int64_t stop_col", True),
+    ("widen", "int32_t", "const void *source, int64_t count, void *target", True),
 )
 
 #: The kernels the C side hands to the per-precision entry points, by the
@@ -91,8 +107,21 @@ KERNELS = (
     ("block_sums", "reduce", ()),
 )
 
-#: The C library's precisions: ``(suffix, C type, NumPy dtype)``.
-PRECISIONS = (("f32", "float", np.float32), ("f64", "double", np.float64))
+#: One precision of the C library: ``suffix`` of its functions; ``c_type``
+#: of its data, gains and biases (float16 and bfloat16 as their bits, in a
+#: ``uint16_t``); ``c_compute``, the C type of its statistics, ``eps`` and
+#: parameter gradients; the kernels' ``storage`` and ``compute`` dtypes
+#: (``_validate.storage_dtype``: float16 is viewed as uint16, bfloat16 as
+#: int16); ``typestr``, the data's ``__cuda_array_interface__`` type string
+#: (bfloat16 is ``<V2``, as PyTorch exports it).
+Precision = namedtuple("Precision", "suffix c_type c_compute storage compute typestr")
+
+#: The C library's precisions.
+PRECISIONS = (Precision("f32", "float", "float", np.float32, np.float32, "<f4"),
+              Precision("f64", "double", "double", np.float64, np.float64, "<f8"),
+              Precision("f16", "uint16_t", "float", np.uint16, np.float32, "<f2"),
+              Precision("bf16", "uint16_t", "float", np.int16, np.float32, "<V2"))
+_BY_SUFFIX = {precision.suffix: precision for precision in PRECISIONS}
 
 _C_TYPES = {"int32_t": types.int32, "int64_t": types.int64, "uintptr_t": types.uintp,
             "double": types.float64, "void *": types.voidptr,
@@ -125,7 +154,7 @@ def c_declarations():
         :func:`exported_names`, the struct the Python side fills in) and the
         X-macros ``NLN__SHARED_ENTRIES(X)``, ``NLN__PRECISION_ENTRIES(X,
         suffix)``, ``NLN__PRECISION_KERNELS(X, suffix)`` and
-        ``NLN__PRECISIONS(X)`` (``X(suffix, C type)``).
+        ``NLN__PRECISIONS(X)`` (``X(suffix, C type, C compute type)``).
 
     Examples
     --------
@@ -149,7 +178,7 @@ def c_declarations():
     lines.append(f"#define NLN__PRECISION_ENTRIES(X, suffix) {each}")
     kernels = " ".join(f"X({name}, suffix)" for name, _, _ in KERNELS)
     lines.append(f"#define NLN__PRECISION_KERNELS(X, suffix) {kernels}")
-    precisions = " ".join(f"X({suffix}, {ctype})" for suffix, ctype, _ in PRECISIONS)
+    precisions = " ".join(f"X({p.suffix}, {p.c_type}, {p.c_compute})" for p in PRECISIONS)
     lines.append(f"#define NLN__PRECISIONS(X) {precisions}")
     return "\n".join(lines) + "\n"
 
@@ -164,9 +193,9 @@ def exported_names():
     >>> _cabi.exported_names()[:4]
     ['plan', 'eps_fault', 'forward_f32', 'forward_f64']
     >>> _cabi.exported_names()[-1]
-    'block_sums_f64'
+    'block_sums_bf16'
     """
-    suffixes = [suffix for suffix, _, _ in PRECISIONS]
+    suffixes = [precision.suffix for precision in PRECISIONS]
     return entry_point_names() + [f"{name}_{suffix}" for name, _, _ in KERNELS
                                   for suffix in suffixes]
 
@@ -178,9 +207,9 @@ def entry_point_names():
     --------
     >>> from numba_ln import _cabi
     >>> _cabi.entry_point_names()[-2:]
-    ['reduce_f32', 'reduce_f64']
+    ['widen_f16', 'widen_bf16']
     """
-    suffixes = [suffix for suffix, _, _ in PRECISIONS]
+    suffixes = [precision.suffix for precision in PRECISIONS]
     names = [name for name, _, _, each in ENTRY_POINTS if not each]
     return names + [f"{name}_{suffix}" for name, _, _, each in ENTRY_POINTS if each
                     for suffix in suffixes]
@@ -227,21 +256,21 @@ def _call_staged(kernel, arguments, like, staged, stream):
         _native.call(kernel, arguments + (None,))
 
 
-def _forward(dtype):
+def _forward(storage, compute):
     def forward(kernel, x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ldy, s,
                 lds, mean, rstd, has_residual, has_mean, has_rstd, rows, cols, eps, centered,
                 stream):
-        x_buf = _rows(x, rows, ldx, cols, dtype)
-        y_buf = _rows(y, rows, ldy, cols, dtype)
-        w = carray(weight, cols if has_weight else 1, dtype)
-        b = carray(bias, cols if has_bias else 1, dtype)
-        mean_buf = carray(mean, rows, dtype) if has_mean else np.empty(0, dtype)
-        rstd_buf = carray(rstd, rows, dtype) if has_rstd else np.empty(0, dtype)
+        x_buf = _rows(x, rows, ldx, cols, storage)
+        y_buf = _rows(y, rows, ldy, cols, storage)
+        w = carray(weight, cols if has_weight else 1, compute)
+        b = carray(bias, cols if has_bias else 1, compute)
+        mean_buf = carray(mean, rows, compute) if has_mean else np.empty(0, compute)
+        rstd_buf = carray(rstd, rows, compute) if has_rstd else np.empty(0, compute)
         params = (w, b, has_weight != 0, has_bias != 0, y_buf, ldy)
         stats = (mean_buf, rstd_buf, rows, cols, eps, centered != 0)
         if has_residual:
-            _call_staged(kernel, (x_buf, ldx, _rows(residual, rows, ldr, cols, dtype), ldr)
-                         + params + (_rows(s, rows, lds, cols, dtype), lds) + stats,
+            _call_staged(kernel, (x_buf, ldx, _rows(residual, rows, ldr, cols, storage), ldr)
+                         + params + (_rows(s, rows, lds, cols, storage), lds) + stats,
                          y_buf, stream, stream)
         else:
             _call_staged(kernel, (x_buf, ldx, None, ldr) + params + (None, lds) + stats,
@@ -250,22 +279,25 @@ def _forward(dtype):
     return forward
 
 
-def _backward_blocks(dtype):
+def _backward_blocks(storage, compute):
     def backward_blocks(kernel, dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered,
                         dresidual, lddres, has_dresidual, dx, lddx, dweight_part, dbias_part,
                         rows, cols, block_rows, first_block, stop_block, wide, stream):
         blocks = (rows + block_rows - 1) // block_rows
-        dx_buf = _rows(dx, rows, lddx, cols, dtype)
-        no_sums = np.empty(0, dtype)  # the C side sums the blocks with `reduce`
-        inputs = (_rows(dy, rows, lddy, cols, dtype), lddy, _rows(x, rows, ldx, cols, dtype),
-                  ldx, carray(mean, rows, dtype) if centered else no_sums,
-                  carray(rstd, rows, dtype), carray(weight, cols if has_weight else 1, dtype),
-                  has_weight != 0, centered != 0)
-        outputs = (dx_buf, lddx, carray(dweight_part, (blocks, cols), dtype),
-                   carray(dbias_part, (blocks, cols), dtype), no_sums, no_sums, rows, cols,
+        dx_buf = _rows(dx, rows, lddx, cols, storage)
+        no_sums = np.empty(0, compute)  # the C side sums the blocks with `reduce`
+        inputs = (_rows(dy, rows, lddy, cols, storage), lddy,
+                  _rows(x, rows, ldx, cols, storage), ldx,
+                  carray(mean, rows, compute) if centered else no_sums,
+                  carray(rstd, rows, compute),
+                  carray(weight, cols if has_weight else 1, compute), has_weight != 0,
+                  centered != 0)
+        outputs = (dx_buf, lddx, carray(dweight_part, (blocks, cols), compute),
+                   carray(dbias_part, (blocks, cols), compute), no_sums, no_sums, rows, cols,
                    block_rows, first_block, stop_block)
         if has_dresidual:
-            _call_staged(kernel, inputs + (_rows(dresidual, rows, lddres, cols, dtype), lddres)
+            _call_staged(kernel, inputs + (_rows(dresidual, rows, lddres, cols, storage),
+                                           lddres)
                          + outputs, dx_buf, wide, stream)
         else:
             _call_staged(kernel, inputs + (None, lddres) + outputs, dx_buf, wide, stream)
@@ -273,22 +305,36 @@ def _backward_blocks(dtype):
     return backward_blocks
 
 
-def _reduce(dtype):
+def _reduce(storage, compute):
     def reduce(kernel, part, blocks, cols, out, first_col, stop_col):
-        _native.call(kernel, (carray(part, (blocks, cols), dtype), carray(out, cols, dtype),
-                              first_col, stop_col))
+        _native.call(kernel, (carray(part, (blocks, cols), compute),
+                              carray(out, cols, compute), first_col, stop_col))
         return OK
     return reduce
 
 
+def _widen(storage, compute):
+    def widen(source, count, target):
+        values = carray(source, count, storage)
+        out = carray(target, count, compute)
+        for i in range(count):
+            out[i] = load(values, i)
+        return OK
+    return widen
+
+
 _MAKERS = {"plan": _plan, "eps_fault": _eps_fault, "forward": _forward,
-           "backward_blocks": _backward_blocks, "reduce": _reduce}
+           "backward_blocks": _backward_blocks, "reduce": _reduce, "widen": _widen}
 _compiled = {}
 
 
-def _compile(name, result, parameters, dtype=None, suffix=""):
+def _compile(name, result, parameters, precision=None):
     """The ``@cfunc`` of one table entry, its parameter names checked against the table."""
-    python = _MAKERS[name](dtype) if dtype is not None else _MAKERS[name]()
+    if precision is None:
+        python, suffix = _MAKERS[name](), ""
+    else:
+        python = _MAKERS[name](precision.storage, precision.compute)
+        suffix = precision.suffix
     expected = [name for _, name in _parameters(parameters)]
     if list(inspect.signature(python).parameters) != expected:
         raise TypeError(f"_cabi.{name} takes {list(inspect.signature(python).parameters)}, "
@@ -297,13 +343,13 @@ def _compile(name, result, parameters, dtype=None, suffix=""):
     return cfunc(_signature(result, parameters))(python)
 
 
-def _kernel_address(entry, variant, dtype):
-    """The address of the kernel an entry point of ``dtype`` calls, in one variant."""
-    dtype = np.dtype(dtype)
+def _kernel_address(entry, variant, precision):
+    """The address of the kernel an entry point of ``precision`` calls, in one variant."""
+    storage, compute = np.dtype(precision.storage), np.dtype(precision.compute)
     staged, residual = "stage" in variant, "residual" in variant
     if entry == "forward":
-        return cpu.rows_kernel(dtype, dtype, staged, dtype if residual else None)
-    blocks, block_sums = cpu.blocks_kernel(dtype, dtype, staged, residual)
+        return cpu.rows_kernel(storage, compute, staged, storage if residual else None)
+    blocks, block_sums = cpu.blocks_kernel(storage, compute, staged, residual)
     return blocks if entry == "backward_blocks" else block_sums
 
 
@@ -321,23 +367,19 @@ def entry_points():
     if not _compiled:
         for name, result, parameters, each in ENTRY_POINTS:
             if each:
-                for suffix, _, dtype in PRECISIONS:
-                    _compiled[f"{name}_{suffix}"] = _compile(name, result, parameters,
-                                                             dtype, suffix)
+                for precision in PRECISIONS:
+                    _compiled[f"{name}_{precision.suffix}"] = _compile(name, result,
+                                                                       parameters, precision)
             else:
                 _compiled[name] = _compile(name, result, parameters)
     addresses = {name: entry.address for name, entry in _compiled.items()}
     for name, entry, variant in KERNELS:
-        for suffix, _, dtype in PRECISIONS:
-            addresses[f"{name}_{suffix}"] = _kernel_address(entry, variant, dtype)
+        for precision in PRECISIONS:
+            addresses[f"{name}_{precision.suffix}"] = _kernel_address(entry, variant, precision)
     return {name: addresses[name] for name in exported_names()}
 
 
 # --------------------------------------------------------------------------- GPU
-
-#: ``__cuda_array_interface__`` type strings, by the dtype code the C side passes.
-_TYPESTR = {32: "<f4", 64: "<f8"}
-
 
 class DeviceBuffer:
     """A strided 2-D (or 1-D) view of raw device memory, for the public API.
@@ -350,21 +392,22 @@ class DeviceBuffer:
         ``(rows, cols)`` or ``(n,)``.
     ld : int
         Row stride in elements (ignored for 1-D).
-    bits : {32, 64}
-        Element size: float32 or float64.
+    typestr : str
+        The element type: ``"<f4"``, ``"<f8"``, ``"<f2"`` or ``"<V2"``
+        (bfloat16, as PyTorch exports it).
     readonly : bool
         Marks inputs read-only.
     """
 
-    def __init__(self, address, shape, ld, bits, readonly):
-        itemsize = bits // 8
+    def __init__(self, address, shape, ld, typestr, readonly):
+        itemsize = int(typestr[2:])
         strides = (ld * itemsize, itemsize) if len(shape) == 2 else (itemsize,)
         self.__cuda_array_interface__ = {
-            "shape": tuple(shape), "strides": strides, "typestr": _TYPESTR[bits],
+            "shape": tuple(shape), "strides": strides, "typestr": typestr,
             "data": (int(address), bool(readonly)), "version": 3, "stream": None}
 
 
-def _device_array(address, shape, ld, bits, readonly=False):
+def _device_array(address, shape, ld, typestr, readonly=False):
     """A numba device array over raw device memory (no copy), or None for NULL.
 
     The public API validates ``shape``/``dtype``, which a bare
@@ -374,7 +417,8 @@ def _device_array(address, shape, ld, bits, readonly=False):
         return None
     from numba import cuda
 
-    return cuda.as_cuda_array(DeviceBuffer(address, shape, ld, bits, readonly), sync=False)
+    return cuda.as_cuda_array(DeviceBuffer(address, shape, ld, typestr, readonly),
+                              sync=False)
 
 
 def cuda_unavailable_reason():
@@ -401,12 +445,12 @@ def _stream(handle):
     return cuda.external_stream(handle) if handle else cuda.default_stream()
 
 
-def _zero(address, count, bits, stream):
+def _zero(address, count, typestr, stream):
     """Set ``count`` elements of device memory to +0.0 (all bits zero)."""
     from numba.cuda.cudadrv.driver import device_memset
 
-    device_memset(_device_array(address, (count,), 1, bits), 0, count * bits // 8,
-                  stream=stream)
+    device_memset(_device_array(address, (count,), 1, typestr), 0,
+                  count * int(typestr[2:]), stream=stream)
 
 
 def _copy_into(src, dst, stream):
@@ -420,14 +464,16 @@ def _copy_into(src, dst, stream):
         dst.setitem(tuple(slice(None) for _ in dst.shape), src, stream=stream)
 
 
-def cuda_forward(bits, centered, x, ldx, residual, ldr, weight, bias, y, ldy, s, lds, mean,
+def cuda_forward(precision, centered, x, ldx, residual, ldr, weight, bias, y, ldy, s, lds, mean,
                  rstd, rows, cols, eps, stream):
     """The GPU forward pass on raw device pointers (0 for NULL).
 
     Parameters
     ----------
-    bits : {32, 64}
-        float32 or float64.
+    precision : str
+        The suffix of the C function (:data:`PRECISIONS`): ``x``,
+        ``residual``, ``weight``, ``bias``, ``y`` and ``s`` are of its data
+        type, ``mean`` and ``rstd`` of its compute type.
     centered : int
         1 for layer norm (``numba_ln.layer_norm``), 0 for RMSNorm
         (``numba_ln.rms_norm``; ``bias`` and ``mean`` are then 0).
@@ -454,27 +500,30 @@ def cuda_forward(bits, centered, x, ldx, residual, ldr, weight, bias, y, ldy, s,
     if rows == 0:
         return
     st = _stream(stream)
-    matrix = _matrices(bits, rows, cols)
-    params = (_device_array(weight, (cols,), cols, bits, True),)
+    data, stat = _typestrs(precision)
+    matrix = _matrices(data, rows, cols)
+    params = (_device_array(weight, (cols,), cols, data, True),)
     if centered:
-        params += (_device_array(bias, (cols,), cols, bits, True),)
+        params += (_device_array(bias, (cols,), cols, data, True),)
     results = (numba_ln.layer_norm if centered else numba_ln.rms_norm)(
         matrix(x, ldx, True), *params, eps=eps, out=matrix(y, ldy), return_stats=True,
         stream=st, residual=matrix(residual, ldr, True), residual_out=matrix(s, lds))
     stats = results[2:] if residual else results[1:]
     for address, result in zip((mean, rstd) if centered else (rstd,), stats):
         if address:
-            _copy_into(result, _device_array(address, (rows,), 1, bits), st)
+            _copy_into(result, _device_array(address, (rows,), 1, stat), st)
 
 
-def cuda_backward(bits, centered, dy, lddy, x, ldx, mean, rstd, weight, dresidual, lddres,
+def cuda_backward(precision, centered, dy, lddy, x, ldx, mean, rstd, weight, dresidual, lddres,
                   dx, lddx, dweight, dbias, rows, cols, stream):
     """The GPU backward pass on raw device pointers (0 for NULL).
 
     Parameters
     ----------
-    bits : {32, 64}
-        float32 or float64.
+    precision : str
+        The suffix of the C function (:data:`PRECISIONS`): ``dy``, ``x``,
+        ``weight``, ``dresidual`` and ``dx`` are of its data type, ``mean``,
+        ``rstd``, ``dweight`` and ``dbias`` of its compute type.
     centered : int
         1 for layer norm (``numba_ln.layer_norm_backward``), 0 for RMSNorm
         (``numba_ln.rms_norm_backward``; ``mean`` and ``dbias`` are then 0).
@@ -496,26 +545,84 @@ def cuda_backward(bits, centered, dy, lddy, x, ldx, mean, rstd, weight, dresidua
     import numba_ln
 
     st = _stream(stream)
+    data, stat = _typestrs(precision)
     if rows == 0:  # sums over no rows
         for address in (dweight, dbias):
             if address:
-                _zero(address, cols, bits, st)
+                _zero(address, cols, stat, st)
         return
-    matrix = _matrices(bits, rows, cols)
+    matrix = _matrices(data, rows, cols)
     stats = (mean, rstd) if centered else (rstd,)
     grads = (numba_ln.layer_norm_backward if centered else numba_ln.rms_norm_backward)(
         matrix(dy, lddy, True), matrix(x, ldx, True),
-        *(_device_array(address, (rows,), 1, bits, True) for address in stats),
-        _device_array(weight, (cols,), cols, bits, True), stream=st,
+        *(_device_array(address, (rows,), 1, stat, True) for address in stats),
+        _device_array(weight, (cols,), cols, data, True) if data == stat
+        else _widened_gains(weight, cols, precision, st), stream=st,
         dresidual=matrix(dresidual, lddres, True))
     _copy_into(grads[0], matrix(dx, lddx), st)
     for address, result in zip((dweight, dbias), grads[1:]):
         if address:
-            _copy_into(result, _device_array(address, (cols,), 1, bits), st)
+            _copy_into(result, _device_array(address, (cols,), 1, stat), st)
 
 
-def _matrices(bits, rows, cols):
+def _widened_gains(address, cols, precision, stream):
+    """``cols`` 16-bit gains at a device address, widened to a new float32 device array.
+
+    The API returns ``dweight`` and ``dbias`` in ``weight``'s dtype; the C
+    ABI promises them in float, which the API gives for float32 gains. One
+    small kernel a call, on ``stream`` (None for a NULL ``address``).
+    """
+    if not address:
+        return None
+    from numba import cuda
+
+    widened = cuda.device_array(cols, np.float32, stream=stream)
+    top_half, convert = _widen_kernels()
+    if precision == "bf16":  # bfloat16 is the top half of a float32
+        top_half.forall(cols, stream=stream)(
+            _device_array(address, (cols,), cols, "<u2", True), widened.view(np.uint32))
+    else:  # float16: the hardware's conversion, exact
+        convert.forall(cols, stream=stream)(
+            _device_array(address, (cols,), cols, "<f2", True), widened)
+    return widened
+
+
+def _top_half(bits, out_bits):
+    """CUDA kernel: bfloat16 bits (uint16) to float32 bits (uint32), the top half."""
+    i = cuda.grid(1)
+    if i < bits.shape[0]:
+        out_bits[i] = uint32(bits[i]) << uint32(16)
+
+
+def _convert(halves, out):
+    """CUDA kernel: float16 to float32, exactly (every binary16 value is a float32)."""
+    i = cuda.grid(1)
+    if i < halves.shape[0]:
+        out[i] = float32(halves[i])
+
+
+@functools.lru_cache(maxsize=None)
+def _widen_kernels():
+    """``(top_half, convert)``, compiled by ``cuda.jit`` on the first GPU call.
+
+    numba.cuda is imported here, not with this module: the C library's CPU
+    functions never need it. It becomes a module global, which the kernels
+    read as ``cuda`` (the CUDA simulator swaps that global for its own).
+    """
+    global cuda, float32, uint32
+    from numba import cuda, float32, uint32
+
+    return cuda.jit(_top_half), cuda.jit(_convert)
+
+
+def _typestrs(precision):
+    """The ``__cuda_array_interface__`` type strings of a precision's data and statistics."""
+    found = _BY_SUFFIX[precision]
+    return found.typestr, np.dtype(found.compute).str
+
+
+def _matrices(typestr, rows, cols):
     """``matrix(address, ld, readonly=False)``: a ``rows x cols`` device view, or None for 0."""
     def matrix(address, ld, readonly=False):
-        return _device_array(address, (rows, cols), ld, bits, readonly)
+        return _device_array(address, (rows, cols), ld, typestr, readonly)
     return matrix

@@ -327,15 +327,52 @@ def test_backward_matches_python(driver_results, bits, shape, flags):
     driver_results[("backward", bits, shape, flags)].check()
 
 
-# --------------------------------------------------------------------------- RMSNorm, residual add
+# --------------------------------------------------------------------------- every function, by name
 #
-# The functions of issue 17, called in this process through cffi's ABI mode:
-# their prototypes are read from numba_ln.h (the header is the contract), so
-# a call names its arguments and every other pointer is NULL. A host that
-# runs Python already lends it to the library, as test_python_host_* shows.
+# The functions of issue 17 (RMSNorm, residual add) and every float16 and
+# bfloat16 function (issue 18), called in this process through cffi's ABI
+# mode: their prototypes are read from numba_ln.h (the header is the
+# contract), so a call names its arguments and every other pointer is NULL.
+# A host that runs Python already lends it to the library, as
+# test_python_host_* shows.
 
 NEW_FUNCTIONS = ("rms_norm", "rms_norm_backward", "add_layer_norm", "add_layer_norm_backward",
                  "add_rms_norm", "add_rms_norm_backward")
+#: Every function name; the float32 and float64 layer norm are also run by capi_driver.
+FUNCTIONS = ("layer_norm", "layer_norm_backward") + NEW_FUNCTIONS
+
+
+def _precisions():
+    """``{suffix: (the Python API's data dtype, dtype of statistics and parameter
+    gradients)}`` from ``numba_ln._cabi.PRECISIONS``; bfloat16 is ``ml_dtypes.bfloat16``
+    (absent without ml_dtypes: its cases skip)."""
+    from numba_ln import _cabi
+
+    api_dtypes = {np.dtype(np.uint16): np.dtype(np.float16), np.dtype(np.int16): reference.BFLOAT16}
+    return {p.suffix: (api_dtypes.get(np.dtype(p.storage), np.dtype(p.storage)),
+                       np.dtype(p.compute)) for p in _cabi.PRECISIONS}
+
+
+PRECISIONS = _precisions()
+HALF = ("f16", "bf16")
+
+
+def _needs_dtype(suffix):
+    """Skip a bfloat16 case when ml_dtypes is not installed."""
+    if PRECISIONS[suffix][0] is None:
+        pytest.skip("bfloat16 needs ml_dtypes (a test extra)")
+
+
+def _suffix(symbol):
+    """The precision of a C function's name: ``"bf16"`` of ``nln_layer_norm_bf16``."""
+    return symbol.rsplit("_", 1)[1]
+
+
+def _draw(rng, shape, dtype):
+    """Standard normal values in ``dtype`` (drawn in float32 for the 16-bit ones)."""
+    if dtype.itemsize == 2:
+        return rng.standard_normal(shape, dtype=np.float32).astype(dtype)
+    return rng.standard_normal(shape, dtype=dtype)
 #: Pointers a new function never takes as NULL (mean and rstd: in its backward).
 REQUIRED = {"x", "residual", "y", "s", "dy", "dx"}
 BACKWARD_REQUIRED = REQUIRED | {"mean", "rstd"}
@@ -463,25 +500,36 @@ IN_PLACE = {  # variant: {(backward, fused): ((output, the input it is), ...)}
     "in_place_x": {(False, False): (("y", "x"),), (False, True): (("s", "x"),),
                    (True, False): (("dx", "dy"),), (True, True): (("dx", "dy"),)},
 }
-NEW_CASES = [(function, bits, shape, variant)
-             for function in NEW_FUNCTIONS for bits in (32, 64) for shape in SHAPES
+NEW_CASES = [(function, suffix, shape, variant)
+             for function in NEW_FUNCTIONS for suffix in ("f32", "f64") for shape in SHAPES
              for variant in VARIANTS]
-# Large enough (>= 16 MiB) to stream y and s, or dx with wide rows taken in pairs.
-NEW_CASES += [(function, 32, (2048, 2051, 2051, 2053), "all") for function in NEW_FUNCTIONS]
+# float16 and bfloat16: every function, on the shapes that differ in kind
+# (padded, one column, threaded, no rows).
+HALF_SHAPES = [(9, 33, 40, 35), (4, 1, 3, 1), (500, 200, 256, 210), (0, 8, 8, 8)]
+NEW_CASES += [(function, suffix, shape, variant) for function in FUNCTIONS for suffix in HALF
+              for shape in HALF_SHAPES for variant in VARIANTS]
+# Large enough (>= 16 MiB) to stream y and s, or dx with wide rows taken in
+# pairs (16-bit rows stream from 1024 columns: cpu.plan); for 16-bit data one
+# forward and one backward, one of each format (a second each).
+NEW_CASES += [(function, "f32", (2048, 2051, 2051, 2053), "all") for function in NEW_FUNCTIONS]
+NEW_CASES += [("add_layer_norm", "bf16", (4096, 2051, 2051, 2053), "all"),
+              ("add_rms_norm_backward", "f16", (4096, 2051, 2051, 2053), "all")]
 
 
 class _NewCase:
     """One call of a new function on padded buffers, and what it must return."""
 
-    def __init__(self, function, bits, shape, variant):
+    def __init__(self, function, suffix, shape, variant):
+        _needs_dtype(suffix)
         self.function, self.variant = function, variant
         self.backward = function.endswith("backward")
-        self.dtype = dt = DTYPES[bits]
+        self.dtype = dt = PRECISIONS[suffix][0]
+        stat_dtype = PRECISIONS[suffix][1]
         self.rows, self.cols, ld_in, ld_out = shape
         self.eps = VARIANTS[variant]
-        self.ld = dict(_matrices(f"nln_{function}_f{bits}"))
-        parameters = {name for _, name in PROTOTYPES[f"nln_{function}_f{bits}"]}
-        rng = np.random.default_rng(zlib.crc32(repr((function, bits, shape, variant)).encode()))
+        self.ld = dict(_matrices(f"nln_{function}_{suffix}"))
+        parameters = {name for _, name in PROTOTYPES[f"nln_{function}_{suffix}"]}
+        rng = np.random.default_rng(zlib.crc32(repr((function, suffix, shape, variant)).encode()))
         values = {"rows": self.rows, "cols": self.cols, "eps": self.eps,
                   "weight": (1 + 0.1 * rng.standard_normal(self.cols)).astype(dt),
                   "bias": (0.1 * rng.standard_normal(self.cols)).astype(dt)}
@@ -489,7 +537,7 @@ class _NewCase:
                    "dy": ld_out + 1, "dresidual": ld_in + 2}
         for name, ld_name in self.ld.items():
             values[ld_name] = strides.get(name, ld_out)
-            matrix = rng.standard_normal((self.rows, self.cols), dtype=dt) * 2 + dt(0.5)
+            matrix = (_draw(rng, (self.rows, self.cols), dt) * 2 + 0.5).astype(dt)
             values[name] = _padded(matrix, values[ld_name], dt, SENTINEL)
         self.outputs = _API[function][0]
         if self.backward:  # the statistics of the forward pass
@@ -500,9 +548,9 @@ class _NewCase:
             else:
                 rstd = numba_ln.rms_norm(source, values["weight"], return_stats=True)[1]
             values["rstd"] = rstd.ravel()
-        for name in self.outputs:
+        for name in self.outputs:  # statistics and parameter gradients
             values.setdefault(name, np.full(self.rows if name in ("mean", "rstd") else self.cols,
-                                            SENTINEL, dt))
+                                            SENTINEL, stat_dtype))
         if variant == "none":
             for name in ("weight", "bias", "mean", "rstd", "dweight", "dbias", "dresidual"):
                 if not (self.backward and name in BACKWARD_REQUIRED):
@@ -520,7 +568,13 @@ class _NewCase:
                                    "mean", "rstd")}
         api_inputs = {name: None if a is None else a.copy() for name, a in api_inputs.items()}
         _, api, ref = _API[function]
+        api_weight = api_inputs["weight"]
+        if self.backward and api_weight is not None:
+            # The API returns dweight and dbias in weight's dtype, the C ABI in
+            # float: the API's float32 result for the same gains, widened.
+            api_inputs["weight"] = api_weight.astype(stat_dtype)
         self.expected = dict(zip(self.outputs, api(api_inputs, self.eps)))
+        api_inputs["weight"] = api_weight
         self.reference = dict(zip(self.outputs, ref(api_inputs, self.eps)))
         self.before = {name: a.copy() for name, a in self.values.items()
                        if isinstance(a, np.ndarray)}
@@ -544,7 +598,10 @@ class _NewCase:
                 _rows_view(padding, self.rows, self.cols, self.values[self.ld[name]])[...] = False
                 assert (got[padding] == self.before[name][padding]).all(), f"{name}'s padding"
                 got = self.view(self.values, name)
-            np.testing.assert_array_equal(got, np.reshape(self.expected[name], got.shape), name)
+            expected = np.reshape(self.expected[name], got.shape)
+            np.testing.assert_array_equal(got, expected, name)
+            assert got.dtype == expected.dtype and (  # the bits, signed zeros included
+                np.ascontiguousarray(got).tobytes() == np.ascontiguousarray(expected).tobytes())
             if self.cols == 1 and self.backward:
                 continue  # dx = rstd * g * (1 - xhat**2), xhat**2 ~ 1: any rounding is all of it
             error = reference.rel_l2(got, np.reshape(self.reference[name], got.shape))
@@ -554,10 +611,10 @@ class _NewCase:
                 np.testing.assert_array_equal(self.values[name], before, f"input {name}")
 
 
-@pytest.mark.parametrize("function, bits, shape, variant", NEW_CASES)
-def test_new_function_matches_python_and_reference(capi, function, bits, shape, variant):
-    case = _NewCase(function, bits, shape, variant)
-    status = capi.call(f"nln_{function}_f{bits}", case.values)
+@pytest.mark.parametrize("function, suffix, shape, variant", NEW_CASES)
+def test_function_matches_python_and_reference(capi, function, suffix, shape, variant):
+    case = _NewCase(function, suffix, shape, variant)
+    status = capi.call(f"nln_{function}_{suffix}", case.values)
     case.check(status, capi.last_error())
 
 
@@ -725,14 +782,17 @@ def test_last_error_is_per_thread_and_survives_success(error_report):
 # in this process: each required pointer NULL, each stride too small or past
 # the address space, bad rows, cols and eps. The GPU functions check their
 # arguments before they look for a device.
-NEW_SYMBOLS = [f"nln_{device}{function}_{suffix}" for function in NEW_FUNCTIONS
-               for device in ("", "cuda_") for suffix in ("f32", "f64")]
+NEW_SYMBOLS = [f"nln_{device}{function}_{suffix}" for device in ("", "cuda_")
+               for function, suffix in [(function, suffix) for function in NEW_FUNCTIONS
+                                        for suffix in ("f32", "f64")]
+               + [(function, suffix) for function in FUNCTIONS for suffix in HALF]]
 SMALL = {"rows": 3, "cols": 4, "ld": 6}
 
 
 def _small_call(function):
     """Arguments of a valid call of ``function`` on 3 x 4 host buffers of row stride 6."""
-    dtype = np.float32 if function.endswith("f32") else np.float64
+    _needs_dtype(_suffix(function))
+    dtype, stat_dtype = PRECISIONS[_suffix(function)]
     rows, cols, ld = SMALL["rows"], SMALL["cols"], SMALL["ld"]
     matrices = dict(_matrices(function))
     values = {"rows": rows, "cols": cols, "eps": 1e-5}
@@ -742,14 +802,21 @@ def _small_call(function):
         elif ctype.endswith("*") and name != "stream":
             size = (rows - 1) * ld + cols if name in matrices else (
                 rows if name in ("mean", "rstd") else cols)
-            values[name] = np.linspace(0.5, 2.0, size).astype(dtype)
+            values[name] = np.linspace(0.5, 2.0, size).astype(
+                stat_dtype if name in STATISTICS else dtype)
     return values
+
+
+#: Pointers of the compute type (float for float16 and bfloat16 data).
+STATISTICS = ("mean", "rstd", "dweight", "dbias")
+#: An address whose buffer of 8 bytes or more runs past the end of the address space.
+WRAPS = 0xfffffffffffffff8
 
 
 def _bad_calls(function):
     """``(label, changes, message)`` for each invalid call of ``function``."""
     backward = "backward" in function
-    itemsize = 4 if function.endswith("f32") else 8
+    itemsize, stat_itemsize = (dtype.itemsize for dtype in PRECISIONS[_suffix(function)])
     required = BACKWARD_REQUIRED if backward else REQUIRED
     for ctype, name in PROTOTYPES[function]:
         if ctype.endswith("*") and name in required:
@@ -760,6 +827,12 @@ def _bad_calls(function):
         yield (f"{ld}_huge", {ld: huge},
                f"{function}: {matrix} spans (rows - 1) * {ld} + cols = {2 * huge + 4} elements "
                f"of {itemsize} bytes, more than the address space")
+    # Vectors are checked in their own element size: weight in the data's,
+    # rstd in the statistics'.
+    yield ("weight_wraps", {"weight": WRAPS}, f"{function}: weight spans cols = 4 elements of "
+           f"{itemsize} bytes from {WRAPS:#x}, past the end of the address space")
+    yield ("rstd_wraps", {"rstd": WRAPS}, f"{function}: rstd spans rows = 3 elements of "
+           f"{stat_itemsize} bytes from {WRAPS:#x}, past the end of the address space")
     yield "rows_negative", {"rows": -1}, f"{function}: rows (-1) must be >= 0"
     yield "cols_zero", {"cols": 0}, f"{function}: cols (0) must be > 0"
     if not backward:
@@ -806,25 +879,37 @@ def test_new_function_optional_arguments(capi, function):
 # The GPU glue (numba_ln._cabi.cuda_forward and cuda_backward), run here
 # without a GPU: device arrays are replaced by NumPy views of the same host
 # buffers, so the public API it calls runs on the CPU and must give the bits
-# of the CPU function of the same name.
-GLUE_CASES = [(function, shape, variant) for function in ("layer_norm", "layer_norm_backward")
-              + NEW_FUNCTIONS for shape in ((9, 33, 40, 35), (0, 8, 8, 8))
-              for variant in VARIANTS]
+# of the CPU function of the same name. Each buffer must be described by the
+# typestr of its dtype; a bfloat16 one by "<V2", as PyTorch exports it. The
+# stand-in gives the API an ml_dtypes.bfloat16 view for it: the CPU API
+# does not take "<V2" arrays. That a numba device array of typestr "<V2"
+# reaches the CUDA backend as bfloat16 is only tested on a GPU
+# (test_new_gpu_functions_match_the_cpu), once the CUDA backend's bfloat16
+# branch is merged. The 16-bit backward passes widen weight to float32 on the
+# device first (so that dweight and dbias come back in float): here with
+# NumPy; the kernels themselves run in test_gpu_widening_kernels_on_the_simulator.
+GLUE_CASES = [(function, "f32", shape, variant) for function in FUNCTIONS
+              for shape in ((9, 33, 40, 35), (0, 8, 8, 8)) for variant in VARIANTS]
+GLUE_CASES += [(function, suffix, (9, 33, 40, 35), variant) for function in FUNCTIONS
+               for suffix in HALF for variant in VARIANTS]
+TYPESTR = {np.dtype(np.float16): "<f2", np.dtype(np.float32): "<f4",
+           np.dtype(np.float64): "<f8", reference.BFLOAT16: "<V2"}
 
 
-@pytest.mark.parametrize("function, shape, variant", GLUE_CASES)
-def test_gpu_glue_calls_the_public_api(capi, monkeypatch, function, shape, variant):
+@pytest.mark.parametrize("function, suffix, shape, variant", GLUE_CASES)
+def test_gpu_glue_calls_the_public_api(capi, monkeypatch, function, suffix, shape, variant):
     from numba_ln import _cabi
 
-    expected = _NewCase(function, 32, shape, variant)
-    assert capi.call(f"nln_{function}_f32", expected.values) == 0, capi.last_error()
-    case = _NewCase(function, 32, shape, variant)
+    expected = _NewCase(function, suffix, shape, variant)
+    assert capi.call(f"nln_{function}_{suffix}", expected.values) == 0, capi.last_error()
+    case = _NewCase(function, suffix, shape, variant)
     buffers = {a.ctypes.data: a for a in case.values.values() if isinstance(a, np.ndarray)}
 
-    def host_array(address, shape, ld, bits, readonly=False):
+    def host_array(address, shape, ld, typestr, readonly=False):
         if not address:
             return None
         buffer = buffers[address]
+        assert typestr == TYPESTR[buffer.dtype], (typestr, buffer.dtype)
         view = (_rows_view(buffer, *shape, ld) if len(shape) == 2 else buffer[:shape[0]]).view()
         view.flags.writeable = not readonly
         return view
@@ -834,12 +919,14 @@ def test_gpu_glue_calls_the_public_api(capi, monkeypatch, function, shape, varia
     monkeypatch.setattr(_cabi, "_copy_into",
                         lambda src, dst, stream: dst.__setitem__(..., np.reshape(src, dst.shape)))
     monkeypatch.setattr(_cabi, "_zero",
-                        lambda address, count, bits, stream: buffers[address][:count].fill(0))
+                        lambda address, count, typestr, stream: buffers[address][:count].fill(0))
+    monkeypatch.setattr(_cabi, "_widened_gains", lambda address, cols, precision, stream: (
+        buffers[address][:cols].astype(np.float32) if address else None))
     backward = function.endswith("backward")
     glue = _cabi.cuda_backward if backward else _cabi.cuda_forward
     # The C side passes a fused backward's s as x (nln_shim.h).
     renamed = {"x": "s", "ldx": "lds"} if backward and "add_" in function else {}
-    special = {"bits": 32, "centered": int("layer_norm" in function), "stream": 0}
+    special = {"precision": suffix, "centered": int("layer_norm" in function), "stream": 0}
 
     def argument(name):
         if name in special:
@@ -850,6 +937,8 @@ def test_gpu_glue_calls_the_public_api(capi, monkeypatch, function, shape, varia
     glue(*map(argument, inspect.signature(glue).parameters))
     for name, got in case.values.items():
         np.testing.assert_array_equal(got, expected.values[name], name)
+        if isinstance(got, np.ndarray):
+            assert got.tobytes() == expected.values[name].tobytes(), name
 
 
 # --------------------------------------------------------------------------- threads
@@ -1119,15 +1208,21 @@ def test_gpu_entry_points_on_device_pointers(libdir, tmp_path):
 
 
 UNSUPPORTED = 2
-GPU_CASES = [(function, bits) for function in NEW_FUNCTIONS for bits in (32, 64)]
+GPU_CASES = [(function, suffix) for function in NEW_FUNCTIONS for suffix in ("f32", "f64")]
+GPU_CASES += [(function, suffix) for function in FUNCTIONS for suffix in HALF]
+#: The GPU's results against the CPU's: one or two roundings of the data type apart.
+GPU_TOLERANCE = {"f32": 1e-3, "f64": 1e-9, "f16": 4e-3, "bf16": 3e-2}
 
 
-@pytest.mark.parametrize("function, bits", GPU_CASES)
-def test_new_gpu_functions_match_the_cpu(capi, function, bits):
-    """The nln_cuda_* functions of issue 17 on device copies of a CPU call's buffers.
+@pytest.mark.parametrize("function, suffix", GPU_CASES)
+def test_new_gpu_functions_match_the_cpu(capi, function, suffix):
+    """The nln_cuda_* functions of issues 17 and 18 on device copies of a CPU call's buffers.
 
     Needs a GPU; skips while the CUDA backend has no RMSNorm and residual
-    kernels (the function then returns NLN_ERR_UNSUPPORTED).
+    kernels (the function then returns NLN_ERR_UNSUPPORTED). The bfloat16
+    functions hand the CUDA backend numba device arrays of typestr "<V2": on
+    main that backend does not take them yet, and they skip (with its
+    message) until the CUDA backend's bfloat16 branch is merged.
     """
     from numba_ln import _cabi
 
@@ -1135,23 +1230,31 @@ def test_new_gpu_functions_match_the_cpu(capi, function, bits):
         pytest.skip(f"no GPU: {_cabi.cuda_unavailable_reason()}")
     from numba import cuda
 
+    def raw(a):  # numba knows no bfloat16: 16-bit buffers travel as their bits
+        return a.view(np.uint16) if a.itemsize == 2 else a
+
     for variant in VARIANTS:
         shape = (300, 200, 208, 210)
-        expected = _NewCase(function, bits, shape, variant)
-        assert capi.call(f"nln_{function}_f{bits}", expected.values) == 0, capi.last_error()
-        case = _NewCase(function, bits, shape, variant)
-        copies = {id(a): cuda.to_device(a) for a in case.values.values()
+        expected = _NewCase(function, suffix, shape, variant)
+        assert capi.call(f"nln_{function}_{suffix}", expected.values) == 0, capi.last_error()
+        case = _NewCase(function, suffix, shape, variant)
+        copies = {id(a): cuda.to_device(raw(a)) for a in case.values.values()
                   if isinstance(a, np.ndarray)}  # one per buffer: in place stays in place
         on_device = {name: copies.get(id(value), value) for name, value in case.values.items()}
-        status = capi.call(f"nln_cuda_{function}_f{bits}", on_device)
+        status = capi.call(f"nln_cuda_{function}_{suffix}", on_device)
         if status == UNSUPPORTED:
             pytest.skip(f"needs the GPU kernels of issue 17: {capi.last_error()}")
+        if suffix == "bf16" and status == INVALID:
+            pytest.skip("needs the CUDA backend's bfloat16 (<V2) from its branch: "
+                        + capi.last_error())
         assert status == 0, (variant, capi.last_error())
         cuda.synchronize()
-        tolerance = {32: 1e-3, 64: 1e-9}[bits]
+        tolerance = GPU_TOLERANCE[suffix]
         for name, value in expected.values.items():
             if isinstance(value, np.ndarray):
-                np.testing.assert_allclose(on_device[name].copy_to_host(), value,
+                got = on_device[name].copy_to_host().view(value.dtype)
+                np.testing.assert_allclose(np.asarray(got, np.float64),
+                                           np.asarray(value, np.float64),
                                            rtol=tolerance, atol=tolerance,
                                            err_msg=f"{variant}: {name}")
 
@@ -1176,6 +1279,57 @@ def test_cpu_entry_points_are_compiled_c_functions():
     ref, ref_mean, ref_rstd = numba_ln.layer_norm(x.reshape(2, 4), eps=0.0, return_stats=True)
     np.testing.assert_array_equal(y.reshape(2, 4), ref)
     np.testing.assert_array_equal(mean, ref_mean.ravel())
+
+
+@pytest.mark.parametrize("suffix", HALF)
+def test_widen_entry_points_match_numpy_for_every_bit_pattern(suffix):
+    """The 16-bit functions' gains are widened by ``widen_f16`` / ``widen_bf16``:
+    every one of the 65,536 bit patterns gives NumPy's (ml_dtypes') float32."""
+    from numba_ln import _cabi
+
+    _needs_dtype(suffix)
+    _cabi.entry_points()
+    bits = np.arange(1 << 16, dtype=np.uint32).astype(np.uint16)
+    out = np.empty(bits.size, np.float32)
+    as_ptr = lambda a: a.ctypes.data_as(ctypes.c_void_p)  # noqa: E731
+    assert _cabi._compiled[f"widen_{suffix}"].ctypes(as_ptr(bits), bits.size,
+                                                     as_ptr(out)) == _cabi.OK
+    expected = bits.view(PRECISIONS[suffix][0]).astype(np.float32)
+    nan = np.isnan(expected)
+    np.testing.assert_array_equal(np.isnan(out), nan)
+    np.testing.assert_array_equal(out[~nan].view(np.uint32), expected[~nan].view(np.uint32))
+
+
+GPU_WIDEN_SCRIPT = r"""
+import numpy as np, ml_dtypes
+from numba import cuda
+from numba_ln import _cabi
+
+top_half, convert = _cabi._widen_kernels()
+bits = np.concatenate([np.arange(0, 1 << 16, 97).astype(np.uint16), np.array(
+    [0x0000, 0x8000, 0x0001, 0x8001, 0x03ff, 0x7bff, 0x7c00, 0xfc00, 0x7e00, 0x7d00, 0x007f,
+     0x0080, 0x7f7f, 0x7f80, 0xff80, 0x7fc0, 0x7f81, 0xffff], np.uint16)])
+out_bits = np.zeros(bits.size, np.uint32)
+top_half.forall(bits.size)(bits, out_bits)
+assert np.array_equal(out_bits.view(np.float32), bits.view(ml_dtypes.bfloat16).astype(np.float32),
+                      equal_nan=True)
+halves = bits.view(np.float16)
+out = np.zeros(bits.size, np.float32)
+convert.forall(bits.size)(halves, out)
+assert np.array_equal(out, halves.astype(np.float32), equal_nan=True)
+print("WIDEN OK", bits.size)
+"""
+
+
+def test_gpu_widening_kernels_on_the_simulator(tmp_path):
+    """The kernels that widen 16-bit gains on the device, on a sample of bit
+    patterns (a Python thread per CUDA thread: not all 65,536)."""
+    _needs_dtype("bf16")
+    script = tmp_path / "widen.py"
+    script.write_text(GPU_WIDEN_SCRIPT)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            env={**os.environ, "NUMBA_ENABLE_CUDASIM": "1"}, timeout=300)
+    assert result.returncode == 0 and "WIDEN OK" in result.stdout, result.stderr
 
 
 def test_entry_points_share_the_guarded_kernel_cache():
