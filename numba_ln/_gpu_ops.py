@@ -10,6 +10,16 @@ arithmetic is one 32-bit multiply-add. Loaded values are converted to the
 type of the local array they land in (float16 widens to float32 on load),
 stored ones to the array's type (round to nearest even).
 
+bfloat16 reaches the kernels as ``int16`` arrays of its bits (numba has no
+bfloat16 type; ``_validate.storage_dtype`` makes the same choice for the
+CPU), so an ``int16`` row array always means bfloat16 here. It moves like
+float16 (8 elements, one 16-byte access) and is converted by the CPU's own
+``_storage.bfloat16_bits_to_float32`` (a shift) and
+``_storage.float32_to_bfloat16_bits`` (round to nearest even, a NaN stays a
+quiet NaN of its sign): integer-only intrinsics that numba-cuda compiles as
+well, so the bit formula is written once for both targets and the simulator
+(which runs them as CPU-compiled functions).
+
 Under numba's CUDA simulator the same kernels call plain Python stand-ins
 that go through :func:`simulated_load` and :func:`simulated_store`; the
 test set-up replaces those two (``tests/gpu/sim_shims.py``) to assert the
@@ -25,7 +35,10 @@ from run to run.
 import functools
 import os
 
-from numba import cuda
+import numpy as np
+from numba import cuda, float32, njit
+
+from . import _storage
 
 #: Threads in a warp.
 WARP_SIZE = 32
@@ -37,16 +50,78 @@ VECTOR_BYTES = 16
 _SIMULATOR = os.environ.get("NUMBA_ENABLE_CUDASIM", "0") not in ("", "0")
 
 
+def _widen_bits(bits):
+    """bfloat16 bits (an int16) to float32: the shipped intrinsic, compiled for any target."""
+    return _storage.bfloat16_bits_to_float32(bits)
+
+
+def _narrow_bits(value):
+    """A value to bfloat16 bits (an int16) via float32: the shipped intrinsic."""
+    return _storage.float32_to_bfloat16_bits(float32(value))
+
+
+@functools.cache
+def _host_conversions():
+    """The two conversions compiled for the CPU, callable from the simulator's Python."""
+    return njit(_widen_bits), njit(_narrow_bits)
+
+
+def _converts_bfloat16(array, local):
+    """Whether an access between a simulator array and a local one converts bfloat16 bits:
+    ``int16`` holds them (see the module docstring); between two ``int16`` they move as is."""
+    return array.dtype == np.int16 and local.dtype != np.int16
+
+
 def simulated_load(array, index, dest, start, width):
     """Simulator: ``dest[start + t] = array[index + t]`` for ``t < width``."""
+    if _converts_bfloat16(array, dest):
+        widen = _host_conversions()[0]
+        for t in range(width):
+            dest[start + t] = widen(array[index + t])
+        return
     for t in range(width):
         dest[start + t] = array[index + t]
 
 
 def simulated_store(array, index, src, start, width):
     """Simulator: ``array[index + t] = src[start + t]`` for ``t < width``."""
+    if _converts_bfloat16(array, src):
+        narrow = _host_conversions()[1]
+        for t in range(width):
+            array[index + t] = narrow(src[start + t])
+        return
     for t in range(width):
         array[index + t] = src[start + t]
+
+
+def bfloat16_conversions():
+    """Device functions ``(narrow, widen)``: a value to bfloat16 bits (an int16, rounded to
+    nearest even), and such bits to float32.
+
+    For a kernel that keeps bfloat16 bits in an ``int16`` local array (the
+    residual add rounds ``s`` once and both stores and normalizes the
+    result); an access between two ``int16`` arrays moves bits unconverted.
+    CPU-compiled functions under the simulator.
+
+    Returns
+    -------
+    tuple of callable
+
+    Examples
+    --------
+    >>> narrow, widen = bfloat16_conversions()
+    >>> callable(narrow) and callable(widen)
+    True
+    """
+    if _SIMULATOR:
+        return _host_conversions()[::-1]
+    return _device_conversions()
+
+
+@functools.cache
+def _device_conversions():
+    return tuple(cuda.jit(device=True, inline="always")(function)
+                 for function in (_narrow_bits, _widen_bits))
 
 
 def _simulated_access(width, function_name):
@@ -77,7 +152,7 @@ def _packed(element, width, itemsize):
     """Whether a vector of ``width`` 16-bit elements moves as 32-bit words.
 
     PTX vector accesses have at most 4 lanes, so 8 float16 as ``<8 x half>``
-    are two 8-byte accesses; as ``<4 x i32>`` they are one of 16 bytes. The
+    (or bfloat16 bits as ``<8 x i16>``) are two 8-byte accesses; as ``<4 x i32>`` they are one of 16 bytes. The
     words are split with shifts (a plain bitcast is folded back by NVVM).
     """
     return itemsize == 2 and width > 4
@@ -106,6 +181,28 @@ def _words_of_lanes(builder, lanes):
         word = builder.or_(low, builder.shl(high, ir.Constant(i32, 16)))
         words = builder.insert_element(words, word, ir.Constant(i32, w))
     return words
+
+
+def _to_element(context, builder, value, from_type, array_type):
+    """``value`` converted to ``array_type``'s element (to bfloat16 bits: rounded, as float32;
+    bits to bits: unchanged)."""
+    from numba import types
+    if array_type == types.int16 and from_type != types.int16:  # bfloat16 bits
+        value = context.cast(builder, value, from_type, types.float32)
+        return context.compile_internal(builder, _narrow_bits, types.int16(types.float32),
+                                        [value])
+    return context.cast(builder, value, from_type, array_type)
+
+
+def _from_element(context, builder, value, array_type, to_type):
+    """An element of ``array_type`` converted to ``to_type`` (bfloat16 bits: widened, unless
+    to bits)."""
+    from numba import types
+    if array_type == types.int16 and to_type != types.int16:  # bfloat16 bits
+        value = context.compile_internal(builder, _widen_bits, types.float32(types.int16),
+                                         [value])
+        array_type = types.float32
+    return context.cast(builder, value, array_type, to_type)
 
 
 def _access(context, builder, sig, args):
@@ -171,7 +268,8 @@ def vector_load(width):
                 lanes = [builder.extract_element(vector, ir.Constant(ir.IntType(32), t))
                          for t in range(width)]
             for t in range(width):
-                value = context.cast(builder, lanes[t], array_type.dtype, dest_type.dtype)
+                value = _from_element(context, builder, lanes[t], array_type.dtype,
+                                      dest_type.dtype)
                 index = builder.add(first, ir.Constant(first.type, t))
                 builder.store(value, get_item_pointer(context, builder, dest_type, local,
                                                       [index]))
@@ -221,7 +319,8 @@ def vector_store(width):
                 index = builder.add(first, ir.Constant(first.type, t))
                 value = builder.load(get_item_pointer(context, builder, src_type, local,
                                                       [index]))
-                lanes.append(context.cast(builder, value, src_type.dtype, array_type.dtype))
+                lanes.append(_to_element(context, builder, value, src_type.dtype,
+                                         array_type.dtype))
             if _packed(element, width, itemsize):
                 vector = _words_of_lanes(builder, lanes)
             else:

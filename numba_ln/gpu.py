@@ -3,14 +3,17 @@
 Every kernel sees the problem in the layout the CPU kernels see (``cpu.py``):
 1-D contiguous buffers and a row stride (``ldx``: row ``r`` starts at
 ``x[r * ldx]``, ``ldx >= cols``). ``x``, ``y``, ``dy`` and ``dx`` are in the
-storage dtype (float16, float32 or float64); ``weight`` and ``bias`` in the
-storage or the compute dtype (float16 gains are widened as they are loaded);
-``mean``, ``rstd`` and the partial sums in the compute dtype (float32 for
-float16). Values are widened to the compute dtype as they are loaded, so the
-``_math`` functions never see a float16.
+storage dtype (float16, bfloat16, float32 or float64); ``weight`` and
+``bias`` in the storage or the compute dtype (16-bit gains are widened as
+they are loaded); ``mean``, ``rstd`` and the partial sums in the compute
+dtype (float32 for float16 and bfloat16). Values are widened to the compute
+dtype as they are loaded, so the ``_math`` functions never see a 16-bit
+value. bfloat16 arrays are passed as ``int16`` views of their bits
+(:func:`storage_type`), which ``_gpu_ops`` widens with a shift and rounds
+to nearest even; everything else about them is float16's.
 
 Row data moves through ``_gpu_ops.vector_load``/``vector_store``: 16 bytes
-per access in the *vector* kernels (4 float32, 8 float16, 2 float64), one
+per access in the *vector* kernels (4 float32, 8 float16 or bfloat16, 2 float64), one
 element in the *scalar* ones, which serve what the vector kernels cannot
 (a pointer or row stride not a multiple of 16 bytes, a width not a multiple
 of the vector). Each kernel is written once, with the vector width a
@@ -78,9 +81,9 @@ import functools
 from typing import NamedTuple
 
 import numpy as np
-from numba import boolean, cuda, float32, float64, from_dtype, int64, uint32, uint64
+from numba import boolean, cuda, float32, float64, from_dtype, int16, int64, uint32, uint64
 
-from . import _config, _gpu_ops, _math
+from . import _config, _gpu_ops, _math, _validate
 from ._validate import compute_dtype as _compute_dtype
 
 #: Threads in a warp; a warp-per-row group never spans more than one.
@@ -90,6 +93,42 @@ VECTOR_BYTES = _gpu_ops.VECTOR_BYTES
 
 _COMPUTE = {np.dtype(np.float32): float32, np.dtype(np.float64): float64}
 _FULL = _gpu_ops.FULL_MASK
+
+
+def _canonical(dtype):
+    """``dtype`` as ``_validate`` names it (which also makes ml_dtypes' bfloat16 known)."""
+    return _validate.check_float_dtype(np.dtype(dtype), "dtype")
+
+
+def is_bfloat16(dtype):
+    """Whether ``dtype`` is ml_dtypes' bfloat16.
+
+    Examples
+    --------
+    >>> is_bfloat16(np.dtype("float16"))
+    False
+    """
+    dtype = np.dtype(dtype)
+    return dtype.name == "bfloat16" and _canonical(dtype) is _validate.BFLOAT16
+
+
+def storage_type(dtype):
+    """The numba type a kernel sees ``dtype``'s elements as: bfloat16 as its ``int16`` bits.
+
+    numba has no bfloat16; ``int16`` is the one type no float array of
+    numba-ln has, so ``_gpu_ops`` knows it for bfloat16 at compile time.
+
+    Examples
+    --------
+    >>> storage_type("float16")
+    float16
+    """
+    return int16 if is_bfloat16(dtype) else from_dtype(np.dtype(dtype))
+
+
+@cuda.jit(device=True, inline="always")
+def _unchanged(value):
+    return value
 
 
 def _jit(threads=None):
@@ -137,7 +176,14 @@ def _row_steps(compute, vec, chunks, index, centered=True, residual=None):
     """
     load, store = _gpu_ops.vector_load(vec), _gpu_ops.vector_store(vec)
     has_residual = residual is not None
-    rounded_type = from_dtype(np.dtype(residual)) if has_residual else compute
+    # s rounded to its dtype: a float16 local rounds as it is assigned; bfloat16 (no numba type)
+    # is kept as its bits, rounded once, then widened for the row and stored as they are.
+    if has_residual and is_bfloat16(residual):
+        rounded_type = int16
+        to_rounded, from_rounded = _gpu_ops.bfloat16_conversions()
+    else:
+        rounded_type = from_dtype(residual) if has_residual else compute
+        to_rounded = from_rounded = _unchanged
     # RMSNorm adds -0.0 as its bias: exact, and the compiler folds the addition away.
     no_bias = 0.0 if centered else -0.0
 
@@ -172,8 +218,8 @@ def _row_steps(compute, vec, chunks, index, centered=True, residual=None):
                 if has_residual:
                     load(r, r_base, col, addend, 0)
                     for t in range(vec):
-                        rounded[t] = cache[k * vec + t] + addend[t]
-                        cache[k * vec + t] = rounded[t]
+                        rounded[t] = to_rounded(cache[k * vec + t] + addend[t])
+                        cache[k * vec + t] = from_rounded(rounded[t])
                     store(s, s_base, col, rounded, 0)
                 for t in range(vec):
                     total += cache[k * vec + t]
@@ -687,6 +733,7 @@ def reduce1_partials(storage, param, centered=True):
     compute = _COMPUTE[_compute_dtype(storage)]
     threads = _config.CUDA_REDUCE_THREADS
     shape = (2, threads)
+    write = _gradient_writer(param, compute)
 
     def kernel(dweight_part, dbias_part, parts, cols, dweight, dbias):
         shared = cuda.shared.array(shape, compute)
@@ -710,11 +757,63 @@ def reduce1_partials(storage, param, centered=True):
             for other in range(1, groups):
                 dweight_sum += shared[0, other * tile + c]
                 dbias_sum += shared[1, other * tile + c]
-            dweight[col] = dweight_sum
+            write(dweight, col, dweight_sum)
             if centered:
-                dbias[col] = dbias_sum
+                write(dbias, col, dbias_sum)
     kernel.__name__ = kernel.__qualname__ = f"_{'ln' if centered else 'rms'}_bwd_reduce"
     return _jit(threads)(kernel)
+
+
+def _gradient_writer(param, compute):
+    """``write(array, col, value)``: ``array[col] = value`` in ``param``'s dtype (bfloat16
+    bits through ``_gpu_ops``' rounding store; other dtypes by assignment)."""
+    if not is_bfloat16(param):
+        @cuda.jit(device=True, inline="always")
+        def write(array, col, value):
+            array[col] = value
+        return write
+    store = _gpu_ops.vector_store(1)
+
+    @cuda.jit(device=True, inline="always")
+    def write(array, col, value):
+        staged = cuda.local.array(1, compute)
+        staged[0] = value
+        store(array, 0, uint64(col), staged, 0)
+    return write
+
+
+# Convert 1. bfloat16 bits widened to a float dtype, one element a thread: the device-side copy
+# of a bfloat16 gain, bias or statistic into the compute dtype (numba's copy cannot convert).
+@functools.cache
+def widen1_bfloat16(target):
+    """Conversion kernel 1, ``_widen_bfloat16``: ``dst[i] = src[i]`` from bfloat16 bits to the
+    float dtype ``target``; ``src`` and ``dst`` are 1-D and contiguous."""
+    load, store = _gpu_ops.vector_load(1), _gpu_ops.vector_store(1)
+    wide = from_dtype(np.dtype(target))
+
+    def kernel(src, dst, size):
+        i = cuda.grid(1)
+        if i < size:
+            value = cuda.local.array(1, wide)
+            load(src, 0, uint64(i), value, 0)
+            store(dst, 0, uint64(i), value, 0)
+    kernel.__name__ = kernel.__qualname__ = "_widen_bfloat16"
+    return _jit(CONVERT_THREADS)(kernel)
+
+
+#: Threads per block of :func:`widen1_bfloat16`.
+CONVERT_THREADS = 256
+
+
+def widen_bfloat16(src, dst, stream):
+    """Launch :func:`widen1_bfloat16`: ``src`` (bfloat16 bits) into ``dst`` (a float dtype).
+
+    Both are 1-D contiguous device arrays of one size; ``src`` is ``int16``.
+    """
+    size = src.shape[0]
+    if size:
+        _run(Launch("widen1_bfloat16", (-(-size // CONVERT_THREADS),), (CONVERT_THREADS,),
+                    widen1_bfloat16(np.dtype(dst.dtype))), stream, (src, dst, size))
 
 
 # --------------------------------------------------------------------------
@@ -777,8 +876,8 @@ def kernel(name, storage, vec, chunks, index="uint32", tunables=None, centered=T
     >>> gpu.kernel("forward1_warp", np.dtype("float32"), 4, 2).py_func.__name__
     '_ln_fwd_warp_vector'
     """
-    return _built(name, np.dtype(storage), vec, chunks, index, tunables, centered,
-                  None if residual is None else np.dtype(residual))
+    return _built(name, _canonical(storage), vec, chunks, index, tunables, centered,
+                  None if residual is None else _canonical(residual))
 
 
 @functools.cache
@@ -791,7 +890,7 @@ def _built(name, storage, vec, chunks, index, tunables, centered, residual):
 def reduction_kernel(storage, param, tunables=None, centered=True):
     """The gradient reduction for ``x`` of ``storage`` and ``dweight`` of ``param`` dtype
     (and ``dbias``, when ``centered``)."""
-    return _built_reduction(np.dtype(storage), np.dtype(param), tunables, centered)
+    return _built_reduction(_canonical(storage), _canonical(param), tunables, centered)
 
 
 @functools.cache
@@ -908,7 +1007,7 @@ def chunk_limits(direction, storage, vec, residual=None):
     >>> chunk_limits("forward", np.dtype("float16"), 8, residual=np.dtype("float32"))
     (4, 4)
     """
-    storage = np.dtype(storage)
+    storage = _canonical(storage)
     itemsize = _row_itemsize(direction, storage, residual)
     most = MAX_ITEMS if vec > 1 else MAX_SCALAR_ITEMS
     return tuple(max(1, min(budget // itemsize, most) // vec)
@@ -983,10 +1082,10 @@ def plan(direction, rows, cols, storage, pointers=(), row_strides=(), param=None
     row_threads = _config.CUDA_ROW_BLOCK_THREADS
     _check_pow2("CUDA_WARP_BLOCK_THREADS", warp_threads, WARP_SIZE)
     _check_pow2("CUDA_ROW_BLOCK_THREADS", row_threads, WARP_SIZE)
-    storage = np.dtype(storage)
+    storage = _canonical(storage)
     compute = _compute_dtype(storage)
     vec = vector_width(storage, cols, pointers, row_strides)
-    residual = None if residual is None else np.dtype(residual)
+    residual = None if residual is None else _canonical(residual)
     warp_chunks, block_chunks = chunk_limits(direction, storage, vec, residual)
     index = "uint32" if cols + row_threads * block_chunks * vec < 2 ** 32 else "uint64"
     vectors = -(-cols // vec)
@@ -1127,7 +1226,8 @@ def signatures(dtype, param_dtype=None, weight_dtype=None, residual_dtype=None):
     Parameters
     ----------
     dtype : numpy.dtype
-        Storage dtype of ``x``: float16, float32 or float64.
+        Storage dtype of ``x``: float16, bfloat16, float32 or float64 (bfloat16
+        arrays are ``int16``: :func:`storage_type`).
     param_dtype : numpy.dtype, optional
         dtype of ``dweight``/``dbias`` (default: the compute dtype).
     weight_dtype : numpy.dtype, optional
@@ -1151,14 +1251,14 @@ def signatures(dtype, param_dtype=None, weight_dtype=None, residual_dtype=None):
     >>> print(partials, parts, dweight)
     array(float32, 1d, C) int64 array(float32, 1d, C)
     """
-    dtype = np.dtype(dtype)
+    dtype = _canonical(dtype)
     compute_np = _compute_dtype(dtype)
-    storage = from_dtype(dtype)
+    storage = storage_type(dtype)
     compute = _COMPUTE[compute_np]
-    param = from_dtype(np.dtype(compute_np if param_dtype is None else param_dtype))
-    gains = from_dtype(np.dtype(dtype if weight_dtype is None else weight_dtype))[::1]
+    param = storage_type(compute_np if param_dtype is None else param_dtype)
+    gains = storage_type(dtype if weight_dtype is None else weight_dtype)[::1]
     data, values = storage[::1], compute[::1]
-    summed = from_dtype(np.dtype(dtype if residual_dtype is None else residual_dtype))[::1]
+    summed = storage_type(dtype if residual_dtype is None else residual_dtype)[::1]
     streams = (data, int64, summed, int64, summed, int64)
     params = (gains, gains, boolean, boolean, data, int64, values, values)
     backward = (data, int64, data, int64, values, values, gains, boolean)
