@@ -11,6 +11,16 @@ under numba's CUDA simulator its own device arrays stand in. Layouts the
 kernels cannot take (rows not contiguous, parameters of another dtype) are
 converted by a device-side copy, never through the host. NumPy inputs (with
 ``device="cuda"``) are copied in, computed on, and copied back.
+
+bfloat16: numba device arrays of ``ml_dtypes.bfloat16`` (``cuda.to_device``
+keeps the dtype) and any ``__cuda_array_interface__`` of typestr ``<V2``
+(PyTorch's bfloat16 tensors; numba's own bfloat16 arrays export it too) are
+bfloat16 arrays, viewed as such without a copy; an ``int16`` array is never
+taken for one. The kernels get ``int16`` views of the bits (``_flat``);
+results are numba device arrays of ``ml_dtypes.bfloat16``. numba's copy
+kernels cannot type bfloat16: same-dtype copies move the ``int16`` bits, and
+a bfloat16 gain or statistic is widened to the compute dtype by
+``gpu.widen_bfloat16``.
 """
 
 import functools
@@ -20,7 +30,12 @@ import os
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
+from . import _validate
 from ._validate import row_stride
+
+#: Typestrs of a 2-byte "void" element: PyTorch's bfloat16 in ``__cuda_array_interface__``.
+_BFLOAT16_TYPESTRS = ("<V2", "|V2")
+_VOID2 = np.dtype("V2")
 
 
 def simulator_enabled():
@@ -169,10 +184,63 @@ def as_numba_array(obj):
     """
     from numba.cuda.cudadrv.devicearray import is_cuda_ndarray
     if is_cuda_ndarray(obj):
+        if np.dtype(obj.dtype) == _VOID2:  # made by numba from a "<V2" interface
+            return obj.view(bfloat16())
         return obj
+    interface = obj.__cuda_array_interface__
+    if interface.get("typestr") in _BFLOAT16_TYPESTRS:
+        # Wrapped as int16 (a type numba knows), then viewed as bfloat16.
+        return _from_interface({**interface, "typestr": "<i2"}, obj).view(bfloat16())
     from numba import cuda
     # No host synchronization: the call is ordered on the stream the array exports.
     return cuda.as_cuda_array(obj, sync=False)
+
+
+def bfloat16():
+    """ml_dtypes' bfloat16 dtype, the name numba-ln gives a ``<V2`` device array's elements.
+
+    Raises
+    ------
+    TypeError
+        ml_dtypes is not installed (a PyTorch user may not have it).
+    """
+    if _validate.BFLOAT16 is None:
+        try:
+            import ml_dtypes
+        except ImportError:
+            raise TypeError("x is a bfloat16 CUDA array (typestr '<V2'); numba-ln names its "
+                            "dtype with ml_dtypes: `pip install ml_dtypes`") from None
+        _validate.check_float_dtype(np.dtype(ml_dtypes.bfloat16), "x")
+    return _validate.BFLOAT16
+
+
+def _is_bfloat16(dtype):
+    return _validate.BFLOAT16 is not None and np.dtype(dtype) == _validate.BFLOAT16
+
+
+class _HostInterface:
+    """Simulator: a ``__cuda_array_interface__`` read as the host memory it stands for."""
+
+    def __init__(self, interface, owner):
+        self.owner = owner  # kept alive by the NumPy array that views it
+        self.__array_interface__ = {"shape": tuple(interface["shape"]),
+                                    "typestr": interface["typestr"],
+                                    "data": tuple(interface["data"]),
+                                    "strides": interface.get("strides"), "version": 3}
+
+
+def _from_interface(interface, owner):
+    """A numba device array over the memory ``interface`` describes (no copy)."""
+    if simulator_enabled():
+        from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
+        return FakeCUDAArray(np.asarray(_HostInterface(interface, owner)))
+    from numba import cuda
+    return cuda.from_cuda_array_interface(interface, owner=owner, sync=False)
+
+
+def _kernel_view(array):
+    """``array`` as a kernel takes it: bfloat16 as its ``int16`` bits (no copy)."""
+    return array.view(np.int16) if _is_bfloat16(array.dtype) else array
 
 
 def _pointer(array):
@@ -203,15 +271,23 @@ def _flat(array, size):
     itemsize = array.dtype.itemsize
     if simulator_enabled():
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
-        return FakeCUDAArray(as_strided(array._ary, shape=(size,), strides=(itemsize,)))
+        return _kernel_view(FakeCUDAArray(as_strided(array._ary, shape=(size,),
+                                                     strides=(itemsize,))))
     from numba import cuda
-    interface = {"shape": (size,), "strides": None, "typestr": array.dtype.str,
+    typestr = "<i2" if _is_bfloat16(array.dtype) else array.dtype.str
+    interface = {"shape": (size,), "strides": None, "typestr": typestr,
                  "data": (_pointer(array), False), "version": 3}
     return cuda.from_cuda_array_interface(interface, owner=array, sync=False)
 
 
 def _assign(target, source, stream):
-    """``target[...] = source`` on the device (numba's strided, casting copy kernel)."""
+    """``target[...] = source`` on the device (numba's strided, casting copy kernel).
+
+    bfloat16 to bfloat16 moves the bits; any other conversion from or to
+    bfloat16 goes through :func:`_copy`.
+    """
+    if _is_bfloat16(target.dtype) and _is_bfloat16(source.dtype):
+        target, source = target.view(np.int16), source.view(np.int16)
     if simulator_enabled():
         target._ary[...] = source._ary
     else:
@@ -219,10 +295,27 @@ def _assign(target, source, stream):
 
 
 def _copy(array, dtype, stream):
-    """A C-contiguous device copy of ``array`` in ``dtype``."""
+    """A C-contiguous device copy of ``array`` in ``dtype``.
+
+    From bfloat16 to another dtype: the bits copied, then widened by a kernel.
+
+    Raises
+    ------
+    TypeError
+        A conversion to bfloat16 from another dtype (none is needed).
+    """
     from numba import cuda
+    dtype = np.dtype(dtype)
     copy = cuda.device_array(tuple(array.shape), dtype, stream=stream)
-    _assign(copy, array, stream)
+    if _is_bfloat16(array.dtype) == _is_bfloat16(dtype):
+        _assign(copy, array, stream)
+        return copy
+    if not _is_bfloat16(array.dtype):
+        raise TypeError(f"no device conversion from {array.dtype} to bfloat16")
+    from . import gpu
+    bits = _copy(array, array.dtype, stream)
+    size = int(np.prod(array.shape))
+    gpu.widen_bfloat16(_flat(bits, size), _flat(copy, size), stream)
     return copy
 
 
@@ -380,8 +473,8 @@ def _backward_device(spec, dy, x, mean, rstd, weight, out, stream, centered, dre
                  residual=None if dres_buf is None else spec.dtype)
     workspace = cuda.device_array(max(1, p.workspace), compute, stream=stream)
     gpu.run_backward(p, stream, dy_buf, lddy, x_buf, ldx, mean_buf, rstd_buf, w, has_w,
-                     dx_buf, lddx, workspace, spec.rows, spec.cols, dweight, dbias, dres_buf,
-                     lddres)
+                     dx_buf, lddx, workspace, spec.rows, spec.cols, _kernel_view(dweight),
+                     None if dbias is None else _kernel_view(dbias), dres_buf, lddres)
     if out_array is not None and not direct:
         _assign(out_array, dx, stream)
     shape = spec.normalized_shape

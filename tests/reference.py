@@ -347,7 +347,7 @@ if BFLOAT16 is not None:
 
 
 #: The dtypes every test covers.
-DTYPES = [np.float16, np.float32, np.float64]
+DTYPES = [np.float16, np.float32, np.float64] + ([BFLOAT16] if BFLOAT16 is not None else [])
 
 
 def param_dtype(dtype):

@@ -15,10 +15,11 @@ from numba_ln._validate import backward_spec, forward_spec
 
 def residual_dtype(op, dtype):
     """The residual's dtype for ``op`` and ``x`` of ``dtype`` (None: no residual): ``x``'s,
-    but float32 for ``add_rms`` with float16 ``x`` (the residual stream kept wider)."""
+    but float32 for ``add_rms`` with 16-bit ``x`` (the residual stream kept wider)."""
     if not op.startswith("add_"):
         return None
-    return np.dtype(np.float32 if op == "add_rms" and dtype == "float16" else dtype)
+    wider = op == "add_rms" and np.dtype(dtype).name in ("float16", "bfloat16")
+    return np.dtype(np.float32 if wider else dtype)
 
 
 def host(a):

@@ -360,13 +360,13 @@ def test_out_is_written_directly_only_when_safe():
 
 
 @pytest.mark.parametrize("cols", [3, 150, 300])
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
 def test_launch_arguments_match_the_ptx_signatures(small_launch, launched, cols, dtype):
     """Every launch passes exactly the types tests/test_ptx.py compiles and checks.
 
     Warp, block and split schedules (3, 150 and 300 columns under
-    ``small_launch``, for float32), float16 gains passed as they are, the
-    reduction last.
+    ``small_launch``, for float32), 16-bit gains passed as they are (bfloat16
+    as its int16 bits), the reduction last.
     """
     from numba_ln import gpu
     x = cuda.to_device(_data((1, cols), dtype))

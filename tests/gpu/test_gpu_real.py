@@ -27,7 +27,7 @@ SHAPES = [(1000, 7), (513, 256), (300, 257), (128, 768), (16, 3000), (16, 3001),
           (40, 20000), (100, 20004), (1, 65536)]
 
 
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
+@pytest.mark.parametrize("dtype", ["float16", "float32", "float64", "bfloat16"])
 @pytest.mark.parametrize("rows, cols", SHAPES)
 def test_shipped_configuration(rows, cols, dtype):
     x = _data((rows, cols), dtype)
@@ -47,7 +47,7 @@ def test_shipped_configuration(rows, cols, dtype):
 
 def test_launches_use_the_compiled_signatures(launched):
     """What runs is what tests/test_ptx.py compiled and checked for spills."""
-    for dtype in ("float16", "float32", "float64"):
+    for dtype in ("float16", "float32", "float64", "bfloat16"):
         launched.clear()
         for rows, cols in ((40, 100), (16, 3000), (2, 9000), (1, 65536)):
             test_shipped_configuration(rows, cols, dtype)
@@ -91,3 +91,20 @@ def test_torch_tensors():
     y = torch.as_tensor(numba_ln.layer_norm(x), device="cuda")
     expected = torch.nn.functional.layer_norm(x, (768,), eps=1e-5)
     assert torch.allclose(y, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_torch_bfloat16_tensors_without_a_copy():
+    """PyTorch's ``<V2`` in, and the README's recipe back: ``y``'s bits viewed as bfloat16."""
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("PyTorch has no CUDA here")
+    x = (torch.randn(32, 768, device="cuda") + 1).to(torch.bfloat16)
+    y = numba_ln.layer_norm(x)
+    wrapped = torch.as_tensor(y.view(np.int16), device="cuda").view(torch.bfloat16)
+    assert wrapped.data_ptr() == y.__cuda_array_interface__["data"][0]
+    expected = torch.nn.functional.layer_norm(x.float(), (768,), eps=1e-5)
+    assert torch.allclose(wrapped.float(), expected, rtol=2e-2, atol=2e-2)
+    out = torch.empty_like(x)
+    numba_ln.layer_norm(x, out=out)
+    torch.cuda.synchronize()
+    assert torch.equal(out, wrapped)
