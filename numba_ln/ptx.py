@@ -5,7 +5,8 @@ and dtype, ``DIR/<kernel>.<dtype>.ptx``: ``<kernel>`` is a name of
 :data:`KERNELS` (``fwd_...`` for the forward pass, ``bwd_...`` for the
 backward pass and its gradient reduction; ``rms_...`` for RMSNorm, and
 ``add_ln_...``/``add_rms_...`` with the residual stream), ``<dtype>`` the
-storage dtype of ``x`` (float16, float32 or float64). The kernels are the ones the backend
+storage dtype of ``x`` (float16, float32, float64; bfloat16 for the kernels
+that name it, when ``ml_dtypes`` is installed). The kernels are the ones the backend
 launches: the shipped tunables of ``_config`` and the exact argument types of
 :func:`numba_ln.gpu.signatures`.
 
@@ -24,8 +25,12 @@ import importlib.util
 import pathlib
 from typing import NamedTuple
 
-#: Storage dtypes of ``x``; each kernel is compiled once per dtype (unless it names its own).
-DTYPES = ("float16", "float32", "float64")
+#: Storage dtypes of ``x`` every kernel is compiled for (unless it names its own).
+STANDARD_DTYPES = ("float16", "float32", "float64")
+#: bfloat16 needs ml_dtypes' dtype (a test extra) to be named.
+_BFLOAT16 = ("bfloat16",) if importlib.util.find_spec("ml_dtypes") else ()
+#: Every storage dtype of ``x`` a kernel may be compiled for.
+DTYPES = STANDARD_DTYPES + _BFLOAT16
 
 
 class Kernel(NamedTuple):
@@ -35,7 +40,7 @@ class Kernel(NamedTuple):
     vector: object            #: vector variant? (None: the reduction, which has one)
     centered: bool = True     #: False: RMSNorm
     residual: object = None   #: None; "x" (the residual in x's dtype); or a dtype name
-    dtypes: tuple = DTYPES    #: dtypes of ``x`` it is compiled for
+    dtypes: tuple = STANDARD_DTYPES  #: dtypes of ``x`` it is compiled for
 
 
 _SCHEDULES = (("fwd_warp", "forward1_warp"), ("fwd_block", "forward2_block"),
@@ -58,12 +63,19 @@ KERNELS = {
 KERNELS["bwd_reduce"] = Kernel("reduce1_partials", None)
 _FACTORY = dict(_SCHEDULES)
 _EXTREMES = ("float16", "float64")
+# bfloat16: float16's kernels but for the conversions in the row accesses, so the vector
+# forward and backward schedules (and the residual's rounding of s) prove them.
+for _name in ("fwd_warp_vector", "fwd_block_vector", "fwd_split_stats_vector",
+              "fwd_split_normalize_vector", "bwd_warp_vector", "bwd_block_vector"):
+    KERNELS[_name] = KERNELS[_name]._replace(dtypes=STANDARD_DTYPES + _BFLOAT16)
 KERNELS.update(
     {f"rms_{short}_vector": Kernel(_FACTORY[short], True, False, None, _EXTREMES)
      for short in ("fwd_warp", "fwd_block", "fwd_split_stats")})
 KERNELS.update(
     {f"add_ln_{short}_vector": Kernel(_FACTORY[short], True, True, "x", _EXTREMES)
      for short in ("fwd_warp", "fwd_block", "fwd_split_stats")})
+KERNELS["add_ln_fwd_warp_vector"] = KERNELS["add_ln_fwd_warp_vector"]._replace(
+    dtypes=_EXTREMES + _BFLOAT16)
 KERNELS["add_rms_fwd_warp_vector_r32"] = Kernel("forward1_warp", True, False, "float32",
                                                 ("float16",))
 KERNELS.update(
@@ -120,7 +132,7 @@ def outputs(kernels=None, dtypes=None):
 
     Examples
     --------
-    >>> len(outputs())
+    >>> len(outputs()) - 7 * ("bfloat16" in DTYPES)
     70
     >>> outputs(["bwd_reduce"], ["float16"])
     {'bwd_reduce.float16.ptx': ('bwd_reduce', 'float16')}
@@ -144,12 +156,18 @@ def residual_dtype(kernel, dtype):
     return dtype if residual == "x" else residual
 
 
+def _signature_dtype(name):
+    """``name`` as :func:`numba_ln.gpu.signatures` takes it."""
+    return None if name is None else _storage_dtype(name)
+
+
 def _signature(kernel, dtype):
     """The argument types ``kernel`` is launched with for ``x`` of ``dtype``."""
     from . import gpu
     factory = KERNELS[kernel].factory
     residual = residual_dtype(kernel, dtype) if factory.startswith("forward") else None
-    return gpu.signatures(dtype, residual_dtype=residual)[factory]
+    return gpu.signatures(_storage_dtype(dtype),
+                          residual_dtype=_signature_dtype(residual))[factory]
 
 
 def shipped_kernel(kernel, dtype):
@@ -174,12 +192,10 @@ def shipped_kernel(kernel, dtype):
     >>> shipped_kernel("add_rms_bwd_warp_vector", "float16").py_func.__name__
     '_add_rms_bwd_warp_vector'
     """
-    import numpy as np
-
     from . import gpu
     from ._validate import compute_dtype
     factory, vector, centered = KERNELS[kernel][:3]
-    storage = np.dtype(dtype)
+    storage = _storage_dtype(dtype)
     if vector is None:
         return gpu.reduction_kernel(storage, compute_dtype(storage), gpu._tunables(), centered)
     vec = gpu.VECTOR_BYTES // storage.itemsize if vector else 1
@@ -187,6 +203,15 @@ def shipped_kernel(kernel, dtype):
     held = residual if factory.startswith("forward") else None
     return gpu.kernel(factory, storage, vec, gpu.max_chunks(factory, storage, vec, held),
                       "uint32", gpu._tunables(), centered, residual)
+
+
+def _storage_dtype(name):
+    """The NumPy dtype named ``name`` (bfloat16: ml_dtypes', imported on demand)."""
+    import numpy as np
+    if name == "bfloat16":
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
 
 
 def _launch_bounds(kernel):
@@ -278,8 +303,8 @@ def write_ptx(out, arch, kernels=None, dtypes=None, compile_kernel=kernel_ptx):
     >>> def fake(kernel, dtype, arch):
     ...     return f".target {arch}\\n.entry {kernel}()\\n"
     >>> with tempfile.TemporaryDirectory() as out:
-    ...     [path.name for path in write_ptx(out, "sm_90", ["bwd_warp_vector"], compile_kernel=fake)]
-    ['bwd_warp_vector.float16.ptx', 'bwd_warp_vector.float32.ptx', 'bwd_warp_vector.float64.ptx']
+    ...     [path.name for path in write_ptx(out, "sm_90", ["bwd_warp_scalar"], compile_kernel=fake)]
+    ['bwd_warp_scalar.float16.ptx', 'bwd_warp_scalar.float32.ptx', 'bwd_warp_scalar.float64.ptx']
     """
     compute_capability(arch)  # a bad arch fails before anything is compiled
     out = pathlib.Path(out)
@@ -319,7 +344,7 @@ def parser():
     p.add_argument("--kernel", action="append", choices=list(KERNELS), metavar="KERNEL",
                    help="only this kernel (repeatable; default: all, named below)")
     p.add_argument("--dtype", action="append", choices=DTYPES,
-                   help="only this dtype of x (repeatable; default: all three)")
+                   help="only this dtype of x (repeatable; default: each kernel's own)")
     return p
 
 

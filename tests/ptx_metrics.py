@@ -58,7 +58,7 @@ _LABEL = re.compile(r"^([$\w.]+):(?!:)")
 _USAGE = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
 _FLOAT_ELEMENT = {"f16": 2, "bf16": 2, "f16x2": 2, "bf16x2": 2, "f32": 4, "f64": 8}
 _BARRIERS = ("bar.sync", "barrier.sync", "bar.red", "barrier.red")
-_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8}
+_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8, "bfloat16": 2}
 _SPACES = ("global", "shared", "local", "const")
 
 Access = collections.namedtuple("Access", "index op bytes lanes type array")

@@ -75,7 +75,8 @@ def test_kernel_names_say_operation_pass_and_variant():
             assert short.endswith("_vector" if kernel.vector else "_scalar")
             shipped = ptx.shipped_kernel(name, kernel.dtypes[-1]).py_func.__name__
             assert shipped == "_" + op + short
-    assert ptx.KERNELS["bwd_reduce"] == ("reduce1_partials", None, True, None, ptx.DTYPES)
+    assert ptx.KERNELS["bwd_reduce"] == ("reduce1_partials", None, True, None,
+                                         ptx.STANDARD_DTYPES)
 
 
 #: Most PTX instructions per row element in the hot path (``ptx_metrics``'s
@@ -104,13 +105,24 @@ CEILING = {
     "add_rms_bwd_split_dx_vector": (19, 19),
 }
 
+#: bfloat16's kernels (vector, fastest schedules and the residual's rounding): float16's work
+#: plus the conversions, in integer instructions (widening a shift, rounding about seven) where
+#: float16 has one ``cvt``. About 15 % above the measured 35.0, 36.2, 25.8, 17.4, 39.6, 43.2
+#: and 51.2 (sm_90).
+BFLOAT16_CEILING = {
+    "fwd_warp_vector": 40, "fwd_block_vector": 42, "fwd_split_stats_vector": 30,
+    "fwd_split_normalize_vector": 20, "bwd_warp_vector": 46, "bwd_block_vector": 50,
+    "add_ln_fwd_warp_vector": 59,
+}
+BFLOAT16 = "bfloat16"
+
 #: Block-wide reductions a row goes through, each allowed one barrier, by factory; RMSNorm's
 #: forward has no sum of x (one fewer).
 REDUCTIONS = {"forward2_block": 2, "forward3_split_stats": 2, "backward2_block": 1,
               "backward3_split_sums": 1, "reduce1_partials": 1}
 RMS_REDUCTIONS = {**REDUCTIONS, "forward2_block": 1, "forward3_split_stats": 1}
 
-_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8}
+_ITEMSIZE = {"float16": 2, "float32": 4, "float64": 8, "bfloat16": 2}
 
 
 @pytest.mark.parametrize("kernel, dtype", COMPILED)
@@ -137,7 +149,8 @@ def test_what_the_compiler_made(kernel, dtype):
         allowed = (REDUCTIONS if centered else RMS_REDUCTIONS).get(factory, 0)
         assert numbers["bar_sync"] <= allowed, numbers
         assert numbers["row"]["per_level"] == numbers["row"]["in_loops"] == 0, numbers["row"]
-    ceiling = CEILING[kernel][dtype == "float64"]
+    ceiling = (BFLOAT16_CEILING[kernel] if dtype == BFLOAT16
+               else CEILING[kernel][dtype == "float64"])
     assert numbers["per_element"] <= ceiling, (numbers["per_element"], numbers["hot"])
 
 
@@ -176,7 +189,8 @@ def test_64_bit_offset_kernels_compile_without_spills(factory, centered, residua
 def test_command_writes_one_file_per_kernel_and_dtype(arch, tmp_path, capsys):
     written = ptx.main(["--arch", arch, "--out", str(tmp_path / "ptx")])
     names = set(ptx.outputs())
-    assert len(names) == 70 == sum(len(kernel.dtypes) for kernel in ptx.KERNELS.values())
+    assert len(names) == 70 + 7 * (BFLOAT16 in ptx.DTYPES) == sum(
+        len(kernel.dtypes) for kernel in ptx.KERNELS.values())
     assert {path.name for path in (tmp_path / "ptx").iterdir()} == names
     assert capsys.readouterr().out.split() == [str(path) for path in written]
     for path in written:
