@@ -476,11 +476,14 @@ def test_cache_sizes_from_sysfs(tmp_path):
 
 def test_rounds_are_exact_and_short_calls_settle_first(monkeypatch):
     calls = []
+    # A clock only the calls advance: a busy machine cannot make "a" look slow.
+    clock = [0.0]
+    monkeypatch.setattr(timer.time, "perf_counter", lambda: clock[0])
 
-    def call(name, pause_s=0.0):
+    def call(name, pause_s=1e-6):
         def run():
             calls.append(name)
-            time.sleep(pause_s)
+            clock[0] += pause_s
         return run
 
     monkeypatch.setattr(timer, "SETTLE_MAX_S", 0.0015)  # "slow" is above it, the others below
