@@ -40,6 +40,12 @@ which has no warp shuffles at all.
   caller's memory, so a view's offset is in its pointer). Every element accessed is
   then recorded in each :func:`counting` counter that is entered.
 
+- ``FakeCUDAShared.array``: the simulator finds a block's shared array by
+  the calling line, but looks it up and stores it without a lock, so two
+  threads of a block that reach the line together can each make an array
+  of their own and stop sharing (a rare, load-dependent wrong sum). The
+  shim makes the look-up and the store one step.
+
 The simulator re-raises a kernel thread's exception from the launch as
 ``type(e)(msg)``, so these exceptions take a single message argument.
 """
@@ -103,6 +109,9 @@ def installed():
     """Patch the simulator with the barrier check, ``shfl_xor_sync`` and strict row accesses."""
     from numba.cuda.simulator import kernel as sim_kernel
     from numba.cuda.simulator import kernelapi as sim_kernelapi
+
+    from numba import types as numba_types
+    from numba.np import numpy_support as numba_support
 
     import numba_ln._gpu_ops as gpu_ops
 
@@ -202,7 +211,26 @@ def installed():
         # PTX shfl.bfly: a source lane past the warp's last reads the caller's own value.
         return _exchange(thread, int(mask), value, source if source < WARP_SIZE else lane)
 
+    shared_lock = threading.Lock()
+
+    def shared_array(self, shape, dtype, alignment=None):
+        """``cuda.shared.array``: one array per block and calling line, made once under a lock."""
+        if shape == 0 or alignment is not None:  # dynamic shared memory, or the refusal
+            return original_shared_array(self, shape, dtype, alignment)
+        frame = sys._getframe(1)
+        caller = (frame.f_code.co_filename, frame.f_lineno)
+        with shared_lock:
+            found = self._allocations.get(caller)
+            if found is None:
+                found = self._allocations[caller] = np.empty(
+                    shape, dtype if not isinstance(dtype, numba_types.Type)
+                    else numba_support.as_dtype(dtype))
+        return found
+
+    original_shared_array = sim_kernelapi.FakeCUDAShared.array
+
     with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sim_kernelapi.FakeCUDAShared, "array", shared_array)
         patch.setattr(sim_kernel.BlockManager, "__init__", block_manager_init)
         patch.setattr(sim_kernel.BlockThread, "run", block_thread_run)
         patch.setattr(sim_kernel.BlockThread, "syncthreads", checked_syncthreads)

@@ -344,3 +344,35 @@ def test_counting_refuses_to_count_without_the_strict_accesses(monkeypatch):
     with pytest.raises(RuntimeError, match="needs sim_shims.installed"):
         with counting():
             pass
+
+
+@simulator_only
+def test_threads_reaching_a_shared_array_together_share_it(monkeypatch):
+    """The simulator's look-up of a block's shared array is one step under the shim.
+
+    Without it, threads that arrive at ``cuda.shared.array`` together could
+    each make their own array; ``np.empty`` is slowed here so they would.
+    """
+    from numba.cuda.simulator.kernelapi import FakeCUDAShared
+
+    shared = FakeCUDAShared(0)
+    real_empty = np.empty
+
+    def slow_empty(*args, **kwargs):
+        time.sleep(0.01)  # every thread is between the look-up and the store
+        return real_empty(*args, **kwargs)
+
+    monkeypatch.setattr(np, "empty", slow_empty)
+    start = threading.Barrier(16)
+    arrays = []
+
+    def thread():
+        start.wait()
+        arrays.append(shared.array((8,), np.float32))
+
+    threads = [threading.Thread(target=thread) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(HANG_TIMEOUT_S)
+    assert len(arrays) == 16 and all(a is arrays[0] for a in arrays)
