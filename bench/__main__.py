@@ -14,8 +14,8 @@ from pathlib import Path
 
 from . import curve, report, runner, timer
 from .cases import (ALL_OPERATIONS, DTYPES, NORM_SHAPES, OPERATIONS, QUICK_NORM_SHAPES,
-                    QUICK_SHAPES, cases, default_shapes, parse_choices, parse_shapes,
-                    shapes_text)
+                    QUICK_SHAPES, cases, default_shapes, dtype_unavailable_reason,
+                    parse_choices, parse_shapes, shapes_text)
 from .competitors import Workspace, gpu_unavailable_reason
 
 #: Seconds of timed calls per figure with ``--quick``.
@@ -45,7 +45,7 @@ def parser():
                         "GPU when one can be timed)")
     p.add_argument("--dtype", default="float32,float16", metavar="LIST",
                    help=f"comma-separated dtypes from {', '.join(DTYPES)} "
-                        f"(default: float32,float16)")
+                        f"(default: float32,float16; bfloat16 is ml_dtypes', a test extra)")
     p.add_argument("--shapes", metavar="LIST",
                    help="comma-separated ROWSxCOLS, e.g. 65536x1024,1x768 "
                         "(default: the default or --quick set)")
@@ -97,6 +97,10 @@ def settings(p, args):
     if args.curve and args.device == "cuda":
         p.error("--curve: the size curve is measured on the CPU (--device cpu or all)")
     dtypes = parse(parse_choices, args.dtype, DTYPES, "dtype", option="--dtype")
+    for dtype in dtypes:
+        reason = dtype_unavailable_reason(dtype)
+        if reason is not None:
+            p.error(f"--dtype: {reason}")
     operations = parse(parse_choices, args.ops, ALL_OPERATIONS, "operation", option="--ops")
     if args.shapes is not None:
         shapes = parse(parse_shapes, args.shapes, option="--shapes")
