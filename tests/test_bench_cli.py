@@ -80,10 +80,21 @@ def test_bad_options_exit_2_with_a_clear_message(capsys, argv, message):
     assert message in usage_error(capsys, argv)
 
 
+def test_default_dtypes_include_bfloat16():
+    pytest.importorskip("ml_dtypes")
+    p = parser()
+    chosen = settings(p, p.parse_args(["--shapes", "4x64"]))
+    assert chosen["dtypes"] == ("float32", "float16", "bfloat16") and not chosen["dtype_reasons"]
+
+
 def test_bfloat16_without_ml_dtypes_says_how_to_get_it(capsys, monkeypatch):
     monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # makes `import ml_dtypes` fail
     assert "--dtype: bfloat16 needs ml_dtypes (pip install ml_dtypes" in usage_error(
         capsys, TINY + ["--dtype", "float32,bfloat16"])
+    p = parser()
+    chosen = settings(p, p.parse_args(["--shapes", "4x64"]))  # no --dtype: the default
+    assert chosen["dtypes"] == ("float32", "float16")
+    assert "needs ml_dtypes" in chosen["dtype_reasons"]["bfloat16"]
     with pytest.raises(ImportError, match="bfloat16 needs ml_dtypes"):
         cases.numpy_dtype("bfloat16")
     assert cases.Case("forward", 2, 8, "bfloat16").bytes_moved == 2 * 2 * 8 * 2
