@@ -917,6 +917,8 @@ shims.__enter__()
 for name, value in SMALL.items():
     setattr(_config, name, value)
 
+import itertools
+
 from bench import cases, competitors
 from bench.__main__ import main
 
@@ -933,13 +935,13 @@ else:
 # ... but the callables they would time compute the right thing.
 competitors.gpu_unavailable_reason = lambda: None
 workspace = competitors.Workspace()
-for operation in cases.OPERATIONS:
-    case = cases.Case(operation, 5, 40, "float32")
+for dtype, operation in itertools.product(("float32", "bfloat16"), cases.OPERATIONS):
+    case = cases.Case(operation, 5, 40, dtype)
     for competitor in competitors.competitors(("cuda",)):
         if competitor.key == "torch":
             continue
         competitors.prepare(competitor, case, workspace)  # checks the result
-        print(operation, competitor.key, "ok")
+        print(dtype, operation, competitor.key, "ok")
 """
 
 
@@ -954,5 +956,7 @@ def test_gpu_rows_compute_the_right_thing_under_the_simulator():
     done = subprocess.run([sys.executable, "-c", SIMULATED_GPU_ROWS], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split("\n").count("forward numba_ln ok") == 1
-    assert "forward numba_ln_out ok" in done.stdout and "backward roofline ok" in done.stdout
+    for dtype in ("float32", "bfloat16"):
+        assert done.stdout.split("\n").count(f"{dtype} forward numba_ln ok") == 1
+        assert f"{dtype} forward numba_ln_out ok" in done.stdout
+        assert f"{dtype} backward roofline ok" in done.stdout
