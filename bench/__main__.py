@@ -14,12 +14,14 @@ from pathlib import Path
 
 from . import curve, report, runner, timer
 from .cases import (ALL_OPERATIONS, DTYPES, NORM_SHAPES, OPERATIONS, QUICK_NORM_SHAPES,
-                    QUICK_SHAPES, cases, default_shapes, parse_choices, parse_shapes,
-                    shapes_text)
+                    QUICK_SHAPES, cases, default_shapes, dtype_unavailable_reason,
+                    parse_choices, parse_shapes, shapes_text)
 from .competitors import Workspace, gpu_unavailable_reason
 
 #: Seconds of timed calls per figure with ``--quick``.
 QUICK_BUDGET_S = 0.1
+#: ``--dtype``'s default.
+DEFAULT_DTYPES = ("float32", "float16", "bfloat16")
 
 
 def parser():
@@ -43,9 +45,10 @@ def parser():
     p.add_argument("--device", default="all", metavar="{cpu,cuda,all}",
                    help="where to run: cpu, cuda, or all (default: all = the CPU, and the "
                         "GPU when one can be timed)")
-    p.add_argument("--dtype", default="float32,float16", metavar="LIST",
+    p.add_argument("--dtype", metavar="LIST",
                    help=f"comma-separated dtypes from {', '.join(DTYPES)} "
-                        f"(default: float32,float16)")
+                        f"(default: {','.join(DEFAULT_DTYPES)}; bfloat16 is ml_dtypes', a "
+                        f"test extra, left out of the default with a note where missing)")
     p.add_argument("--shapes", metavar="LIST",
                    help="comma-separated ROWSxCOLS, e.g. 65536x1024,1x768 "
                         "(default: the default or --quick set)")
@@ -96,7 +99,14 @@ def settings(p, args):
         p.error(f"--device: unknown device {args.device!r}; choose from cpu, cuda, all")
     if args.curve and args.device == "cuda":
         p.error("--curve: the size curve is measured on the CPU (--device cpu or all)")
-    dtypes = parse(parse_choices, args.dtype, DTYPES, "dtype", option="--dtype")
+    dtypes = parse(parse_choices, args.dtype or ",".join(DEFAULT_DTYPES), DTYPES, "dtype",
+                   option="--dtype")
+    dtype_reasons = {d: dtype_unavailable_reason(d) for d in dtypes}
+    dtype_reasons = {d: reason for d, reason in dtype_reasons.items() if reason is not None}
+    for reason in dtype_reasons.values():
+        if args.dtype is not None:  # asked for by name: an error; by default: a note
+            p.error(f"--dtype: {reason}")
+    dtypes = tuple(d for d in dtypes if d not in dtype_reasons)
     operations = parse(parse_choices, args.ops, ALL_OPERATIONS, "operation", option="--ops")
     if args.shapes is not None:
         shapes = parse(parse_shapes, args.shapes, option="--shapes")
@@ -137,14 +147,15 @@ def settings(p, args):
             "shapes": [list(s) for s in shapes],
             "norm_shapes": [list(s) for s in norm_shapes], "budget_s": budget,
             "quick": args.quick,
-            "capi_lib": args.capi_lib, "size_curve": size_curve, "gpu_reason": gpu_reason}
+            "capi_lib": args.capi_lib, "size_curve": size_curve, "gpu_reason": gpu_reason,
+            "dtype_reasons": dtype_reasons}
 
 
 def measure(chosen, argv):
     """Run the benchmark with the settings :func:`settings` chose; return the results."""
     case_list = cases([tuple(s) for s in chosen["shapes"]], chosen["dtypes"],
                       chosen["operations"], [tuple(s) for s in chosen["norm_shapes"]])
-    skipped = {}
+    skipped = {f"{dtype} rows": reason for dtype, reason in chosen["dtype_reasons"].items()}
     if case_list and "cuda" not in chosen["devices"] and chosen["gpu_reason"] is not None:
         skipped["GPU rows (numba-ln CUDA, PyTorch CUDA)"] = chosen["gpu_reason"]
     load_before = runner.load_average()  # before our own threads add to it
@@ -153,7 +164,8 @@ def measure(chosen, argv):
     results = {"schema": runner.SCHEMA,
                "command": " ".join(["python -m bench"] + [shlex.quote(a) for a in argv]),
                **runner.environment(),
-               "settings": {k: v for k, v in chosen.items() if k != "gpu_reason"},
+               "settings": {k: v for k, v in chosen.items()
+                            if k not in ("gpu_reason", "dtype_reasons")},
                "skipped": skipped, "results": records}
     results["machine"]["load_average_before"] = load_before
     if chosen["size_curve"]:

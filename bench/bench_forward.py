@@ -10,12 +10,12 @@ copy's bytes).
 
 import pytest
 
-from bench.cases import NORM_OPERATIONS, Case
+from bench.cases import BENCH_DTYPES, NORM_OPERATIONS, Case
 from bench.competitors import competitors
 
 
 @pytest.mark.parametrize("competitor", competitors(operation="forward"), ids=lambda c: c.id)
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", BENCH_DTYPES)
 def test_forward(benchmark, case_runner, throughput_shape, dtype, competitor):
     case_runner(benchmark, Case("forward", *throughput_shape, dtype), competitor)
 
@@ -23,6 +23,6 @@ def test_forward(benchmark, case_runner, throughput_shape, dtype, competitor):
 @pytest.mark.parametrize("operation, competitor",
                          [(op, c) for op in NORM_OPERATIONS for c in competitors(("cpu",), op)],
                          ids=lambda v: v if isinstance(v, str) else v.id)
-@pytest.mark.parametrize("dtype", ["float32", "float16"])
+@pytest.mark.parametrize("dtype", BENCH_DTYPES)
 def test_norm_forward(benchmark, case_runner, throughput_shape, dtype, operation, competitor):
     case_runner(benchmark, Case(operation, *throughput_shape, dtype), competitor)

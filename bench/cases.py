@@ -14,6 +14,10 @@ Conventions
   copy's). ``weight``, ``bias``, the per-row statistics and
   ``dweight``/``dbias`` are not counted (they are at most ``1 / rows`` of the
   traffic).
+- **bfloat16** is ``ml_dtypes.bfloat16`` (NumPy has none; ``ml_dtypes`` is
+  a test extra, imported only when a bfloat16 case runs): its inputs are the
+  float32 draws rounded to it, as float16's are, and like float16 it is
+  computed in float32 by numba-ln, NumPy and PyTorch alike.
 - Every implementation's output is checked against a float64 reference on a
   sample of rows before it is timed: a wrong result never becomes a number.
 """
@@ -35,7 +39,11 @@ ALL_OPERATIONS = OPERATIONS + NORM_OPERATIONS
 #: Arrays of ``x``'s size each operation streams (bytes moved = this * x.nbytes).
 STREAMS = {"forward": 2, "backward": 3, "rms_forward": 2, "add_ln_forward": 4,
            "add_rms_forward": 4}
-DTYPES = ("float32", "float16", "float64")
+DTYPES = ("float32", "float16", "bfloat16", "float64")
+#: Stored in 16 bits, computed in float32.
+HALF_DTYPES = ("float16", "bfloat16")
+#: The pytest-benchmark suite's (``bench/bench_*.py``).
+BENCH_DTYPES = ("float32", "float16", "bfloat16")
 EPS = 1e-5
 
 #: Transformer hidden sizes with many rows, odd sizes, and very long rows with
@@ -63,6 +71,57 @@ QUICK_NORM_SHAPES = ((16384, 1024), (1, 768))
 SMOKE_SHAPES = ((64, 768), (256, 1000), (2, 4097))
 
 
+# --------------------------------------------------------------------------- dtypes
+
+#: Bytes per element of each of :data:`DTYPES` (known without importing ml_dtypes).
+ITEMSIZE = {"float32": 4, "float16": 2, "bfloat16": 2, "float64": 8}
+
+
+def dtype_unavailable_reason(name):
+    """None when the dtype ``name`` can be made here, else why not (one line).
+
+    Examples
+    --------
+    >>> dtype_unavailable_reason("float16") is None
+    True
+    """
+    if name != "bfloat16":
+        return None
+    try:
+        import ml_dtypes  # noqa: F401
+    except ImportError:
+        return ("bfloat16 needs ml_dtypes (pip install ml_dtypes, or `make venv`: "
+                "it is a test extra)")
+    return None
+
+
+def numpy_dtype(name):
+    """The NumPy dtype of one of :data:`DTYPES`; bfloat16 is ``ml_dtypes.bfloat16``'s.
+
+    Raises
+    ------
+    ImportError
+        bfloat16 without ml_dtypes (the message says how to get it).
+
+    Examples
+    --------
+    >>> numpy_dtype("float16")
+    dtype('float16')
+    """
+    if name == "bfloat16":
+        reason = dtype_unavailable_reason(name)
+        if reason is not None:
+            raise ImportError(reason)
+        import ml_dtypes
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(name)
+
+
+def _compute_dtype(dtype):
+    """What NumPy computes a dtype in: float32 for the 16-bit ones, else the dtype."""
+    return np.dtype(np.float32) if dtype.itemsize == 2 else dtype
+
+
 # --------------------------------------------------------------------------- cases
 
 
@@ -76,7 +135,7 @@ class Case:
         One of :data:`ALL_OPERATIONS`.
     rows, cols : int
         The 2-D problem: ``rows`` independent rows of ``cols`` elements.
-    dtype : {"float32", "float16", "float64"}
+    dtype : {"float32", "float16", "bfloat16", "float64"}
     """
 
     operation: str
@@ -102,7 +161,7 @@ class Case:
     @property
     def bytes_moved(self):
         """Bytes the operation must move: :data:`STREAMS` arrays of ``x``'s size."""
-        return STREAMS[self.operation] * self.rows * self.cols * np.dtype(self.dtype).itemsize
+        return STREAMS[self.operation] * self.rows * self.cols * ITEMSIZE[self.dtype]
 
     @property
     def residual(self):
@@ -299,7 +358,7 @@ def make_inputs(shape, dtype, seed=0, draws=None):
     Inputs
         The same numbers (rounded to ``dtype``) for every dtype of a shape.
     """
-    dt = np.dtype(dtype)
+    dt = numpy_dtype(dtype)
     draws = draw(shape, seed) if draws is None else draws
     x, dy, weight, bias = (a.astype(dt, copy=False) for a in draws)
     _, mean, rstd = layer_norm(x, weight, bias, eps=EPS, return_stats=True)
@@ -312,7 +371,7 @@ def make_inputs(shape, dtype, seed=0, draws=None):
 def numpy_forward(x, weight, bias, eps=EPS):
     """Layer norm in plain NumPy: the baseline a user would write.
 
-    float16 is computed in float32, as numba-ln and PyTorch do. Temporaries
+    float16 and bfloat16 are computed in float32, as numba-ln and PyTorch do. Temporaries
     are reused in place, so this is a fair NumPy program, not a slow one.
 
     Parameters
@@ -326,7 +385,7 @@ def numpy_forward(x, weight, bias, eps=EPS):
     y, mean, rstd : ndarray
         ``y`` in ``x``'s dtype; ``mean``/``rstd`` of shape ``(rows, 1)``.
     """
-    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    compute = _compute_dtype(x.dtype)
     mean = x.mean(axis=-1, keepdims=True, dtype=compute)
     xhat = np.subtract(x, mean, dtype=compute)
     var = np.einsum("ij,ij->i", xhat, xhat)[:, None]
@@ -341,7 +400,7 @@ def numpy_forward(x, weight, bias, eps=EPS):
 
 
 def numpy_rms_forward(x, weight, eps=EPS):
-    """RMSNorm in plain NumPy (float16 computed in float32), temporaries in place.
+    """RMSNorm in plain NumPy (16-bit dtypes computed in float32), temporaries in place.
 
     Parameters
     ----------
@@ -355,7 +414,7 @@ def numpy_rms_forward(x, weight, eps=EPS):
         ``y`` in ``x``'s dtype; ``rstd = 1 / sqrt(mean(x**2) + eps)`` of shape
         ``(rows, 1)``.
     """
-    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    compute = _compute_dtype(x.dtype)
     xc = x.astype(compute, copy=False)
     ms = np.einsum("ij,ij->i", xc, xc)[:, None]
     ms /= x.shape[-1]
@@ -380,7 +439,7 @@ def numpy_add_forward(x, residual, weight, bias, rms=False, eps=EPS):
 
 
 def numpy_backward(dy, x, mean, rstd, weight):
-    """Layer-norm gradients in plain NumPy (float16 computed in float32).
+    """Layer-norm gradients in plain NumPy (16-bit dtypes computed in float32).
 
     Parameters
     ----------
@@ -392,7 +451,7 @@ def numpy_backward(dy, x, mean, rstd, weight):
     -------
     dx, dweight, dbias : ndarray
     """
-    compute = np.float32 if x.dtype == np.float16 else x.dtype
+    compute = _compute_dtype(x.dtype)
     mean = mean.reshape(-1, 1).astype(compute, copy=False)
     rstd = rstd.reshape(-1, 1).astype(compute, copy=False)
     xhat = np.subtract(x, mean, dtype=compute)
@@ -432,7 +491,11 @@ def _reference_rows(case, inputs):
     return picks, expected
 
 
-_TOLERANCE = {"float16": 2e-2, "float32": 2e-4, "float64": 1e-9}
+#: Largest error allowed, relative to the larger of 1 and the reference's largest
+#: magnitude. bfloat16's significand has 8 bits, so its spacing at 1 is 2**-7:
+#: the bound is four such spacings (every competitor's worst at the smoke and
+#: small shapes, computed in float32 and rounded once, was 0.64 of one).
+_TOLERANCE = {"float16": 2e-2, "bfloat16": 4 * 2.0**-7, "float32": 2e-4, "float64": 1e-9}
 
 
 def check_output(case, inputs, output):
@@ -478,7 +541,11 @@ def to_host(array):
     if hasattr(array, "copy_to_host"):
         return array.copy_to_host()
     if hasattr(array, "detach"):
-        return array.detach().cpu().numpy()
+        array = array.detach().cpu()
+        if str(array.dtype) == "torch.bfloat16":  # NumPy has no bfloat16: the bits cross
+            import torch
+            return array.view(torch.int16).numpy().view(numpy_dtype("bfloat16"))
+        return array.numpy()
     return np.asarray(array)
 
 

@@ -49,9 +49,9 @@ from numba_ln import backends, layer_norm, layer_norm_backward
 
 from numba_ln import rms_norm
 
-from .cases import (ALL_OPERATIONS, EPS, OPERATIONS, RESIDUAL_OPERATIONS, check_output, draw,
-                    make_inputs, numpy_add_forward, numpy_backward, numpy_forward,
-                    numpy_rms_forward)
+from .cases import (ALL_OPERATIONS, EPS, HALF_DTYPES, OPERATIONS, RESIDUAL_OPERATIONS,
+                    check_output, draw, make_inputs, numpy_add_forward, numpy_backward,
+                    numpy_forward, numpy_rms_forward)
 
 DEVICES = ("cpu", "cuda")
 ROOT = Path(__file__).resolve().parent.parent
@@ -237,7 +237,10 @@ def _torch_call(case, inputs, device, sync, kernels=False):
     torch = torch_module()
 
     def tensor(a):
-        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+        a = np.ascontiguousarray(a)
+        if a.dtype.name == "bfloat16":  # ml_dtypes': torch takes it through its bits
+            return torch.from_numpy(a.view(np.int16)).view(torch.bfloat16).to(device)
+        return torch.from_numpy(a).to(device)
 
     x, w, b = tensor(inputs.x), tensor(inputs.weight), tensor(inputs.bias)
     shape = [case.cols]
@@ -323,6 +326,17 @@ def _numba_cuda():
 
 def _build_numba_ln_cuda(case, inputs, workspace, out=False):
     cuda = _numba_cuda()
+    if case.dtype == "bfloat16":
+        try:  # numba knows no bfloat16; numba-ln's GPU side may not take it yet
+            call = _numba_ln_cuda_call(case, workspace, out, cuda)
+            call()
+        except (TypeError, NotImplementedError, ValueError) as exc:
+            raise Unavailable(f"bfloat16 on the GPU: {str(exc).splitlines()[0]}") from None
+        return call
+    return _numba_ln_cuda_call(case, workspace, out, cuda)
+
+
+def _numba_ln_cuda_call(case, workspace, out, cuda):
     d = workspace.device_inputs(case)
     result = {"out": cuda.device_array_like(d["x"])} if out else {}  # y, or dx
     if case.operation == "forward":
@@ -447,8 +461,11 @@ def _build_roofline_cpu(case, inputs, workspace):
 
 # --------------------------------------------------------------------------- the C ABI
 
-_C_SUFFIXES = {"float16": "f16", "float32": "f32", "float64": "f64"}
+_C_SUFFIXES = {"float16": "f16", "bfloat16": "bf16", "float32": "f32", "float64": "f64"}
 _C_FLOATS = {"float": np.dtype(np.float32), "double": np.dtype(np.float64)}
+#: 16-bit data crosses the C ABI as ``uint16_t`` bits (issue 18): a pointer to
+#: it takes the case's dtype (float16 or bfloat16), the arrays passed as bits.
+_C_BITS = "uint16_t"
 #: Each function's parameters in the header's order; cffi checks the count and
 #: every type against the header's declaration when the call is made.
 _C_PARAMETERS = {
@@ -574,11 +591,14 @@ def _build_capi(case, inputs, workspace):
     for name, kind in zip(names, kinds):
         value = data[name]
         if kind.kind == "pointer":
-            dtype = _C_FLOATS.get(kind.item.cname)
+            bits = kind.item.cname == _C_BITS and case.dtype in HALF_DTYPES
+            dtype = inputs.x.dtype if bits else _C_FLOATS.get(kind.item.cname)
             if dtype is None or (name in _C_MATRICES and value.dtype != dtype):
                 raise Unavailable(f"{function}: {name} is {kind.cname} in {header.name}, "
                                   f"the case has {value.dtype}")
             value = np.ascontiguousarray(value, dtype)
+            if bits:  # the same memory, typed as the header says
+                value = value.view(np.uint16)
             arrays.append(value)  # outlives the pointer into it
             value = ffi.from_buffer(f"{kind.item.cname}[]", value)
         values.append(value)

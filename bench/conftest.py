@@ -99,6 +99,9 @@ class CaseRunner:
         """Benchmark ``competitor`` on ``case`` (skipping with the reason if it cannot run)."""
         benchmark.group = case.group
         device = competitor.device
+        reason = cases.dtype_unavailable_reason(case.dtype)
+        if reason is not None:
+            pytest.skip(reason)
         try:
             if competitor.roofline:
                 prepared, _ = self.roofline(case, device)

@@ -436,7 +436,8 @@ def format_markdown(results, plot=None, curve_plot=None):
                 "</details>", ""]
     out += ["Run it yourself from a checkout: `make bench` (the default set above), "
             "`python -m bench --quick` (under a minute on two cores), or pick with "
-            "`--device cpu|cuda|all`, `--dtype float32,float16`, `--shapes 65536x1024,1x768`, "
+            "`--device cpu|cuda|all`, `--dtype float32,float16,bfloat16`, "
+            "`--shapes 65536x1024,1x768`, "
             "`--ops forward,backward,rms_forward,add_ln_forward,add_rms_forward`, "
             "`--capi-lib PATH`; `--out DIR` writes `results.json`, "
             "`plot.png` and `size_curve.png`. `python -m bench --curve` measures the size "
@@ -476,7 +477,7 @@ def plot(results, path):
     """
     plt = _pyplot()
     records = [r for r in results["results"] if not r["small"]]
-    dtypes = [d for d in ("float32", "float16", "float64")
+    dtypes = [d for d in ("float32", "float16", "bfloat16", "float64")
               if any(r["dtype"] == d for r in records)]
     columns = [(op, dev) for dev in ("cpu", "cuda") for op in ALL_OPERATIONS
                if any((r["operation"], r["device"]) == (op, dev) for r in records)]

@@ -62,7 +62,7 @@ def prepare(key, case, workspace=None, device="cpu"):
 @pytest.mark.parametrize("argv, message", [
     (["--device", "tpu"], "--device: unknown device 'tpu'; choose from cpu, cuda, all"),
     (["--dtype", "float8"],
-     "--dtype: unknown dtype 'float8'; choose from float32, float16, float64"),
+     "--dtype: unknown dtype 'float8'; choose from float32, float16, bfloat16, float64"),
     (["--dtype", "float32,int8"], "unknown dtype 'int8'"),
     (["--shapes", "1024"], "--shapes: '1024' is not ROWSxCOLS with positive integers "
                            "(e.g. 65536x1024)"),
@@ -78,6 +78,26 @@ def prepare(key, case, workspace=None, device="cpu"):
 ])
 def test_bad_options_exit_2_with_a_clear_message(capsys, argv, message):
     assert message in usage_error(capsys, argv)
+
+
+def test_default_dtypes_include_bfloat16():
+    pytest.importorskip("ml_dtypes")
+    p = parser()
+    chosen = settings(p, p.parse_args(["--shapes", "4x64"]))
+    assert chosen["dtypes"] == ("float32", "float16", "bfloat16") and not chosen["dtype_reasons"]
+
+
+def test_bfloat16_without_ml_dtypes_says_how_to_get_it(capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ml_dtypes", None)  # makes `import ml_dtypes` fail
+    assert "--dtype: bfloat16 needs ml_dtypes (pip install ml_dtypes" in usage_error(
+        capsys, TINY + ["--dtype", "float32,bfloat16"])
+    p = parser()
+    chosen = settings(p, p.parse_args(["--shapes", "4x64"]))  # no --dtype: the default
+    assert chosen["dtypes"] == ("float32", "float16")
+    assert "needs ml_dtypes" in chosen["dtype_reasons"]["bfloat16"]
+    with pytest.raises(ImportError, match="bfloat16 needs ml_dtypes"):
+        cases.numpy_dtype("bfloat16")
+    assert cases.Case("forward", 2, 8, "bfloat16").bytes_moved == 2 * 2 * 8 * 2
 
 
 def test_cuda_without_a_gpu_says_why(capsys):
@@ -104,7 +124,8 @@ def test_help_lists_every_option(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--dtype", "nope"], "--dtype: unknown dtype 'nope'; choose from float32, float16, float64"),
+    (["--dtype", "nope"],
+     "--dtype: unknown dtype 'nope'; choose from float32, float16, bfloat16, float64"),
     (["--shapes", "8by768"], "--shapes: '8by768' is not ROWSxCOLS with positive integers"),
 ])
 def test_module_entry_point_from_the_checkout(argv, message):
@@ -499,12 +520,16 @@ def test_rounds_are_exact_and_short_calls_settle_first(monkeypatch):
 # ----------------------------------------------------------------------------- the modules
 
 
-@pytest.mark.parametrize("dtype", ["float32", "float16", "float64"])
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16", "float64"])
 def test_numpy_baseline_matches_numba_ln(dtype):
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
     inputs = cases.make_inputs((5, 33), dtype)
     y, mean, rstd = cases.numpy_forward(inputs.x, inputs.weight, inputs.bias)
+    assert y.dtype == inputs.x.dtype
     expected = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=cases.EPS)
-    tolerance = {"float16": 2e-3, "float32": 2e-5, "float64": 1e-12}[dtype]
+    # bfloat16's significand is 3 bits shorter than float16's: 8 times the tolerance.
+    tolerance = {"float16": 2e-3, "bfloat16": 1.6e-2, "float32": 2e-5, "float64": 1e-12}[dtype]
     np.testing.assert_allclose(y.astype(np.float64), expected.astype(np.float64),
                                rtol=tolerance, atol=tolerance * 10)
     grads = cases.numpy_backward(inputs.dy, inputs.x, mean, rstd, inputs.weight)
@@ -611,9 +636,12 @@ def test_workspace_keeps_one_case_of_inputs():
     assert workspace.inputs(cases.Case("forward", 4, 8, "float32")).x.shape == (4, 8)
 
 
+@pytest.mark.parametrize("dtype", cases.HALF_DTYPES)
 @pytest.mark.parametrize("operation", cases.OPERATIONS)
-def test_roofline_candidates_move_the_bytes(operation):
-    case = cases.Case(operation, 3, 1001, "float16")
+def test_roofline_candidates_move_the_bytes(operation, dtype):
+    if dtype == "bfloat16":
+        pytest.importorskip("ml_dtypes")
+    case = cases.Case(operation, 3, 1001, dtype)
     inputs = cases.make_inputs(case.shape, case.dtype)
     raw_x = inputs.x.view(np.uint16)
     expected = raw_x if operation == "forward" else raw_x ^ inputs.dy.view(np.uint16)
@@ -660,6 +688,42 @@ def test_interleaved_rounds_keep_the_roofline_sampling():
     # The follower was sampled in every round the leader was (loops calls each time).
     assert timings[0].samples >= timings[1].samples
     assert calls["follower"] >= timings[0].samples * timings[0].loops
+
+
+@pytest.mark.parametrize("operation", cases.ALL_OPERATIONS)
+def test_torch_takes_bfloat16_through_its_bits(operation):
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    try:
+        competitors.torch_module()
+    except competitors.Unavailable as exc:
+        pytest.skip(str(exc))
+    case = cases.Case(operation, 5, 40, "bfloat16")
+    [prepared] = prepare("torch", case)  # checked against the float64 reference
+    result = prepared.call()
+    first = result[0] if isinstance(result, (tuple, list)) else result
+    host = cases.to_host(first)
+    assert host.dtype == np.dtype(ml_dtypes.bfloat16) and host.shape == case.shape
+
+
+def test_bfloat16_workspace_rounds_the_same_draws():
+    ml_dtypes = pytest.importorskip("ml_dtypes")
+    workspace = competitors.Workspace()
+    f32 = workspace.inputs(cases.Case("forward", 3, 8, "float32")).x.copy()
+    bf16 = workspace.inputs(cases.Case("forward", 3, 8, "bfloat16"))
+    assert bf16.x.dtype == np.dtype(ml_dtypes.bfloat16) and bf16.mean.dtype == np.float32
+    np.testing.assert_array_equal(bf16.x, f32.astype(ml_dtypes.bfloat16))
+
+
+def test_check_output_holds_bfloat16_to_its_significand():
+    pytest.importorskip("ml_dtypes")
+    case = cases.Case("forward", 8, 16, "bfloat16")
+    inputs = cases.make_inputs(case.shape, case.dtype)
+    good = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=cases.EPS)
+    cases.check_output(case, inputs, good)
+    bad = good.astype(np.float32)
+    bad[-1, 3] += 0.1  # a dozen bfloat16 spacings: more than rounding
+    with pytest.raises(AssertionError, match="differs from the float64 reference"):
+        cases.check_output(case, inputs, bad.astype(good.dtype))
 
 
 def test_torch_missing_is_a_skip_with_a_reason(monkeypatch):
@@ -710,6 +774,11 @@ NLN_API nln_status nln_layer_norm_f32(const float *x, int64_t ldx, const float *
                                       const float *bias, float *y, int64_t ldy,
                                       float *mean, float *rstd, int64_t rows,
                                       int64_t cols, float eps);
+/* Forward, bfloat16 bits (the top half of a float32), gains in the data's type. */
+NLN_API nln_status nln_layer_norm_bf16(const uint16_t *x, int64_t ldx, const uint16_t *weight,
+                                       const uint16_t *bias, uint16_t *y, int64_t ldy,
+                                       float *mean, float *rstd, int64_t rows,
+                                       int64_t cols, float eps);
 /* Declared, but missing from the fake library. */
 NLN_API nln_status nln_layer_norm_f64(const double *x, int64_t ldx, const double *weight,
                                       const double *bias, double *y, int64_t ldy,
@@ -734,6 +803,30 @@ nln_status nln_layer_norm_f32(const float *x, int64_t ldx, const float *weight,
         double q = 1.0 / sqrt(ss / cols + eps);
         for (int64_t j = 0; j < cols; ++j)
             y[r * ldy + j] = (float)((x[r * ldx + j] - m) * q * weight[j] + bias[j]);
+        mean[r] = (float)m; rstd[r] = (float)q;
+    }
+    return NLN_OK;
+}
+static float widen(uint16_t b) {
+    union { uint32_t u; float f; } v = {(uint32_t)b << 16};
+    return v.f;
+}
+static uint16_t narrow(float f) {  /* round to nearest, ties to even (no NaN here) */
+    union { float f; uint32_t u; } v = {f};
+    return (uint16_t)((v.u + 0x7fffu + ((v.u >> 16) & 1u)) >> 16);
+}
+nln_status nln_layer_norm_bf16(const uint16_t *x, int64_t ldx, const uint16_t *weight,
+                               const uint16_t *bias, uint16_t *y, int64_t ldy, float *mean,
+                               float *rstd, int64_t rows, int64_t cols, float eps) {
+    for (int64_t r = 0; r < rows; ++r) {
+        double s = 0, ss = 0;
+        for (int64_t j = 0; j < cols; ++j) s += widen(x[r * ldx + j]);
+        double m = s / cols;
+        for (int64_t j = 0; j < cols; ++j) { double d = widen(x[r * ldx + j]) - m; ss += d * d; }
+        double q = 1.0 / sqrt(ss / cols + eps);
+        for (int64_t j = 0; j < cols; ++j)
+            y[r * ldy + j] = narrow((float)((widen(x[r * ldx + j]) - m) * q * widen(weight[j])
+                                            + widen(bias[j])));
         mean[r] = (float)m; rstd[r] = (float)q;
     }
     return NLN_OK;
@@ -768,6 +861,21 @@ def test_capi_rows_call_the_library_through_its_header(fake_capi):
         prepare("capi", cases.Case("forward", 7, 33, "float16"), workspace)
     with pytest.raises(competitors.Unavailable, match="nln_layer_norm_f64"):
         prepare("capi", cases.Case("forward", 7, 33, "float64"), workspace)
+    with pytest.raises(competitors.Unavailable, match="declares no nln_layer_norm_backward_f32"):
+        prepare("capi", cases.Case("backward", 7, 33, "float32"), workspace)
+
+
+def test_capi_rows_pass_bfloat16_as_uint16_bits(fake_capi):
+    pytest.importorskip("ml_dtypes")
+    workspace = competitors.Workspace(fake_capi)
+    case = cases.Case("forward", 7, 33, "bfloat16")
+    [prepared] = prepare("capi", case, workspace)  # checked against the float64 reference
+    inputs = workspace.inputs(case)
+    y = prepared.call()
+    assert y.dtype == inputs.x.dtype
+    expected = numba_ln.layer_norm(inputs.x, inputs.weight, inputs.bias, eps=cases.EPS)
+    np.testing.assert_allclose(y.astype(np.float64), expected.astype(np.float64),
+                               rtol=2**-7, atol=2**-7)
 
 
 def test_capi_library_default_and_missing(tmp_path, monkeypatch):
@@ -779,6 +887,14 @@ def test_capi_library_default_and_missing(tmp_path, monkeypatch):
         competitors.find_capi_library()
     with pytest.raises(competitors.Unavailable, match="no C library at .*nope.so"):
         competitors.find_capi_library(tmp_path / "nope.so")
+
+
+def test_cli_measures_bfloat16_beside_float16():
+    pytest.importorskip("ml_dtypes")
+    status, stdout, _ = run_main(TINY + ["--dtype", "bfloat16,float16", "--ops", "forward"])
+    assert status == 0
+    assert "== forward, bfloat16" in stdout and "== forward, float16" in stdout
+    assert stdout.index("== forward, bfloat16") < stdout.index("== forward, float16")
 
 
 def test_cli_table_includes_capi_rows(fake_capi):
@@ -804,6 +920,8 @@ shims.__enter__()
 for name, value in SMALL.items():
     setattr(_config, name, value)
 
+import itertools
+
 from bench import cases, competitors
 from bench.__main__ import main
 
@@ -820,13 +938,13 @@ else:
 # ... but the callables they would time compute the right thing.
 competitors.gpu_unavailable_reason = lambda: None
 workspace = competitors.Workspace()
-for operation in cases.OPERATIONS:
-    case = cases.Case(operation, 5, 40, "float32")
+for dtype, operation in itertools.product(("float32", "bfloat16"), cases.OPERATIONS):
+    case = cases.Case(operation, 5, 40, dtype)
     for competitor in competitors.competitors(("cuda",)):
         if competitor.key == "torch":
             continue
         competitors.prepare(competitor, case, workspace)  # checks the result
-        print(operation, competitor.key, "ok")
+        print(dtype, operation, competitor.key, "ok")
 """
 
 
@@ -841,5 +959,7 @@ def test_gpu_rows_compute_the_right_thing_under_the_simulator():
     done = subprocess.run([sys.executable, "-c", SIMULATED_GPU_ROWS], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=PROCESS_TIMEOUT_S)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.split("\n").count("forward numba_ln ok") == 1
-    assert "forward numba_ln_out ok" in done.stdout and "backward roofline ok" in done.stdout
+    for dtype in ("float32", "bfloat16"):
+        assert done.stdout.split("\n").count(f"{dtype} forward numba_ln ok") == 1
+        assert f"{dtype} forward numba_ln_out ok" in done.stdout
+        assert f"{dtype} backward roofline ok" in done.stdout
