@@ -98,8 +98,8 @@ def test_bytes_moved_by_hand():
     (["--shapes", "4096x"], "--shapes: '4096x' is not ROWSxCOLS with positive integers "
                             "(e.g. 65536x1024)"),
     (["--shapes", "8x768,0x1"], "--shapes: '0x1' is not ROWSxCOLS"),
-    (["--dtypes", "bfloat16"], "--dtypes: unknown dtype 'bfloat16'; choose from float32, "
-                               "float16, float64"),
+    (["--dtypes", "int8"], "--dtypes: unknown dtype 'int8'; choose from float32, float16, "
+                           "bfloat16, float64"),
     (["--rounds", "0"], "--rounds: must be at least 1, got 0"),
     (["--json", "/nonexistent/folder/gpu.json"], "--json: no folder '/nonexistent/folder'"),
 ])
