@@ -111,7 +111,8 @@ def forward(spec, x, weight, bias, eps, out, stream=None, *, centered=True, resi
     s = r_buf = s_buf = None
     ldr = lds = 0
     if residual is not None:
-        s_spec = spec._replace(dtype=_validate.residual_dtype(residual, residual_out, spec))
+        # The API checked residual and residual_out; this is only its canonical dtype.
+        s_spec = spec._replace(dtype=_validate.check_float_dtype(residual.dtype, "residual"))
         r_buf, ldr = _row_buffer(residual, s_spec)
         s, s_buf, lds = _result_rows(residual_out, (x, residual, weight, bias), s_spec)
     mean = np.empty(spec.rows if centered else 0, compute)
