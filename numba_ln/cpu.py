@@ -28,6 +28,13 @@ Schedules:
    order. ``ln_bwd_parallel`` runs the blocks across threads, then the sums
    across threads, columns split.
 
+Both kernels serve RMSNorm too: a run-time ``centered`` flag takes the mean
+as zero (pass one of the statistics and ``mean(g)`` drop out), so one
+compilation per dtype serves both norms. The fused residual (``residual`` and
+``s``: ``s = x + residual`` written once, the row then normalized from
+cache) and ``dresidual`` (added into ``dx``) are ``None`` or arrays, so only
+calls that use them compile those variants.
+
 Each thread runs the same compiled pieces as a serial call, and the backward
 partition depends on the shape alone, so serial, parallel and C-ABI calls give
 bit-identical results for any thread count.
