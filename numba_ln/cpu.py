@@ -37,7 +37,11 @@ calls that use them compile those variants.
 
 Each thread runs the same compiled pieces as a serial call, and the backward
 partition depends on the shape alone, so serial, parallel and C-ABI calls give
-bit-identical results for any thread count.
+bit-identical results for any thread count. A row's ``y``, statistics and
+``dx`` do not depend on the other rows of the call either (a wide row left
+without a partner goes through the pair loop beside zero gradients), so a
+call on any run of rows gives the bits the whole call does; only
+``dweight``/``dbias`` depend on the partition.
 
 A variant (streaming stores, wide rows) is selected by the type of the
 ``stage`` argument -- ``None`` or an array -- so numba compiles it only when a
@@ -647,9 +651,13 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dr
     gives empty ones and sums the blocks with ``ln_bwd_reduce`` once every
     block is done. ``stage`` is ``None`` for narrow rows; for wide rows (the
     plan's ``wide``) an array, empty for ordinary stores or a staging row to
-    stream ``dx``. Wide rows go through pass one in pairs.
+    stream ``dx``. Wide rows go through pass one in pairs; a row left over
+    goes through the same loop beside zero gradients, so its sums are the
+    bits it would get in a pair.
     """
     zero = to_compute(x, 0)
+    # A row's sums must not depend on its neighbours: the partner of a lone wide row.
+    no_grad = np.zeros(cols if stage is not None else 0, dy.dtype)
     for block in range(first_block, stop_block):
         dweight_acc = dweight_part[block]
         dbias_acc = dbias_part[block]
@@ -677,8 +685,13 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dr
         while r < stop:
             dy_row, x_row = dy[r * lddy:r * lddy + cols], x[r * ldx:r * ldx + cols]
             row_mean = mean[r] if centered else zero
-            sum_g, sum_gxhat = _ln_bwd_sums(dy_row, x_row, row_mean, rstd[r], weight,
-                                            has_weight, dweight_acc, dbias_acc)
+            if stage is None:
+                sum_g, sum_gxhat = _ln_bwd_sums(dy_row, x_row, row_mean, rstd[r], weight,
+                                                has_weight, dweight_acc, dbias_acc)
+            else:  # a wide row left alone: the pair loop, beside a row adding nothing
+                sum_g, sum_gxhat, _, _ = _ln_bwd_pair_sums(
+                    dy_row, x_row, row_mean, rstd[r], no_grad, x_row, row_mean, rstd[r],
+                    weight, has_weight, dweight_acc, dbias_acc)
             _ln_bwd_dx(dy_row, x_row, row_mean, rstd[r], weight, has_weight, centered,
                        row_of(dresidual, r, lddres, cols), dx[r * lddx:r * lddx + cols],
                        sum_g, sum_gxhat, stage)
