@@ -256,7 +256,10 @@ def _row_moments(x, scale, centered):
 
     Pass one adds the row in float64 lanes: the center's rounding is then
     the only error in a float32 row's mean, and it is known exactly
-    (``correction``). Pass two adds the squares of ``x * scale - center`` in
+    (``correction``). 16-bit rows (8 or 11 significant bits) are added in
+    float32 lanes instead (:func:`sum_lane`), a block's sum near an ulp of
+    itself as pass two's: widening every element to float64 cost them a
+    tenth of their time (bench/NOTES.md). Pass two adds the squares of ``x * scale - center`` in
     float32 lanes, in blocks of ``STATS_BLOCK`` whose sums are added in
     float64: each block's rounding stays near an ulp of its sum, and a long
     row is as accurate as a short one (pass one is blocked too, for float64
@@ -265,14 +268,14 @@ def _row_moments(x, scale, centered):
     here, not in helpers: each compiled helper costs a first call ~0.3 s.
     """
     n = x.shape[0]
-    scale64 = np.float64(scale)  # its product fuses with the float64 add
+    scale_sum = sum_lane(x, scale)  # its product fuses with the add
     total = 0.0
     if centered:
         for start in range(0, n, STATS_BLOCK):
             block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
-            part = 0.0
+            part = sum_lane(x, 0)
             for j in range(block.shape[0]):
-                part += np.float64(load(block, j)) * scale64
+                part += sum_lane(x, load(block, j)) * scale_sum
             total += part
     mean = total / n
     center = to_compute(x, mean)
@@ -286,6 +289,17 @@ def _row_moments(x, scale, centered):
         sumsq += part_sq
     correction = mean - center
     return center, correction, _math.corrected_variance(correction, sumsq, n)
+
+
+def sum_lane(x, value):
+    """``value`` in the type pass one adds a row of ``x`` in: float64, or float32 for 16-bit rows."""
+    return np.float64(value)
+
+
+@overload(sum_lane, inline="always")
+def _sum_lane_impl(x, value):
+    lane = types.float32 if x.dtype.bitwidth == 16 else types.float64
+    return lambda x, value: lane(value)
 
 
 @_piece
