@@ -108,7 +108,7 @@ def _partial_sum(grad, batch_ndim, chunk):
     return grad.astype(np.float64).reshape((1,) * batch_ndim + tuple(grad.shape))
 
 
-def forward_block(x, weight, bias, residual, *, centered, axis, eps, return_stats, device):
+def _forward_block(x, weight, bias, residual, *, centered, axis, eps, return_stats, device):
     """One chunk's forward: the top-level function's results, always as a tuple.
 
     ``x`` (and ``residual``) is a chunk holding whole rows; the results are
@@ -134,7 +134,7 @@ def _gain_in(weight, dtype):
     return cuda.to_device(weight.copy_to_host().astype(dtype))
 
 
-def backward_block(dy, x, mean, rstd, weight, dresidual, *, centered, axis, compute, device):
+def _backward_block(dy, x, mean, rstd, weight, dresidual, *, centered, axis, compute, device):
     """One chunk's backward: ``(dx, dweight partial[, dbias partial])``.
 
     ``mean``/``rstd`` hold one element per row of the chunk. ``weight`` is
@@ -160,7 +160,7 @@ def _pick(results, index, axis=None, keepdims=True, computing_meta=False):
     return results[index]
 
 
-def add_partials(parts, axis, keepdims, computing_meta=False, dtype=None):
+def _add_partials(parts, axis, keepdims, computing_meta=False, dtype=None):
     """Add partial sums in the order of their chunks, in float64; cast to ``dtype`` if given.
 
     ``parts`` holds one partial sum per chunk along the leading ``axis``
@@ -224,7 +224,7 @@ def _shape_only(array):
     return array if array is None or hasattr(array, "dtype") else np.asarray(array)
 
 
-def whole_rows(array, name, axis, rechunk):
+def _whole_rows(array, name, axis, rechunk):
     """``array`` with its axes from ``axis`` on in one chunk each; batch axes untouched.
 
     Split normalized axes are rechunked with a :class:`RechunkWarning`, or,
@@ -299,16 +299,16 @@ def _forward(function, centered, x, weight, bias, axis, eps, return_stats, devic
     spec, eps = _validate.forward_spec(x, weight, bias, axis, eps, None)
     s_dtype = _validate.residual_dtype(given_residual, None, spec)
     axis = spec.axis
-    x = whole_rows(x, "x", axis, rechunk)
+    x = _whole_rows(x, "x", axis, rechunk)
     if residual is not None:
-        residual = whole_rows(_like_x(residual, x, "residual"), "residual", axis, rechunk)
+        residual = _whole_rows(_like_x(residual, x, "residual"), "residual", axis, rechunk)
     index = tuple(range(x.ndim))
     rows = index[axis:]
     arguments = [x, index]
     for array, array_index in ((_param(weight), rows),
                                (_param(bias), rows), (residual, index)):
         arguments += [array, None if array is None else array_index]
-    block = functools.partial(forward_block, centered=centered, axis=axis, eps=eps,
+    block = functools.partial(_forward_block, centered=centered, axis=axis, eps=eps,
                               return_stats=return_stats, device=device)
     blocks = da.blockwise(block, index, *arguments, concatenate=True, meta=x._meta,
                           token=f"numba_ln-{function}")
@@ -343,8 +343,8 @@ def _backward(function, centered, dy, x, mean, rstd, weight, axis, device, dresi
     spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis)
     _validate.check_dresidual(given_dresidual, spec)
     axis = spec.axis
-    x = whole_rows(x, "x", axis, rechunk)
-    dy = whole_rows(_like_x(dy, x, "dy"), "dy", axis, rechunk)
+    x = _whole_rows(x, "x", axis, rechunk)
+    dy = _whole_rows(_like_x(dy, x, "dy"), "dy", axis, rechunk)
     index = tuple(range(x.ndim))
     batch, rows = index[:axis], index[axis:]
     arguments = [dy, index, x, index]
@@ -356,9 +356,9 @@ def _backward(function, centered, dy, x, mean, rstd, weight, axis, device, dresi
     weight = _param(weight)
     arguments += [weight, None if weight is None else rows]
     if dresidual is not None:
-        dresidual = whole_rows(_like_x(dresidual, x, "dresidual"), "dresidual", axis, rechunk)
+        dresidual = _whole_rows(_like_x(dresidual, x, "dresidual"), "dresidual", axis, rechunk)
     arguments += [dresidual, None if dresidual is None else index]
-    block = functools.partial(backward_block, centered=centered, axis=axis,
+    block = functools.partial(_backward_block, centered=centered, axis=axis,
                               compute=spec.compute_dtype, device=device)
     blocks = da.blockwise(block, index, *arguments, concatenate=True, meta=x._meta,
                           token=f"numba_ln-{function}")
@@ -372,7 +372,7 @@ def _sum_over_rows(blocks, index, spec, x, function, name):
     """Element ``index`` of every chunk's results -- a partial sum -- added in a fixed tree."""
     axis = spec.axis
     pick = functools.partial(_pick, index=index)
-    return da.reduction(blocks, pick, add_partials, combine=add_partials,
+    return da.reduction(blocks, pick, _add_partials, combine=_add_partials,
                         axis=tuple(range(axis)), keepdims=False, dtype=spec.param_dtype,
                         split_every=SPLIT_EVERY, concatenate=True,
                         meta=_meta(x, x.ndim - axis, spec.param_dtype),
