@@ -15,7 +15,9 @@ chunks; arrays that must line up (``x``, ``dy``, ``residual``,
 
 Every chunk's ``y``, ``s``, ``mean``, ``rstd`` and ``dx`` are the bits the
 top-level function gives for the whole array (a row's results never depend
-on the other rows of a call). ``dweight`` and ``dbias`` are sums over all
+on the other rows of a call; on the GPU, except in a chunk of fewer than
+``CUDA_SPLIT_MAX_ROWS`` rows of ``CUDA_SPLIT_MIN_COLS`` or more, which takes
+the split-row kernels where the whole array may not). ``dweight`` and ``dbias`` are sums over all
 rows: each chunk's call returns its rows' sums (in the compute dtype, as the
 top-level function adds them), which are widened to float64 and added in a
 tree of fixed shape -- at most :data:`SPLIT_EVERY` at a time, always in the
