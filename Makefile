@@ -26,7 +26,7 @@ endif
 
 .PHONY: venv test test-kernels test-ptx test-simulator test-simulator-kernels
 .PHONY: test-simulator-api test-rest test-c
-.PHONY: bench bench-deps bench-pytest bench-readme bench-gpu clean
+.PHONY: bench bench-deps bench-pytest bench-readme bench-gpu bench-dask clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV_FLAGS) $(VENV)
@@ -108,6 +108,11 @@ bench-pytest: $(STAMP) bench-deps
 # On a machine with a GPU: numba-ln's CUDA kernels against a copy and PyTorch (under 2 minutes).
 bench-gpu: $(STAMP)
 	$(PY) -m bench.gpu
+
+# numba_ln.dask on LocalClusters of 1 and 2 worker processes against dask.array
+# expressions and numba-ln in one process (512 MiB of float32; a few minutes on 2 cores).
+bench-dask: $(STAMP)
+	$(PY) -m bench.cluster
 
 # Regenerate docs/perf/ and docs/benchmarks.md on the development machine.
 bench-readme: $(STAMP) bench-deps

@@ -30,13 +30,11 @@ status 2.
 import argparse
 import functools
 import gc
-import json
 import shlex
 import statistics
 import sys
 import time
 import traceback
-from pathlib import Path
 
 import numpy as np
 
@@ -189,9 +187,7 @@ def parse_args(argv):
         p.error(f"--dtypes: {exc}")
     if args.rounds < 1:
         p.error(f"--rounds: must be at least 1, got {args.rounds}")
-    # Found out now, not after two minutes of measuring.
-    if args.json is not None and not Path(args.json).resolve().parent.is_dir():
-        p.error(f"--json: no folder {str(Path(args.json).parent)!r} to write {args.json} in")
+    report.check_json_path(p, args.json)  # found out now, not after two minutes of measuring
     return args
 
 
@@ -669,10 +665,7 @@ def main(argv=None):
         return EXIT_NO_GPU
     command = " ".join(["python -m bench.gpu"] + [shlex.quote(a) for a in argv])
     results = run(args, started, command)
-    sys.stdout.write(format_report(results))
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
-        print(f"wrote {args.json}", file=sys.stderr)
+    report.write_report(format_report(results), results, args.json)
     return 0
 
 

@@ -602,6 +602,20 @@ def plot_curve(results, path):
     plt.close(fig)
 
 
+def check_json_path(parser, path):
+    """A usage error now, not after the measuring, when ``--json PATH`` has no folder to go in."""
+    if path is not None and not Path(path).resolve().parent.is_dir():
+        parser.error(f"--json: no folder {str(Path(path).parent)!r} to write {path} in")
+
+
+def write_report(text, results, json_path=None):
+    """Print ``text``; with ``json_path``, also write ``results`` there as JSON."""
+    sys.stdout.write(text)
+    if json_path:
+        Path(json_path).write_text(json.dumps(results, indent=1) + "\n")
+        print(f"wrote {json_path}", file=sys.stderr)
+
+
 def relative_link(target, start):
     """``target`` relative to the folder ``start``, with forward slashes."""
     return Path(os.path.relpath(Path(target).resolve(), Path(start).resolve())).as_posix()

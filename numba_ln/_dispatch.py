@@ -16,6 +16,12 @@ class CUDAUnavailableError(RuntimeError):
     """``device="cuda"`` (or a CUDA array) was given, but no GPU can run here."""
 
 
+def check_device(device):
+    """``ValueError`` unless ``device`` is one of :data:`DEVICES`."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+
+
 def _as_host(obj, native=False):
     """A NumPy array for a host array-like; with ``native``, in native byte order."""
     if obj is None:
@@ -61,8 +67,7 @@ def select(device, x, others, names):
                 break
         else:
             return _cpu_backend, x, others
-    if device not in DEVICES:
-        raise ValueError(f"device must be None, 'cpu' or 'cuda', got {device!r}")
+    check_device(device)
     _validate.check_not_masked(x, "x")
     for name, other in zip(names, others):
         _validate.check_not_masked(other, name)
