@@ -359,10 +359,10 @@ def forward_spec(x, weight, bias, axis, eps, out):
     return spec, eps
 
 
-def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
+def backward_spec(dy, x, mean, rstd, weight, axis, out=None, centered=True):
     """Check a ``layer_norm_backward`` call; return its :class:`Spec`.
 
-    ``mean`` is None for RMSNorm's backward.
+    Not ``centered`` (RMSNorm's backward), ``mean`` is None and not read.
     """
     param_dtype = None if weight is None else check_float_dtype(weight.dtype, "weight")
     spec = _spec(tuple(x.shape), x.dtype, axis, param_dtype)
@@ -375,9 +375,11 @@ def backward_spec(dy, x, mean, rstd, weight, axis, out=None):
                 else "")
         raise TypeError(f"dy has dtype {np.dtype(dy.dtype)}; expected x's dtype "
                         f"{spec.dtype}{hint}")
-    for name, stat in (("mean", mean), ("rstd", rstd)):
+    for name, stat in (("mean", mean), ("rstd", rstd)) if centered else (("rstd", rstd),):
         if stat is None:
-            continue
+            raise TypeError(f"{name} is None; expected the forward pass's {name}: a float "
+                            f"array with one element per row ({spec.rows}, shape "
+                            f"{spec.stats_shape})")
         check_float_dtype(stat.dtype, name)
         size = math.prod(stat.shape)
         if size != spec.rows:

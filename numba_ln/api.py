@@ -46,7 +46,7 @@ def _backward(centered, dy, x, mean, rstd, weight, axis, out, device, stream, dr
     given_out = out
     backend, x, (dy, mean, rstd, weight, out, dresidual) = _dispatch.select(
         device, x, (dy, mean, rstd, weight, out, dresidual), _BACKWARD_ARRAYS)
-    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis, out)
+    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis, out, centered)
     _validate.check_dresidual(dresidual, spec)
     dx, dweight, dbias = backend.backward(spec, dy, x, mean, rstd, weight, out, stream,
                                           centered=centered, dresidual=dresidual)

@@ -342,7 +342,7 @@ def _backward(function, centered, dy, x, mean, rstd, weight, axis, device, dresi
     x = _as_dask(x, "x")
     dy, mean, rstd, weight, given_dresidual = (
         _shape_only(a) for a in (dy, mean, rstd, weight, dresidual))
-    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis)
+    spec = _validate.backward_spec(dy, x, mean, rstd, weight, axis, centered=centered)
     _validate.check_dresidual(given_dresidual, spec)
     axis = spec.axis
     x = _whole_rows(x, "x", axis, rechunk)
@@ -350,10 +350,7 @@ def _backward(function, centered, dy, x, mean, rstd, weight, axis, device, dresi
     index = tuple(range(x.ndim))
     batch, rows = index[:axis], index[axis:]
     arguments = [dy, index, x, index]
-    for name, stat in (("mean", mean), ("rstd", rstd)):
-        if stat is None and (centered or name == "rstd"):
-            raise TypeError(f"{name} is None; expected the forward pass's {name} (an array "
-                            f"with one element per row)")
+    for name, stat in (("mean", mean), ("rstd", rstd)):  # mean is None for RMSNorm
         arguments += [None, None] if stat is None else [_stat(stat, spec, x, name), batch]
     weight = _param(weight)
     arguments += [weight, None if weight is None else rows]

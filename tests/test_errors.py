@@ -150,6 +150,21 @@ def test_backward_stats_count(name):
         numba_ln.layer_norm_backward(X, X, stats["mean"], stats["rstd"])
 
 
+@pytest.mark.parametrize("name", ["mean", "rstd"])
+def test_backward_stats_none(name):
+    """A missing statistic is an error, not a read past a placeholder (any path, any size)."""
+    for x in (X, np.ones((300, 400), np.float32)):  # the short path and the general one
+        rows = x.shape[0]
+        stats = {"mean": np.zeros(rows, np.float32), "rstd": np.ones(rows, np.float32),
+                 name: None}
+        with pytest.raises(TypeError, match=rf"^{name} is None; expected the forward pass's "
+                                            rf"{name}: .*one element per row \({rows},"):
+            numba_ln.layer_norm_backward(x, x, stats["mean"], stats["rstd"])
+        if name == "rstd":
+            with pytest.raises(TypeError, match=r"^rstd is None; expected"):
+                numba_ln.rms_norm_backward(x, x, None)
+
+
 def test_backward_weight_shape_and_axis():
     with pytest.raises(ValueError, match=r"weight has shape \(5,\)"):
         numba_ln.layer_norm_backward(X, X, STATS, STATS, np.ones(5, np.float32))
