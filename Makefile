@@ -43,8 +43,9 @@ venv: $(STAMP)
 # fill numba's cache beside them, then the PTX checks and the simulator's API
 # tests run; the C tests and the remaining Python tests start
 # once the kernels' tests are done and load the CPU kernels from the cache
-# (two processes that add different signatures of one function to numba's
-# cache at once can leave its index pointing at the wrong code). Outside the
+# instead of compiling them a second time (numba_ln._cache names each cached
+# signature's file after it, so processes filling the cache at once are
+# safe, only slower). Outside the
 # simulator group, GPU tests skip unless a real GPU is present.
 KERNEL_TESTS := tests/test_backward.py tests/test_forward.py
 PTX_TESTS    := tests/test_ptx.py

@@ -17,7 +17,8 @@ package ships in its own ``__pycache__`` if it was built from these sources,
 and compiles in memory otherwise, with one warning.
 
 Every kernel of the package is defined through :func:`jit` and :func:`cfunc`,
-which apply that policy.
+which apply that policy, and save through :class:`KeyedFunctionCache`, which
+several processes may fill at once (Dask's workers, parallel test runs).
 """
 
 import hashlib
@@ -26,7 +27,8 @@ import pathlib
 import warnings
 
 import numba
-from numba.core.caching import CompileResultCacheImpl, FunctionCache, InTreeCacheLocator
+from numba.core.caching import (CompileResultCacheImpl, FunctionCache, InTreeCacheLocator,
+                                IndexDataCacheFile)
 
 from . import _config
 
@@ -68,6 +70,45 @@ def discard_if_stale(dispatcher):
         stamp.write_text(digest)
     except OSError:  # a read-only cache is numba's to report, not ours
         pass
+
+
+# --------------------------------------------------------------------------- processes at once
+
+class _KeyedCacheFile(IndexDataCacheFile):
+    """numba's index and data files, each data file named after its signature's key.
+
+    numba numbers a function's data files in the order its signatures are
+    saved, so two processes saving different signatures at once both take
+    number 1, and the index the last one writes can name the other's code:
+    a later process would run a kernel compiled for other types. Named
+    after the key, two signatures never share a file; at worst an index
+    entry is lost to the other process's write, and compiled again later.
+    """
+
+    def __init__(self, cache_path, filename_base, source_stamp):
+        super().__init__(cache_path, filename_base, source_stamp)
+        self._data_name_pattern = f"{filename_base}.{{number}}.nbc"
+
+    def data_name(self, key):
+        """The data file of ``key``: a digest of it, the same in every process."""
+        return self._data_name(hashlib.sha256(repr(key).encode()).hexdigest()[:20])
+
+    def save(self, key, data):
+        name = self.data_name(key)
+        self._save_data(name, data)  # written (atomically) before the index names it
+        overloads = self._load_index()
+        if overloads.get(key) != name:
+            overloads[key] = name
+            self._save_index(overloads)
+
+
+class KeyedFunctionCache(FunctionCache):
+    """numba's cache of a kernel, its data files named by :class:`_KeyedCacheFile`."""
+
+    def __init__(self, py_func):
+        super().__init__(py_func)
+        self._cache_file = _KeyedCacheFile(self._cache_path, self._impl.filename_base,
+                                           self._impl.locator.get_source_stamp())
 
 
 # --------------------------------------------------------------------------- policy
@@ -151,8 +192,8 @@ def jit(**options):
 
     def decorate(func):
         dispatcher = numba.njit(cache=mode == "numba", **options)(func)
-        if mode == "shipped":
-            dispatcher._cache = _ShippedCache(func)
+        if mode != "off":
+            dispatcher._cache = (KeyedFunctionCache if mode == "numba" else _ShippedCache)(func)
         return dispatcher
 
     return decorate
@@ -163,14 +204,14 @@ def cfunc(signature):
     mode = policy()
 
     def decorate(func):
-        if mode != "shipped":
-            return numba.cfunc(signature, cache=mode == "numba")(func)
+        if mode == "off":
+            return numba.cfunc(signature)(func)
         from numba.core import sigutils
         from numba.core.ccallback import CFunc
 
         # numba.cfunc compiles before returning: the cache must be in place first.
         callback = CFunc(func, sigutils.normalize_signature(signature), locals={}, options={})
-        callback._cache = _ShippedCache(func)
+        callback._cache = (KeyedFunctionCache if mode == "numba" else _ShippedCache)(func)
         callback.compile()
         return callback
 

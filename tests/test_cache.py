@@ -2,6 +2,8 @@
 
 import types
 
+import pytest
+
 from numba_ln import _cache
 
 
@@ -80,3 +82,37 @@ def test_no_compiled_function_calls_a_parallel_kernel():
             called = set(function.py_func.__code__.co_names) & parallel
             offenders += [f"{module.__name__}.{name} calls {callee}" for callee in called]
     assert offenders == []
+
+
+def _two_processes_saving_at_once(tmp_path):
+    """Two cache files of one function in one directory, saving two signatures interleaved.
+
+    Both read the index before either writes it, and the first one's data
+    file is written last: what two processes compiling at once may do.
+    """
+    first, second = (_cache._KeyedCacheFile(str(tmp_path), "kernel-10.py311", "stamp")
+                     for _ in range(2))
+    for cache_file in (first, second):
+        cache_file._load_index = lambda: {}
+    late = []
+    first._save_data = lambda name, data: late.append((name, data))
+    first.save(("float32",), b"code for float32")
+    second.save(("float64",), b"code for float64")
+    _cache._KeyedCacheFile._save_data(first, *late[0])
+    return _cache._KeyedCacheFile(str(tmp_path), "kernel-10.py311", "stamp")
+
+
+def test_signatures_saved_at_once_by_two_processes_never_load_each_others_code(tmp_path):
+    later = _two_processes_saving_at_once(tmp_path)
+    assert later.load(("float64",)) == b"code for float64"
+    assert later.load(("float32",)) in (b"code for float32", None)  # at worst compiled again
+    assert len(list(tmp_path.glob("kernel-10.py311.*.nbc"))) == 2
+
+
+def test_the_package_kernels_save_through_the_keyed_cache():
+    from numba_ln import cpu
+
+    if _cache.policy() != "numba":
+        pytest.skip(f"kernels cached by policy {_cache.policy()!r}, not saved by this process")
+    assert isinstance(cpu.ln_fwd_rows._cache, _cache.KeyedFunctionCache)
+    assert isinstance(cpu.ln_fwd_rows._cache._cache_file, _cache._KeyedCacheFile)
