@@ -191,9 +191,7 @@ def as_numba_array(obj):
     if interface.get("typestr") in _BFLOAT16_TYPESTRS:
         # Wrapped as int16 (a type numba knows), then viewed as bfloat16.
         return _from_interface({**interface, "typestr": "<i2"}, obj).view(bfloat16())
-    from numba import cuda
-    # No host synchronization: the call is ordered on the stream the array exports.
-    return cuda.as_cuda_array(obj, sync=False)
+    return _from_interface(interface, obj)  # numba's as_cuda_array, which the simulator lacks
 
 
 def bfloat16():
@@ -230,7 +228,10 @@ class _HostInterface:
 
 
 def _from_interface(interface, owner):
-    """A numba device array over the memory ``interface`` describes (no copy)."""
+    """A numba device array over the memory ``interface`` describes (no copy).
+
+    No host synchronization: the call is ordered on the stream the array exports.
+    """
     if simulator_enabled():
         from numba.cuda.simulator.cudadrv.devicearray import FakeCUDAArray
         return FakeCUDAArray(np.asarray(_HostInterface(interface, owner)))

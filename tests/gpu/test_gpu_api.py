@@ -404,16 +404,19 @@ def test_the_stream_an_input_exports_is_the_launch_stream(monkeypatch):
 
 
 def test_foreign_arrays_are_viewed_without_a_host_synchronization(monkeypatch):
+    """On a GPU, numba views the interface with ``sync=False`` (the simulator reads its memory)."""
     calls = []
 
-    def as_cuda_array(obj, sync=True):
-        calls.append(sync)
-        return obj
+    def from_cuda_array_interface(interface, owner=None, sync=True):
+        calls.append((interface, owner, sync))
+        return owner
 
-    monkeypatch.setattr(cuda, "as_cuda_array", as_cuda_array, raising=False)  # simulator: none
+    monkeypatch.setattr(_cuda_backend, "simulator_enabled", lambda: False)
+    monkeypatch.setattr(cuda, "from_cuda_array_interface", from_cuda_array_interface,
+                        raising=False)  # the simulator has none
     foreign = _Exported(7)
     assert _cuda_backend.as_numba_array(foreign) is foreign
-    assert calls == [False]
+    assert calls == [(foreign.__cuda_array_interface__, foreign, False)]
 
 
 def test_a_simulator_without_shuffles_says_so(monkeypatch):

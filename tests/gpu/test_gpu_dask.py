@@ -7,10 +7,14 @@ its chunk to the top-level function, which runs the CUDA kernels on it.
 Dask cannot concatenate device arrays, so results are collected chunk by
 chunk; ``dweight``/``dbias`` come back to the host (numba device arrays have
 no arithmetic: their one-row partial sums are copied). The CuPy-only lines
-(results wrapped by ``cupy.asarray``, partial sums added by CuPy) are not
-reached here. The scheduler is Dask's synchronous one: the simulator's
+(results wrapped by ``cupy.asarray``, partial sums kept in CuPy) run on a
+stand-in for CuPy's arrays that exports ``__cuda_array_interface__`` as
+CuPy does, called through the per-chunk functions Dask runs. The scheduler is Dask's synchronous one: the simulator's
 threads per CUDA thread are enough threads.
 """
+
+import sys
+import types
 
 import dask
 import dask.array as da
@@ -86,3 +90,66 @@ def test_one_row_chunks_of_long_rows_take_the_split_kernels(small_launch, launch
     assert rel_error(one_row, whole) <= TOLERANCE["float32"]
     two_rows = by_chunk(nld.layer_norm(on_device(x, (2, 240))))
     assert two_rows.tobytes() == whole.tobytes()
+
+
+class _CupyLike:
+    """The parts of ``cupy.ndarray`` that ``numba_ln.dask`` uses on a CuPy chunk.
+
+    Its memory is a numba device array's (``__cuda_array_interface__``, as
+    CuPy exports it); ``astype`` goes through the host, where CuPy would
+    stay on the device: it only serves the one-row partial sums.
+    """
+
+    __module__ = "cupy._core.core"  # what numba_ln.dask reads to tell CuPy chunks
+
+    def __init__(self, device_array):
+        self.array = device_array
+        self.shape, self.dtype, self.ndim = device_array.shape, device_array.dtype, device_array.ndim
+        self.__cuda_array_interface__ = {
+            "shape": tuple(device_array.shape), "strides": tuple(device_array.strides),
+            "typestr": device_array.dtype.str, "data": (_cuda_backend._pointer(device_array), False),
+            "version": 3, "stream": None}
+
+    def astype(self, dtype):
+        return _CupyLike(cuda.to_device(self.array.copy_to_host().astype(dtype)))
+
+    def reshape(self, shape):
+        return _CupyLike(self.array.reshape(shape))
+
+
+def _cupy_module():
+    module = types.ModuleType("cupy")
+    module.asarray = lambda array: array if isinstance(array, _CupyLike) else _CupyLike(array)
+    return module
+
+
+def test_cupy_chunks_run_on_the_gpu_and_come_back_as_cupy_without_a_copy(small_launch,
+                                                                         monkeypatch):
+    """The per-chunk functions Dask runs, on CuPy chunks: CUDA kernels, results wrapped in place."""
+    if not _cuda_backend.simulator_enabled():
+        pytest.skip("the stand-in reads the simulator's device memory")
+    monkeypatch.setitem(sys.modules, "cupy", _cupy_module())
+    copies = []
+    real_copy = _cuda_backend._copy
+    monkeypatch.setattr(_cuda_backend, "_copy", lambda *a: copies.append(a) or real_copy(*a))
+    x, dy = data((5, 40), np.float32, 5), data((5, 40), np.float32, 6)
+    weight = data(40, np.float32, 7)
+    x_chunk, dy_chunk = _CupyLike(cuda.to_device(x)), _CupyLike(cuda.to_device(dy))
+    w_chunk = _CupyLike(cuda.to_device(weight))
+
+    y, mean, rstd = nld._forward_block(x_chunk, w_chunk, None, None, centered=True, axis=1,
+                                       eps=1e-5, return_stats=True, device=None)
+    dx, dweight, dbias = nld._backward_block(dy_chunk, x_chunk, mean, rstd, w_chunk, None,
+                                             centered=True, axis=1, compute=np.dtype(np.float32),
+                                             device=None)
+    assert all(isinstance(r, _CupyLike) for r in (y, mean, rstd, dx, dweight, dbias))
+    assert copies == []  # no chunk went through a copy, to the host or on the device
+    want_y, want_mean, want_rstd = numba_ln.layer_norm(x, weight, return_stats=True)
+    want_dx, want_dweight, want_dbias = numba_ln.layer_norm_backward(
+        dy, x, want_mean, want_rstd, weight)
+    tol = TOLERANCE["float32"]
+    for got, want in ((y, want_y), (mean, want_mean), (rstd, want_rstd), (dx, want_dx)):
+        assert rel_error(got.array.copy_to_host(), want) <= tol
+    for got, want in ((dweight, want_dweight), (dbias, want_dbias)):
+        assert got.dtype == np.float64 and got.shape == (1, 40)  # a partial sum, for the tree
+        assert rel_error(got.array.copy_to_host()[0], want) <= tol
