@@ -254,18 +254,19 @@ def _row_moments(x, scale, centered):
     Without ``centered`` (RMSNorm) the mean is taken to be zero: pass one is
     skipped and ``variance`` is the mean of the squares.
 
-    Pass one adds the row in float64 lanes: the center's rounding is then
-    the only error in a float32 row's mean, and it is known exactly
+    Pass one adds the row in float64 lanes: the center's rounding is then the
+    only error in a float32 row's mean, and it is known exactly
     (``correction``). 16-bit rows (8 or 11 significant bits) are added in
     float32 lanes instead (:func:`sum_lane`), a block's sum near an ulp of
-    itself as pass two's: widening every element to float64 cost them a
-    tenth of their time (bench/NOTES.md). Pass two adds the squares of ``x * scale - center`` in
-    float32 lanes, in blocks of ``STATS_BLOCK`` whose sums are added in
-    float64: each block's rounding stays near an ulp of its sum, and a long
-    row is as accurate as a short one (pass one is blocked too, for float64
-    rows). ``center`` is in the compute type, so that pass two and the output
-    subtract it in one operation; the rest is float64. The loops are written
-    here, not in helpers: each compiled helper costs a first call ~0.3 s.
+    itself as pass two's: widening every element to float64 cost them a tenth
+    of their time (bench/NOTES.md). Pass two adds the squares of
+    ``x * scale - center`` in float32 lanes, in blocks of ``STATS_BLOCK``
+    whose sums are added in float64: each block's rounding stays near an ulp
+    of its sum, and a long row is as accurate as a short one (pass one is
+    blocked too, for float64 rows). ``center`` is in the compute type, so that
+    pass two and the output subtract it in one operation; the rest is float64.
+    The loops are written here, not in helpers: each compiled helper costs a
+    first call ~0.3 s.
     """
     n = x.shape[0]
     scale_sum = sum_lane(x, scale)  # its product fuses with the add
