@@ -191,7 +191,7 @@ def jit(**options):
     mode = policy()
 
     def decorate(func):
-        dispatcher = numba.njit(cache=mode == "numba", **options)(func)
+        dispatcher = numba.njit(**options)(func)  # no cache=True: the cache is set below
         if mode != "off":
             dispatcher._cache = (KeyedFunctionCache if mode == "numba" else _ShippedCache)(func)
         return dispatcher

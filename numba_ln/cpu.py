@@ -294,7 +294,7 @@ def _row_moments(x, scale, centered):
 
 def sum_lane(x, value):
     """``value`` in the type pass one adds a row of ``x`` in: float64, or float32 for 16-bit rows."""
-    return np.float64(value)
+    return np.float32(value) if x.dtype.itemsize == 2 else np.float64(value)
 
 
 @overload(sum_lane, inline="always")
@@ -671,8 +671,6 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dr
     bits it would get in a pair.
     """
     zero = to_compute(x, 0)
-    # A row's sums must not depend on its neighbours: the partner of a lone wide row.
-    no_grad = np.zeros(cols if stage is not None else 0, dy.dtype)
     for block in range(first_block, stop_block):
         dweight_acc = dweight_part[block]
         dbias_acc = dbias_part[block]
@@ -703,7 +701,9 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dr
             if stage is None:
                 sum_g, sum_gxhat = _ln_bwd_sums(dy_row, x_row, row_mean, rstd[r], weight,
                                                 has_weight, dweight_acc, dbias_acc)
-            else:  # a wide row left alone: the pair loop, beside a row adding nothing
+            else:  # a wide row left alone (at most one a block): the pair loop, so that
+                # its sums do not depend on its neighbours, beside a row adding nothing
+                no_grad = np.zeros(cols, dy.dtype)
                 sum_g, sum_gxhat, _, _ = _ln_bwd_pair_sums(
                     dy_row, x_row, row_mean, rstd[r], no_grad, x_row, row_mean, rstd[r],
                     weight, has_weight, dweight_acc, dbias_acc)
