@@ -57,6 +57,29 @@ def as_mutable(typingctx, array):
     return target(array), codegen
 
 
+@intrinsic
+def unowned(typingctx, array):
+    """``array`` without its reference count: slices and calls of it touch no shared counter.
+
+    numba counts references to an array's memory with atomic instructions,
+    and on x86 each of them waits for the thread's streaming stores to reach
+    memory. A kernel's arrays outlive its call (the caller holds them), so
+    inside the kernel the count has nothing to protect. ``None`` passes
+    through.
+    """
+    if isinstance(array, types.NoneType):
+        return array(array), lambda context, builder, signature, llargs: llargs[0]
+    if not isinstance(array, types.Array):
+        return None
+
+    def codegen(context, builder, signature, llargs):
+        view = context.make_array(array)(context, builder, llargs[0])
+        view.meminfo = cgutils.get_null_value(view.meminfo.type)
+        return view._getvalue()
+
+    return array(array), codegen
+
+
 def array(dtype, ndim=1):
     """The numba type of a writable, aligned, C-contiguous array of ``dtype``."""
     return types.Array(from_dtype(dtype), ndim, "C")

@@ -13,6 +13,13 @@ float32 copy of the array. Rounding is IEEE round-to-nearest-even, as NumPy's
 a shift, and narrowing rounds to nearest even in integer arithmetic (a NaN
 stays a quiet NaN of its sign), as ``ml_dtypes`` does.
 
+Where the CPU has AVX512-BF16 (:data:`HARDWARE_BFLOAT16`), the forward
+writes bfloat16 a 64-byte line at a time with :func:`normalize_bfloat16_line`:
+explicit vectors rounded by ``vcvtneps2bf16``, which LLVM's loop vectorizer
+does not emit for a loop of scalar conversions. The instruction flushes
+float32 subnormals to zero, so a line holding one is rounded in integer
+arithmetic: the bits are the same on every CPU.
+
 ``load`` and ``store`` give the kernels one spelling for every storage type:
 they read an element as its compute type (float32 for float16 and float32,
 float64 for float64) and write a compute value back in the storage type.
@@ -40,7 +47,11 @@ A kernel reads and writes float16 through the uint16 view, in float32:
 array([  3. ,  -0.5,   inf], dtype=float16)
 """
 
+import functools
+
+import llvmlite.binding as llvm
 from llvmlite import ir
+from numba.core import config
 from numba import types
 from numba.extending import intrinsic, overload
 
@@ -97,17 +108,263 @@ def float32_to_bfloat16_bits(typingctx, value):
         return None
 
     def codegen(context, builder, signature, args):
-        int32 = ir.IntType(32)
-        bits = builder.bitcast(args[0], int32)
-        upper = builder.lshr(bits, int32(16))
-        rounded = builder.lshr(
-            builder.add(builder.add(bits, int32(0x7FFF)), builder.and_(upper, int32(1))),
-            int32(16))
-        quiet = builder.or_(upper, int32(0x0040))
-        is_nan = builder.fcmp_unordered("uno", args[0], args[0])
-        return builder.trunc(builder.select(is_nan, quiet, rounded), ir.IntType(16))
+        return _round_to_bfloat16(builder, args[0])
 
     return types.int16(types.float32), codegen
+
+
+class _BFloatType(ir.Type):
+    """LLVM's ``bfloat``, which llvmlite's IR builder does not name."""
+
+    def __str__(self):
+        return "bfloat"
+
+    def __eq__(self, other):
+        return isinstance(other, _BFloatType)
+
+    def __hash__(self):
+        return hash(_BFloatType)
+
+
+def _compiles_bfloat16_rounding():
+    """Whether numba's CPU target has ``vcvtneps2bf16`` and ``vfpclassps`` in 512-bit vectors.
+
+    AVX512-BF16 with AVX512F, -DQ and -VL. Elsewhere LLVM would round to
+    bfloat16 by calling ``__truncsfbf2``, which numba does not link. The
+    features are the ones numba compiles for (``NUMBA_CPU_FEATURES`` or the
+    host's), so the answer matches the machine code in numba's cache.
+    """
+    features = config.CPU_FEATURES
+    if features is None:
+        llvm.initialize_native_target()
+        features = llvm.get_host_cpu_features().flatten()
+    enabled = {f[1:] for f in features.split(",") if f.startswith("+")}
+    return {"avx512f", "avx512dq", "avx512vl", "avx512bf16"} <= enabled
+
+
+#: Whether the CPU kernels round float32 to bfloat16 with ``vcvtneps2bf16``
+#: (:func:`normalize_bfloat16_line`); elsewhere they use integer arithmetic.
+HARDWARE_BFLOAT16 = _compiles_bfloat16_rounding()
+
+
+def _round_to_bfloat16(builder, value):
+    """IR for bfloat16 bits (``i16``, or a vector of them) of float32 ``value``.
+
+    Adding ``0x7fff`` plus the kept part's lowest bit, then dropping the low
+    half, is round-to-nearest-even, and carries into the exponent (up to
+    infinity) where it should. A NaN keeps its sign and top payload bits,
+    made quiet. Branch-free, so loops of it vectorize.
+    """
+    int32, int16 = ir.IntType(32), ir.IntType(16)
+    if isinstance(value.type, ir.VectorType):
+        int32, int16 = (ir.VectorType(t, value.type.count) for t in (int32, int16))
+    bits = builder.bitcast(value, int32)
+    upper = builder.lshr(bits, _splat(int32, 16))
+    rounded = builder.lshr(builder.add(builder.add(bits, _splat(int32, 0x7FFF)),
+                                       builder.and_(upper, _splat(int32, 1))),
+                           _splat(int32, 16))
+    quiet = builder.or_(upper, _splat(int32, 0x0040))
+    is_nan = builder.fcmp_unordered("uno", value, value)
+    return builder.trunc(builder.select(is_nan, quiet, rounded), int16)
+
+
+def _splat(ty, value):
+    """A constant of ``ty`` (a scalar type or a vector type) with every element ``value``."""
+    if isinstance(ty, ir.VectorType):
+        return ir.Constant(ty, [ir.Constant(ty.element, value)] * ty.count)
+    return ir.Constant(ty, value)
+
+
+def _broadcast(builder, value, ty):
+    """``value`` (a scalar) in every lane of vector type ``ty``; a scalar ``ty`` takes it as is."""
+    if not isinstance(ty, ir.VectorType):
+        return value
+    lanes = builder.insert_element(ir.Constant(ty, ir.Undefined), value, ir.IntType(32)(0))
+    zeros = ir.Constant(ir.VectorType(ir.IntType(32), ty.count), [ir.IntType(32)(0)] * ty.count)
+    return builder.shuffle_vector(lanes, ir.Constant(ty, ir.Undefined), zeros)
+
+
+def _narrow_affine_ir(builder, value, scale, center, rstd, weight, bias):
+    """IR of :func:`narrow_affine` for float32 scalars, or vectors (``scale``,
+    ``center`` and ``rstd`` scalars, broadcast)."""
+    ty = value.type
+    suffix = f"v{ty.count}f32" if isinstance(ty, ir.VectorType) else "f32"
+    fma = builder.module.declare_intrinsic(f"llvm.fma.{suffix}",
+                                           fnty=ir.FunctionType(ty, [ty, ty, ty]))
+    scale, center, rstd = (_broadcast(builder, v, ty) for v in (scale, center, rstd))
+    deviation = builder.call(fma, [value, scale, builder.fneg(center)])
+    return builder.call(fma, [deviation, builder.fmul(rstd, weight), bias])
+
+
+@intrinsic
+def narrow_affine(typingctx, value, scale, center, rstd, weight, bias):
+    """``(value * scale - center) * (rstd * weight) + bias`` for outputs rounded to 16 bits.
+
+    float32; both multiply-adds fused (one rounding each), written out so
+    that a loop of these and :func:`normalize_bfloat16_line` give the same
+    bits. Against ``_math.affine_output`` it leaves out the center's
+    correction and the low part of ``rstd``: both lie below float32's
+    precision, far below the 8 or 11 bits a 16-bit output keeps.
+    """
+    if not all(arg == types.float32 for arg in (value, scale, center, rstd, weight, bias)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        return _narrow_affine_ir(builder, *args)
+
+    return types.float32(*[types.float32] * 6), codegen
+
+
+#: float32 lanes :func:`normalize_bfloat16_line` computes at a time: 512-bit
+#: vectors, half the conversions and class tests of 256-bit ones (bench/NOTES.md).
+_PIECE_LANES = 16
+
+
+def _normalize_line(nontemporal):
+    """Codegen of :func:`normalize_bfloat16_line` (or its streaming form)."""
+    def codegen(context, builder, signature, args):
+        x_ty, weight_ty, bias_ty = signature.args[:3]
+        y_ty = signature.args[9]
+        x_arg, weight_arg, bias_arg, has_weight, has_bias, scale, center, rstd, j, y_arg, \
+            y_index = args
+        count, piece = LINE_BYTES // 2, _PIECE_LANES
+        floats = ir.VectorType(ir.FloatType(), piece)
+        words = ir.VectorType(ir.IntType(16), piece)
+        wide = ir.VectorType(ir.IntType(32), piece)
+
+        def pieces(array_ty, array_arg, element_ty):
+            data = context.make_array(array_ty)(context, builder, array_arg).data
+            start = builder.gep(data, [j])
+            return [builder.load(builder.bitcast(builder.gep(start, [ir.IntType(64)(k)]),
+                                                 element_ty.as_pointer()),
+                                 align=context.get_abi_sizeof(element_ty.element))
+                    for k in range(0, count, piece)]
+
+        def optional_pieces(array_ty, array_arg, present, absent):
+            with builder.if_else(present) as (load, skip):
+                with load:
+                    loaded = pieces(array_ty, array_arg, floats)
+                    load_block = builder.block
+                with skip:
+                    skip_block = builder.block
+            merged = []
+            for value in loaded:
+                merged.append(builder.phi(floats))
+                merged[-1].add_incoming(value, load_block)
+                merged[-1].add_incoming(_splat(floats, absent), skip_block)
+            return merged
+
+        weights = optional_pieces(weight_ty, weight_arg, has_weight, 1.0)
+        biases = optional_pieces(bias_ty, bias_arg, has_bias, 0.0)
+        if x_ty.dtype == types.float32:  # a float32 sum of a residual, normalized
+            inputs = pieces(x_ty, x_arg, floats)
+        else:
+            inputs = [builder.bitcast(builder.shl(builder.zext(bits, wide), _splat(wide, 16)),
+                                      floats) for bits in pieces(x_ty, x_arg, words)]
+        values = [_narrow_affine_ir(builder, value, scale, center, rstd, w, b)
+                  for value, w, b in zip(inputs, weights, biases)]
+        y_data = context.make_array(y_ty)(context, builder, y_arg).data
+        _store_bfloat16_pieces(builder, values, builder.gep(y_data, [y_index]), nontemporal)
+        return context.get_dummy_value()
+    return codegen
+
+
+def _store_bfloat16_pieces(builder, values, target, nontemporal):
+    """Round float32 vectors to bfloat16 and store them one after another from ``target``.
+
+    ``vcvtneps2bf16`` rounds them, but flushes float32 subnormals to zero: a
+    group holding one is rounded in integer arithmetic instead, for the bits
+    of every other path.
+    """
+    int1, int32, int64 = ir.IntType(1), ir.IntType(32), ir.IntType(64)
+    floats = values[0].type
+    piece = floats.count
+    words = ir.VectorType(ir.IntType(16), piece)
+    fpclass = builder.module.declare_intrinsic(
+        f"llvm.x86.avx512.fpclass.ps.{32 * piece}",
+        fnty=ir.FunctionType(ir.VectorType(int1, piece), [floats, int32]))
+    subnormal = functools.reduce(builder.or_, [
+        builder.call(fpclass, [v, int32(0x20)]) for v in values])
+    any_of = builder.module.declare_intrinsic(
+        f"llvm.vector.reduce.or.v{piece}i1", fnty=ir.FunctionType(int1, [subnormal.type]))
+    expect = builder.module.declare_intrinsic(
+        "llvm.expect.i1", fnty=ir.FunctionType(int1, [int1, int1]))
+    rare = builder.call(expect, [builder.call(any_of, [subnormal]), int1(0)])
+    with builder.if_else(rare) as (slow, fast):
+        with fast:
+            fast_bits = [builder.bitcast(builder.fptrunc(v, ir.VectorType(_BFloatType(), piece)),
+                                         words) for v in values]
+            fast_block = builder.block
+        with slow:
+            slow_bits = [_round_to_bfloat16(builder, v) for v in values]
+            slow_block = builder.block
+    merged = []
+    for fast_piece, slow_piece in zip(fast_bits, slow_bits):
+        merged.append(builder.phi(words))
+        merged[-1].add_incoming(fast_piece, fast_block)
+        merged[-1].add_incoming(slow_piece, slow_block)
+    if nontemporal:  # one whole line: partial lines would be read back from memory
+        line = ir.VectorType(ir.IntType(16), piece * len(merged))
+        stored = builder.store(_concatenate(builder, merged),
+                               builder.bitcast(target, line.as_pointer()), align=LINE_BYTES)
+        stored.set_metadata("nontemporal", builder.module.add_metadata([int32(1)]))
+    else:
+        for k, bits in enumerate(merged):
+            address = builder.bitcast(builder.gep(target, [int64(k * piece)]),
+                                      words.as_pointer())
+            builder.store(bits, address, align=2)
+
+
+def _concatenate(builder, vectors):
+    """One vector of the elements of equally long ``vectors``, in order."""
+    while len(vectors) > 1:
+        lanes = vectors[0].type.count
+        mask = ir.Constant(ir.VectorType(ir.IntType(32), 2 * lanes),
+                           [ir.Constant(ir.IntType(32), k) for k in range(2 * lanes)])
+        vectors = [builder.shuffle_vector(a, b, mask)
+                   for a, b in zip(vectors[0::2], vectors[1::2])]
+    return vectors[0]
+
+
+def _line_signature(x, weight, bias, has_weight, has_bias, scale, center, rstd, j, y,
+                    y_index):
+    arrays = (x, weight, bias, y)
+    if not (all(isinstance(a, types.Array) for a in arrays)
+            and x.dtype in (types.int16, types.float32) and y.dtype == types.int16
+            and weight.dtype == bias.dtype == types.float32):
+        return None
+    return types.none(x, weight, bias, types.boolean, types.boolean, types.float32,
+                      types.float32, types.float32, types.intp, y, types.intp)
+
+
+@intrinsic
+def normalize_bfloat16_line(typingctx, x, weight, bias, has_weight, has_bias, scale, center,
+                            rstd, j, y, y_index):
+    """``y[y_index + k]`` = :func:`narrow_affine` of ``x[j + k]``, in bfloat16, ``k < 32``.
+
+    One 64-byte line of bfloat16 output from bfloat16 (or float32) ``x``, float32
+    ``weight[j + k]`` and ``bias[j + k]`` (ones and zeros without
+    ``has_weight``/``has_bias``), in explicit 256-bit vectors: rounded by
+    ``vcvtneps2bf16``, which a loop of scalar conversions does not vectorize
+    to. Only where ``HARDWARE_BFLOAT16``. The bits are those of
+    :func:`narrow_affine` and :func:`float32_to_bfloat16_bits` element by
+    element.
+    """
+    signature = _line_signature(x, weight, bias, has_weight, has_bias, scale, center, rstd, j,
+                                y, y_index)
+    return None if signature is None else (signature, _normalize_line(False))
+
+
+@intrinsic
+def stream_normalized_bfloat16_line(typingctx, x, weight, bias, has_weight, has_bias, scale,
+                                    center, rstd, j, y, y_index):
+    """:func:`normalize_bfloat16_line` with a non-temporal store, as :func:`stream_line`.
+
+    ``y[y_index]`` must lie on a 64-byte boundary.
+    """
+    signature = _line_signature(x, weight, bias, has_weight, has_bias, scale, center, rstd, j,
+                                y, y_index)
+    return None if signature is None else (signature, _normalize_line(True))
 
 
 #: Bytes one ``stream_line`` writes: a cache line.
@@ -255,4 +512,5 @@ def _to_compute_impl(array, value):
 __all__ = ["half_bits_to_float32", "float32_to_half_bits", "bfloat16_bits_to_float32",
            "float32_to_bfloat16_bits", "load", "store",
            "to_compute", "stream_line", "stream_fence", "prefetch_line", "LINE_BYTES",
-           "element_bytes", "line_elements"]
+           "element_bytes", "line_elements", "HARDWARE_BFLOAT16", "narrow_affine",
+           "normalize_bfloat16_line", "stream_normalized_bfloat16_line"]

@@ -14,12 +14,13 @@ viewed as uint16 (see ``_storage``); ``weight``, ``bias``, ``mean``, ``rstd``,
 Schedules:
 
 1. ``ln_fwd_rows`` -- forward, one row at a time: the row's sum, the sum of
-   squared deviations from its mean (``_math``: corrected two-pass), then the
-   output, while the row sits in L1/L2. With a staging row (``stage``, for
-   large outputs) ``y`` is written a 64-byte line at a time with streaming
-   stores, so it is never read for ownership and never evicts the rows
-   being worked on. ``ln_fwd_parallel`` runs it on contiguous chunks of rows
-   across threads.
+   squared deviations from its mean (``_math``: corrected two-pass; 16-bit
+   rows in one pass from a pilot), then the output, while the row sits in
+   L1/L2. With a staging row (``stage``, for large outputs) ``y`` is written
+   a 64-byte line at a time with streaming stores, so it is never read for
+   ownership and never evicts the rows being worked on; a line shared by two
+   rows of a chunk is written once, whole. ``ln_fwd_parallel`` runs it on
+   contiguous chunks of rows across threads.
 2. ``ln_bwd_blocks`` -- backward, rows grouped into fixed blocks. Each row is
    read twice while in cache: first the two row means the input gradient
    needs, adding ``dy * xhat`` and ``dy`` into its block's partial
@@ -34,6 +35,11 @@ compilation per dtype serves both norms. The fused residual (``residual`` and
 ``s``: ``s = x + residual`` written once, the row then normalized from
 cache) and ``dresidual`` (added into ``dx``) are ``None`` or arrays, so only
 calls that use them compile those variants.
+
+The kernels take their arrays without numba's reference counts
+(``_native.unowned``): each count is an atomic instruction, which on x86
+waits for the thread's streaming stores to reach memory, and row slices
+would pay one per row.
 
 Each thread runs the same compiled pieces as a serial call, and the backward
 partition depends on the shape alone, so serial, parallel and C-ABI calls give
@@ -58,12 +64,15 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from . import _cache, _math, _native, _threading
+from ._native import unowned
 from ._config import (BACKWARD_BLOCKS, BACKWARD_MIN_BLOCK_ROWS, BACKWARD_REDUCE_COLS,
                       BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, FORWARD_MIN_CHUNK_ELEMENTS,
                       SERIAL_MAX_ELEMENTS, STATS_BLOCK, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
                       STREAM_STAGE_BYTES)
-from ._storage import (LINE_BYTES, element_bytes, line_elements, load, prefetch_line, store,
-                       stream_fence, stream_line, to_compute)
+from ._storage import (HARDWARE_BFLOAT16, LINE_BYTES, bfloat16_bits_to_float32,
+                       element_bytes, float32_to_bfloat16_bits, line_elements, load,
+                       narrow_affine, normalize_bfloat16_line, prefetch_line, store,
+                       stream_fence, stream_line, stream_normalized_bfloat16_line, to_compute)
 
 # error_model="numpy": a zero variance with eps=0 gives rstd=inf (and that
 # row NaN, like any other non-finite row) instead of raising ZeroDivisionError.
@@ -71,8 +80,9 @@ _kernel = _cache.jit(fastmath=FASTMATH, error_model="numpy")
 _parallel_kernel = _cache.jit(fastmath=FASTMATH, error_model="numpy", parallel=True)
 # A piece of a row: typed once per dtype, inlined by LLVM where it is called
 # (numba-IR inlining would type it again at every call site).
-_piece = njit(fastmath=FASTMATH, error_model="numpy", forceinline=True, no_cpython_wrapper=True,
-              no_cfunc_wrapper=True)
+_PIECE_OPTIONS = dict(fastmath=FASTMATH, error_model="numpy", forceinline=True,
+                      no_cpython_wrapper=True, no_cfunc_wrapper=True)
+_piece = njit(**_PIECE_OPTIONS)
 # A loop called, never inlined: every caller runs the same machine code for
 # it, so its bits cannot depend on the loop around the call.
 _shared = njit(fastmath=FASTMATH, error_model="numpy", forceinline=False, no_cpython_wrapper=True,
@@ -248,6 +258,45 @@ def _stream_rest(stage, y, start, count):
 # --------------------------------------------------------------------------- forward
 
 @_shared
+def _narrow_row_moments(x, scale):
+    """``_row_moments`` of a 16-bit row, centered, in one pass over it.
+
+    The row's deviations from a pilot -- the mean of its first 64 elements,
+    rounded to bfloat16's 8 bits -- are summed with their squares, in
+    float32 lanes and float64 between ``STATS_BLOCK`` blocks. A deviation of
+    two values of 8 or 11 bits is exact with few bits, so the sums round as
+    little as pass one's of the row itself; the pilot is within a few
+    standard deviations of the mean unless the first 64 elements are all
+    outliers, and the variance ``sumsq / n - (sum / n)**2`` loses to
+    cancellation only the square of that distance in ulps. Reading the row
+    once instead of twice is what lets a 16-bit forward keep up with memory
+    (bench/NOTES.md).
+    """
+    n = x.shape[0]
+    pilot_count = _smaller(n, 64)
+    pilot = to_compute(x, 0)
+    for j in range(pilot_count):
+        pilot += load(x, j) * scale
+    pilot = bfloat16_bits_to_float32(float32_to_bfloat16_bits(np.float32(pilot / pilot_count)))
+    total = 0.0
+    sumsq = 0.0
+    for start in range(0, n, STATS_BLOCK):
+        block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
+        part = to_compute(x, 0)
+        part_sq = to_compute(x, 0)
+        for j in range(block.shape[0]):
+            d = _math.scaled_deviation(load(block, j), scale, pilot)
+            part += d
+            part_sq += d * d
+        total += part
+        sumsq += part_sq
+    offset = total / n
+    mean = pilot + offset
+    center = to_compute(x, mean)
+    return center, mean - center, _math.corrected_variance(offset, sumsq, n)
+
+
+@_shared
 def _row_moments(x, scale, centered):
     """``(center, correction, variance)`` of the row ``x * scale`` (see ``_math``).
 
@@ -256,10 +305,7 @@ def _row_moments(x, scale, centered):
 
     Pass one adds the row in float64 lanes: the center's rounding is then the
     only error in a float32 row's mean, and it is known exactly
-    (``correction``). 16-bit rows (8 or 11 significant bits) are added in
-    float32 lanes instead (:func:`sum_lane`), a block's sum near an ulp of
-    itself as pass two's: widening every element to float64 cost them a tenth
-    of their time (bench/NOTES.md). Pass two adds the squares of
+    (``correction``). Pass two adds the squares of
     ``x * scale - center`` in float32 lanes, in blocks of ``STATS_BLOCK``
     whose sums are added in float64: each block's rounding stays near an ulp
     of its sum, and a long row is as accurate as a short one (pass one is
@@ -269,14 +315,14 @@ def _row_moments(x, scale, centered):
     first call ~0.3 s.
     """
     n = x.shape[0]
-    scale_sum = sum_lane(x, scale)  # its product fuses with the add
+    scale_sum = np.float64(scale)  # its product fuses with the add
     total = 0.0
     if centered:
         for start in range(0, n, STATS_BLOCK):
             block = x[start:start + STATS_BLOCK]  # indices from 0: no negative-index fix-up
-            part = sum_lane(x, 0)
+            part = 0.0
             for j in range(block.shape[0]):
-                part += sum_lane(x, load(block, j)) * scale_sum
+                part += np.float64(load(block, j)) * scale_sum
             total += part
     mean = total / n
     center = to_compute(x, mean)
@@ -292,20 +338,30 @@ def _row_moments(x, scale, centered):
     return center, correction, _math.corrected_variance(correction, sumsq, n)
 
 
-def sum_lane(x, value):
-    """``value`` in the type pass one adds a row of ``x`` in: float64, or float32 for 16-bit rows."""
-    return np.float32(value) if x.dtype.itemsize == 2 else np.float64(value)
+def row_moments(x, scale, centered):
+    """:func:`_narrow_row_moments` for a centered 16-bit row, else :func:`_row_moments`.
+
+    Chosen by type, so that float32 and float64 kernels never compile the
+    16-bit pass (pure-Python stand-in).
+    """
+    return _row_moments(x, scale, centered)
 
 
-@overload(sum_lane, inline="always")
-def _sum_lane_impl(x, value):
-    lane = types.float32 if x.dtype.bitwidth == 16 else types.float64
-    return lambda x, value: lane(value)
+@overload(row_moments, inline="always")
+def _row_moments_impl(x, scale, centered):
+    if x.dtype.bitwidth != 16:
+        return lambda x, scale, centered: _row_moments(x, scale, centered)
+
+    def narrow(x, scale, centered):
+        if centered:
+            return _narrow_row_moments(x, scale)
+        return _row_moments(x, scale, centered)
+    return narrow
 
 
 @_piece
 def _ln_fwd_stats(x, eps, centered):
-    """Statistics of one row ``x`` (a 1-D view), corrected two-pass (see ``_math``).
+    """Statistics of one row ``x`` (a 1-D view), from :func:`_row_moments`.
 
     Returns ``(scale, center, correction, rstd_high, rstd_low, mean,
     rstd)``: the first five, in the compute type, are what
@@ -317,7 +373,7 @@ def _ln_fwd_stats(x, eps, centered):
     center and correction are zero and the variance is the mean square.
     """
     scale = 1.0
-    center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
+    center, correction, variance = row_moments(x, to_compute(x, scale), centered)
     if not (math.isfinite(center) and math.isfinite(variance)) or (
             variance + eps < _UNDERFLOW_VARIANCE):
         largest = to_compute(x, 0)  # a power of two bringing max|x| into [0.5, 1) is exact
@@ -327,7 +383,7 @@ def _ln_fwd_stats(x, eps, centered):
         if math.isfinite(largest) and largest > 0:
             scale = math.ldexp(1.0, -math.frexp(largest)[1])
             scale = scale if scale < _scale_limit(x) else _scale_limit(x)
-            center, correction, variance = _row_moments(x, to_compute(x, scale), centered)
+            center, correction, variance = row_moments(x, to_compute(x, scale), centered)
         else:  # a NaN or Inf row: NaN statistics (RMSNorm's mean square is inf, not NaN)
             variance = math.nan
     scaled_rstd = _math.scaled_rstd(variance, eps, scale)
@@ -355,12 +411,24 @@ def _scale_limit_impl(x):
     return lambda x: limit
 
 
-@_piece
 def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd_high,
                rstd_low, count):
     """``y[j] = (x[j] - mean) * rstd * weight[j] + bias[j]`` for ``j < count``.
 
-    The statistics are :func:`_ln_fwd_stats`'s.
+    The statistics are :func:`_ln_fwd_stats`'s. 16-bit outputs drop the
+    parts of the statistics below float32's precision, which their rounding
+    cannot keep (:func:`narrow_affine`). Where
+    ``HARDWARE_BFLOAT16``, bfloat16 takes :func:`_normalize_by_lines`.
+    """
+    _normalize_each(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
+                    rstd_high, rstd_low, count)
+
+
+@_piece
+def _normalize_each(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
+                    rstd_high, rstd_low, count):
+    """:func:`_normalize` an element at a time, rounded by :func:`store`.
+
     Inlined where ``count`` is a staging tile's constant length, LLVM emits
     one straight vector loop with no remainder.
     """
@@ -369,39 +437,131 @@ def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correcti
     for j in range(count):
         w = weight[j] if has_weight else one
         b = bias[j] if has_bias else zero
-        store(y, j, _math.affine_output(load(x, j), scale, center, correction, rstd_high,
-                                        rstd_low, w, b))
+        store(y, j, output_value(y, load(x, j), scale, center, correction, rstd_high, rstd_low,
+                                 w, b))
+
+
+def output_value(y, value, scale, center, correction, rstd_high, rstd_low, weight, bias):
+    """The output for ``value``: :func:`narrow_affine` where ``y`` holds 16-bit floats,
+    ``_math.affine_output`` otherwise (pure-Python stand-in)."""
+    return _math.affine_output(value, scale, center, correction, rstd_high, rstd_low, weight,
+                               bias)
+
+
+@overload(output_value, inline="always")
+def _output_value_impl(y, value, scale, center, correction, rstd_high, rstd_low, weight, bias):
+    if y.dtype.bitwidth == 16:
+        return (lambda y, value, scale, center, correction, rstd_high, rstd_low, weight, bias:
+                narrow_affine(value, scale, center, rstd_high, weight, bias))
+    return (lambda y, value, scale, center, correction, rstd_high, rstd_low, weight, bias:
+            _math.affine_output(value, scale, center, correction, rstd_high, rstd_low, weight,
+                                bias))
+
+
+def _normalize_by_lines(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
+                        rstd_high, rstd_low, count):
+    """:func:`_normalize` for bfloat16 rounded in hardware: whole lines of ``y`` at a time
+    (:func:`normalize_bfloat16_line`), then the elements after the last one."""
+    lines = count // line_elements(y) * line_elements(y)
+    for j in range(0, lines, line_elements(y)):
+        normalize_bfloat16_line(x, weight, bias, has_weight, has_bias, scale, center, rstd_high,
+                                j, y, j)
+    _normalize_each(x[lines:], y[lines:], weight[lines:], bias[lines:], has_weight, has_bias,
+                    scale, center, correction, rstd_high, rstd_low, count - lines)
+
+
+@overload(_normalize, jit_options=_PIECE_OPTIONS)
+def _normalize_impl(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
+                    rstd_high, rstd_low, count):
+    if y.dtype == types.int16 and HARDWARE_BFLOAT16:
+        return _normalize_by_lines
+    return _normalize
+
+
+def _normalize_streamed(x, y, start, weight, bias, has_weight, has_bias, scale, center,
+                        correction, rstd_high, rstd_low, stage, count):
+    """``y[start:start + count]`` = the output for ``x[:count]``, streamed a line at a time.
+
+    ``y[start]`` lies on a 64-byte boundary and ``count`` is a whole number
+    of lines. Computed into ``stage`` (in cache), then copied out with
+    non-temporal stores; bfloat16 rounded in hardware goes straight to ``y``
+    a line at a time instead (:func:`stream_normalized_bfloat16_line`).
+    """
+    _normalize(x, stage, weight, bias, has_weight, has_bias, scale, center, correction,
+               rstd_high, rstd_low, count)
+    _stream_lines(stage, y, start, count)
+
+
+def _normalize_streamed_by_lines(x, y, start, weight, bias, has_weight, has_bias, scale, center,
+                                 correction, rstd_high, rstd_low, stage, count):
+    for j in range(0, count, line_elements(y)):
+        stream_normalized_bfloat16_line(x, weight, bias, has_weight, has_bias, scale, center,
+                                        rstd_high, j, y, start + j)
+
+
+@overload(_normalize_streamed, jit_options=_PIECE_OPTIONS)
+def _normalize_streamed_impl(x, y, start, weight, bias, has_weight, has_bias, scale, center,
+                             correction, rstd_high, rstd_low, stage, count):
+    if y.dtype == types.int16 and HARDWARE_BFLOAT16:
+        return _normalize_streamed_by_lines
+    return _normalize_streamed
 
 
 @_shared
-def _normalize_streaming(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
-                         rstd_high, rstd_low, stage, x_next):
-    """``_normalize`` of a row, ``y`` written with streaming stores a line at a time.
+def _normalize_streaming(x, y, y_start, weight, bias, has_weight, has_bias, scale, center,
+                         correction, rstd_high, rstd_low, stage, x_next, carried, keep_tail):
+    """``_normalize`` of a row into ``y[y_start:]``, written with streaming stores a line at a time.
 
     Tiles of the row are computed into ``stage`` (in cache) and copied out
-    with non-temporal stores. The elements before ``y``'s first 64-byte
-    boundary and after its last whole line get ordinary stores. float16 rows
-    also prefetch ``x_next`` (the next row) into L2, a tile's worth of lines
-    per tile: their arithmetic per byte is twice float32's, and without the
-    prefetch memory idles while a tile is computed.
+    with non-temporal stores. 16-bit rows also prefetch ``x_next`` (the next
+    row) into L2, a tile's worth of lines per tile: their arithmetic per byte
+    is twice float32's, and without the prefetch memory idles while a tile
+    is computed.
+
+    The elements before the row's first 64-byte boundary (its head) and
+    after its last whole line (its tail) share lines with the rows beside
+    it. Where rows follow each other in ``y``, such a line is written once,
+    whole, with a streaming store: ``stage[:carried]`` holds the previous
+    row's tail, which this row's head completes, and with ``keep_tail`` this
+    row's tail is left in ``stage[:count]`` for the next row, ``count``
+    returned. Other heads and tails get ordinary stores (the lines of another
+    thread's rows may share them). An ordinary store into a line read from
+    memory would hold up every store behind it for as long as the read.
     """
     cols = x.shape[0]
-    head = _line_head(y)
-    _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correction, rstd_high,
-               rstd_low, head)
+    row = y[y_start:y_start + cols]
+    head = _line_head(row)
+    joined = carried > 0 and carried + head == line_elements(y)
+    if not joined:  # the previous row's tail alone: ordinary stores
+        for k in range(carried):
+            y[y_start - carried + k] = stage[k]
+    _normalize(x, stage[carried:] if joined else row, weight, bias, has_weight, has_bias, scale,
+               center, correction, rstd_high, rstd_low, head)
+    if joined:
+        stream_line(y, y_start - carried, stage, 0)
     start = head
     tile = np.int64(stage_elements(stage))  # int64 like every other count: one compilation
-    while start + tile <= cols:
-        _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias,
-                   scale, center, correction, rstd_high, rstd_low, tile)
+    while start + line_elements(y) <= cols:
+        count = _smaller(tile, (cols - start) // line_elements(y) * line_elements(y))
+        _normalize_streamed(x[start:], row, start, weight[start:], bias[start:], has_weight,
+                            has_bias, scale, center, correction, rstd_high, rstd_low, stage,
+                            count)
         if element_bytes(x) == 2:
-            for k in range(0, tile, line_elements(x)):
+            for k in range(0, count, line_elements(x)):
                 prefetch_line(x_next, start + k)
-        _stream_lines(stage, y, start, tile)
-        start += tile
+        start += count
+    if element_bytes(x) == 2:  # the lines no tile asked for: the head's and the last
+        if head > 0:
+            prefetch_line(x_next, 0)
+        prefetch_line(x_next, cols - 1)
+    count = cols - start
     _normalize(x[start:], stage, weight[start:], bias[start:], has_weight, has_bias, scale,
-               center, correction, rstd_high, rstd_low, cols - start)
-    _stream_rest(stage, y, start, cols - start)
+               center, correction, rstd_high, rstd_low, count)
+    if keep_tail:
+        return count
+    for k in range(count):
+        row[start + k] = stage[k]
+    return np.int64(0)
 
 
 @_piece
@@ -453,10 +613,14 @@ def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ld
     stores, or a staging row (:func:`new_stage`) to write ``y`` (and ``s``)
     with streaming stores; the values are the same bits either way.
     """
+    x, residual, weight, bias, y, s = (unowned(x), unowned(residual), unowned(weight),
+                                       unowned(bias), unowned(y), unowned(s))
+    mean, rstd = unowned(mean), unowned(rstd)
     eps = to_compute(x, eps)  # as the C library's float32 functions receive it
     keep_mean = mean.shape[0] > 0
     keep_rstd = rstd.shape[0] > 0
     s_stage = residual_stage(s, cols, stage)
+    carried = np.int64(0)  # elements of y in stage[:carried]: see _normalize_streaming
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
         y_row = y[r * ldy:r * ldy + cols]
@@ -469,9 +633,10 @@ def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ld
                        correction, rstd_high, rstd_low, cols)
         else:
             ahead = _smaller(r + 1, rows - 1) * ldx
-            _normalize_streaming(src, y_row, weight, bias, has_weight, has_bias, scale,
-                                 center, correction, rstd_high, rstd_low, stage,
-                                 x[ahead:ahead + cols])
+            carried = _normalize_streaming(src, y, r * ldy, weight, bias, has_weight, has_bias,
+                                           scale, center, correction, rstd_high, rstd_low,
+                                           unowned(stage), x[ahead:ahead + cols], carried,
+                                           ldy == cols and r + 1 < rows)
         if keep_mean:
             mean[r] = row_mean
         if keep_rstd:
@@ -670,6 +835,10 @@ def ln_bwd_blocks(dy, lddy, x, ldx, mean, rstd, weight, has_weight, centered, dr
     goes through the same loop beside zero gradients, so its sums are the
     bits it would get in a pair.
     """
+    dy, x, dresidual, dx = unowned(dy), unowned(x), unowned(dresidual), unowned(dx)
+    mean, rstd, weight = unowned(mean), unowned(rstd), unowned(weight)
+    dweight_part, dbias_part = unowned(dweight_part), unowned(dbias_part)
+    dweight, dbias = unowned(dweight), unowned(dbias)
     zero = to_compute(x, 0)
     for block in range(first_block, stop_block):
         dweight_acc = dweight_part[block]

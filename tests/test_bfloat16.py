@@ -1,5 +1,7 @@
 """bfloat16 storage: the CPU kernels' conversions, against ``ml_dtypes``."""
 
+import os
+
 import numpy as np
 import pytest
 from numba import njit
@@ -198,3 +200,89 @@ def test_bfloat16_is_recognised_without_numba_ln_importing_ml_dtypes():
                             timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "bfloat16"
+
+
+# --------------------------------------------------------------------------- rounding in hardware
+
+@njit
+def _lines_and_elements(x, weight, bias, by_lines, by_elements):
+    """The same outputs through ``normalize_bfloat16_line`` and element by element."""
+    one, zero = np.float32(1.0), np.float32(0.0)
+    for j in range(0, x.size, 32):
+        _storage.normalize_bfloat16_line(x, weight, bias, True, True, one, zero, one, j,
+                                         by_lines, j)
+    for j in range(x.size):
+        _storage.store(by_elements, j, _storage.narrow_affine(
+            _storage.load(x, j), one, zero, one, weight[j], bias[j]))
+
+
+@pytest.mark.skipif(not _storage.HARDWARE_BFLOAT16,
+                    reason="this CPU has no vcvtneps2bf16; the kernels round in software")
+def test_lines_rounded_in_hardware_give_the_bits_of_the_integer_rounding():
+    """Every narrowing case, subnormals, ties and NaNs included, through the line kernel.
+
+    ``x`` is zero, so each output is its ``bias`` exactly: the values that
+    reach ``vcvtneps2bf16`` are the narrowing cases themselves. Lines holding a
+    float32 subnormal (which the instruction flushes to zero) must come out
+    as the integer rounding gives them.
+    """
+    values = _narrowing_cases()
+    values = np.concatenate([values, np.zeros(-values.size % 32, np.float32)])
+    x = np.zeros(values.size, np.int16)
+    weight = np.ones(values.size, np.float32)
+    by_lines, by_elements = np.empty(values.size, np.int16), np.empty(values.size, np.int16)
+    _lines_and_elements(x, weight, values, by_lines, by_elements)
+    np.testing.assert_array_equal(by_lines, by_elements)
+    subnormal = (values != 0) & (np.abs(values) < np.finfo(np.float32).tiny)
+    assert subnormal.sum() > 1000 and (by_lines[subnormal] & 0x7FFF).any()
+    with np.errstate(invalid="ignore", over="ignore"):
+        expected = values.astype(BFLOAT16).view(np.int16)
+    numbers = ~np.isnan(values) & (values != 0)  # 0 + -0.0 is +0.0: signs of zero differ
+    np.testing.assert_array_equal(by_lines[numbers], expected[numbers])
+
+
+def test_hardware_rounding_needs_the_features_numba_compiles_for(monkeypatch):
+    from numba.core import config
+    for features, expected in [("+avx512f,+avx512dq,+avx512vl,+avx512bf16", True),
+                               ("+avx512f,+avx512dq,+avx512vl,-avx512bf16", False),
+                               ("+avx512f,+avx512dq,-avx512vl,+avx512bf16", False),
+                               ("+avx2,+avxneconvert", False), ("", False)]:
+        monkeypatch.setattr(config, "CPU_FEATURES", features)
+        assert _storage._compiles_bfloat16_rounding() is expected, features
+
+
+@pytest.mark.skipif(not _storage.HARDWARE_BFLOAT16,
+                    reason="this CPU has no vcvtneps2bf16: there is only the integer rounding")
+def test_kernels_without_hardware_rounding_give_the_same_bits(rng, tmp_path):
+    """A process compiling for this CPU without AVX512-BF16 takes the integer
+    rounding everywhere; its outputs (ordinary and streamed, rows joined across
+    misaligned line boundaries) have this process's bits."""
+    import subprocess
+    import sys
+
+    import llvmlite.binding as llvm
+    features = llvm.get_host_cpu_features().flatten().replace("+avx512bf16", "-avx512bf16")
+    shapes = [(64, 1000), (8192, 1024)]  # the second streams its 16 MiB output
+    inputs = []
+    for k, shape in enumerate(shapes):
+        x = _bf16(rng, shape)
+        weight, bias = rng.standard_normal((2, shape[1])).astype(np.float32)
+        np.save(tmp_path / f"x{k}.npy", x.view(np.int16))
+        np.save(tmp_path / f"w{k}.npy", np.stack([weight, bias]))
+        inputs.append((x, weight, bias))
+    code = (
+        "import sys, numpy as np, ml_dtypes, numba_ln\n"
+        "from numba_ln import _storage\n"
+        "assert not _storage.HARDWARE_BFLOAT16\n"
+        f"for k in range({len(shapes)}):\n"
+        "    x = np.load(sys.argv[1] + f'/x{k}.npy').view(ml_dtypes.bfloat16)\n"
+        "    w, b = np.load(sys.argv[1] + f'/w{k}.npy')\n"
+        "    np.save(sys.argv[1] + f'/y{k}.npy', numba_ln.layer_norm(x, w, b).view(np.int16))\n")
+    env = dict(os.environ, NUMBA_CPU_FEATURES=features,
+               NUMBA_CACHE_DIR=str(tmp_path / "cache"))
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for k, (x, weight, bias) in enumerate(inputs):
+        np.testing.assert_array_equal(np.load(tmp_path / f"y{k}.npy"),
+                                      numba_ln.layer_norm(x, weight, bias).view(np.int16))

@@ -362,3 +362,38 @@ def test_threaded_calls_take_read_only_and_unaligned_inputs(rng, dtype):
     grads = numba_ln.layer_norm_backward(frozen[2], frozen[0], frozen[3], frozen[4], frozen[1])
     for a, b in zip((*expected, *expected_grads), (*got, *grads)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("cols", [20, 100, 1000, 1030])
+def test_streamed_rows_join_their_shared_lines(rng, dtype, cols):
+    """Rows one after another in ``y``, starting anywhere in a cache line.
+
+    The line a row's tail shares with the next row's head is streamed once,
+    whole: every row's bits are those of ordinary stores, and nothing before
+    or after the buffer is written (a row shorter than a line joins nothing).
+    """
+    from numba_ln import cpu
+
+    rows = 7
+    storage = storage_dtype(np.dtype(dtype))
+    compute = np.float64 if dtype == np.float64 else np.float32
+    x = rng.standard_normal(rows * cols).astype(dtype).view(storage)
+    weight, bias = rng.standard_normal((2, cols)).astype(compute)
+    lane = 64 // x.itemsize
+    buffer = np.full(rows * cols + 3 * lane, FILL, dtype).view(storage)
+    first = (-buffer.ctypes.data % 64) // x.itemsize  # buffer[first] starts a line
+    for shift in range(lane):
+        results = []
+        for stream_out in (False, True):
+            buffer.view(dtype)[:] = FILL
+            y = buffer[first + shift:first + shift + rows * cols]
+            mean, rstd = np.empty(rows, compute), np.empty(rows, compute)
+            cpu.ln_fwd_rows(x, cols, None, cols, weight, bias, True, True, y, cols, None, cols,
+                            mean, rstd, rows, cols, 1e-5, True,
+                            cpu.new_stage(y, True) if stream_out else None)
+            results.append(buffer.copy())
+        np.testing.assert_array_equal(results[1], results[0], err_msg=f"shift {shift}")
+        outside = np.ones(buffer.size, bool)
+        outside[first + shift:first + shift + rows * cols] = False
+        assert (results[1].view(dtype)[outside] == FILL).all(), f"shift {shift}"
