@@ -344,7 +344,7 @@ def normalize_bfloat16_line(typingctx, x, weight, bias, has_weight, has_bias, sc
 
     One 64-byte line of bfloat16 output from bfloat16 (or float32) ``x``, float32
     ``weight[j + k]`` and ``bias[j + k]`` (ones and zeros without
-    ``has_weight``/``has_bias``), in explicit 256-bit vectors: rounded by
+    ``has_weight``/``has_bias``), in explicit 512-bit vectors: rounded by
     ``vcvtneps2bf16``, which a loop of scalar conversions does not vectorize
     to. Only where ``HARDWARE_BFLOAT16``. The bits are those of
     :func:`narrow_affine` and :func:`float32_to_bfloat16_bits` element by

@@ -265,12 +265,13 @@ def _narrow_row_moments(x, scale):
     rounded to bfloat16's 8 bits -- are summed with their squares, in
     float32 lanes and float64 between ``STATS_BLOCK`` blocks. A deviation of
     two values of 8 or 11 bits is exact with few bits, so the sums round as
-    little as pass one's of the row itself; the pilot is within a few
-    standard deviations of the mean unless the first 64 elements are all
-    outliers, and the variance ``sumsq / n - (sum / n)**2`` loses to
-    cancellation only the square of that distance in ulps. Reading the row
-    once instead of twice is what lets a 16-bit forward keep up with memory
-    (bench/NOTES.md).
+    little as pass one's of the row itself, and the variance ``sumsq / n -
+    (sum / n)**2`` loses to cancellation the square of the pilot's distance
+    from the mean in standard deviations. The pilot is a fraction of one
+    away unless the first 64 elements are unlike the rest; a row whose pilot
+    is more than two away is measured again by :func:`_row_moments`.
+    Reading the row once instead of twice is what lets a 16-bit forward keep
+    up with memory (bench/NOTES.md).
     """
     n = x.shape[0]
     pilot_count = _smaller(n, 64)
@@ -291,9 +292,17 @@ def _narrow_row_moments(x, scale):
         total += part
         sumsq += part_sq
     offset = total / n
+    variance = _math.corrected_variance(offset, sumsq, n)
+    if offset * offset > _PILOT_REACH * variance:  # unlike the row: take the two passes
+        return _row_moments(x, scale, True)
     mean = pilot + offset
     center = to_compute(x, mean)
-    return center, mean - center, _math.corrected_variance(offset, sumsq, n)
+    return center, mean - center, variance
+
+
+#: A pilot further than this many variances (squared) from the row's mean
+#: leaves the one-pass sums too little precision (``_narrow_row_moments``).
+_PILOT_REACH = 4.0
 
 
 @_shared
