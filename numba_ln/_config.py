@@ -31,6 +31,15 @@ FORWARD_MIN_CHUNK_ELEMENTS = 16 * 1024
 #: any row length for less than float64 lanes cost (bench/NOTES.md).
 STATS_BLOCK = 128
 
+#: 16-bit rows take their statistics in one pass, from a pilot: the mean of
+#: this many first elements (``cpu._narrow_row_moments``).
+STATS_PILOT_ELEMENTS = 64
+
+#: ... while the row's mean lies within ``sqrt(STATS_PILOT_REACH)`` standard
+#: deviations of the pilot; further, the cancellation in the one-pass variance
+#: costs more than two bits, and the row is measured again in two passes.
+STATS_PILOT_REACH = 4.0
+
 #: Outputs of at least this many bytes are written with streaming stores,
 #: which neither read ``y`` into the cache nor evict the rows in use; smaller
 #: ones stay in cache for whoever reads them next (bench/NOTES.md).

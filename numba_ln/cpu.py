@@ -67,8 +67,8 @@ from . import _cache, _math, _native, _threading
 from ._native import unowned
 from ._config import (BACKWARD_BLOCKS, BACKWARD_MIN_BLOCK_ROWS, BACKWARD_REDUCE_COLS,
                       BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, FORWARD_MIN_CHUNK_ELEMENTS,
-                      SERIAL_MAX_ELEMENTS, STATS_BLOCK, STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS,
-                      STREAM_STAGE_BYTES)
+                      SERIAL_MAX_ELEMENTS, STATS_BLOCK, STATS_PILOT_ELEMENTS, STATS_PILOT_REACH,
+                      STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
 from ._storage import (HARDWARE_BFLOAT16, LINE_BYTES, bfloat16_bits_to_float32,
                        element_bytes, float32_to_bfloat16_bits, line_elements, load,
                        narrow_affine, normalize_bfloat16_line, prefetch_line, store,
@@ -261,20 +261,21 @@ def _stream_rest(stage, y, start, count):
 def _narrow_row_moments(x, scale):
     """``_row_moments`` of a 16-bit row, centered, in one pass over it.
 
-    The row's deviations from a pilot -- the mean of its first 64 elements,
-    rounded to bfloat16's 8 bits -- are summed with their squares, in
-    float32 lanes and float64 between ``STATS_BLOCK`` blocks. A deviation of
-    two values of 8 or 11 bits is exact with few bits, so the sums round as
-    little as pass one's of the row itself, and the variance ``sumsq / n -
-    (sum / n)**2`` loses to cancellation the square of the pilot's distance
-    from the mean in standard deviations. The pilot is a fraction of one
-    away unless the first 64 elements are unlike the rest; a row whose pilot
-    is more than two away is measured again by :func:`_row_moments`.
+    The row's deviations from a pilot -- the mean of its first
+    ``STATS_PILOT_ELEMENTS`` elements, rounded to bfloat16's 8 bits -- are
+    summed with their squares, in float32 lanes and float64 between
+    ``STATS_BLOCK`` blocks. A deviation of two values of 8 or 11 bits is
+    exact with few bits, so the sums round as little as pass one's of the
+    row itself, and the variance ``sumsq / n - (sum / n)**2`` loses to
+    cancellation the square of the pilot's distance from the mean in
+    standard deviations. The pilot is a fraction of one away unless the
+    first elements are unlike the rest; a row whose pilot is further than
+    ``STATS_PILOT_REACH`` allows is measured again by :func:`_row_moments`.
     Reading the row once instead of twice is what lets a 16-bit forward keep
     up with memory (bench/NOTES.md).
     """
     n = x.shape[0]
-    pilot_count = _smaller(n, 64)
+    pilot_count = _smaller(n, STATS_PILOT_ELEMENTS)
     pilot = to_compute(x, 0)
     for j in range(pilot_count):
         pilot += load(x, j) * scale
@@ -293,16 +294,11 @@ def _narrow_row_moments(x, scale):
         sumsq += part_sq
     offset = total / n
     variance = _math.corrected_variance(offset, sumsq, n)
-    if offset * offset > _PILOT_REACH * variance:  # unlike the row: take the two passes
+    if offset * offset > STATS_PILOT_REACH * variance:  # unlike the row: take the two passes
         return _row_moments(x, scale, True)
     mean = pilot + offset
     center = to_compute(x, mean)
     return center, mean - center, variance
-
-
-#: A pilot further than this many variances (squared) from the row's mean
-#: leaves the one-pass sums too little precision (``_narrow_row_moments``).
-_PILOT_REACH = 4.0
 
 
 @_shared
