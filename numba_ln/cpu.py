@@ -64,11 +64,11 @@ from numba import njit, prange, types
 from numba.extending import overload
 
 from . import _cache, _math, _native, _threading
-from ._native import unowned
 from ._config import (BACKWARD_BLOCKS, BACKWARD_MIN_BLOCK_ROWS, BACKWARD_REDUCE_COLS,
                       BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, FORWARD_MIN_CHUNK_ELEMENTS,
                       SERIAL_MAX_ELEMENTS, STATS_BLOCK, STATS_PILOT_ELEMENTS, STATS_PILOT_REACH,
                       STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+from ._native import unowned
 from ._storage import (HARDWARE_BFLOAT16, LINE_BYTES, bfloat16_bits_to_float32,
                        element_bytes, float32_to_bfloat16_bits, line_elements, load,
                        narrow_affine, normalize_bfloat16_line, prefetch_line, store,
@@ -366,7 +366,7 @@ def _row_moments_impl(x, scale, centered):
 
 @_piece
 def _ln_fwd_stats(x, eps, centered):
-    """Statistics of one row ``x`` (a 1-D view), from :func:`_row_moments`.
+    """Statistics of one row ``x`` (a 1-D view), from :func:`row_moments`.
 
     Returns ``(scale, center, correction, rstd_high, rstd_low, mean,
     rstd)``: the first five, in the compute type, are what
@@ -432,11 +432,7 @@ def _normalize(x, y, weight, bias, has_weight, has_bias, scale, center, correcti
 @_piece
 def _normalize_each(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
                     rstd_high, rstd_low, count):
-    """:func:`_normalize` an element at a time, rounded by :func:`store`.
-
-    Inlined where ``count`` is a staging tile's constant length, LLVM emits
-    one straight vector loop with no remainder.
-    """
+    """:func:`_normalize` an element at a time, rounded by :func:`store`."""
     one = to_compute(x, 1)
     zero = to_compute(x, 0)
     for j in range(count):
@@ -499,6 +495,8 @@ def _normalize_streamed(x, y, start, weight, bias, has_weight, has_bias, scale, 
 
 def _normalize_streamed_by_lines(x, y, start, weight, bias, has_weight, has_bias, scale, center,
                                  correction, rstd_high, rstd_low, stage, count):
+    """:func:`_normalize_streamed` for bfloat16 rounded in hardware: each line straight to
+    ``y`` (:func:`stream_normalized_bfloat16_line`), no stage."""
     for j in range(0, count, line_elements(y)):
         stream_normalized_bfloat16_line(x, weight, bias, has_weight, has_bias, scale, center,
                                         rstd_high, j, y, start + j)
