@@ -347,8 +347,10 @@ def row_moments(x, scale, centered):
     """:func:`_narrow_row_moments` for a centered 16-bit row, else :func:`_row_moments`.
 
     Chosen by type, so that float32 and float64 kernels never compile the
-    16-bit pass (pure-Python stand-in).
+    16-bit pass (the choice, as a pure-Python stand-in).
     """
+    if x.dtype.itemsize == 2 and centered:
+        return _narrow_row_moments(x, scale)
     return _row_moments(x, scale, centered)
 
 
@@ -445,6 +447,8 @@ def _normalize_each(x, y, weight, bias, has_weight, has_bias, scale, center, cor
 def output_value(y, value, scale, center, correction, rstd_high, rstd_low, weight, bias):
     """The output for ``value``: :func:`narrow_affine` where ``y`` holds 16-bit floats,
     ``_math.affine_output`` otherwise (pure-Python stand-in)."""
+    if y.dtype.itemsize == 2:
+        return (value * scale - center) * (rstd_high * weight) + bias
     return _math.affine_output(value, scale, center, correction, rstd_high, rstd_low, weight,
                                bias)
 
@@ -471,12 +475,16 @@ def _normalize_by_lines(x, y, weight, bias, has_weight, has_bias, scale, center,
                     scale, center, correction, rstd_high, rstd_low, count - lines)
 
 
+def _by_lines(y):
+    """Whether outputs of numba type ``y`` take the line kernel: bfloat16 where
+    ``HARDWARE_BFLOAT16``."""
+    return y.dtype == types.int16 and HARDWARE_BFLOAT16
+
+
 @overload(_normalize, jit_options=_PIECE_OPTIONS)
 def _normalize_impl(x, y, weight, bias, has_weight, has_bias, scale, center, correction,
                     rstd_high, rstd_low, count):
-    if y.dtype == types.int16 and HARDWARE_BFLOAT16:
-        return _normalize_by_lines
-    return _normalize
+    return _normalize_by_lines if _by_lines(y) else _normalize
 
 
 def _normalize_streamed(x, y, start, weight, bias, has_weight, has_bias, scale, center,
@@ -505,9 +513,7 @@ def _normalize_streamed_by_lines(x, y, start, weight, bias, has_weight, has_bias
 @overload(_normalize_streamed, jit_options=_PIECE_OPTIONS)
 def _normalize_streamed_impl(x, y, start, weight, bias, has_weight, has_bias, scale, center,
                              correction, rstd_high, rstd_low, stage, count):
-    if y.dtype == types.int16 and HARDWARE_BFLOAT16:
-        return _normalize_streamed_by_lines
-    return _normalize_streamed
+    return _normalize_streamed_by_lines if _by_lines(y) else _normalize_streamed
 
 
 @_shared
@@ -626,14 +632,13 @@ def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ld
     carried = np.int64(0)  # elements of y in stage[:carried]: see _normalize_streaming
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
-        y_row = y[r * ldy:r * ldy + cols]
         src = source_row(x_row, row_of(residual, r, ldr, cols), row_of(s, r, lds, cols),
                          s_stage)
         scale, center, correction, rstd_high, rstd_low, row_mean, row_rstd = _ln_fwd_stats(
             src, eps, centered)
         if stage is None:
-            _normalize(src, y_row, weight, bias, has_weight, has_bias, scale, center,
-                       correction, rstd_high, rstd_low, cols)
+            _normalize(src, y[r * ldy:r * ldy + cols], weight, bias, has_weight, has_bias,
+                       scale, center, correction, rstd_high, rstd_low, cols)
         else:
             ahead = _smaller(r + 1, rows - 1) * ldx
             carried = _normalize_streaming(src, y, r * ldy, weight, bias, has_weight, has_bias,
