@@ -40,6 +40,11 @@ STATS_PILOT_ELEMENTS = 64
 #: costs more than two bits, and the row is measured again in two passes.
 STATS_PILOT_REACH = 4.0
 
+#: A streaming forward prefetches the row at least this many bytes ahead of
+#: the one it works on (at least the next): the prefetch of a short row's
+#: successor would arrive after it is needed (bench/NOTES.md).
+PREFETCH_AHEAD_BYTES = 4096
+
 #: Outputs of at least this many bytes are written with streaming stores,
 #: which neither read ``y`` into the cache nor evict the rows in use; smaller
 #: ones stay in cache for whoever reads them next (bench/NOTES.md).

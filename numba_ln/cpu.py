@@ -66,8 +66,9 @@ from numba.extending import overload
 from . import _cache, _math, _native, _threading
 from ._config import (BACKWARD_BLOCKS, BACKWARD_MIN_BLOCK_ROWS, BACKWARD_REDUCE_COLS,
                       BACKWARD_WIDE_COLS, FASTMATH, FORWARD_CHUNKS, FORWARD_MIN_CHUNK_ELEMENTS,
-                      SERIAL_MAX_ELEMENTS, STATS_BLOCK, STATS_PILOT_ELEMENTS, STATS_PILOT_REACH,
-                      STREAM_MIN_BYTES, STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
+                      PREFETCH_AHEAD_BYTES, SERIAL_MAX_ELEMENTS, STATS_BLOCK,
+                      STATS_PILOT_ELEMENTS, STATS_PILOT_REACH, STREAM_MIN_BYTES,
+                      STREAM_MIN_HALF_COLS, STREAM_STAGE_BYTES)
 from ._native import unowned
 from ._storage import (HARDWARE_BFLOAT16, LINE_BYTES, bfloat16_bits_to_float32,
                        element_bytes, float32_to_bfloat16_bits, line_elements, load,
@@ -522,10 +523,10 @@ def _normalize_streaming(x, y, y_start, weight, bias, has_weight, has_bias, scal
     """``_normalize`` of a row into ``y[y_start:]``, written with streaming stores a line at a time.
 
     Tiles of the row are computed into ``stage`` (in cache) and copied out
-    with non-temporal stores. 16-bit rows also prefetch ``x_next`` (the next
-    row) into L2, a tile's worth of lines per tile: their arithmetic per byte
-    is twice float32's, and without the prefetch memory idles while a tile
-    is computed.
+    with non-temporal stores. 16-bit rows also prefetch ``x_next`` (a row
+    ``PREFETCH_AHEAD_BYTES`` ahead) into L2, a tile's worth of lines per
+    tile: their arithmetic per byte is twice float32's, and without the
+    prefetch memory idles while a tile is computed.
 
     The elements before the row's first 64-byte boundary (its head) and
     after its last whole line (its tail) share lines with the rows beside
@@ -630,6 +631,8 @@ def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ld
     keep_rstd = rstd.shape[0] > 0
     s_stage = residual_stage(s, cols, stage)
     carried = np.int64(0)  # elements of y in stage[:carried]: see _normalize_streaming
+    row_bytes = cols * element_bytes(x)
+    ahead_rows = _smaller(rows, (PREFETCH_AHEAD_BYTES + row_bytes - 1) // row_bytes)
     for r in range(rows):
         x_row = x[r * ldx:r * ldx + cols]
         src = source_row(x_row, row_of(residual, r, ldr, cols), row_of(s, r, lds, cols),
@@ -640,7 +643,7 @@ def ln_fwd_rows(x, ldx, residual, ldr, weight, bias, has_weight, has_bias, y, ld
             _normalize(src, y[r * ldy:r * ldy + cols], weight, bias, has_weight, has_bias,
                        scale, center, correction, rstd_high, rstd_low, cols)
         else:
-            ahead = _smaller(r + 1, rows - 1) * ldx
+            ahead = _smaller(r + ahead_rows, rows - 1) * ldx
             carried = _normalize_streaming(src, y, r * ldy, weight, bias, has_weight, has_bias,
                                            scale, center, correction, rstd_high, rstd_low,
                                            unowned(stage), x[ahead:ahead + cols], carried,
